@@ -1,0 +1,3 @@
+from afilm_cli.main import main
+
+main()

@@ -1,0 +1,121 @@
+"""Audio I/O and the reference degradation recipe (REFERENCE.md section 1).
+
+Arrays are float32 numpy, shape (T,) for mono or (T, C) for multichannel, as soundfile returns.
+"""
+
+from __future__ import annotations
+
+import os
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy import interpolate, signal
+
+from afilm_cli.atomic import atomic_path
+from afilm_cli.errors import AfilmError
+
+DEGRADE_METHODS = ("decimate", "subsample")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64", ".mp3", ".opus"}
+
+
+def is_audio_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in AUDIO_SUFFIXES
+
+
+def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarray, int]:
+    """Read any soundfile-supported file as float32; ``mono=True`` averages the channels.
+
+    Raises AfilmError naming the file for a missing, unreadable, empty or non-finite file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AfilmError(f"{path}: no such file")
+    if path.is_dir():
+        raise AfilmError(f"{path}: is a folder, expected an audio file")
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AfilmError(f"{path}: cannot read audio ({reason})") from None
+    if x.size == 0:
+        raise AfilmError(f"{path}: empty audio file")
+    if not np.isfinite(x).all():
+        raise AfilmError(f"{path}: contains NaN or Inf samples")
+    if mono:
+        x = to_mono(x)
+    return np.ascontiguousarray(x), int(sr)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    return x if x.ndim == 1 else x.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray, sr: int, *, subtype: str | None = None) -> Path:
+    """Write atomically (temporary name, then rename). Float input is stored as 16-bit PCM for
+    .wav unless ``subtype`` says otherwise; values are clipped to [-1, 1] there."""
+    path = Path(path)
+    x = np.asarray(x, dtype=np.float32)
+    if subtype is None and path.suffix.lower() == ".wav":
+        subtype = "PCM_16"
+    if subtype and subtype.startswith("PCM"):
+        x = np.clip(x, -1.0, 1.0)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), x, int(sr), subtype=subtype)
+    return path
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling along axis 0 (scipy.signal.resample_poly; the reference used librosa)."""
+    if sr_in == sr_out:
+        return np.asarray(x, dtype=np.float32)
+    g = gcd(int(sr_in), int(sr_out))
+    y = signal.resample_poly(np.asarray(x, dtype=np.float64), sr_out // g, sr_in // g, axis=0)
+    return y.astype(np.float32)
+
+
+def crop_to_multiple(x: np.ndarray, r: int) -> np.ndarray:
+    return x[: len(x) - len(x) % r]
+
+
+def degrade(x: np.ndarray, r: int, method: str = "decimate") -> np.ndarray:
+    """High-rate mono signal -> low-rate signal of len(x)//r samples (x should be a multiple of r).
+
+    decimate: Chebyshev-I order 8, zero-phase, then every r-th sample (scipy.signal.decimate);
+    subsample: plain x[::r], no anti-alias filter.
+    """
+    if method not in DEGRADE_METHODS:
+        raise AfilmError(f"unknown degradation {method!r}; known: {', '.join(DEGRADE_METHODS)}")
+    if r < 1:
+        raise AfilmError(f"r must be >= 1, got {r}")
+    x = np.asarray(x, dtype=np.float32)
+    if r == 1:
+        return x.copy()
+    if method == "subsample":
+        return np.ascontiguousarray(x[::r])
+    # filtfilt needs the signal to be longer than its padding (27 samples for order 8)
+    if len(x) <= 27:
+        raise AfilmError(f"signal of {len(x)} samples is too short to decimate")
+    return signal.decimate(x.astype(np.float64), r).astype(np.float32)
+
+
+def spline_up(x_lr: np.ndarray, r: int, n: int | None = None) -> np.ndarray:
+    """Cubic spline through LR sample k placed at HR index k*r, evaluated at 0..n-1.
+
+    As the reference: ``splrep(k*r, x_lr)`` (k=3, s=0); the last r-1 samples are extrapolated.
+    ``n`` defaults to len(x_lr) * r.
+    """
+    x_lr = np.asarray(x_lr, dtype=np.float64).ravel()
+    n = len(x_lr) * r if n is None else n
+    if len(x_lr) < 4:
+        raise AfilmError(f"signal of {len(x_lr)} low-rate samples is too short for a cubic spline")
+    tck = interpolate.splrep(np.arange(len(x_lr)) * r, x_lr)
+    return interpolate.splev(np.arange(n), tck).astype(np.float32)
+
+
+def simulate_lr(x_hr: np.ndarray, r: int, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference recipe steps 2-4 on a mono HR signal: (hr cropped to a multiple of r, lr, spline)."""
+    hr = crop_to_multiple(np.asarray(x_hr, dtype=np.float32), r)
+    lr = degrade(hr, r, method)
+    return hr, lr, spline_up(lr, r, len(hr))

@@ -1,0 +1,1 @@
+"""One module per command: argument parsing only; the work is in library functions."""

@@ -1,0 +1,8 @@
+"""`afilm evaluate` (placeholder until its issue lands)."""
+
+from afilm_cli.errors import AfilmError
+
+
+def command() -> None:
+    """Not implemented yet."""
+    raise AfilmError("'afilm evaluate' is not implemented yet")

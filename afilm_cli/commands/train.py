@@ -1,0 +1,8 @@
+"""`afilm train` (placeholder until its issue lands)."""
+
+from afilm_cli.errors import AfilmError
+
+
+def command() -> None:
+    """Not implemented yet."""
+    raise AfilmError("'afilm train' is not implemented yet")

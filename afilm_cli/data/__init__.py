@@ -1,0 +1,1 @@
+"""Datasets: corpus recipes (registered in DATASETS) and the HDF5 patch format."""

@@ -1,0 +1,145 @@
+"""The HDF5 patch format, shared with the reference code.
+
+Datasets ``data`` (spline-upsampled low-res) and ``label`` (high-res), float32, shape (N, patch, 1).
+afilm adds attributes with the recipe (r, sr, patch, stride, degrade, sam, seed, sources, version).
+Files from the reference (no attributes) read fine; the recipe is then unknown (None).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from afilm_cli import __version__
+from afilm_cli.atomic import atomic_path
+from afilm_cli.errors import AfilmError
+
+RECIPE_KEYS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed")
+
+
+class PatchWriter:
+    """Append (data, label) patches to a new HDF5 file, chunk by chunk, in bounded memory.
+
+    Use as a context manager; the file appears under its final name only when the block exits
+    without error (see atomic_path). ``finish(multiple)`` crops N to a multiple (reference: 128).
+    """
+
+    def __init__(self, path: str | os.PathLike, patch: int, attrs: dict[str, Any] | None = None,
+                 chunk: int = 64):
+        self.path = Path(path)
+        self.patch = patch
+        self.attrs = dict(attrs or {})
+        self.chunk = chunk
+        self.count = 0
+
+    def __enter__(self) -> PatchWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._f = h5py.File(tmp, "w")
+        for name in ("data", "label"):
+            self._f.create_dataset(name, shape=(0, self.patch, 1), maxshape=(None, self.patch, 1),
+                                   dtype="float32", chunks=(self.chunk, self.patch, 1))
+        return self
+
+    def append(self, data: np.ndarray, label: np.ndarray) -> None:
+        """Add patches, each array (n, patch) or (n, patch, 1)."""
+        data = np.asarray(data, dtype=np.float32).reshape(-1, self.patch, 1)
+        label = np.asarray(label, dtype=np.float32).reshape(-1, self.patch, 1)
+        if data.shape != label.shape:
+            raise ValueError(f"data {data.shape} and label {label.shape} differ")
+        n = len(data)
+        if n == 0:
+            return
+        for name, arr in (("data", data), ("label", label)):
+            ds = self._f[name]
+            ds.resize(self.count + n, axis=0)
+            ds[self.count : self.count + n] = arr
+        self.count += n
+
+    def finish(self, multiple: int = 1) -> int:
+        """Crop the patch count to a multiple of ``multiple``; return the final count."""
+        keep = self.count - self.count % max(multiple, 1)
+        for name in ("data", "label"):
+            self._f[name].resize(keep, axis=0)
+        self.count = keep
+        return keep
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                attrs = {**self.attrs, "afilm_version": __version__, "n_patches": self.count}
+                for key, value in attrs.items():
+                    self._f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        finally:
+            self._f.close()
+            self._atomic.__exit__(exc_type, exc, tb)
+
+
+class PatchFile:
+    """Lazy reader: validates the schema on open, reads patches by index without loading the file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AfilmError(f"{self.path}: no such HDF5 file")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise AfilmError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        for name in ("data", "label"):
+            if name not in self._f:
+                self.close()
+                raise AfilmError(f"{self.path}: missing dataset {name!r} (expected 'data' and 'label')")
+        d, l = self._f["data"], self._f["label"]
+        if d.shape != l.shape or d.ndim not in (2, 3) or (d.ndim == 3 and d.shape[2] != 1):
+            self.close()
+            raise AfilmError(f"{self.path}: 'data' {d.shape} and 'label' {l.shape} must both be (N, patch, 1)")
+        if d.shape[0] == 0:
+            self.close()
+            raise AfilmError(f"{self.path}: contains no patches")
+        self.data, self.label = d, l
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def patch(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The recorded recipe (keys of RECIPE_KEYS, None where unknown) plus the sources list."""
+        attrs = self._f.attrs
+        out: dict[str, Any] = {k: _plain(attrs[k]) if k in attrs else None for k in RECIPE_KEYS}
+        out["patch"] = self.patch
+        out["sources"] = json.loads(attrs["sources"]) if "sources" in attrs else None
+        return out
+
+    def read(self, index) -> tuple[np.ndarray, np.ndarray]:
+        """Patches at ``index`` (slice or sorted integer array) as float32 (n, patch)."""
+        d = np.asarray(self.data[index], dtype=np.float32)
+        l = np.asarray(self.label[index], dtype=np.float32)
+        return d.reshape(len(d), -1), l.reshape(len(l), -1)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> PatchFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _plain(value: Any) -> Any:
+    """h5py attributes come back as numpy scalars/bytes; make them JSON-friendly Python values."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,66 @@
+"""The `afilm` command line: a root Typer app, one module per command under afilm_cli/commands.
+
+Known user errors (AfilmError) print one line on stderr and exit non-zero; set AFILM_DEBUG=1 for
+the full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from afilm_cli import __version__
+from afilm_cli.commands import bench, convert, demo, evaluate, models, prepare, train, upsample
+from afilm_cli.errors import AfilmError
+
+app = typer.Typer(
+    name="afilm",
+    help="Audio super-resolution with AFiLM and TFiLM: prepare data, train, upsample, evaluate, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"afilm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Audio super-resolution with AFiLM and TFiLM."""
+
+
+app.add_typer(prepare.app, name="prepare")
+app.command("train")(train.command)
+app.command("upsample")(upsample.command)
+app.command("eval")(evaluate.command)
+app.command("bench")(bench.command)
+app.command("models")(models.command)
+app.add_typer(convert.app, name="convert")
+app.command("demo")(demo.command)
+
+
+def main() -> None:
+    try:
+        app()
+    except AfilmError as exc:
+        if os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"afilm: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("afilm: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Quality metrics, each named for its convention (REFERENCE.md section 5).
+
+All take (pred, ref) as 1-D arrays of equal length; ``ref`` is the high-rate ground truth.
+Every metric is finite on silent input: the floors below keep it from dividing by zero.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-10
+
+
+def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    if pred.shape != ref.shape:
+        raise ValueError(f"length mismatch: pred {pred.shape[0]} vs ref {ref.shape[0]} samples")
+    return pred, ref
+
+
+def snr(pred, ref) -> float:
+    """SNR over the whole signal in dB: 10 log10(||ref||^2 / ||ref - pred||^2)."""
+    pred, ref = _pair(pred, ref)
+    return float(10.0 * np.log10((np.sum(ref**2) + EPS) / (np.sum((ref - pred) ** 2) + EPS)))
+
+
+def segmental_snr(pred, ref, patch: int = 8192) -> float:
+    """The reference code's SNR: per ``patch``-sample segment (tail dropped, or the whole signal if
+    shorter) 20 log10(rms(ref) / sqrt(mean(err^2 + 1e-6)) + 1e-8), then the mean over segments."""
+    pred, ref = _pair(pred, ref)
+    n = max(len(ref) // patch, 1)
+    size = patch if len(ref) >= patch else len(ref)
+    y = ref[: n * size].reshape(n, size)
+    e = y - pred[: n * size].reshape(n, size)
+    loss = np.sqrt(np.mean(e**2 + 1e-6, axis=1))
+    norm = np.sqrt(np.mean(y**2, axis=1))
+    return float(np.mean(20.0 * np.log10(norm / loss + 1e-8)))
+
+
+def stft(x, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
+    """Complex STFT (freq, frames), periodic Hann, frames centred with zero padding (librosa's default)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = np.pad(x, n_fft // 2)
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = 1 + (len(x) - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    return np.fft.rfft(x[idx] * window, axis=1).T
+
+
+def lsd(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
+    """Log-spectral distance as in the later literature (NU-Wave, AERO): log10 power spectra;
+    per frame the root mean square difference over frequency, then the mean over frames."""
+    pred, ref = _pair(pred, ref)
+    p = np.log10(np.abs(stft(pred, n_fft, hop)) ** 2 + EPS)
+    r = np.log10(np.abs(stft(ref, n_fft, hop)) ** 2 + EPS)
+    return float(np.mean(np.sqrt(np.mean((p - r) ** 2, axis=0))))
+
+
+def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
+    """LSD as the reference code computes it: natural log of power + 1e-8, mean over *time* inside
+    the sqrt and over frequency outside, capped at 10. Not comparable with :func:`lsd`."""
+    pred, ref = _pair(pred, ref)
+    p = np.log(np.abs(stft(pred, n_fft, hop)) ** 2 + 1e-8)
+    r = np.log(np.abs(stft(ref, n_fft, hop)) ** 2 + 1e-8)
+    value = np.mean(np.sqrt(np.mean((r - p) ** 2 + 1e-8, axis=1)), axis=0)
+    return float(min(value, 10.0))
+
+
+ALL = {"snr": snr, "segsnr": segmental_snr, "lsd": lsd, "lsd_ref": lsd_reference}
+
+
+def all_metrics(pred, ref) -> dict[str, float]:
+    """Every metric above, keyed as in ``ALL``."""
+    return {name: fn(pred, ref) for name, fn in ALL.items()}

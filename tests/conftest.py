@@ -1,0 +1,38 @@
+"""Shared fixtures. The Triton interpreter must be switched on before kernels/block_film.py is
+imported, so it is set here, at collection time, when no CUDA device is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+VCTK_MINI = SHARED_DATA / "vctk-mini"
+LIBRI_MINI = SHARED_DATA / "librispeech-mini"
+
+
+@pytest.fixture(scope="session")
+def vctk_mini() -> Path:
+    if not VCTK_MINI.is_dir():
+        pytest.fail(f"test data missing: {VCTK_MINI} (see ../shared/data/SOURCES.md)")
+    return VCTK_MINI
+
+
+@pytest.fixture(scope="session")
+def libri_mini() -> Path:
+    if not LIBRI_MINI.is_dir():
+        pytest.fail(f"test data missing: {LIBRI_MINI}")
+    return LIBRI_MINI
+
+
+@pytest.fixture(autouse=True)
+def _no_plugins_by_default(monkeypatch):
+    # tests see only built-ins unless a test installs a plugin on purpose
+    monkeypatch.setenv("AFILM_DISABLE_PLUGINS", os.environ.get("AFILM_TEST_PLUGINS_ON", "1"))
