@@ -6,6 +6,8 @@ Shapes are channels-first: x (B, C, T). Blocks are ``block`` consecutive samples
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -14,15 +16,34 @@ def n_blocks(t: int, block: int) -> int:
     return -(-t // block)
 
 
-def _check(x: torch.Tensor, block: int) -> None:
-    if x.dim() != 3:
-        raise ValueError(f"expected x of shape (B, C, T), got {tuple(x.shape)}")
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected {name} of shape (B, C, T), got {shape}")
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 1:
+        raise ValueError(f"block must be an int >= 1, got {block!r}")
+
+
+def check_film_args(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int,
+                    skip: torch.Tensor | None = None) -> None:
+    """Shape checks shared by the reference and the Triton ops (same messages on both paths)."""
+    _check(x, block)
+    want = (*x.shape[:2], n_blocks(x.shape[-1], block))
+    for name, p in (("scale", scale), ("shift", shift)):
+        if p is None and name == "shift":
+            continue
+        if not isinstance(p, torch.Tensor) or p.shape != want:
+            got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+            raise ValueError(f"{name} must be {want} for x {tuple(x.shape)}, block {block}; got {got}")
+    if skip is not None and (not isinstance(skip, torch.Tensor) or skip.dim() != 3
+                             or skip.shape[0] != x.shape[0] or skip.shape[2] != x.shape[2]):
+        got = tuple(skip.shape) if isinstance(skip, torch.Tensor) else type(skip).__name__
+        raise ValueError(f"skip must be (B, C_skip, T) = ({x.shape[0]}, *, {x.shape[2]}) to concatenate "
+                         f"with x {tuple(x.shape)}; got {got}")
 
 
 def block_max_pool(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, C, T) -> (B, C, ceil(T/block)): the max of each block."""
+    """(B, C, T) -> (B, C, ceil(T/block)): the max of each block (gradient to the first max, on ties)."""
     _check(x, block)
     return F.max_pool1d(x, block, block, ceil_mode=True)
 
@@ -34,11 +55,7 @@ def expand_blocks(v: torch.Tensor, block: int, t: int) -> torch.Tensor:
 
 def block_film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int) -> torch.Tensor:
     """y[b, c, t] = x[b, c, t] * scale[b, c, t // block] (+ shift[b, c, t // block])."""
-    _check(x, block)
-    nb = n_blocks(x.shape[-1], block)
-    if scale.shape != (*x.shape[:2], nb):
-        raise ValueError(f"scale must be {(*x.shape[:2], nb)} for x {tuple(x.shape)}, block {block}; "
-                         f"got {tuple(scale.shape)}")
+    check_film_args(x, scale, shift, block)
     y = x * expand_blocks(scale, block, x.shape[-1])
     if shift is not None:
         y = y + expand_blocks(shift, block, x.shape[-1])
@@ -50,6 +67,9 @@ def pool_act_block_max(h: torch.Tensor, block: int, slope: float = 0.2) -> tuple
 
     Returns (a, a_down): a (B, C, T//2) the activation, a_down (B, C, ceil(T/2/block)) its block max.
     """
+    _check(h, block, "h")
+    if h.shape[-1] < 2:
+        raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
     a = F.leaky_relu(F.max_pool1d(h, 2, 2), slope)
     return a, block_max_pool(a, block)
 
@@ -57,4 +77,5 @@ def pool_act_block_max(h: torch.Tensor, block: int, slope: float = 0.2) -> tuple
 def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int,
                       skip: torch.Tensor) -> torch.Tensor:
     """Up-path epilogue: cat([block_film(x, scale, shift), skip], dim=1)."""
+    check_film_args(x, scale, shift, block, skip)
     return torch.cat([block_film(x, scale, shift, block), skip], dim=1)
