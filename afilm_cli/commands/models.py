@@ -1,8 +1,65 @@
-"""`afilm models` (placeholder until its issue lands)."""
+"""`afilm models`: list the registered models with their parameter counts, or show one in detail."""
 
-from afilm_cli.errors import AfilmError
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm models' is not implemented yet")
+def command(
+    info: Annotated[str | None, typer.Option(
+        "--info", metavar="NAME", help="Show one model's config, modulation layers and card.")] = None,
+    pattern: Annotated[str, typer.Argument(help="Only names matching this shell pattern.")] = "*",
+) -> None:
+    """List the registered models (built-ins and plugins) with their parameter counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from afilm_cli.models import describe_model
+    from afilm_cli.registry import MODELS
+
+    console = Console()
+    if info is not None:
+        _show(console, describe_model(info, with_model=True))
+        return
+    table = Table(title="afilm models")
+    for col, just in (("name", "left"), ("parameters", "right"), ("length multiple", "right"),
+                      ("description", "left")):
+        table.add_column(col, justify=just)
+    for name in MODELS.names(pattern):
+        d = describe_model(name)
+        params = "?" if d["parameters"] is None else f"{d['parameters']:,}"
+        lm = "?" if d["length_multiple"] is None else str(d["length_multiple"])
+        table.add_row(name, params, lm, d["meta"].get("description", ""))
+    console.print(table)
+
+
+def _show(console: Any, d: dict[str, Any]) -> None:
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    meta = dict(d["meta"])
+    card = meta.pop("card", None)
+    console.print(f"[bold]{d['name']}[/bold]: {meta.pop('description', '')}")
+    params = "unknown" if d["parameters"] is None else f"{d['parameters']:,}"
+    console.print(f"parameters: {params}   length multiple: {d['length_multiple']}")
+    if d.get("error"):
+        console.print(f"(could not build: {d['error']})")
+    if meta:
+        console.print("registry meta: " + json.dumps(meta, default=str))
+    if d["config"] is not None:
+        console.print("config (create_model overrides):")
+        for key, value in d["config"].items():
+            console.print(f"  {key} = {json.dumps(value)}", highlight=False)
+    if d.get("plan"):
+        table = Table(title="modulation layers for an 8192-sample input")
+        for col in ("stage", "samples", "channels", "block", "tokens"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for row in d["plan"]:
+            table.add_row(*(str(row[k]) for k in ("stage", "samples", "channels", "block", "tokens")))
+        console.print(table)
+    if card is not None:
+        text = card() if callable(card) else str(card)
+        console.print(Markdown(text))

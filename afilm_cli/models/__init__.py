@@ -1,4 +1,10 @@
-"""Models: builders registered in MODELS; ``create_model(name, **overrides)`` builds one."""
+"""Models: builders registered in MODELS; ``create_model(name, **overrides)`` builds one.
+
+Every model has ``model_name``, ``config_dict()`` (``create_model(model_name, **config_dict())``
+rebuilds the same architecture), ``length_multiple`` and ``check_length(T)``; forward maps
+(B, 1, T) float32 to (B, 1, T). Built-ins: afilm, tfilm (paper size), their _small and _tiny CPU
+presets, and spline (output = input).
+"""
 
 from __future__ import annotations
 
@@ -14,3 +20,38 @@ def create_model(name: str, **overrides: Any) -> torch.nn.Module:
     override a preset's own values (as timm's create_model)."""
     builder = MODELS.get(name)
     return builder(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (works on the meta device)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe_model(name: str, with_model: bool = False) -> dict[str, Any]:
+    """Registry meta, parameter count, length multiple, config and modulation plan of a model, built
+    on the meta device (no memory, no init: instant even for the 134 M-parameter AFiLM); a pretrained
+    model that cannot live there is built for real. A model that cannot be built reports None and the
+    error instead of failing the listing."""
+    meta = MODELS.meta(name)
+    out: dict[str, Any] = {"name": name, "meta": meta, "parameters": None, "length_multiple": None,
+                           "config": None, "plan": None, "error": None}
+    try:
+        try:
+            with torch.device("meta"):
+                model = create_model(name)
+        except Exception:
+            if not meta.get("pretrained"):
+                raise
+            model = create_model(name)  # loads its weights (and moves them): cannot live on meta
+        out["parameters"] = count_parameters(model)
+        out["length_multiple"] = int(model.length_multiple)
+        out["config"] = model.config_dict()
+        if with_model and hasattr(model, "modulation_plan") and 8192 % model.length_multiple == 0:
+            out["plan"] = model.modulation_plan(8192)
+    except Exception as exc:  # a broken plugin or a missing pretrained file must not break the listing
+        out["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return out
+
+
+# built-ins register on import (after create_model exists, so they may import it)
+from afilm_cli.models import afilm, spline, tfilm  # noqa: E402, F401
