@@ -9,6 +9,7 @@ queried; a broken plugin is skipped with a warning, and ``AFILM_DISABLE_PLUGINS=
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -28,12 +29,13 @@ class UnknownNameError(AfilmError, KeyError):
 class Registry:
     """A small name -> builder mapping. Duplicate names raise; unknown names list the known ones."""
 
-    def __init__(self, kind: str, group: str | None = None):
+    def __init__(self, kind: str, group: str | None = None, builtins: str | None = None):
         self.kind = kind
         self.group = group
+        self.builtins = builtins  # module whose import registers the built-ins (imported lazily)
         self._builders: dict[str, Callable[..., Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
-        self._plugins_loaded = group is None
+        self._plugins_loaded = False
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[Callable], Callable]:
         """Decorator: ``@MODELS.register("afilm", pretrained=False)``. ``meta`` is free-form info."""
@@ -76,10 +78,15 @@ class Registry:
         return iter(self.names())
 
     def load_plugins(self) -> None:
-        """Import every entry point of the group once; a failing plugin warns and is skipped."""
+        """Import the built-ins, then every entry point of the group, once; a failing plugin warns
+        and is skipped."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True  # set first: a plugin may query the registry while loading
+        if self.builtins:
+            importlib.import_module(self.builtins)
+        if self.group is None:
+            return
         if os.environ.get("AFILM_DISABLE_PLUGINS", "") not in ("", "0"):
             return
         for ep in entry_points(group=self.group):
@@ -90,5 +97,5 @@ class Registry:
                               stacklevel=2)
 
 
-MODELS = Registry("model", group="afilm.models")
-DATASETS = Registry("dataset", group="afilm.datasets")
+MODELS = Registry("model", group="afilm.models", builtins="afilm_cli.models")
+DATASETS = Registry("dataset", group="afilm.datasets", builtins="afilm_cli.data")

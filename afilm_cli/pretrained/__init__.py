@@ -1,0 +1,78 @@
+"""Pretrained models shipped inside the package.
+
+Each bundled model is a normal afilm checkpoint (weights stored in fp16 to keep the wheel small)
+plus a model card; its SHA-256 is recorded here and checked at every load, so a damaged or
+swapped file fails loudly instead of producing quiet garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from afilm_cli.errors import AfilmError
+from afilm_cli.registry import MODELS
+
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Bundled:
+    name: str
+    file: str
+    sha256: str
+    card: str
+    description: str
+
+
+BUNDLED: dict[str, Bundled] = {}
+DEFAULT = ""  # set once a bundled model exists: the model `upsample`, `eval` and `demo` use by default
+
+
+def sha256sum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundled_checkpoint_path(name: str | None = None) -> Path:
+    """Path of a bundled checkpoint after verifying its SHA-256 (AfilmError if absent or damaged)."""
+    name = name or DEFAULT
+    if name not in BUNDLED:
+        known = ", ".join(sorted(BUNDLED)) or "none"
+        raise AfilmError(f"no bundled pretrained model {name!r} (bundled: {known})")
+    entry = BUNDLED[name]
+    path = HERE / entry.file
+    if not path.is_file():
+        raise AfilmError(f"{path}: bundled model file is missing; reinstall afilm")
+    digest = sha256sum(path)
+    if digest != entry.sha256:
+        raise AfilmError(f"{path}: SHA-256 {digest[:12]}... does not match the recorded "
+                         f"{entry.sha256[:12]}...; the file is damaged, reinstall afilm")
+    return path
+
+
+def model_card(name: str) -> str:
+    return (HERE / BUNDLED[name].card).read_text(encoding="utf-8")
+
+
+def _register(entry: Bundled) -> None:
+    def build(**overrides: Any) -> torch.nn.Module:
+        from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
+
+        if overrides:
+            raise AfilmError(f"pretrained model {entry.name!r} takes no configuration overrides")
+        return model_from_checkpoint(load_checkpoint(bundled_checkpoint_path(entry.name)))
+
+    MODELS.register(entry.name, pretrained=True, description=entry.description,
+                    card=lambda: model_card(entry.name))(build)
+
+
+for _entry in BUNDLED.values():
+    _register(_entry)

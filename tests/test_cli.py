@@ -1,0 +1,56 @@
+"""The root CLI: help, version, module entry, error reporting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from afilm_cli import __version__
+from afilm_cli.main import app
+
+COMMANDS = ["prepare", "train", "upsample", "eval", "bench", "models", "convert", "demo"]
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_command():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+def test_every_command_has_real_help():
+    for name in COMMANDS:
+        result = CliRunner().invoke(app, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage" in result.output
+        assert "Not implemented" not in result.output, name
+
+
+def test_version_and_module_entry():
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"afilm {__version__}"
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    out = run_cli("upsample", str(tmp_path / "missing.wav"), "--ckpt", str(tmp_path / "none.pt"))
+    assert out.returncode != 0
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("afilm: error:")
+    assert "Traceback" not in out.stderr
+
+
+def test_debug_env_shows_traceback(tmp_path):
+    out = run_cli("upsample", str(tmp_path / "missing.wav"), "--ckpt", str(tmp_path / "none.pt"),
+                  env={"AFILM_DEBUG": "1"})
+    assert out.returncode != 0
+    assert "Traceback" in out.stderr
