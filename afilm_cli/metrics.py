@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-10
+EPS = 1e-10  # energy floor of snr()
+LSD_FLOOR = 1e-8  # power floor of lsd(), as torch.clamp(1e-8) in NU-Wave
 
 
 def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
@@ -38,12 +39,14 @@ def segmental_snr(pred, ref, patch: int = 8192) -> float:
     return float(np.mean(20.0 * np.log10(norm / loss + 1e-8)))
 
 
-def stft(x, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
-    """Complex STFT (freq, frames), periodic Hann, frames centred with zero padding (librosa's default)."""
+def stft(x, n_fft: int = 2048, hop: int = 512, pad_mode: str = "reflect") -> np.ndarray:
+    """Complex STFT (freq, frames): periodic Hann, frames centred by padding n_fft/2 on each side with
+    ``pad_mode``. "reflect" is librosa.stft's default up to 0.9 (the reference used librosa 0.8.0)
+    and torch.stft's default (NU-Wave, AERO); librosa 0.10 changed it to zeros ("constant")."""
     x = np.asarray(x, dtype=np.float64).ravel()
-    x = np.pad(x, n_fft // 2)
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
+    if len(x) == 0:
+        raise ValueError("empty signal")
+    x = np.pad(x, n_fft // 2, mode=pad_mode)
     frames = 1 + (len(x) - n_fft) // hop
     idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
@@ -51,11 +54,12 @@ def stft(x, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
 
 
 def lsd(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
-    """Log-spectral distance as in the later literature (NU-Wave, AERO): log10 power spectra;
-    per frame the root mean square difference over frequency, then the mean over frames."""
+    """Log-spectral distance as in the later literature (NU-Wave's code, also AERO, AP-BWE): log10 of
+    the power spectrum clamped below at 1e-8; per frame the root mean square difference over
+    frequency, then the mean over frames."""
     pred, ref = _pair(pred, ref)
-    p = np.log10(np.abs(stft(pred, n_fft, hop)) ** 2 + EPS)
-    r = np.log10(np.abs(stft(ref, n_fft, hop)) ** 2 + EPS)
+    p = np.log10(np.maximum(np.abs(stft(pred, n_fft, hop)) ** 2, LSD_FLOOR))
+    r = np.log10(np.maximum(np.abs(stft(ref, n_fft, hop)) ** 2, LSD_FLOOR))
     return float(np.mean(np.sqrt(np.mean((p - r) ** 2, axis=0))))
 
 

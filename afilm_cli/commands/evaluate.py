@@ -1,8 +1,74 @@
-"""`afilm evaluate` (placeholder until its issue lands)."""
+"""`afilm eval`: a checkpoint and the spline baseline side by side (see afilm_cli/evaluate.py)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force
 from afilm_cli.errors import AfilmError
 
+LABELS = {"snr": ("SNR (dB)", True), "segsnr": ("segmental SNR, reference (dB)", True),
+          "lsd": ("LSD (log10)", False), "lsd_ref": ("LSD, reference convention", False)}
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm evaluate' is not implemented yet")
+
+def command(
+    ckpt: Ckpt = None,
+    data: Annotated[Path | None, typer.Option("--data", help="HDF5 split written by 'afilm prepare' "
+                                              "(each patch is one row).")] = None,
+    wavs: Annotated[Path | None, typer.Option("--wavs", help="Folder of high-rate audio files (each file is "
+                                              "one row; the low-rate input is simulated).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.csv and summary.json.")
+                   ] = Path("eval"),
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write LR / prediction / HR spectrogram "
+                                               "PNGs into this folder.")] = None,
+    max_plots: Annotated[int, typer.Option("--max-plots", min=0, help="At most this many PNGs.")] = 20,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+    batch_size: BatchSize = 16,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Evaluate a checkpoint and the cubic-spline baseline: SNR, segmental SNR (reference), LSD, and
+    LSD as the reference code computes it; per-item CSV, JSON summary with the protocol, a table."""
+    from afilm_cli import evaluate, infer  # lazy: torch and scipy load only when the command runs
+    if (data is None) == (wavs is None):
+        raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
+    csv_path, json_path = evaluate.result_paths(out)
+    if not force and (csv_path.exists() or json_path.exists()):
+        raise AfilmError(f"{csv_path if csv_path.exists() else json_path} exists; pass --force to overwrite "
+                         "or --out for another folder")
+    err = Console(stderr=True)
+    dev = infer.resolve_device(device)
+    loaded = infer.load_model(ckpt, dev)
+    total = evaluate.count_items(data, wavs, limit)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("evaluating", total=total)
+        kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
+                      progress=lambda n: bar.advance(task, n))
+        if data is not None:
+            result = evaluate.evaluate_h5(loaded, data, **kwargs)
+        else:
+            result = evaluate.evaluate_wavs(loaded, wavs, **kwargs)
+    csv_path, json_path = evaluate.write_results(result, out, force=force)
+
+    p = result.protocol
+    table = Table(title=f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
+                        f"{len(result.rows)} item(s) of {escape(p['data'])}")
+    table.add_column("metric (mean over items)")
+    table.add_column("model", justify="right")
+    table.add_column("spline", justify="right")
+    table.add_column("model better", justify="center")
+    summary = result.summary
+    for key, (label, higher) in LABELS.items():
+        m, s = summary["model"][key], summary["spline"][key]
+        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no")
+    Console().print(table)
+    extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
+    err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)

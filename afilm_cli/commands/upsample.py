@@ -1,8 +1,76 @@
-"""`afilm upsample` (placeholder until its issue lands)."""
+"""`afilm upsample`: real low-rate audio in, audio at the model's rate out (see afilm_cli/infer.py)."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force
 from afilm_cli.errors import AfilmError
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm upsample' is not implemented yet")
+def command(
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).",
+                                                 show_default=False)],
+    ckpt: Ckpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output file (one input) or folder (several inputs, or a folder input, mirrored "
+        "inside it). Default: IN.afilm.wav beside each input; a folder DIR goes to DIR.afilm/.")] = None,
+    simulate: Annotated[bool, typer.Option(
+        "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
+        "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
+    ] = False,
+    force: Force = False,
+    batch_size: BatchSize = 16,
+    window: Annotated[int | None, typer.Option(
+        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch).")] = None,
+    device: Device = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Upsample audio with a trained model.
+
+    The input is taken as real low-rate audio at whatever rate it has: it is resampled to the model's
+    low rate (sr/r), spline-upsampled, and run through the model in overlapping cross-faded windows.
+    The output is at the model's rate with exactly round(frames * sr / input rate) frames; every
+    channel is processed. Memory does not grow with the file's length.
+
+    Input below sr/r is accepted with a warning (its missing band stays empty); --simulate needs
+    input at sr or above, since it is the ground truth.
+    """
+    from afilm_cli import infer  # lazy: torch and scipy load only when the command runs
+    err = Console(stderr=True)
+    dev = infer.resolve_device(device)
+    loaded = infer.load_model(ckpt, dev)
+    pairs = infer.plan_outputs(inputs, out, simulate)
+    clash = infer.existing_outputs(pairs, simulate)
+    if clash and not force:
+        raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
+                         + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
+    totals = [infer.count_windows(src, loaded, window) for src, _ in pairs]
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+        task = bar.add_task("upsampling", total=sum(totals))
+        for src, target in pairs:
+            bar.update(task, description=escape(src.name))
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+
+            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance)
+            if simulate:
+                info = infer.simulate_file(src, target, loaded, **kwargs)
+                written = ", ".join(info["outputs"].values())
+            else:
+                info = infer.upsample_file(src, target, loaded,
+                                           warn=lambda m: err.print(f"afilm: warning: {escape(m)}"), **kwargs)
+                written = info["output"]
+            if not quiet:
+                err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
+    if not quiet:
+        err.print(f"{len(pairs)} file(s) upsampled with {escape(str(loaded.path))} "
+                  f"({loaded.ckpt['model_name']}, r={loaded.r}, {loaded.sr} Hz) on {dev}", soft_wrap=True)

@@ -1,0 +1,171 @@
+"""`afilm eval`: model and spline side by side on an HDF5 split or a folder of wavs; CSV, JSON, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from afilm_cli import evaluate, infer, metrics
+from afilm_cli.audio import read_audio, resample, simulate_lr
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.data.h5 import PatchWriter
+from afilm_cli.errors import AfilmError
+from afilm_cli.models import create_model
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    return {name: save_checkpoint(root / f"{name}.pt", make_checkpoint(create_model(name), RECIPE))
+            for name in ("afilm_tiny", "spline")}
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory, vctk_mini):
+    folder = tmp_path_factory.mktemp("wavs")
+    for name in ("p225/p225_001.wav", "p226/p226_002.wav"):
+        (folder / name.split("/")[0]).mkdir()
+        shutil.copy(vctk_mini / "wav48" / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def h5(tmp_path_factory, vctk_mini):
+    path = tmp_path_factory.mktemp("h5") / "val.h5"
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_003.wav")
+    hr, _, sp = simulate_lr(resample(x, sr, 16000), 4, "decimate")
+    n = len(hr) // 8192
+    with PatchWriter(path, 8192, attrs={"r": 4, "sr": 16000, "patch": 8192, "degrade": "decimate"}) as w:
+        w.append(sp[: n * 8192].reshape(n, 8192), hr[: n * 8192].reshape(n, 8192))
+    return path
+
+
+def test_h5_spline_checkpoint_equals_baseline(ckpts, h5):
+    result = evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), h5, batch_size=2)
+    assert len(result.rows) >= 3
+    for row in result.rows:
+        for m in evaluate.METRICS:
+            assert row[f"model_{m}"] == row[f"spline_{m}"]
+    s = result.summary["spline"]
+    # real speech, 4 kHz -> 16 kHz by spline: positive SNR, a clearly non-zero LSD in both conventions
+    assert 3 < s["snr"] < 40 and 0.5 < s["lsd"] < 5 and s["lsd_ref"] > s["lsd"]
+
+
+def test_h5_rows_match_metrics_by_hand(ckpts, h5):
+    from afilm_cli.data.h5 import PatchFile
+
+    lo = infer.load_model(ckpts["afilm_tiny"])
+    result = evaluate.evaluate_h5(lo, h5, batch_size=3, limit=2)
+    assert len(result.rows) == 2
+    with PatchFile(h5) as pf:
+        data, label = pf.read(slice(1, 2))
+    with torch.inference_mode():
+        pred = lo.model(torch.from_numpy(data[:, None, :])).numpy()[0, 0]
+    row = result.rows[1]
+    assert row["item"] == "patch_000001"
+    assert row["model_snr"] == pytest.approx(metrics.snr(pred, label[0]), abs=1e-4)
+    assert row["model_lsd_ref"] == pytest.approx(metrics.lsd_reference(pred, label[0]), abs=1e-4)
+    assert row["spline_segsnr"] == pytest.approx(metrics.segmental_snr(data[0], label[0]), abs=1e-9)
+
+
+def test_h5_with_another_r_is_refused(tmp_path, h5):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "r2.pt", make_checkpoint(create_model("spline"), {**RECIPE, "r": 2}))
+    with pytest.raises(AfilmError, match="data has r=4 but the checkpoint was trained with r=2"):
+        evaluate.evaluate_h5(infer.load_model(ckpt), h5)
+
+
+def test_wavs_spline_equals_baseline_and_plots(ckpts, wavs, tmp_path):
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), wavs, plots_dir=tmp_path / "plots")
+    assert [r["item"] for r in result.rows] == ["p225/p225_001.wav", "p226/p226_002.wav"]
+    for row in result.rows:
+        assert row["model_snr"] == pytest.approx(row["spline_snr"], abs=1e-4)
+        assert row["model_lsd"] == pytest.approx(row["spline_lsd"], abs=1e-4)
+    assert len(result.plots) == 2
+    import matplotlib.image
+
+    for png in result.plots:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[1] > 2 * image.shape[0]  # three panels side by side
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_silent_and_short_files_give_finite_metrics(ckpts, tmp_path):
+    sf.write(str(tmp_path / "silent.wav"), np.zeros(16000, np.float32), 16000)
+    short = np.random.default_rng(0).standard_normal(300).astype(np.float32) * 0.1  # 25 low-rate samples
+    sf.write(str(tmp_path / "short.wav"), short, 48000)
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["afilm_tiny"]), tmp_path)
+    for row in result.rows:
+        assert all(np.isfinite(v) for k, v in row.items() if k != "item"), row
+
+
+def test_wav_below_model_rate_is_refused(ckpts, tmp_path):
+    sf.write(str(tmp_path / "narrow.wav"), np.zeros(8000, np.float32), 8000)
+    with pytest.raises(AfilmError, match="narrow.wav: 8000 Hz is below the model's rate 16000 Hz"):
+        evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
+
+
+def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
+    args = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["afilm_tiny"]),
+            "--wavs", str(wavs), "--out", str(tmp_path / "res"), "--plots", str(tmp_path / "png"),
+            "--device", "cpu"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    for text in ("SNR", "segmental SNR", "LSD", "model", "spline", "afilm_tiny"):
+        assert text in out.stdout
+    with open(tmp_path / "res" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["item"] for r in rows] == ["p225/p225_001.wav", "p226/p226_002.wav"]
+    assert {"model_snr", "model_segsnr", "model_lsd", "model_lsd_ref", "spline_lsd_ref"} <= set(rows[0])
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    p = summary["protocol"]
+    assert (p["r"], p["sr"], p["degrade"], p["patch"]) == (4, 16000, "decimate", 8192)
+    assert p["checkpoint"] == str(ckpts["afilm_tiny"]) and p["model_name"] == "afilm_tiny"
+    assert {"afilm", "torch", "numpy", "scipy", "python"} <= set(p["versions"])
+    mean_snr = np.mean([float(r["model_snr"]) for r in rows])
+    assert summary["summary"]["model"]["snr"] == pytest.approx(mean_snr, abs=1e-5)
+    names = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert names == ["p225__p225_001.png", "p226__p226_002.png"]
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in (tmp_path / "png").iterdir())
+
+
+def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
+    from afilm_cli.main import main
+
+    def run(*args):
+        sys_argv = sys.argv
+        sys.argv = ["afilm", "eval", *map(str, args)]
+        try:
+            with pytest.raises(SystemExit) as exc:
+                main()
+        finally:
+            sys.argv = sys_argv
+        return exc.value.code or 0, capsys.readouterr()
+
+    code, out = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r")
+    assert code == 0 and (tmp_path / "r" / "metrics.csv").is_file()
+    for args, message in [
+        (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r"), "exists; pass --force"),
+        (("--ckpt", ckpts["spline"]), "exactly one of --data"),
+        (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "x"), "no such HDF5"),
+        (("--ckpt", h5, "--data", h5, "--out", tmp_path / "x"), "not a loadable afilm checkpoint"),
+    ]:
+        code, out = run(*args)
+        lines = [l for l in out.err.splitlines() if l.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, out.err)
+    code, _ = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r", "--force", "--limit", "1")
+    assert code == 0
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2

@@ -1,0 +1,426 @@
+"""`afilm upsample`: streaming stages, windowed overlap-add, exact lengths, files and the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy import signal
+from torch import nn
+
+from afilm_cli import infer
+from afilm_cli.audio import degrade, spline_up
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.errors import AfilmError
+from afilm_cli.models import create_model
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+
+
+def run_cli(*args, cwd=None, timeout=180):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def run_main(capsys, *args):
+    """The real entry point in-process (argument parsing, error mapping) without a subprocess's
+    start-up cost; returns (exit code, stdout, stderr)."""
+    from afilm_cli.main import main
+
+    argv = sys.argv
+    sys.argv = ["afilm", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, exc.value.code or 0, out.out, out.err)
+
+
+def error_line(out) -> str:
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("afilm: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = {}
+    for name in ("afilm_tiny", "spline"):
+        paths[name] = save_checkpoint(root / f"{name}.pt", make_checkpoint(create_model(name), RECIPE))
+    return paths
+
+
+def loaded(ckpts, name="spline") -> infer.Loaded:
+    return infer.load_model(ckpts[name])
+
+
+def write(path, x, sr, subtype="FLOAT"):
+    sf.write(str(path), np.asarray(x, np.float32), sr, subtype=subtype)
+    return path
+
+
+def chunked(stage, block):
+    n = stage.length
+    return np.concatenate([stage.read(a, min(a + block, n)) for a in range(0, n, block)])
+
+
+# ------------------------------------------------------------------------------------------- stages
+@pytest.mark.parametrize("sr_in,sr_out", [(44100, 4000), (11025, 4000), (48000, 16000), (3000, 4000),
+                                          (44100, Fraction(16000, 3))])
+def test_resampled_blocks_equal_whole_signal(sr_in, sr_out):
+    x = np.random.default_rng(0).standard_normal((30001, 2))
+    ratio = Fraction(sr_out) / sr_in
+    whole = signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+    stage = infer.Resampled(infer.ArraySource(x), sr_in, sr_out)
+    assert stage.length == len(whole)
+    np.testing.assert_allclose(chunked(stage, 777), whole, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["decimate", "subsample"])
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_degraded_blocks_equal_whole_signal(method, r):
+    x = np.random.default_rng(1).standard_normal(20003)
+    whole = signal.decimate(x, r) if method == "decimate" else x[::r]
+    got = chunked(infer.Degraded(infer.ArraySource(x), r, method), 1001)[:, 0]
+    np.testing.assert_allclose(got, whole, atol=1e-12)
+
+
+def test_splined_blocks_equal_whole_spline():
+    lr = np.random.default_rng(2).standard_normal(5001)
+    got = chunked(infer.Splined(infer.ArraySource(lr), 4, 20003), 3001)[:, 0]
+    np.testing.assert_allclose(got, spline_up(lr, 4, 20003), atol=1e-6)  # spline_up returns float32
+
+
+@pytest.mark.parametrize("n,sr_in,sr_out,expected", [
+    (3 * 44100 + 1, 44100, 16000, 48000), (11025, 11025, 16000, 16000), (7, 3, 2, 5), (1, 2, 1, 1)])
+def test_output_length_rounds(n, sr_in, sr_out, expected):
+    assert infer.output_length(n, sr_in, sr_out) == expected == round(n * sr_out / sr_in + 1e-12)
+
+
+# ------------------------------------------------------------------------------------------ windows
+@pytest.mark.parametrize("length", [100, 8192, 8193, 50_001, 61_000])
+def test_crossfade_weights(length):
+    plan = infer.plan_windows(length, 256, 8192)
+    starts = plan.starts(length)
+    # the last window ends where a whole-signal pass ends
+    assert starts[0] == 0 and starts[-1] + plan.window == -(-length // 256) * 256
+    total = np.zeros(starts[-1] + plan.window)
+    for k, s in enumerate(starts):
+        total[s : s + plan.window] += plan.weights(starts, k)
+    # pairs of ramps sum to exactly 1; only where the shifted last window overlaps two others does
+    # the sum exceed 1 (run_windows divides by it)
+    np.testing.assert_allclose(total[: starts[-1]], 1.0, atol=1e-12)
+    assert 1.0 - 1e-12 <= total[:length].min() and total[:length].max() <= 1.25
+    assert plan.window % 256 == 0 and (plan.hop % 256 == 0 or plan.hop < 256)
+
+
+class ConvNet(nn.Module):
+    """A local model (receptive field ~60 samples) with a pool, so window alignment matters too."""
+
+    model_name = "convnet"
+    length_multiple = 4
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv1d(1, 4, 9, padding=8, dilation=2)
+        self.c2 = nn.Conv1d(4, 4, 5, padding=2)
+        self.c3 = nn.Conv1d(4, 1, 9, padding=4)
+
+    def forward(self, x):
+        h = torch.relu(self.c2(nn.functional.max_pool1d(torch.relu(self.c1(x)), 2)))
+        return x + self.c3(h.repeat_interleave(2, dim=-1))
+
+
+def full_pass(model, x, multiple):
+    n = -(-len(x) // multiple) * multiple
+    with torch.inference_mode():
+        y = model(torch.tensor(np.pad(x, (0, n - len(x))), dtype=torch.float32)[None, None])
+    return y[0, 0, : len(x)]
+
+
+def windowed(model, x, plan, batch_size=3):
+    src = infer.ArraySource(x)
+    return np.concatenate(list(infer.run_windows(model, src, len(x), plan, batch_size=batch_size)))[:, 0]
+
+
+def test_windowed_equals_full_pass_for_a_local_model():
+    # context (512) exceeds the receptive field, so every output sample is exact, edges included
+    model = ConvNet().eval()
+    x = np.random.default_rng(3).standard_normal(40_003) * 0.1
+    plan = infer.plan_windows(len(x), model.length_multiple, 4096)
+    assert len(plan.starts(len(x))) > 6
+    np.testing.assert_allclose(windowed(model, x, plan), full_pass(model, x, 4).numpy(), atol=2e-6)
+
+
+class EdgeArtifacts(nn.Module):
+    """Identity plus a large artefact in the first and last 32 samples of every window: what a model
+    with zero-padded convolutions does in the worst case."""
+
+    length_multiple = 1
+
+    def forward(self, x):
+        y = x.clone()
+        y[..., :32] += 1.0
+        y[..., -32:] += 1.0
+        return y
+
+
+def seam_ratio(y, truth, plan, length):
+    """Mean squared error within 256 samples of the window joins over the mean error elsewhere."""
+    near = np.zeros(length, bool)
+    for s in list(plan.starts(length))[1:]:
+        c = s + plan.context + plan.fade // 2
+        near[max(0, c - plan.context - 256) : c + plan.context + 256] = True
+    near[:64] = near[-64:] = False
+    e = (y - truth) ** 2
+    return e[near].mean() / max(e[~near].mean(), 1e-30), e
+
+
+def test_no_seams_where_windows_meet():
+    x = np.random.default_rng(4).standard_normal(60_000) * 0.1
+    plan = infer.plan_windows(len(x), 1, 8192)
+    y = windowed(EdgeArtifacts(), x, plan)
+    np.testing.assert_allclose(y[64:-64], x[64:-64], atol=1e-6)  # window edges never reach the output
+    # the same model in reference-style hard-cut windows does show seams: the test can fail
+    hard = infer.WindowPlan(8192, 0, 0)
+    ratio, _ = seam_ratio(windowed(EdgeArtifacts(), x, hard), x, hard, len(x))
+    assert ratio > 100
+
+
+def test_afilm_windows_show_no_seams():
+    # AFiLM's attention spans its whole window, so no windowing equals a full-length pass exactly;
+    # the cross-fade must still not make the joins worse than the rest (weights summing to 1)
+    torch.manual_seed(0)
+    model = create_model("afilm_tiny").eval()
+    lr = np.random.default_rng(5).standard_normal(12_288) * 0.1
+    x = spline_up(lr, 4)
+    plan = infer.plan_windows(len(x), model.length_multiple, 8192)
+    assert len(plan.starts(len(x))) >= 7
+    y, full = windowed(model, x, plan, batch_size=8), full_pass(model, x, 256).numpy()
+    ratio, _ = seam_ratio(y, full, plan, len(x))
+    assert ratio < 1.5, ratio
+    # the windowed model changes its input about as much as the full pass does (not garbage, not zero)
+    assert 0.5 < np.std(y - x) / np.std(full - x) < 2.0
+
+
+def test_single_window_equals_full_pass():
+    torch.manual_seed(0)
+    model = create_model("afilm_tiny").eval()
+    x = np.random.default_rng(6).standard_normal(5000) * 0.1  # shorter than a window: one padded pass
+    plan = infer.plan_windows(len(x), model.length_multiple, 8192)
+    assert plan.window == 5120 and len(plan.starts(len(x))) == 1
+    np.testing.assert_allclose(windowed(model, x, plan), full_pass(model, x, 256).numpy(), atol=1e-6)
+
+
+def test_channels_are_processed_independently(ckpts):
+    lo = loaded(ckpts, "afilm_tiny")
+    x = np.random.default_rng(7).standard_normal((9000, 2)) * 0.1
+    both = infer.predict(lo, infer.ArraySource(x), len(x), batch_size=5)
+    for c in range(2):
+        one = infer.predict(lo, infer.ArraySource(x[:, c]), len(x), batch_size=5)[:, 0]
+        np.testing.assert_allclose(both[:, c], one, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("sr_in,n,channels", [(44100, 3 * 44100 + 1, 2), (11025, 11025 * 2 + 7, 1),
+                                              (4000, 4001, 3), (16000, 9999, 1)])
+def test_upsample_file_exact_length_and_spline_content(tmp_path, ckpts, sr_in, n, channels):
+    lo = loaded(ckpts, "spline")
+    x = np.random.default_rng(8).standard_normal((n, channels)) * 0.1
+    path = write(tmp_path / "in.wav", x, sr_in)
+    info = infer.upsample_file(path, tmp_path / "out.wav", lo, batch_size=4)
+    y, sr = sf.read(str(tmp_path / "out.wav"), always_2d=True)
+    assert sr == 16000 and y.shape == (round(n * 16000 / sr_in), channels) == (info["frames_out"], channels)
+    # with the identity "model" the output is the whole-signal resample + spline, block by block
+    x32 = x.astype(np.float32).astype(np.float64)
+    for c in range(channels):
+        ratio = Fraction(4000, sr_in)
+        lr = signal.resample_poly(x32[:, c], ratio.numerator, ratio.denominator)
+        np.testing.assert_allclose(y[:, c], spline_up(lr, 4, len(lr) * 4)[: len(y)], atol=1e-5)
+
+
+def test_real_low_rate_tone_comes_out_clean(tmp_path, ckpts):
+    t = np.arange(8000 * 2) / 8000
+    path = write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), 8000)
+    infer.upsample_file(path, tmp_path / "tone.out.wav", loaded(ckpts, "spline"))
+    y, sr = sf.read(str(tmp_path / "tone.out.wav"))
+    ideal = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(y)) / sr)
+    core = slice(1000, -1000)
+    snr = 10 * np.log10(np.sum(ideal[core] ** 2) / np.sum((y[core] - ideal[core]) ** 2))
+    assert len(y) == 32000 and snr > 40
+
+
+def test_simulate_writes_reference_outputs(tmp_path, ckpts):
+    n = 16000 * 2 + 3  # not a multiple of r
+    hr = np.random.default_rng(9).standard_normal(n) * 0.1
+    path = write(tmp_path / "clip.wav", hr, 16000)
+    info = infer.simulate_file(path, tmp_path / "clip", loaded(ckpts, "spline"))
+    out = {k: sf.read(v) for k, v in info["outputs"].items()}
+    assert out["lr"][1] == 4000 and len(out["lr"][0]) == -(-n // 4)
+    assert out["hr"][1] == out["pr"][1] == 16000 and len(out["hr"][0]) == len(out["pr"][0]) == n
+    hr32 = hr.astype(np.float32)
+    np.testing.assert_allclose(out["hr"][0], hr32, atol=1e-7)  # no zero tail, no padding
+    lr = signal.decimate(hr32.astype(np.float64), 4)
+    np.testing.assert_allclose(out["lr"][0], lr, atol=1e-6)
+    np.testing.assert_allclose(out["pr"][0], spline_up(lr, 4, n), atol=1e-5)
+
+
+def test_simulate_subsample_recipe(tmp_path):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "sub.pt", make_checkpoint(create_model("spline"),
+                                                                {**RECIPE, "degrade": "subsample"}))
+    hr = np.random.default_rng(10).standard_normal(16000) * 0.1
+    path = write(tmp_path / "s.wav", hr, 16000)
+    info = infer.simulate_file(path, tmp_path / "s", infer.load_model(ckpt))
+    lr, _ = sf.read(info["outputs"]["lr"])
+    np.testing.assert_allclose(lr, degrade(hr.astype(np.float32), 4, "subsample"), atol=1e-7)
+
+
+def test_real_flac_into_a_48k_model(tmp_path, libri_mini):
+    # real 16 kHz speech into a 16 -> 48 kHz (r=3) model: output FLAC beside it, 3x the frames
+    src = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    shutil.copy(src, tmp_path / src.name)
+    ckpt = save_checkpoint(tmp_path / "r3.pt", make_checkpoint(create_model("spline"),
+                                                               {**RECIPE, "r": 3, "sr": 48000}))
+    pairs = infer.plan_outputs([tmp_path / src.name], None, simulate=False)
+    assert pairs[0][1].name == src.stem + ".afilm.flac"
+    infer.upsample_file(pairs[0][0], pairs[0][1], infer.load_model(ckpt), warn=pytest.fail)
+    x, _ = sf.read(str(src))
+    y, sr = sf.read(str(pairs[0][1]))
+    assert sr == 48000 and len(y) == 3 * len(x)
+    np.testing.assert_allclose(y[::3], x, atol=2e-4)  # the spline passes through the input samples
+
+
+def test_silent_file_upsamples_to_silence(tmp_path, ckpts):
+    path = write(tmp_path / "silent.wav", np.zeros(4000), 4000, "PCM_16")
+    infer.upsample_file(path, tmp_path / "silent.out.wav", loaded(ckpts, "afilm_tiny"))
+    y, sr = sf.read(str(tmp_path / "silent.out.wav"))
+    assert len(y) == 16000 and np.isfinite(y).all()
+
+
+def test_input_below_the_low_rate_warns_and_works(tmp_path, ckpts):
+    path = write(tmp_path / "low.wav", np.random.default_rng(11).standard_normal(3000) * 0.1, 3000)
+    warnings = []
+    infer.upsample_file(path, tmp_path / "low.out.wav", loaded(ckpts), warn=warnings.append)
+    assert len(warnings) == 1 and "below the model's input rate 4000 Hz" in warnings[0]
+    assert sf.info(str(tmp_path / "low.out.wav")).frames == 16000
+
+
+def test_simulate_refuses_input_below_the_model_rate(tmp_path, ckpts):
+    path = write(tmp_path / "low.wav", np.zeros(8000), 8000)
+    with pytest.raises(AfilmError, match="below the model's rate 16000 Hz"):
+        infer.simulate_file(path, tmp_path / "low", loaded(ckpts))
+
+
+def test_default_checkpoint_prefers_newest_run(tmp_path, monkeypatch, ckpts):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AfilmError, match="pass --ckpt PATH or train one"):
+        infer.default_checkpoint()
+    for i, name in enumerate(["b", "a"]):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "best.pt").write_bytes(ckpts["spline"].read_bytes())
+        os.utime(tmp_path / "runs" / name / "best.pt", (1e9 + i, 1e9 + i))
+    assert infer.default_checkpoint() == Path("runs/a/best.pt")
+
+
+def test_plan_outputs_mirror_folders(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for rel in ("a.wav", "sub/b.flac", "sub/notes.txt"):
+        (tmp_path / "in" / rel).write_bytes(b"")
+    pairs = infer.plan_outputs([tmp_path / "in"], None, simulate=False)
+    assert [(s.relative_to(tmp_path), t.relative_to(tmp_path)) for s, t in pairs] == [
+        (Path("in/a.wav"), Path("in.afilm/a.afilm.wav")),
+        (Path("in/sub/b.flac"), Path("in.afilm/sub/b.afilm.flac"))]
+    pairs = infer.plan_outputs([tmp_path / "in"], tmp_path / "out", simulate=True)
+    assert [t.relative_to(tmp_path) for _, t in pairs] == [Path("out/a"), Path("out/sub/b")]
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
+    src = write(tmp_path / "voice.wav", np.random.default_rng(12).standard_normal((8000, 2)) * 0.1, 8000,
+                "PCM_16")
+    out = run_cli("upsample", src, "--ckpt", ckpts["afilm_tiny"], "--batch-size", "3", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    target = tmp_path / "voice.afilm.wav"
+    info = sf.info(str(target))
+    assert (info.frames, info.samplerate, info.channels) == (16000, 16000, 2)
+    before = target.read_bytes()
+    line = error_line(run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"]))
+    assert "voice.afilm.wav exists; pass --force" in line
+    assert target.read_bytes() == before  # untouched
+    assert run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "--force").returncode == 0
+    assert target.read_bytes() != before
+
+
+def test_cli_folder_and_simulate(tmp_path, ckpts):
+    (tmp_path / "in" / "d").mkdir(parents=True)
+    write(tmp_path / "in" / "a.wav", np.zeros(16000), 16000)
+    write(tmp_path / "in" / "d" / "b.wav", np.random.default_rng(13).standard_normal(20000) * 0.1, 16000)
+    out = run_cli("upsample", tmp_path / "in", "--ckpt", ckpts["spline"], "--simulate",
+                  "--out", tmp_path / "o")
+    assert out.returncode == 0, out.stderr
+    names = sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*.wav"))
+    assert names == ["a.hr.wav", "a.lr.wav", "a.pr.wav", "d/b.hr.wav", "d/b.lr.wav", "d/b.pr.wav"]
+    assert sf.info(str(tmp_path / "o" / "d" / "b.pr.wav")).frames == 20000
+    assert sf.info(str(tmp_path / "o" / "d" / "b.lr.wav")).samplerate == 4000
+
+
+def test_cli_bad_inputs_are_one_line(tmp_path, ckpts, capsys):
+    garbage = tmp_path / "bad.wav"
+    garbage.write_bytes(b"RIFF\x00\x00not really a wave file")
+    assert "bad.wav: cannot read audio" in error_line(run_cli("upsample", garbage, "--ckpt", ckpts["spline"]))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    good = write(tmp_path / "ok.wav", np.zeros(4000), 4000)
+    cases = [
+        (("upsample", good, "--ckpt", other), "not an afilm checkpoint"),
+        (("upsample", tmp_path / "missing.wav", "--ckpt", ckpts["spline"]), "missing.wav: no such file"),
+        (("upsample", write(tmp_path / "low.wav", np.zeros(4000), 8000), "--ckpt", ckpts["spline"],
+          "--simulate"), "below the model's rate 16000 Hz"),
+        (("upsample", (tmp_path / "empty").mkdir() or tmp_path / "empty", "--ckpt", ckpts["spline"]),
+         "no audio files"),
+        (("upsample", write(tmp_path / "nan.wav", np.full(4000, np.nan), 4000), "--ckpt", ckpts["spline"]),
+         "nan.wav: contains NaN or Inf"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((("upsample", good, "--ckpt", ckpts["spline"], "--device", "cuda"), "no CUDA device"))
+    for args, message in cases:
+        assert message in error_line(run_main(capsys, *args)), args
+
+
+def peak_rss_mb(args) -> float:
+    proc = subprocess.Popen([sys.executable, "-m", "afilm_cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()
+    return usage.ru_maxrss / 1024  # kB on Linux
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_file_length(tmp_path, ckpts):
+    rng = np.random.default_rng(14)
+    rss = {}
+    for minutes in (1, 10):
+        path = tmp_path / f"long{minutes}.wav"
+        n = 8000 * 60 * minutes  # 8 kHz in, 16 kHz out: 9.6 M output samples for 10 minutes
+        with sf.SoundFile(str(path), "w", 8000, 1, "PCM_16") as f:
+            for a in range(0, n, 480_000):
+                f.write((rng.standard_normal(min(480_000, n - a)) * 0.1).astype(np.float32))
+        rss[minutes] = peak_rss_mb(["upsample", path, "--ckpt", ckpts["spline"], "-q"])
+        assert sf.info(str(tmp_path / f"long{minutes}.afilm.wav")).frames == 2 * n
+    # one float64 copy of the 10-minute output alone would be 77 MB
+    assert rss[10] - rss[1] < 30, rss

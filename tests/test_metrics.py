@@ -1,0 +1,146 @@
+"""Metrics on signals with known answers, and the reference LSD against a direct transcription."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import get_window
+
+from afilm_cli import metrics
+
+SR = 16000
+
+
+def tone(n=SR, f=440.0, amp=0.5):
+    return amp * np.sin(2 * np.pi * f * np.arange(n) / SR)
+
+
+def noise(n=SR, seed=0):
+    return np.random.default_rng(seed).standard_normal(n) * 0.1
+
+
+# ---------------------------------------------------------------------------------------------- SNR
+@pytest.mark.parametrize("a", [0.9, 1.1, 0.5, 0.99])
+def test_snr_of_a_scaled_copy(a):
+    ref = noise()
+    # error = (1 - a) ref, so SNR = -20 log10 |1 - a| exactly (a 10-vs-20 slip would halve it)
+    assert metrics.snr(a * ref, ref) == pytest.approx(-20 * math.log10(abs(1 - a)), abs=1e-6)
+
+
+def test_snr_tone_against_silence():
+    ref = tone()
+    assert metrics.snr(np.zeros_like(ref), ref) == pytest.approx(0.0, abs=1e-9)  # error == signal
+    assert metrics.snr(2 * ref, ref) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.snr(ref + 0.1 * tone(f=3000.0, amp=0.5), ref) == pytest.approx(20.0, abs=0.01)
+
+
+def test_segmental_snr_follows_the_reference_definition():
+    # two 8192 segments with different errors: 20 dB and 40 dB, averaged per segment (not pooled)
+    ref = np.concatenate([tone(8192), tone(8192, f=1000.0)])
+    pred = ref.copy()
+    pred[:8192] += 0.1 * ref[:8192]
+    pred[8192:] += 0.01 * ref[8192:]
+    y, p = ref.reshape(2, 8192, 1), pred.reshape(2, 8192, 1)
+    # the reference's calc_snr2, transcribed (numpy, patches shaped (n, dim, 1))
+    loss = np.sqrt(np.mean((p - y) ** 2 + 1e-6, axis=(1, 2)))
+    norm = np.sqrt(np.mean(y**2, axis=(1, 2)))
+    expected = np.mean(20 * np.log(norm / loss + 1e-8) / np.log(10.0))
+    got = metrics.segmental_snr(pred, ref)
+    assert got == pytest.approx(expected, abs=1e-9)
+    # by hand: power 0.125 per segment, error powers 0.125e-2 and 0.125e-4, each + the 1e-6 floor
+    by_hand = np.mean([10 * math.log10(0.125 / (0.125 * e + 1e-6)) for e in (1e-2, 1e-4)])
+    assert got == pytest.approx(by_hand, abs=1e-3)  # ~ the mean of 20 and 40 dB
+    # pooled SNR is dominated by the louder error: clearly different from the segment mean
+    assert metrics.snr(pred, ref) == pytest.approx(-10 * math.log10(0.5 * (0.01 + 0.0001)), abs=0.05)
+
+
+def test_segmental_snr_short_signal_is_one_segment():
+    ref = tone(1000)
+    assert metrics.segmental_snr(0.9 * ref, ref) == pytest.approx(20.0, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- LSD
+def test_identical_signals_give_lsd_zero():
+    x = noise()
+    assert metrics.lsd(x, x) == 0.0
+    assert metrics.lsd_reference(x, x) == pytest.approx(1e-4)  # sqrt(0 + 1e-8): the reference's floor
+
+
+@pytest.mark.parametrize("a", [0.5, 2.0, 0.1])
+def test_known_log_spectrum_offset(a):
+    ref = noise(seed=3)
+    # |STFT(a x)|^2 = a^2 |STFT(x)|^2: every bin is offset by 2 log10 a (log10) or 2 ln a (ln)
+    assert metrics.lsd(a * ref, ref) == pytest.approx(abs(2 * math.log10(a)), rel=1e-9)
+    # (the reference adds 1e-8 to the power, which moves the answer by ~1e-8 relative)
+    assert metrics.lsd_reference(a * ref, ref) == pytest.approx(math.sqrt((2 * math.log(a)) ** 2 + 1e-8),
+                                                                rel=1e-6)
+
+
+def test_lsd_of_a_missing_band():
+    # pred lacks the upper half of the spectrum: those bins sit at the 1e-8 floor
+    ref = noise(32768, seed=5)
+    spec = np.fft.rfft(ref)
+    spec[len(spec) // 2 :] = 0
+    pred = np.fft.irfft(spec, n=len(ref))
+    value = metrics.lsd(pred, ref)
+    assert 2.0 < value < 6.0
+    assert metrics.lsd(pred, ref) > metrics.lsd(0.5 * ref, ref)
+
+
+def test_lsd_reference_is_capped_at_10():
+    ref = noise()
+    assert metrics.lsd_reference(np.zeros_like(ref), ref) == 10.0
+
+
+def reference_lsd_transcription(x_hr, x_pr):
+    """The reference's compute_log_distortion with librosa 0.8.0's stft(x, 2048) spelled out: periodic
+    Hann (get_window fftbins=True), centred frames with reflect padding, hop n_fft // 4, rfft."""
+
+    def get_power(x):
+        n_fft = 2048
+        window = get_window("hann", n_fft, fftbins=True)
+        y = np.pad(x, n_fft // 2, mode="reflect")
+        frames = sliding_window_view(y, n_fft)[:: n_fft // 4]  # (frames, n_fft)
+        S = np.fft.rfft(frames * window, axis=1).T  # librosa layout (freq, frames)
+        return np.log(np.abs(S) ** 2 + 1e-8)
+
+    S1, S2 = get_power(x_hr), get_power(x_pr)
+    lsd = np.mean(np.sqrt(np.mean((S1 - S2) ** 2 + 1e-8, axis=1)), axis=0)
+    return min(lsd, 10.0)
+
+
+def test_lsd_reference_matches_a_direct_transcription(vctk_mini):
+    from afilm_cli.audio import read_audio, resample, simulate_lr
+
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav")
+    hr, _, sp = simulate_lr(resample(x, sr, SR)[: 3 * SR + 1001], 4, "decimate")
+    got = metrics.lsd_reference(sp, hr)
+    assert got == pytest.approx(reference_lsd_transcription(hr.astype(np.float64), sp.astype(np.float64)),
+                                rel=1e-9)
+    assert 1.0 < got < 10.0
+    # the two LSD conventions differ by design (ln vs log10, transposed means)
+    assert abs(metrics.lsd(sp, hr) - got) > 0.5
+
+
+def test_stft_frame_count_and_layout():
+    S = metrics.stft(np.ones(5000))
+    assert S.shape == (1025, 1 + 5000 // 512)
+
+
+# ---------------------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("pred_kind", ["silent", "tone"])
+def test_silent_reference_gives_finite_metrics(pred_kind):
+    ref = np.zeros(SR)
+    pred = np.zeros(SR) if pred_kind == "silent" else tone()
+    values = metrics.all_metrics(pred, ref)
+    assert all(np.isfinite(v) for v in values.values()), values
+    if pred_kind == "silent":
+        assert values["lsd"] == 0.0 and values["snr"] == 0.0
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="length mismatch"):
+        metrics.snr(np.zeros(10), np.zeros(11))
