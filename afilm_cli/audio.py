@@ -111,7 +111,30 @@ def spline_up(x_lr: np.ndarray, r: int, n: int | None = None) -> np.ndarray:
     if len(x_lr) < 4:
         raise AfilmError(f"signal of {len(x_lr)} low-rate samples is too short for a cubic spline")
     tck = interpolate.splrep(np.arange(len(x_lr)) * r, x_lr)
-    return interpolate.splev(np.arange(n), tck).astype(np.float32)
+    return _splev_integer(tck, r, n).astype(np.float32)
+
+
+def _splev_integer(tck, r: int, n: int) -> np.ndarray:
+    """``splev(arange(n), tck)`` for splrep's knots at k*r, about 3x faster (same values to ~1e-15).
+
+    Away from the not-a-knot ends the knots are uniform (spacing r), so the value at p*r + j is the
+    uniform cubic B-spline weights for u = j/r applied to coefficients c[p-1..p+2]: one small matmul
+    instead of de Boor per sample. The ends (and the extrapolated tail) still go through splev.
+    """
+    t, c, _ = tck
+    m = len(t) - 4  # number of LR samples; interior knots t[4:-4] = r * (2 .. m-3)
+    lo, hi = 4, min(m - 5, -(-n // r))  # intervals [p*r, (p+1)*r) whose 6 nearby knots are uniform
+    if hi - lo < 2:
+        return interpolate.splev(np.arange(n), tck)
+    u = np.arange(r) / r
+    w = np.stack([(1 - u) ** 3, 3 * u**3 - 6 * u**2 + 4, -3 * u**3 + 3 * u**2 + 3 * u + 1, u**3]) / 6
+    p = np.arange(lo, hi)
+    mid = (np.stack([c[p - 1], c[p], c[p + 1], c[p + 2]], axis=1) @ w).ravel()
+    out = np.empty(n)
+    out[lo * r: hi * r] = mid[: n - lo * r]
+    out[: lo * r] = interpolate.splev(np.arange(lo * r), tck)
+    out[hi * r:] = interpolate.splev(np.arange(hi * r, n), tck)
+    return out
 
 
 def simulate_lr(x_hr: np.ndarray, r: int, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,107 @@
+"""What every `afilm prepare <dataset>` command shares: option aliases, the progress bar, the summary.
+
+A dataset (built-in or plugin) registers a Typer command function in DATASETS::
+
+    @DATASETS.register("mycorpus", help="One line for `afilm prepare --help`.")
+    def mycorpus(root: Path, r: cli.R = 4, out: cli.Out = Path("data"), force: cli.Force = False):
+        recipe = Recipe(r=r).validate()
+        plans = [SplitPlan("train", paths["train"], sources), ...]
+        cli.run_prepare(recipe, plans, split_info={...}, root=root, force=force)
+
+and `afilm prepare mycorpus` exists (see afilm_cli/commands/prepare.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import h5py
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from afilm_cli.data.recipe import Recipe, SplitPlan, SplitResult, existing_output_ok, prepare_split
+from afilm_cli.errors import AfilmError
+
+R = Annotated[int, typer.Option("--r", min=2, help="Upsampling ratio: low rate = sr / r (paper: 2, 4, 8).")]
+SR = Annotated[int, typer.Option("--sr", min=1, help="High sample rate (Hz); files are resampled to it.")]
+Patch = Annotated[int, typer.Option("--patch", min=1, help="Patch length in samples (reference: 8192).")]
+Stride = Annotated[int | None, typer.Option("--stride", min=1, help="Hop between patches in samples "
+                                            "(default: 4096 single speaker / folder, 8192 multi speaker).")]
+DegradeName = Literal["decimate", "subsample"]
+Degrade = Annotated[DegradeName | None, typer.Option(
+    "--degrade", help="Low-res recipe: decimate (Chebyshev-I order 8, zero-phase, then every r-th sample) or "
+    "subsample (x[::r], no filter) (default: decimate single / folder, subsample multi).")]
+Sam = Annotated[float | None, typer.Option("--sam", min=0.0, max=1.0, help="Probability of keeping each "
+                                           "patch (default: 1.0 single / folder, 0.25 multi).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for patch sampling and validation picks.")]
+Multiple = Annotated[int, typer.Option("--multiple", min=1, help="Crop the patch count to a multiple of "
+                                       "this (reference: 128, its batch multiple).")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .h5 files.")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Rebuild outputs that already exist.")]
+ValFraction = Annotated[float | None, typer.Option(
+    "--val-fraction", min=0.0, max=0.99, help="Hold out this fraction for validation, picked by --seed.")]
+
+err = Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
+def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str, Any],
+                root: Path | None = None, force: bool = False) -> list[SplitResult]:
+    """Write every plan's output (skipping finished ones unless ``force``), then print a summary."""
+    recipe.validate()
+    extra = {"split": split_info}
+    attrs = {**recipe.attrs(), **extra}
+    results: list[SplitResult] = []
+    todo: list[SplitPlan] = []
+    for plan in plans:
+        if not force and existing_output_ok(plan.out, attrs):
+            err.print(f"{escape(str(plan.out))} already exists with this recipe: skipped "
+                      "(--force rebuilds it)", soft_wrap=True)
+            results.append(_existing(plan))
+        else:
+            todo.append(plan)
+    with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("files"), TimeElapsedColumn(), console=err) as progress:
+        for plan in todo:
+            task = progress.add_task(plan.part, total=len(plan.sources))
+            res = prepare_split(plan, recipe, root=root, extra_attrs=extra, warn=warn,
+                                advance=lambda task=task: progress.advance(task))
+            results.append(res)
+            if res.status == "empty":
+                msg = (f"no patches for {plan.part}: {len(res.skipped)} of {len(plan.sources)} files were "
+                       f"skipped and the rest are shorter than one patch ({recipe.patch} samples)")
+                if plan.part == "train":
+                    raise AfilmError(msg)
+                warn(msg + f"; {plan.out.name} not written")
+    print_summary(results)
+    return results
+
+
+def _existing(plan: SplitPlan) -> SplitResult:
+    res = SplitResult(plan.part, plan.out, status="exists")
+    with h5py.File(plan.out, "r") as f:
+        res.patches = int(f["data"].shape[0])
+    return res
+
+
+def print_summary(results: list[SplitResult]) -> None:
+    folders = sorted({str(res.out.parent) for res in results})
+    table = Table(title=f"afilm prepare -> {', '.join(folders)}", title_justify="left")
+    for col in ("split", "files", "skipped", "speakers", "hours", "patches", "seconds", "output"):
+        table.add_column(col, justify="left" if col in ("split", "output") else "right",
+                         overflow="fold")
+    for res in sorted(results, key=lambda r: r.part != "train"):
+        if res.status == "exists":
+            table.add_row(res.part, "-", "-", "-", "-", str(res.patches), "-", f"{res.out.name} (existed)")
+            continue
+        out = res.out.name if res.status == "written" else "(not written: no patches)"
+        table.add_row(res.part, str(res.files), str(len(res.skipped)), str(res.speakers),
+                      f"{res.seconds_audio / 3600:.3f}", str(res.patches), f"{res.seconds:.1f}", out)
+    Console(highlight=False).print(table)

@@ -1,0 +1,177 @@
+"""Resumable HTTP download with size / SHA-256 verification, and safe archive extraction.
+
+A download goes to ``<dest>.part`` and resumes from its size with an HTTP Range request (a server
+that ignores Range restarts it from zero); the file gets its final name only once the size and
+checksum match. Extraction writes a marker file so a rerun does not extract again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from afilm_cli import __version__
+from afilm_cli.errors import AfilmError
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    filename: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+VCTK_ARCHIVES = {
+    # size and SHA-256 as published with torchaudio's VCTK_092 dataset
+    "0.92": Archive("https://datashare.ed.ac.uk/bitstream/handle/10283/3443/VCTK-Corpus-0.92.zip",
+                    "VCTK-Corpus-0.92.zip", 11747302977,
+                    "f96258be9fdc2cbff6559541aae7ea4f59df3fcaf5cf963aae5ca647357e359c"),
+    # no published checksum known for 0.80: the SHA-256 is printed instead of checked
+    "0.80": Archive("https://datashare.ed.ac.uk/bitstream/handle/10283/2651/VCTK-Corpus.zip",
+                    "VCTK-Corpus.zip"),
+}
+
+Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha256: str | None = None,
+             progress: Progress | None = None, chunk: int = 1 << 20, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest``, resuming ``dest.part`` if present; verify size and SHA-256."""
+    dest = Path(dest)
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    if size is not None and start > size:  # not ours, or a different file: start over
+        part.unlink()
+        start = 0
+    if size is None or start < size:
+        _fetch(url, part, start, progress, chunk, timeout)
+    got = part.stat().st_size
+    if size is not None and got != size:
+        raise AfilmError(f"download of {url} is incomplete or wrong: {got} bytes, expected {size}; "
+                         f"rerun to resume (partial file {part})")
+    if sha256 is not None:
+        digest = file_sha256(part)
+        if digest != sha256.lower():
+            part.unlink()
+            raise AfilmError(f"{url}: SHA-256 mismatch (got {digest}, expected {sha256}); the partial "
+                             f"file was deleted, rerun to download again")
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: int, timeout: float) -> None:
+    headers = {"User-Agent": f"afilm/{__version__}"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:  # nothing left past what we have: let the size check decide
+            return
+        raise AfilmError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise AfilmError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+    with resp:
+        resumed = start > 0 and resp.status == 206
+        if start and not resumed:
+            start = 0  # the server ignored Range: the body is the whole file
+        length = resp.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        done = start
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                while block := resp.read(chunk):
+                    f.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+        except OSError as exc:
+            raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc}); "
+                             "rerun to resume") from None
+    if total is not None and done < total:
+        raise AfilmError(f"download of {url} interrupted at {done} of {total} bytes; rerun to resume")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
+    """Extract a .zip or .tar(.gz/.bz2/.xz) into ``into``, refusing members that escape it."""
+    archive, into = Path(archive), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    target = into.resolve()
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for name in zf.namelist():
+                    _check_member(name, target)
+                zf.extractall(into)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                for member in tf.getmembers():
+                    _check_member(member.name, target)
+                    if member.issym() or member.islnk():
+                        raise AfilmError(f"{archive}: refusing link member {member.name!r}")
+                tf.extractall(into)
+        else:
+            raise AfilmError(f"{archive}: not a zip or tar archive")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise AfilmError(f"{archive}: corrupt archive ({exc})") from None
+    return into
+
+
+def _check_member(name: str, target: Path) -> None:
+    if not (target / name).resolve().is_relative_to(target):
+        raise AfilmError(f"archive member {name!r} would be written outside {target}")
+
+
+def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool = False,
+                      progress: Progress | None = None) -> Path:
+    """Download ``archive`` into ``root`` (resumable), extract it there, delete it unless ``keep``.
+
+    A marker file records a finished extraction, so a second call does nothing.
+    """
+    root = Path(root)
+    marker = root / f".afilm-extracted-{archive.filename}"
+    if marker.exists():
+        return root
+    from rich.console import Console
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    err = Console(stderr=True)
+    err.print(f"downloading {archive.url} into {root}")
+    if progress is None:
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                      console=err) as bar:
+            task = bar.add_task("download", total=archive.size)
+            path = download(archive.url, root / archive.filename, size=archive.size, sha256=archive.sha256,
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        path = download(archive.url, root / archive.filename, size=archive.size, sha256=archive.sha256,
+                        progress=progress)
+    if archive.sha256 is None:
+        err.print(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
+    err.print(f"extracting {path.name}")
+    extract(path, root)
+    marker.write_text(f"{archive.url}\n")
+    if not keep:
+        path.unlink()
+    shutil.rmtree(root / "__MACOSX", ignore_errors=True)
+    return root

@@ -1,0 +1,120 @@
+"""Any folder tree of audio files (any format soundfile reads, any sample rate): `afilm prepare folder`.
+
+The same recipe as VCTK (afilm_cli/data/recipe.py); the validation set is, in order of precedence,
+a separate folder (``--val-dir``), whole top-level subfolders (``--by-subfolder``: one subfolder =
+one speaker, so no speaker is in both sets), or files, picked deterministically by ``--seed`` for
+``--val-fraction`` (default 0.1; 0 writes only the training file). Outputs are named after the
+folder: ``<out>/<name>-r<r>-<degrade>-{train,val}.h5``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from afilm_cli import audio
+from afilm_cli.data import cli
+from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
+from afilm_cli.errors import AfilmError
+from afilm_cli.registry import DATASETS
+
+Source = tuple[Path, str]
+
+
+def list_audio(root: str | os.PathLike) -> list[Source]:
+    """Sorted (file, speaker) pairs under ``root``; the speaker is the file's folder relative to root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AfilmError(f"{root}: no such folder")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and audio.is_audio_file(name):
+                path = Path(dirpath) / name
+                out.append((path, path.parent.relative_to(root).as_posix()))
+    if not out:
+        raise AfilmError(f"{root}: no audio files (looked for {', '.join(sorted(audio.AUDIO_SUFFIXES))})")
+    return out
+
+
+def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subfolder: bool = False,
+                  val_dir: str | os.PathLike | None = None,
+                  seed: int = 0) -> tuple[list[Source], list[Source], dict]:
+    """(train sources, val sources, description)."""
+    root = Path(root)
+    if val_dir is not None:
+        val = list_audio(val_dir)
+        held = {p.resolve() for p, _ in val}
+        train = [s for s in list_audio(root) if s[0].resolve() not in held]  # val_dir may sit inside root
+        if not train:
+            raise AfilmError(f"{root}: no training files outside --val-dir {val_dir}")
+        return train, val, {"val": "folder", "val_dir": str(Path(val_dir).resolve())}
+    sources = list_audio(root)
+    if by_subfolder:
+        groups = sorted({_top(p, root) for p, _ in sources})
+        picked = pick_fraction(groups, val_fraction, seed)
+        is_val = [_top(p, root) in picked for p, _ in sources]
+    else:
+        picked = pick_fraction([p for p, _ in sources], val_fraction, seed)
+        is_val = [p in picked for p, _ in sources]
+    info = {"val": f"fraction {val_fraction} of {'subfolders' if by_subfolder else 'files'}", "seed": seed}
+    train = [s for s, v in zip(sources, is_val, strict=True) if not v]
+    val = [s for s, v in zip(sources, is_val, strict=True) if v]
+    return train, val, info
+
+
+def _top(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else "."
+
+
+def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None = None,
+                   val_fraction: float = 0.1, by_subfolder: bool = False,
+                   val_dir: str | os.PathLike | None = None, out: str | os.PathLike = "data",
+                   force: bool = False):
+    """Library entry point of `afilm prepare folder`."""
+    recipe.validate()
+    root = Path(root)
+    train, val, info = folder_splits(root, val_fraction=val_fraction, by_subfolder=by_subfolder,
+                                     val_dir=val_dir, seed=recipe.seed)
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name) or "folder"
+    paths = default_output_paths(name, recipe.r, recipe.degrade, recipe.sr, out)
+    plans = [SplitPlan("train", paths["train"], train)]
+    if val:
+        plans.append(SplitPlan("val", paths["val"], val))
+    else:
+        cli.warn(f"no validation files (--val-fraction {val_fraction}): writing {paths['train'].name} only")
+    return cli.run_prepare(recipe, plans, split_info={"dataset": "folder", **info}, root=root, force=force)
+
+
+@DATASETS.register("folder", help="Any folder tree of audio files, at any sample rate.")
+def folder(
+    root: Annotated[Path, typer.Argument(help="Folder of audio files (searched recursively).")],
+    r: cli.R = 4,
+    sr: cli.SR = 16000,
+    patch: cli.Patch = 8192,
+    stride: cli.Stride = None,
+    degrade: cli.Degrade = None,
+    sam: cli.Sam = None,
+    seed: cli.Seed = 0,
+    multiple: cli.Multiple = 128,
+    val_fraction: cli.ValFraction = None,
+    by_subfolder: Annotated[bool, typer.Option("--by-subfolder", help="Hold out whole top-level "
+                            "subfolders (speakers) instead of files.")] = False,
+    val_dir: Annotated[Path | None, typer.Option("--val-dir", help="Use this folder as the validation "
+                       "set (overrides --val-fraction).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Output name prefix (default: the folder's "
+                    "name).")] = None,
+    out: cli.Out = Path("data"),
+    force: cli.Force = False,
+) -> None:
+    """Any folder of audio files: same recipe as VCTK, validation by fraction, subfolder or folder."""
+    recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or 4096, sam=1.0 if sam is None else sam,
+                    degrade=degrade or "decimate", seed=seed, multiple=multiple).validate()
+    prepare_folder(root, recipe, name=name, val_fraction=0.1 if val_fraction is None else val_fraction,
+                   by_subfolder=by_subfolder, val_dir=val_dir, out=out, force=force)

@@ -1,0 +1,274 @@
+"""The reference data recipe (REFERENCE.md section 1) as a streaming file -> patches pipeline.
+
+Per file: read (mono float32) -> resample to ``sr`` (scipy resample_poly) -> crop to a multiple of
+``r`` -> degrade (``decimate`` | ``subsample``) -> cubic spline back to the high rate -> patches of
+``patch`` samples every ``stride`` samples, each kept with probability ``sam`` (seeded). After all
+files the patch count is cropped to a multiple of ``multiple`` (reference: 128, the batch multiple).
+
+Files are processed one at a time and their patches appended to the HDF5 output through
+:class:`~afilm_cli.data.h5.PatchWriter`, so memory is bounded by the longest file, not the corpus.
+
+Output naming (what ``afilm train`` looks for by default)::
+
+    <out>/<name>-r<r>-<degrade>[-sr<sr>]-train.h5
+    <out>/<name>-r<r>-<degrade>[-sr<sr>]-val.h5
+
+``name`` is the dataset and split (``vctk-single``, ``vctk-multi``, or a folder's name); ``-sr<sr>``
+appears only when ``sr`` is not 16000. Different r/split/degrade therefore never share a file, and
+the other recipe fields (patch, stride, sam, seed, split rule) are checked on a rerun. See
+:func:`default_output_paths`, :data:`TRAIN_GLOB`/:data:`VAL_GLOB` and :func:`find_prepared`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from afilm_cli import audio
+from afilm_cli.data.h5 import PatchWriter
+from afilm_cli.errors import AfilmError
+
+DEFAULT_SR = 16000
+TRAIN_GLOB = "*-train.h5"
+VAL_GLOB = "*-val.h5"
+# Recipe fields a rerun compares with an existing output before skipping it.
+CHECKED_ATTRS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed", "multiple", "split")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the patches of one corpus (recorded in the HDF5 attributes)."""
+
+    r: int
+    sr: int = DEFAULT_SR
+    patch: int = 8192
+    stride: int = 4096
+    degrade: str = "decimate"
+    sam: float = 1.0
+    seed: int = 0
+    multiple: int = 128
+
+    def validate(self) -> Recipe:
+        if self.r < 2:
+            raise AfilmError(f"--r must be an integer >= 2, got {self.r}")
+        if self.patch < 1 or self.patch % self.r:
+            raise AfilmError(f"--r {self.r} does not divide the patch length {self.patch}; "
+                             f"pick r dividing it (the paper uses 2, 4, 8) or change --patch")
+        if self.sr < 1 or self.sr % self.r:
+            raise AfilmError(f"--r {self.r} does not divide the sample rate {self.sr}: the low rate "
+                             f"sr/r must be a whole number of Hz")
+        if self.stride < 1:
+            raise AfilmError(f"--stride must be >= 1, got {self.stride}")
+        if not 0.0 < self.sam <= 1.0:
+            raise AfilmError(f"--sam must be in (0, 1], got {self.sam}")
+        if self.degrade not in audio.DEGRADE_METHODS:
+            raise AfilmError(f"unknown --degrade {self.degrade!r}; known: {', '.join(audio.DEGRADE_METHODS)}")
+        if self.multiple < 1:
+            raise AfilmError(f"--multiple must be >= 1, got {self.multiple}")
+        return self
+
+    def attrs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def file_signals(path: str | os.PathLike, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 1-4 on one file: (spline-upsampled LR, HR), both float32 of the same length.
+
+    Raises AfilmError for unreadable/empty/non-finite files and files shorter than one patch.
+    """
+    x, sr_in = audio.read_audio(path, mono=True)
+    hr = audio.resample(x, sr_in, recipe.sr)
+    if len(hr) < recipe.patch:
+        raise AfilmError(f"{path}: {len(hr) / recipe.sr:.2f} s is shorter than one patch "
+                         f"({recipe.patch} samples at {recipe.sr} Hz)")
+    hr, _, up = audio.simulate_lr(hr, recipe.r, recipe.degrade)
+    return up, hr
+
+
+def extract_patches(up: np.ndarray, hr: np.ndarray, recipe: Recipe,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Step 5: patches at offsets range(0, len - patch + 1, stride), each kept with prob. ``sam``.
+
+    One uniform draw per candidate patch, in order (as the reference, but from a seeded generator).
+    """
+    starts = np.arange(0, len(hr) - recipe.patch + 1, recipe.stride)
+    keep = starts[rng.random(len(starts)) <= recipe.sam]
+    idx = keep[:, None] + np.arange(recipe.patch)[None, :]
+    return up[idx], hr[idx]
+
+
+@dataclass
+class SplitPlan:
+    """One output file: which sources go into it. ``sources`` are (path, speaker) pairs."""
+
+    part: str  # "train" or "val"
+    out: Path
+    sources: list[tuple[Path, str]]
+
+
+@dataclass
+class SplitResult:
+    part: str
+    out: Path
+    files: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    speakers: int = 0
+    seconds_audio: float = 0.0
+    patches: int = 0
+    seconds: float = 0.0
+    status: str = "written"  # written | exists | empty
+
+
+class _NoPatches(Exception):
+    """Raised inside the writer to discard an output that would be empty."""
+
+
+Warn = Callable[[str], None]
+
+
+def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
+                  extra_attrs: dict[str, Any] | None = None, warn: Warn | None = None,
+                  advance: Callable[[], None] | None = None) -> SplitResult:
+    """Run the recipe over ``plan.sources`` and write ``plan.out`` atomically.
+
+    A file that cannot be used (corrupt, empty, too short, NaN/Inf, silent) is skipped with a
+    warning and listed in the result. With no patch at all nothing is written (status "empty").
+    Fewer than ``recipe.multiple`` patches are kept uncropped, with a warning, rather than cropped to 0.
+    """
+    warn = warn or (lambda msg: None)
+    result = SplitResult(plan.part, plan.out)
+    rng = np.random.default_rng(recipe.seed)  # per output, so a skipped train does not shift val
+    speakers: set[str] = set()
+    used: list[str] = []
+    t0 = time.perf_counter()
+    attrs = {**recipe.attrs(), **(extra_attrs or {}), "part": plan.part}
+    if root is not None:
+        attrs["source_root"] = str(Path(root).resolve())
+    try:
+        with PatchWriter(plan.out, recipe.patch, attrs) as writer:
+            for path, speaker in plan.sources:
+                try:
+                    up, hr = file_signals(path, recipe)
+                except AfilmError as exc:
+                    result.skipped.append((str(path), str(exc)))
+                    warn(f"skipped {exc}")
+                else:
+                    data, label = extract_patches(up, hr, recipe, rng)
+                    writer.append(data, label)
+                    result.files += 1
+                    result.seconds_audio += len(hr) / recipe.sr
+                    speakers.add(speaker)
+                    used.append(_rel(path, root))
+                if advance:
+                    advance()
+            if writer.count == 0:
+                raise _NoPatches
+            if writer.count < recipe.multiple:
+                warn(f"{plan.out.name}: only {writer.count} patches, fewer than --multiple "
+                     f"{recipe.multiple}; keeping all of them instead of none")
+            else:
+                writer.finish(recipe.multiple)
+            writer.attrs["sources"] = used
+            writer.attrs["skipped"] = [f for f, _ in result.skipped]
+            result.patches = writer.count
+    except _NoPatches:
+        result.status = "empty"
+    result.speakers = len(speakers)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
+    """True if ``out`` is a finished output of the same recipe (so a rerun may skip it).
+
+    Raises AfilmError when it exists with a different recipe: silently reusing it would train on
+    data the user did not ask for.
+    """
+    if not out.exists():
+        return False
+    try:
+        with h5py.File(out, "r") as f:
+            found = {k: _plain(f.attrs[k]) for k in CHECKED_ATTRS if k in f.attrs}
+    except OSError:
+        raise AfilmError(f"{out}: exists but is not a readable HDF5 file; "
+                         "use --force to rebuild it") from None
+    want = {k: _plain(attrs[k]) for k in CHECKED_ATTRS if k in attrs}
+    diff = [f"{k}={found.get(k)!r} (asked {v!r})" for k, v in want.items() if found.get(k) != v]
+    if diff:
+        raise AfilmError(f"{out} exists with a different recipe: {', '.join(diff)}; "
+                         f"use --force to rebuild it or --out for another folder")
+    return True
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.dumps(json.loads(value), sort_keys=True)
+        except ValueError:
+            return value
+    return value
+
+
+def output_stem(name: str, r: int, degrade: str, sr: int = DEFAULT_SR) -> str:
+    stem = f"{name}-r{r}-{degrade}"
+    return stem if sr == DEFAULT_SR else f"{stem}-sr{sr}"
+
+
+def default_output_paths(name: str, r: int, degrade: str, sr: int = DEFAULT_SR,
+                         out: str | os.PathLike = "data") -> dict[str, Path]:
+    """``{"train": <out>/<name>-r<r>-<degrade>-train.h5, "val": ...-val.h5}`` (see module doc)."""
+    stem = output_stem(name, r, degrade, sr)
+    return {part: Path(out) / f"{stem}-{part}.h5" for part in ("train", "val")}
+
+
+def val_path_for(train_path: str | os.PathLike) -> Path:
+    """The validation file that goes with a training file (``...-train.h5`` -> ``...-val.h5``)."""
+    p = Path(train_path)
+    if not p.name.endswith("-train.h5"):
+        raise AfilmError(f"{p}: expected a name ending in -train.h5")
+    return p.with_name(p.name[: -len("-train.h5")] + "-val.h5")
+
+
+def find_prepared(out: str | os.PathLike = "data") -> list[tuple[Path, Path | None]]:
+    """(train, val or None) pairs under ``out``, newest training file first."""
+    trains = sorted(Path(out).glob(TRAIN_GLOB), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [(t, v if (v := val_path_for(t)).exists() else None) for t in trains]
+
+
+def pick_fraction(items: Sequence, fraction: float, seed: int) -> set:
+    """A deterministic (by seed) subset of about ``fraction`` of ``items`` (at least 1, at most n-1).
+
+    Used to hold out validation files or speakers of a corpus without the reference split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise AfilmError(f"--val-fraction must be in [0, 1), got {fraction}")
+    n = len(items)
+    if fraction == 0.0 or n < 2:
+        return set()
+    k = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return {items[i] for i in order[:k]}

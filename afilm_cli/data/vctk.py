@@ -1,0 +1,207 @@
+"""VCTK: layout detection (0.80 and 0.92), the reference splits, and `afilm prepare vctk`.
+
+The corpus: CSTR VCTK Corpus (Veaux, Yamagishi, MacDonald), University of Edinburgh DataShare.
+0.80 (https://datashare.ed.ac.uk/handle/10283/2651, Open Data Commons Attribution):
+``VCTK-Corpus/wav48/pNNN/pNNN_MMM.wav``, 48 kHz WAV, 109 speakers.
+0.92 (https://datashare.ed.ac.uk/handle/10283/3443, CC BY 4.0):
+``wav48_silence_trimmed/pNNN/pNNN_MMM_mic1.flac`` and ``_mic2``, 48 kHz FLAC, silence trimmed,
+110 speakers (s5 added; p315 has no audio). The speaker is the folder name.
+
+Reference splits (REFERENCE.md section 1):
+- single: p225 only; val = p225_355 356 357 358 359 363 365 366 (the reference lists them 4x;
+  afilm keeps each once), train = every other p225 file.
+- multi: val = p347 p351 p360 p361 p362 p363 p364 p374 p376 (the last 9 of the sorted 0.80
+  speakers), train = the first 100 other speakers in sorted order.
+On a partial corpus the missing validation files are reported and only the training file is
+written; ``--val-fraction`` / ``--val-speakers`` choose another validation set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from afilm_cli.data import cli, download
+from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
+from afilm_cli.errors import AfilmError
+from afilm_cli.registry import DATASETS
+
+SINGLE_SPEAKER = "p225"
+SINGLE_VAL = tuple(f"p225_{n}" for n in (355, 356, 357, 358, 359, 363, 365, 366))
+MULTI_VAL = ("p347", "p351", "p360", "p361", "p362", "p363", "p364", "p374", "p376")
+MULTI_TRAIN_SPEAKERS = 100
+# Per split: (stride, sam, degrade), the reference's settings.
+SPLIT_DEFAULTS = {"single": (4096, 1.0, "decimate"), "multi": (8192, 0.25, "subsample")}
+LAYOUTS_HELP = ("wav48/pNNN/pNNN_MMM.wav (VCTK-Corpus 0.80) or "
+                "wav48_silence_trimmed/pNNN/pNNN_MMM_mic1.flac (VCTK-Corpus 0.92)")
+WHERE_FROM = ("VCTK comes from the Edinburgh DataShare (VCTK-Corpus 0.92: https://datashare.ed.ac.uk/"
+              "handle/10283/3443, 0.80: https://datashare.ed.ac.uk/handle/10283/2651)")
+
+
+@dataclass(frozen=True)
+class Layout:
+    version: str  # "0.80" or "0.92"
+    audio_dir: Path  # the wav48 / wav48_silence_trimmed folder
+    pattern: str  # glob for one speaker's files
+
+
+def find_layout(root: str | os.PathLike, mic: str = "mic1") -> Layout:
+    """Find the audio folder of a VCTK copy: ``root`` may be the corpus folder, its parent, or the
+    wav48 / wav48_silence_trimmed folder itself."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise AfilmError(f"VCTK root {root} is not a folder; {WHERE_FROM}; accepted layouts: {LAYOUTS_HELP}")
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    for base in candidates:
+        for sub, version in (("wav48_silence_trimmed", "0.92"), ("wav48", "0.80")):
+            for folder in (base / sub, base if base.name == sub else None):
+                if folder is not None and folder.is_dir():
+                    pattern = f"*_{mic}.flac" if version == "0.92" else "*.wav"
+                    return Layout(version, folder, pattern)
+    raise AfilmError(f"no VCTK layout under {root}: expected {LAYOUTS_HELP} (or pass --download); "
+                     f"{WHERE_FROM}")
+
+
+def list_speakers(layout: Layout) -> dict[str, list[Path]]:
+    """Speaker -> sorted audio files, for every speaker folder that has files of the layout."""
+    out = {}
+    for folder in sorted(p for p in layout.audio_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(folder.glob(layout.pattern))
+        if files:
+            out[folder.name] = files
+    if not out:
+        raise AfilmError(f"{layout.audio_dir}: no speaker folders with {layout.pattern} files "
+                         f"(expected {LAYOUTS_HELP})")
+    return out
+
+
+def utterance_id(path: Path) -> str:
+    """p225_001 for p225_001.wav and p225_001_mic1.flac."""
+    stem = path.stem
+    return stem.rsplit("_", 1)[0] if stem.endswith(("_mic1", "_mic2")) else stem
+
+
+def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: list[str] | None = None,
+                val_fraction: float | None = None, seed: int = 0,
+                warn=cli.warn) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], dict]:
+    """(train sources, val sources, description) for ``split`` "single" or "multi"."""
+    if split == "single":
+        if val_speakers:
+            raise AfilmError("--val-speakers applies to --split multi; "
+                             "use --val-fraction with --split single")
+        if SINGLE_SPEAKER not in speakers:
+            raise AfilmError(f"the single-speaker split uses {SINGLE_SPEAKER}, which is not in the corpus "
+                             f"(found {', '.join(list(speakers)[:10])}...); use --split multi")
+        files = speakers[SINGLE_SPEAKER]
+        if val_fraction is not None:
+            held = pick_fraction(files, val_fraction, seed)
+            info = {"split": "single", "val": f"fraction {val_fraction}", "seed": seed}
+        else:
+            held = {f for f in files if utterance_id(f) in SINGLE_VAL}
+            info = {"split": "single", "val": "reference"}
+            if len(held) < len(SINGLE_VAL):
+                absent = sorted(set(SINGLE_VAL) - {utterance_id(f) for f in held})
+                warn(f"partial corpus: {len(absent)} of the {len(SINGLE_VAL)} reference validation files are "
+                     f"absent ({', '.join(absent)}); use --val-fraction to hold out other files")
+        train = [(f, SINGLE_SPEAKER) for f in files if f not in held]
+        val = [(f, SINGLE_SPEAKER) for f in files if f in held]
+        return train, val, info
+    if split != "multi":
+        raise AfilmError(f"unknown split {split!r}; known: single, multi")
+    names = list(speakers)
+    if val_speakers:
+        unknown = [s for s in val_speakers if s not in speakers]
+        if unknown:
+            raise AfilmError(f"--val-speakers {', '.join(unknown)} not in the corpus; "
+                             f"known: {', '.join(names)}")
+        held, info = set(val_speakers), {"split": "multi", "val": sorted(val_speakers)}
+    elif val_fraction is not None:
+        held = pick_fraction(names, val_fraction, seed)
+        info = {"split": "multi", "val": f"fraction {val_fraction}", "seed": seed}
+    else:
+        held, info = {s for s in MULTI_VAL if s in speakers}, {"split": "multi", "val": "reference"}
+        if len(held) < len(MULTI_VAL):
+            absent = [s for s in MULTI_VAL if s not in speakers]
+            warn(f"partial corpus: {len(absent)} of the {len(MULTI_VAL)} reference validation speakers are "
+                 f"absent ({', '.join(absent)}); use --val-speakers or --val-fraction to choose others")
+    train_speakers = [s for s in names if s not in held][:MULTI_TRAIN_SPEAKERS]
+    train = [(f, s) for s in train_speakers for f in speakers[s]]
+    val = [(f, s) for s in sorted(held) for f in speakers[s]]
+    return train, val, info
+
+
+def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "single", mic: str = "mic1",
+                 val_speakers: list[str] | None = None, val_fraction: float | None = None,
+                 out: str | os.PathLike = "data", force: bool = False):
+    """Library entry point of `afilm prepare vctk`.
+
+    Writes ``<out>/vctk-<split>-r<r>-<degrade>-{train,val}.h5`` (see afilm_cli/data/recipe.py)."""
+    recipe.validate()
+    layout = find_layout(root, mic)
+    speakers = list_speakers(layout)
+    train, val, info = vctk_splits(speakers, split, val_speakers=val_speakers, val_fraction=val_fraction,
+                                   seed=recipe.seed)
+    info = {"dataset": "vctk", "version": layout.version, **info}
+    if layout.version == "0.92":
+        info["mic"] = mic
+    paths = default_output_paths(f"vctk-{split}", recipe.r, recipe.degrade, recipe.sr, out)
+    plans = [SplitPlan("train", paths["train"], train)]
+    if val:
+        plans.append(SplitPlan("val", paths["val"], val))
+    else:
+        cli.warn(f"no validation files for --split {split}: writing {paths['train'].name} only")
+    return cli.run_prepare(recipe, plans, split_info=info, root=layout.audio_dir, force=force)
+
+
+@DATASETS.register("vctk", help="VCTK 0.80 / 0.92 with the reference single- and multi-speaker splits.")
+def vctk(
+    root: Annotated[Path | None, typer.Option(
+        "--root", envvar="AFILM_VCTK", help="VCTK folder (0.80 or 0.92 layout), or where --download puts it.")
+    ] = None,
+    split: Annotated[Literal["single", "multi"], typer.Option("--split", help="single: p225 only; "
+                     "multi: 100 train / 9 val speakers.")] = "single",
+    r: cli.R = 4,
+    sr: cli.SR = 16000,
+    patch: cli.Patch = 8192,
+    stride: cli.Stride = None,
+    degrade: cli.Degrade = None,
+    sam: cli.Sam = None,
+    seed: cli.Seed = 0,
+    multiple: cli.Multiple = 128,
+    mic: Annotated[Literal["mic1", "mic2"], typer.Option("--mic", help="Microphone of VCTK 0.92.")] = "mic1",
+    val_speakers: Annotated[str | None, typer.Option("--val-speakers", help="Comma-separated validation "
+                            "speakers for --split multi (e.g. p226,p227).")] = None,
+    val_fraction: cli.ValFraction = None,
+    out: cli.Out = Path("data"),
+    force: cli.Force = False,
+    fetch: Annotated[bool, typer.Option("--download", help="Download and extract the corpus into --root "
+                                        "first (resumable; about 11 GB for 0.92).")] = False,
+    release: Annotated[Literal["0.92", "0.80"], typer.Option("--release", help="Which release "
+                       "--download fetches.")] = "0.92",
+    url: Annotated[str | None, typer.Option("--url", help="Download from this URL instead (a mirror); "
+                   "size and SHA-256 checks then apply only with --sha256.")] = None,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of the archive.")] = None,
+) -> None:
+    """VCTK speech corpus, 48 kHz: the reference single- (p225) and multi-speaker splits."""
+    if root is None:
+        if not fetch:
+            raise AfilmError(f"no VCTK folder: pass --root DIR or set AFILM_VCTK (or add --download); "
+                             f"{WHERE_FROM}; accepted layouts: {LAYOUTS_HELP}")
+        root = Path("data") / "VCTK"
+    s_stride, s_sam, s_degrade = SPLIT_DEFAULTS[split]
+    recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
+                    degrade=degrade or s_degrade, seed=seed, multiple=multiple).validate()
+    if fetch:
+        archive = download.VCTK_ARCHIVES[release]
+        if url:
+            archive = download.Archive(url, Path(url.split("?")[0]).name or archive.filename, None, None)
+        if sha256:
+            archive = download.Archive(archive.url, archive.filename, archive.size, sha256.lower())
+        download.fetch_and_extract(archive, root)
+    names = [s.strip() for s in val_speakers.split(",") if s.strip()] if val_speakers else None
+    prepare_vctk(root, recipe, split=split, mic=mic, val_speakers=names, val_fraction=val_fraction,
+                 out=out, force=force)

@@ -1,0 +1,101 @@
+"""afilm_cli/audio.py against scipy directly, on real VCTK audio and on bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import interpolate, signal
+
+from afilm_cli import audio
+from afilm_cli.errors import AfilmError
+
+
+@pytest.fixture(scope="module")
+def speech(vctk_mini) -> np.ndarray:
+    x, sr = sf.read(vctk_mini / "wav48" / "p225" / "p225_001.wav", dtype="float32")
+    assert sr == 48000
+    return x
+
+
+def test_read_resample_match_scipy(vctk_mini, speech):
+    x, sr = audio.read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav")
+    assert sr == 48000 and x.dtype == np.float32
+    np.testing.assert_array_equal(x, speech)
+    y = audio.resample(x, 48000, 16000)
+    assert y.dtype == np.float32 and len(y) == -(-len(x) // 3)  # ceil, as resample_poly
+    np.testing.assert_allclose(y, signal.resample_poly(speech.astype(np.float64), 1, 3), atol=1e-6)
+    np.testing.assert_array_equal(audio.resample(y, 16000, 16000), y)
+    assert len(audio.resample(y, 16000, 22050)) == -(-len(y) * 441 // 320)
+
+
+def test_degrade_and_spline_match_scipy(speech):
+    hr = audio.crop_to_multiple(audio.resample(speech, 48000, 16000), 4)
+    assert len(hr) % 4 == 0
+    np.testing.assert_allclose(audio.degrade(hr, 4, "decimate"), signal.decimate(hr.astype(np.float64), 4),
+                               atol=1e-6)
+    np.testing.assert_array_equal(audio.degrade(hr, 4, "subsample"), hr[::4])
+    lr = audio.degrade(hr, 4, "decimate")
+    up = audio.spline_up(lr, 4, len(hr))
+    tck = interpolate.splrep(np.arange(len(lr)) * 4, lr.astype(np.float64))
+    np.testing.assert_allclose(up, interpolate.splev(np.arange(len(hr)), tck), atol=1e-6)
+    np.testing.assert_allclose(up[::4], lr, atol=1e-6)  # passes through the LR samples at k*r
+    hr2, lr2, up2 = audio.simulate_lr(hr[:-1], 4, "subsample")
+    assert len(hr2) == len(hr) - 4 and len(lr2) * 4 == len(hr2) == len(up2)
+    # the spline is a good low-pass reconstruction of band-limited input: a 500 Hz tone
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 500 * t).astype(np.float32)
+    rec = audio.spline_up(audio.degrade(tone, 4, "subsample"), 4, len(tone))
+    assert np.max(np.abs(rec[100:-100] - tone[100:-100])) < 1e-2
+
+
+def test_degrade_and_spline_errors():
+    with pytest.raises(AfilmError, match="unknown degradation"):
+        audio.degrade(np.zeros(100, np.float32), 2, "bicubic")
+    with pytest.raises(AfilmError, match="too short"):
+        audio.degrade(np.zeros(20, np.float32), 2, "decimate")
+    with pytest.raises(AfilmError, match="too short"):
+        audio.spline_up(np.zeros(3, np.float32), 2)
+
+
+def test_read_audio_formats_and_bad_files(tmp_path, speech):
+    stereo = np.stack([speech, 0.5 * speech], axis=1)
+    sf.write(tmp_path / "s.flac", stereo, 48000, subtype="PCM_24")
+    x, sr = audio.read_audio(tmp_path / "s.flac", mono=True)
+    assert x.ndim == 1 and sr == 48000
+    np.testing.assert_allclose(x, 0.75 * speech, atol=1e-4)
+    assert audio.read_audio(tmp_path / "s.flac")[0].shape == stereo.shape
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF1234WAVEjunkjunk")
+    (tmp_path / "empty.flac").write_bytes(b"")
+    sf.write(tmp_path / "zero.wav", np.zeros((0,), np.float32), 16000)
+    nan = np.zeros(1000, np.float32)
+    nan[5] = np.inf
+    sf.write(tmp_path / "inf.wav", nan, 16000, subtype="FLOAT")
+    for name, match in (("missing.wav", "no such file"), ("corrupt.wav", "cannot read audio"),
+                        ("empty.flac", "cannot read audio"), ("zero.wav", "empty audio"),
+                        ("inf.wav", "NaN or Inf"), (".", "is a folder")):
+        with pytest.raises(AfilmError, match=match) as exc:
+            audio.read_audio(tmp_path / name)
+        assert "\n" not in str(exc.value)
+    assert audio.is_audio_file("a/B.FLAC") and not audio.is_audio_file("notes.txt")
+
+
+def test_write_audio_is_atomic_and_clips(tmp_path):
+    x = np.array([0.0, 0.5, 2.0, -3.0] * 100, np.float32)
+    out = audio.write_audio(tmp_path / "o.wav", x, 16000)
+    y, sr = sf.read(out, dtype="float32")
+    assert sr == 16000 and y.max() <= 1.0 and y.min() >= -1.0 and sf.info(out).subtype == "PCM_16"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.wav"]  # no temporary left behind
+    audio.write_audio(tmp_path / "f.wav", x, 16000, subtype="FLOAT")
+    np.testing.assert_array_equal(sf.read(tmp_path / "f.wav", dtype="float32")[0], x)
+
+
+@pytest.mark.parametrize("r", [2, 3, 4, 8])
+@pytest.mark.parametrize("m", [4, 9, 11, 12, 50])
+def test_spline_fast_path_equals_splev_at_every_length(r, m):
+    """spline_up's uniform-knot shortcut must equal splev everywhere, ends and extrapolation included."""
+    lr = np.random.default_rng(m * r).standard_normal(m)
+    tck = interpolate.splrep(np.arange(m) * r, lr)
+    for n in (m * r - r + 1, m * r, m * r + 3):
+        np.testing.assert_allclose(audio.spline_up(lr, r, n), interpolate.splev(np.arange(n), tck),
+                                   rtol=1e-6, atol=1e-6)

@@ -1,0 +1,361 @@
+"""`afilm prepare vctk|folder` on real audio (vctk-mini 0.80, a 0.92 FLAC copy, librispeech-mini).
+
+The HDF5 contents are checked against the recipe computed here with scipy directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import interpolate, signal
+
+from afilm_cli.data import recipe as recipe_mod
+from afilm_cli.data.folder import folder_splits, prepare_folder
+from afilm_cli.data.h5 import PatchFile
+from afilm_cli.data.recipe import (
+    Recipe,
+    default_output_paths,
+    find_prepared,
+    output_stem,
+    pick_fraction,
+    val_path_for,
+)
+from afilm_cli.data.vctk import MULTI_VAL, SINGLE_VAL, find_layout, list_speakers, prepare_vctk
+from afilm_cli.errors import AfilmError
+from afilm_cli.registry import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def expected_signals(path: Path, r: int, method: str, sr: int = 16000) -> tuple[np.ndarray, np.ndarray]:
+    """The reference recipe, written independently with scipy: (spline input, HR)."""
+    x, sr_in = sf.read(str(path), dtype="float32")
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    g = np.gcd(sr_in, sr)
+    hr = signal.resample_poly(x.astype(np.float64), sr // g, sr_in // g).astype(np.float32)
+    hr = hr[: len(hr) - len(hr) % r]
+    if method == "decimate":
+        lr = signal.decimate(hr.astype(np.float64), r)
+    else:
+        lr = hr[::r].astype(np.float64)
+    tck = interpolate.splrep(np.arange(len(lr)) * r, lr, k=3, s=0)
+    return interpolate.splev(np.arange(len(hr)), tck), hr
+
+
+def candidates(sig: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    return np.stack([sig[i: i + patch] for i in range(0, len(sig) - patch + 1, stride)])
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def vctk092(tmp_path_factory, vctk_mini) -> Path:
+    """A 0.92-layout FLAC copy of vctk-mini, plus the reference validation names so both splits
+    have validation data: p225_355... are copies of p225_001..008, p347/p351 copies of p226/p227."""
+    root = tmp_path_factory.mktemp("vctk092") / "VCTK-Corpus-0.92"
+    out = root / "wav48_silence_trimmed"
+    for spk_dir in sorted((vctk_mini / "wav48").iterdir()):
+        (out / spk_dir.name).mkdir(parents=True)
+        for wav in sorted(spk_dir.glob("*.wav")):
+            x, sr = sf.read(wav, dtype="int16")
+            sf.write(out / spk_dir.name / f"{wav.stem}_mic1.flac", x, sr)
+    p225 = sorted((out / "p225").glob("*_mic1.flac"))
+    for src, utt in zip(p225, SINGLE_VAL, strict=False):
+        shutil.copy(src, out / "p225" / f"{utt}_mic1.flac")
+    for src_spk, dst_spk in (("p226", "p347"), ("p227", "p351")):
+        (out / dst_spk).mkdir()
+        for f in sorted((out / src_spk).glob("*_mic1.flac"))[:3]:
+            shutil.copy(f, out / dst_spk / f.name.replace(src_spk, dst_spk))
+    # mic2 for one speaker only, to check --mic selects files
+    shutil.copy(p225[0], out / "p225" / p225[0].name.replace("_mic1", "_mic2"))
+    return root
+
+
+def test_single_split_matches_independent_recipe(vctk_mini, tmp_path):
+    results = prepare_vctk(vctk_mini, Recipe(r=4), split="single", out=tmp_path)
+    out = tmp_path / "vctk-single-r4-decimate-train.h5"
+    assert [r.out for r in results] == [out]  # partial corpus: no validation file, no failure
+    assert not (tmp_path / "vctk-single-r4-decimate-val.h5").exists()
+    with h5py.File(out, "r") as f:
+        data, label = f["data"], f["label"]
+        assert data.dtype == np.float32 and label.dtype == np.float32
+        assert data.shape == label.shape and data.shape[1:] == (8192, 1)
+        n = data.shape[0]
+        assert n > 0 and n % 128 == 0
+        attrs = dict(f.attrs)
+        sources = json.loads(attrs["sources"])
+        assert sources == sorted(f"p225/{p.name}" for p in (vctk_mini / "wav48" / "p225").glob("*.wav"))
+        up, hr = expected_signals(vctk_mini / "wav48" / sources[0], 4, "decimate")
+        exp_data, exp_label = candidates(up, 8192, 4096), candidates(hr, 8192, 4096)
+        k = min(len(exp_data), n)
+        np.testing.assert_allclose(label[:k, :, 0], exp_label[:k], atol=1e-6)
+        np.testing.assert_allclose(data[:k, :, 0], exp_data[:k], atol=2e-5)
+        # the second file's patches follow the first file's
+        up2, hr2 = expected_signals(vctk_mini / "wav48" / sources[1], 4, "decimate")
+        np.testing.assert_allclose(label[k: k + 2, :, 0], candidates(hr2, 8192, 4096)[:2], atol=1e-6)
+    assert {k: attrs[k] for k in ("r", "sr", "patch", "stride", "degrade", "sam", "seed")} == {
+        "r": 4, "sr": 16000, "patch": 8192, "stride": 4096, "degrade": "decimate", "sam": 1.0, "seed": 0}
+    assert attrs["afilm_version"] and json.loads(attrs["split"])["version"] == "0.80"
+    with PatchFile(out) as pf:  # the shared reader accepts it and recovers the recipe
+        assert pf.recipe["r"] == 4 and pf.recipe["sources"] == sources
+
+
+def test_multi_split_subsample_sampling_and_seed(vctk_mini, tmp_path):
+    rec = Recipe(r=2, stride=8192, sam=0.25, degrade="subsample", multiple=1, seed=7)
+    (res,) = prepare_vctk(vctk_mini, rec, split="multi", out=tmp_path / "a")
+    assert res.files == 50 and res.speakers == 13 and res.skipped == []
+    path = tmp_path / "a" / "vctk-multi-r2-subsample-train.h5"
+    with h5py.File(path, "r") as f:
+        label, data = f["label"][:, :, 0], f["data"][:, :, 0]
+        sources = json.loads(f.attrs["sources"])
+    assert sources[0] == "p225/p225_001.wav" and len(sources) == 50
+    # roughly a quarter of all candidate patches, each one a real stride-8192 patch of the corpus
+    all_hr, all_up = [], []
+    for s in sources:
+        up, hr = expected_signals(vctk_mini / "wav48" / s, 2, "subsample")
+        all_hr.append(candidates(hr, 8192, 8192))
+        all_up.append(candidates(up, 8192, 8192))
+    all_hr, all_up = np.concatenate(all_hr), np.concatenate(all_up)
+    assert 0.1 < len(label) / len(all_hr) < 0.45
+    for i in range(0, len(label), 7):
+        j = int(np.argmin(np.abs(all_hr - label[i]).max(axis=1)))
+        np.testing.assert_allclose(label[i], all_hr[j], atol=1e-6)
+        np.testing.assert_allclose(data[i], all_up[j], atol=2e-5)
+    # same seed -> identical file; another seed -> another selection
+    prepare_vctk(vctk_mini, rec, split="multi", out=tmp_path / "b")
+    with h5py.File(tmp_path / "b" / path.name, "r") as f:
+        np.testing.assert_array_equal(f["label"][:, :, 0], label)
+    prepare_vctk(vctk_mini, Recipe(**{**rec.attrs(), "seed": 8}), split="multi", out=tmp_path / "c")
+    with h5py.File(tmp_path / "c" / path.name, "r") as f:
+        assert f["label"].shape != label.shape or not np.array_equal(f["label"][:, :, 0], label)
+
+
+def test_vctk_092_layout_reference_splits(vctk092, tmp_path):
+    layout = find_layout(vctk092.parent)  # parent of the corpus folder is accepted too
+    assert layout.version == "0.92" and layout.audio_dir.name == "wav48_silence_trimmed"
+    assert list(list_speakers(find_layout(vctk092, "mic2"))) == ["p225"]
+    results = prepare_vctk(vctk092, Recipe(r=4, multiple=1), split="single", out=tmp_path)
+    assert [r.part for r in results] == ["train", "val"]
+    paths = default_output_paths("vctk-single", 4, "decimate", out=tmp_path)
+    with h5py.File(paths["val"], "r") as f:
+        val_src = json.loads(f.attrs["sources"])
+        assert json.loads(f.attrs["split"])["mic"] == "mic1"
+    with h5py.File(paths["train"], "r") as f:
+        train_src = json.loads(f.attrs["sources"])
+    assert sorted(Path(s).name for s in val_src) == [f"{u}_mic1.flac" for u in SINGLE_VAL]
+    assert len(train_src) == 10 and not set(train_src) & set(val_src)
+    # multi: the reference validation speakers that exist (p347, p351) are held out
+    results = prepare_vctk(vctk092, Recipe(r=4, stride=8192, sam=1.0, degrade="subsample", multiple=1),
+                           split="multi", out=tmp_path)
+    val = next(r for r in results if r.part == "val")
+    assert val.speakers == 2 and set(MULTI_VAL) >= {"p347", "p351"}
+    with h5py.File(val.out, "r") as f:
+        assert {s.split("/")[0] for s in json.loads(f.attrs["sources"])} == {"p347", "p351"}
+
+
+def test_val_speakers_and_fraction(vctk_mini, tmp_path):
+    rec = Recipe(r=4, stride=8192, sam=1.0, degrade="subsample", multiple=1)
+    results = prepare_vctk(vctk_mini, rec, split="multi", val_speakers=["p226", "p227"], out=tmp_path)
+    train, val = results
+    assert (train.speakers, val.speakers) == (11, 2) and val.files == 20
+    with pytest.raises(AfilmError, match="p999 not in the corpus"):
+        prepare_vctk(vctk_mini, rec, split="multi", val_speakers=["p999"], out=tmp_path / "x")
+    results = prepare_vctk(vctk_mini, Recipe(r=4, multiple=1), split="single", val_fraction=0.3,
+                           out=tmp_path / "f")
+    assert [(r.part, r.files) for r in results] == [("train", 7), ("val", 3)]
+    assert pick_fraction(list(range(10)), 0.3, 0) == pick_fraction(list(range(10)), 0.3, 0)
+    assert len(pick_fraction(list(range(10)), 0.3, 1)) == 3
+
+
+def test_rerun_skips_force_rebuilds_and_other_recipe_refused(vctk_mini, tmp_path):
+    (first,) = prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
+    mtime = first.out.stat().st_mtime_ns
+    (again,) = prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
+    assert again.status == "exists" and first.out.stat().st_mtime_ns == mtime
+    with pytest.raises(AfilmError, match="different recipe: stride"):
+        prepare_vctk(vctk_mini, Recipe(r=4, stride=2048), out=tmp_path)
+    (forced,) = prepare_vctk(vctk_mini, Recipe(r=4, stride=2048), out=tmp_path, force=True)
+    assert forced.status == "written" and forced.patches > first.patches
+
+
+def test_killed_run_leaves_no_output(vctk_mini, tmp_path, monkeypatch):
+    real = recipe_mod.file_signals
+    calls = []
+
+    def dying(path, rec):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, rec)
+
+    monkeypatch.setattr(recipe_mod, "file_signals", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"r": 3}, "does not divide the patch length 8192"),
+    ({"r": 4, "patch": 8190}, "does not divide the patch length 8190"),
+    ({"r": 4, "sam": 0.0}, "--sam must be in"),
+    ({"r": 4, "degrade": "bogus"}, "unknown --degrade"),
+    ({"r": 1}, "integer >= 2"),
+])
+def test_bad_recipe_is_one_clear_error(kwargs, match):
+    with pytest.raises(AfilmError, match=match) as exc:
+        Recipe(**kwargs).validate()
+    assert "\n" not in str(exc.value)
+
+
+def test_bad_roots(tmp_path):
+    with pytest.raises(AfilmError, match="not a folder"):
+        find_layout(tmp_path / "missing")
+    (tmp_path / "wav48").mkdir()
+    with pytest.raises(AfilmError, match="no speaker folders"):
+        list_speakers(find_layout(tmp_path))
+    (tmp_path / "other").mkdir()
+    with pytest.raises(AfilmError, match="no VCTK layout"):
+        find_layout(tmp_path / "other")
+
+
+def make_bad_corpus(vctk_mini: Path, root: Path) -> list[str]:
+    """Three good p225 files plus a corrupt, an empty, a too-short and a NaN file."""
+    spk = root / "wav48" / "p225"
+    spk.mkdir(parents=True)
+    for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:3]:
+        shutil.copy(f, spk / f.name)
+    (spk / "p225_100.wav").write_bytes(b"RIFF\x00\x00garbage" * 100)
+    (spk / "p225_101.wav").write_bytes(b"")
+    sf.write(spk / "p225_102.wav", np.zeros(4000, np.float32) + 0.1, 48000)
+    nan = np.full(48000, 0.1, np.float32)
+    nan[100] = np.nan
+    sf.write(spk / "p225_103.wav", nan, 48000, subtype="FLOAT")
+    return ["p225_100.wav", "p225_101.wav", "p225_102.wav", "p225_103.wav"]
+
+
+def test_cli_subprocess_skips_bad_files_and_errors(vctk_mini, tmp_path):
+    corpus = tmp_path / "corpus"
+    bad = make_bad_corpus(vctk_mini, corpus)
+    proc = run_cli("prepare", "vctk", "--r", "4", "--multiple", "1", "--out", str(tmp_path / "out"),
+                   cwd=tmp_path, env={"AFILM_VCTK": str(corpus)})
+    assert proc.returncode == 0, proc.stderr
+    for name in bad:
+        assert name in proc.stderr  # each skipped file is named in a warning
+    assert "shorter than one patch" in proc.stderr and "NaN" in proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if "train" in line)
+    assert [c.strip() for c in row.split("│")[2:4]] == ["3", "4"]  # 3 files used, 4 skipped
+    out = tmp_path / "out" / "vctk-single-r4-decimate-train.h5"
+    with h5py.File(out, "r") as f:
+        assert sorted(Path(p).name for p in json.loads(f.attrs["skipped"])) == bad
+    proc = run_cli("prepare", "vctk", "--r", "4", "--multiple", "1", "--out", str(tmp_path / "out"),
+                   cwd=tmp_path, env={"AFILM_VCTK": str(corpus)})
+    assert proc.returncode == 0 and "skipped (--force rebuilds it)" in proc.stderr
+    # errors: one line, exit code 2, no traceback
+    env = {k: v for k, v in os.environ.items() if k != "AFILM_VCTK"}
+    for args, text in ((["prepare", "vctk"], "datashare.ed.ac.uk"),
+                       (["prepare", "vctk", "--root", str(tmp_path / "nope")], "not a folder"),
+                       (["prepare", "vctk", "--root", str(corpus), "--r", "3"], "does not divide"),
+                       (["prepare", "folder", str(tmp_path / "out")], "no audio files")):
+        proc = subprocess.run([sys.executable, "-m", "afilm_cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert text in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_all_files_bad_is_an_error(tmp_path):
+    spk = tmp_path / "wav48" / "p225"
+    spk.mkdir(parents=True)
+    (spk / "p225_001.wav").write_bytes(b"not audio")
+    with pytest.raises(AfilmError, match="no patches for train"):
+        prepare_vctk(tmp_path, Recipe(r=4), out=tmp_path / "out")
+    assert not (tmp_path / "out" / "vctk-single-r4-decimate-train.h5").exists()
+
+
+def test_folder_by_subfolder_librispeech(libri_mini, tmp_path):
+    root = libri_mini / "test-other"
+    train, val, _ = folder_splits(root, val_fraction=0.2, by_subfolder=True, seed=0)
+    tr_spk = {p.relative_to(root).parts[0] for p, _ in train}
+    va_spk = {p.relative_to(root).parts[0] for p, _ in val}
+    assert len(va_spk) == 2 and len(tr_spk) == 8 and not tr_spk & va_spk
+    # 16 kHz FLAC, fewer files to keep the test short: one file per speaker folder
+    sub = tmp_path / "libri"
+    for spk in sorted(root.iterdir())[:6]:
+        (sub / spk.name).mkdir(parents=True)
+        shutil.copy(sorted(spk.glob("*.flac"))[0], sub / spk.name)
+    results = prepare_folder(sub, Recipe(r=2, multiple=1), val_fraction=0.34, by_subfolder=True,
+                             out=tmp_path / "out")
+    assert [(r.part, r.files, r.speakers) for r in results] == [("train", 4, 4), ("val", 2, 2)]
+    with h5py.File(tmp_path / "out" / "libri-r2-decimate-train.h5", "r") as f:
+        first = json.loads(f.attrs["sources"])[0]
+        up, hr = expected_signals(sub / first, 2, "decimate")
+        np.testing.assert_allclose(f["label"][0, :, 0], hr[:8192], atol=1e-6)
+        np.testing.assert_allclose(f["data"][0, :, 0], up[:8192], atol=2e-5)
+
+
+def test_folder_any_rate_val_dir_and_cli(vctk_mini, tmp_path):
+    """44.1 kHz stereo and 48 kHz files resampled to 16 kHz; --val-dir inside the tree."""
+    root = tmp_path / "music"
+    (root / "held").mkdir(parents=True)
+    x, sr = sf.read(vctk_mini / "wav48" / "p226" / "p226_002.wav", dtype="float32")
+    stereo = signal.resample_poly(x, 147, 160)
+    sf.write(root / "a.wav", np.stack([stereo, 0.5 * stereo], axis=1), 44100)
+    shutil.copy(vctk_mini / "wav48" / "p227" / "p227_003.wav", root / "b.wav")
+    shutil.copy(vctk_mini / "wav48" / "p228" / "p228_004.wav", root / "held" / "c.wav")
+    proc = run_cli("prepare", "folder", str(root), "--r", "4", "--val-dir", str(root / "held"),
+                   "--multiple", "1", "--out", "prepared", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    train = tmp_path / "prepared" / "music-r4-decimate-train.h5"
+    assert find_prepared(tmp_path / "prepared") == [(train, val_path_for(train))]
+    with h5py.File(train, "r") as f:
+        assert json.loads(f.attrs["sources"]) == ["a.wav", "b.wav"]
+        up, hr = expected_signals(root / "a.wav", 4, "decimate")  # mono = mean of the channels
+        np.testing.assert_allclose(f["label"][0, :, 0], hr[:8192], atol=1e-5)
+        np.testing.assert_allclose(f["data"][0, :, 0], up[:8192], atol=3e-5)
+    with h5py.File(val_path_for(train), "r") as f:
+        assert json.loads(f.attrs["sources"]) == ["held/c.wav"]
+
+
+def test_registry_and_help(tmp_path):
+    assert {"vctk", "folder"} <= set(DATASETS.names())
+    assert callable(DATASETS.get("vctk")) and DATASETS.meta("folder")["help"]
+    assert output_stem("vctk-multi", 8, "subsample", 22050) == "vctk-multi-r8-subsample-sr22050"
+    from typer.testing import CliRunner
+
+    from afilm_cli.main import app
+    res = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "vctk" in res.output and "folder" in res.output
+
+
+def test_plugin_dataset_becomes_a_subcommand(tmp_path):
+    """A third-party dataset registers its command function in DATASETS, like the built-ins."""
+    import typer
+    from typer.testing import CliRunner
+
+    from afilm_cli.commands.prepare import register_datasets
+
+    @DATASETS.register("toy_corpus", help="A toy plugin dataset.")
+    def toy(r: int = typer.Option(4, "--r")) -> None:
+        """Toy dataset."""
+        print(f"toy r={r}")
+
+    try:
+        app = typer.Typer()
+        register_datasets(app)
+        res = CliRunner().invoke(app, ["toy_corpus", "--r", "8"])
+        assert res.exit_code == 0 and "toy r=8" in res.output
+    finally:
+        DATASETS.unregister("toy_corpus")
