@@ -1,8 +1,54 @@
-"""`afilm demo` (placeholder until its issue lands)."""
+"""`afilm demo`: upsample a bundled speech clip with the bundled model and compare with spline."""
 
-from afilm_cli.errors import AfilmError
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from afilm_cli.commands.options import Ckpt, Device, Force
+
+LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR, reference (dB)", True),
+          "lsd": ("LSD (log10, lower is better)", False), "lsd_ref": ("LSD, reference convention", False)}
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm demo' is not implemented yet")
+def command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the wavs, the PNG and the metrics.")
+                   ] = Path("afilm-demo"),
+    ckpt: Ckpt = None,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Simulate 4 kHz speech from a bundled 16 kHz clip, upsample it with the bundled pretrained model,
+    and compare with cubic-spline interpolation (table, wavs, spectrogram PNG).
+
+    Example: afilm demo --out afilm-demo
+    """
+    from afilm_cli import demo, infer  # lazy: torch loads only when the command runs
+
+    demo.check_out_dir(out, force)
+    err = Console(stderr=True)
+    err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
+    run = demo.run_demo(out, ckpt=ckpt, device=infer.resolve_device(device), force=force)
+    result = run["result"]
+    p = result.protocol
+    table = Table(title=f"{p['model_name']} vs cubic spline on {len(result.rows)} held-out clip(s), "
+                        f"{p['sr'] // p['r']} Hz -> {p['sr']} Hz ({p['degrade']})")
+    table.add_column("metric")
+    table.add_column("afilm", justify="right")
+    table.add_column("spline", justify="right")
+    summary = result.summary
+    for key, (label, higher) in LABELS.items():
+        m, s = summary["model"][key], summary["spline"][key]
+        better = (m > s) == higher and m != s
+        table.add_row(label, f"[bold]{m:.2f}[/]" if better else f"{m:.2f}", f"{s:.2f}")
+    Console().print(table)
+    files = [Path(w["outputs"][k]).name for w in run["wavs"] for k in ("lr", "pr", "hr")]
+    err.print(f"checkpoint: {escape(str(run['checkpoint']))}", soft_wrap=True)
+    err.print(f"wrote into {escape(str(out))}/: {', '.join(files)}, "
+              f"{', '.join(pl.name for pl in result.plots)}, metrics.csv, summary.json", soft_wrap=True)
+    err.print("listen: .lr.wav is the 4 kHz input, .pr.wav the afilm output, .hr.wav the original")

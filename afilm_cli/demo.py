@@ -1,0 +1,48 @@
+"""`afilm demo`: the whole loop on a bundled clip, in about a minute on a CPU.
+
+The clip (assets/demo, LibriSpeech, CC BY 4.0) is treated as high-rate ground truth: its low-rate
+version is simulated with the checkpoint's recipe, upsampled by the model, and compared with the
+cubic-spline baseline. Outputs: ``<name>.lr.wav`` / ``.hr.wav`` / ``.pr.wav`` (as ``afilm upsample
+--simulate``), a spectrogram PNG, ``metrics.csv`` and ``summary.json`` (as ``afilm eval``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from afilm_cli.errors import AfilmError
+
+ASSETS = Path(__file__).parent / "assets" / "demo"
+MARKER = ".afilm-demo"  # marks a folder the demo wrote, so a rerun may refresh it without --force
+
+
+def demo_clips() -> list[Path]:
+    return sorted(p for p in ASSETS.iterdir() if p.suffix == ".flac")
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to write into a folder that holds anything the demo did not write, unless --force."""
+    if out.exists() and not out.is_dir():
+        raise AfilmError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
+        raise AfilmError(f"{out} already holds files that the demo did not write; pass --force or --out")
+
+
+def run_demo(out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu", force: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out``; return the eval result, the wav paths and the checkpoint used."""
+    from afilm_cli import evaluate, infer, pretrained
+
+    out = Path(out)
+    check_out_dir(out, force)
+    loaded = infer.load_model(ckpt if ckpt is not None else pretrained.bundled_checkpoint_path(), device)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by 'afilm demo'; the demo may overwrite this folder\n")
+    wavs = [infer.simulate_file(clip, out / clip.stem, loaded, device=device) for clip in demo_clips()]
+    result = evaluate.evaluate_wavs(loaded, ASSETS, device=device, plots_dir=out)
+    csv_path, json_path = evaluate.write_results(result, out, force=True)
+    return {"result": result, "wavs": wavs, "checkpoint": loaded.path, "csv": csv_path, "json": json_path}

@@ -1,0 +1,78 @@
+"""`afilm demo`: the quick-start command, end to end in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+
+from afilm_cli import pretrained
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.demo import ASSETS, demo_clips
+from afilm_cli.models import create_model
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "AFILM_DISABLE_PLUGINS": "1"})
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, make_checkpoint(create_model("afilm_tiny"), RECIPE))
+    return path
+
+
+def test_bundled_clip_is_attributed_16k_speech():
+    clips = demo_clips()
+    assert len(clips) == 1
+    info = sf.info(clips[0])
+    assert info.samplerate == 16000 and 4.0 < info.duration < 10.0
+    attribution = (ASSETS.parent / "ATTRIBUTION.md").read_text()
+    assert clips[0].name in attribution and "CC BY 4.0" in attribution
+
+
+def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
+    out = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    d = tmp_path / "demo-out"
+    stem = demo_clips()[0].stem
+    lr, hr, pr = (sf.info(d / f"{stem}.{k}.wav") for k in ("lr", "hr", "pr"))
+    assert (lr.samplerate, hr.samplerate, pr.samplerate) == (4000, 16000, 16000)
+    assert hr.frames == pr.frames == sf.info(demo_clips()[0]).frames
+    assert (d / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["protocol"]["r"] == 4
+    assert "SNR" in out.stdout and "spline" in out.stdout
+    # a rerun refreshes the demo's own folder without --force
+    again = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--device", "cpu", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path, tiny_ckpt):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    out = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "mine", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "afilm: error: mine already holds files that the demo did not write; pass --force or --out"]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(not pretrained.DEFAULT, reason="no bundled model in this build")
+def test_default_demo_uses_the_bundled_model_and_beats_spline(tmp_path):
+    out = run_cli("demo", "--out", "d", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    model, spline = summary["summary"]["model"], summary["summary"]["spline"]
+    assert model["snr"] > spline["snr"]
+    assert model["lsd"] < spline["lsd"]
