@@ -1,5 +1,90 @@
-"""`afilm convert` (placeholder)."""
+"""`afilm convert`: import the original Keras AFiLM / TFiLM weights, and export back to Keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Import checkpoints from other formats (the original Keras models).", no_args_is_help=True)
+from afilm_cli.commands.options import Force
+from afilm_cli.errors import AfilmError
+
+app = typer.Typer(
+    help="Convert checkpoints between afilm and the original Keras code (ncarraz/AFILM). "
+         "'afilm convert keras MODEL.h5' imports; 'afilm convert to-keras CKPT.pt' exports.",
+    no_args_is_help=True,
+)
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise AfilmError(f"{out} exists; pass --force to overwrite it")
+
+
+@app.command("keras")
+def keras(
+    model_h5: Annotated[Path, typer.Argument(metavar="MODEL.h5", help="Keras .h5: a full model (model.save) "
+                                             "or weights only (model.save_weights).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Checkpoint to write. Default: "
+                                             "MODEL.pt beside the input.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="afilm or tfilm. Default: detected "
+                                              "from the file.")] = None,
+    r: Annotated[int | None, typer.Option(
+        "--r", min=2, help="Upscaling ratio the model was trained for. Keras files do not store it: taken "
+        "from a name hint (r4, x4, scale4) or an afilm_r attribute when present, else required.")] = None,
+    degrade: Annotated[str, typer.Option(
+        "--degrade", help="How its training data made the low-rate input: subsample (x[::r], the "
+        "published VCTK-Multi models) or decimate (anti-aliased, the reference's single-speaker recipe).",
+    )] = "subsample",
+    sr: Annotated[int, typer.Option("--sr", min=1, help="High (output) sample rate of the model.")] = 16000,
+    force: Force = False,
+) -> None:
+    """Import an original Keras AFiLM / TFiLM .h5 as an afilm checkpoint.
+
+    The arrays are matched in the file's order and every shape is checked against the original
+    model (n_layers 4, 8192-sample input). The checkpoint then works with 'afilm upsample --ckpt'
+    and 'afilm eval --ckpt'. Export back with 'afilm convert to-keras'.
+    """
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.keras_io import KERAS_INPUT_LENGTH, KERAS_MODELS, load_keras_model
+
+    if model is not None and model not in KERAS_MODELS:
+        raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
+    if degrade not in ("subsample", "decimate"):
+        raise AfilmError(f"--degrade must be subsample or decimate, got {degrade!r}")
+    out = out or model_h5.with_suffix(".pt")
+    _refuse_existing(out, force)
+    net, info = load_keras_model(model_h5, model, r)
+    recipe = {"r": info["r"], "sr": sr, "degrade": degrade, "patch": KERAS_INPUT_LENGTH}
+    save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
+    claim = f" (from the {info['r_from']})"
+    if info["r_from"] == "user":
+        claim = " (your claim: Keras files do not store r)"
+    typer.echo(f"{model_h5} [{info['format']}] -> {out}: {info['model']}, r={info['r']}{claim}, "
+               f"sr={sr}, degrade={degrade}")
+
+
+@app.command("to-keras")
+def to_keras(
+    ckpt: Annotated[Path, typer.Argument(metavar="CKPT.pt", help="afilm checkpoint of a paper-size afilm or "
+                                         "tfilm model (trained here or imported).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keras .h5 to write. Default: CKPT.h5 "
+                                             "beside the input.")] = None,
+    force: Force = False,
+) -> None:
+    """Export an afilm checkpoint to the Keras weights-only layout (model.save_weights).
+
+    The original code loads it with get_afilm().load_weights(path) (or get_tfilm). The file also
+    records r (attribute afilm_r), which 'afilm convert keras' reads back.
+    """
+    from afilm_cli.checkpoint import load_checkpoint
+    from afilm_cli.keras_io import model_from_checkpoint_fast, write_keras_h5
+
+    out = out or ckpt.with_suffix(".h5")
+    _refuse_existing(out, force)
+    data = load_checkpoint(ckpt)
+    net = model_from_checkpoint_fast(data)
+    write_keras_h5(out, net, r=data["recipe"]["r"])
+    typer.echo(f"{ckpt} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "
+               f"r={data['recipe']['r']}")

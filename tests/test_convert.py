@@ -1,0 +1,336 @@
+"""`afilm convert`: Keras .h5 (both layouts) -> afilm checkpoint -> Keras .h5, on paper-size models.
+
+The .h5 files are written here with h5py exactly as tf.keras' legacy h5 code lays them out (groups
+per layer, ``layer_names`` / ``weight_names`` attributes, weightless layers listed too), filled with
+random arrays of the shapes of ../shared/keras-weights-layout.txt. The expected PyTorch values are
+computed here with explicit numpy transposes, independently of afilm_cli/models/keras_layout.py.
+Parity with the real Keras model (TensorFlow) is benchmarks/keras_parity.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from afilm_cli.checkpoint import load_checkpoint
+from afilm_cli.errors import AfilmError
+from afilm_cli.keras_io import (
+    KerasFile,
+    keras_weight_list,
+    load_keras_model,
+    paper_config,
+    read_keras_h5,
+    resolve_r,
+    write_keras_h5,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYOUT_FILE = ROOT.parent / "shared" / "keras-weights-layout.txt"
+
+
+def _reference_rows(model: str) -> list[str]:
+    if not LAYOUT_FILE.is_file():
+        pytest.fail(f"reference layout missing: {LAYOUT_FILE}")
+    afilm_part, tfilm_part = LAYOUT_FILE.read_text().split("## TFILM")
+    part = afilm_part if model == "afilm" else tfilm_part
+    return [line for line in part.splitlines() if re.match(r"^w\d{4} \|", line)]
+
+
+@pytest.mark.parametrize("model,count", [("afilm", 596), ("tfilm", 47)])
+def test_generated_layout_equals_the_reference_list(model, count):
+    generated = [w.row(i) for i, w in enumerate(keras_weight_list(paper_config(model)))]
+    assert len(generated) == count
+    assert generated == _reference_rows(model)
+
+
+# ---------------------------------------------------------------- building Keras files
+
+
+def _random_arrays(model: str, seed: int) -> list[tuple[str, str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(w.layer, w.name, rng.standard_normal(w.shape, dtype=np.float32))
+            for w in keras_weight_list(paper_config(model))]
+
+
+def _write_keras(path: Path, arrays, layout: str, model: str) -> Path:
+    """An .h5 laid out as tf.keras' model.save ('full') or model.save_weights ('weights')."""
+    layers: dict[str, list] = {"input_1": []}
+    for layer, name, arr in arrays:
+        layers.setdefault(layer, []).append((name, arr))
+        if layer.startswith("conv1d"):  # weightless layers are listed too, with no weight_names
+            layers[layer.replace("conv1d", "max_pooling1d")] = []
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = "2.16.0"
+        group = f
+        if layout == "full":
+            f.attrs["model_config"] = json.dumps({"class_name": "Functional", "config": {"name": model}})
+            group = f.create_group("model_weights")
+            f.create_group("optimizer_weights").create_dataset("iter", data=np.int64(3))
+        group.attrs["layer_names"] = np.array(list(layers), dtype=h5py.string_dtype())
+        for layer, items in layers.items():
+            g = group.create_group(layer)
+            g.attrs["weight_names"] = np.array([n for n, _ in items], dtype=h5py.string_dtype())
+            for name, arr in items:
+                g.create_dataset(name, data=arr)
+    return path
+
+
+def _to_torch_layout(key: str, arr: np.ndarray) -> np.ndarray:
+    """Keras -> PyTorch layout, spelled out: Conv1D (k, in, out) -> (out, in, k); Dense and LSTM
+    kernels (in, out) -> (out, in); vectors as they are."""
+    if arr.ndim == 3:
+        return np.transpose(arr, (2, 1, 0))
+    if arr.ndim == 2:
+        return arr.T
+    return arr
+
+
+def _torch_name(key: str) -> str:
+    key = re.sub(r"^(down|up)(\d+)\.", r"\1.\2.", key)
+    for old, new in ((".cell.recurrent_kernel", ".weight_hh_l0"), (".cell.kernel", ".weight_ih_l0"),
+                     (".cell.bias", ".bias_ih_l0"), (".kernel", ".weight"), (".gamma", ".weight"),
+                     (".beta", ".bias")):
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
+def _check_state_dict(sd: dict, model: str, arrays) -> None:
+    expected = keras_weight_list(paper_config(model))
+    seen = set()
+    for want, (_, _, arr) in zip(expected, arrays, strict=True):
+        name = _torch_name(want.key)
+        assert name in sd, name
+        np.testing.assert_array_equal(sd[name].numpy(), _to_torch_layout(want.key, arr), err_msg=name)
+        seen.add(name)
+    rest = set(sd) - seen
+    assert all(k.endswith("bias_hh_l0") for k in rest), sorted(rest)[:5]
+    assert all(not sd[k].any() for k in rest)
+    assert len(rest) == (9 if model == "tfilm" else 0)
+
+
+def _check_same_arrays(path: Path, arrays, model: str) -> None:
+    back = read_keras_h5(path)
+    assert [(layer, name) for layer, name, _ in back.arrays] == [(w.layer, w.name) for w in
+                                                                  keras_weight_list(paper_config(model))]
+    for (_, name, a), (_, _, b) in zip(arrays, back.arrays, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+@pytest.fixture(scope="module")
+def tfilm_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keras-tfilm")
+    arrays = _random_arrays("tfilm", 1)
+    return arrays, _write_keras(d / "tfilm_weights.h5", arrays, "weights", "tfilm")
+
+
+# ---------------------------------------------------------------- the big AFiLM: both directions
+
+
+@pytest.mark.slow
+def test_afilm_full_model_file_converts_and_exports_exactly(tmp_path):
+    arrays = _random_arrays("afilm", 0)
+    src = _write_keras(tmp_path / "afilm_model.h5", arrays, "full", "afilm")
+    net, info = load_keras_model(src, "afilm", r=4)  # (the checkpoint round trip: the TFiLM CLI test)
+    assert info["format"] == "keras h5 (full model)" and info["r_from"] == "user"
+    assert net.model_name == "afilm"
+    sd = net.state_dict()
+    assert sum(t.numel() for t in sd.values()) == 134_723_842
+    _check_state_dict(sd, "afilm", arrays)
+    out = write_keras_h5(tmp_path / "afilm_back.h5", net, r=4)
+    _check_same_arrays(out, arrays, "afilm")
+
+
+# ---------------------------------------------------------------- TFiLM through the real CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "afilm_cli", "convert", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("afilm: error:"), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_tfilm_cli_import_export_and_refusals(tfilm_files, tmp_path):
+    arrays, src = tfilm_files
+    ckpt_path = tmp_path / "tfilm.pt"
+    res = _cli("keras", src, "--model", "tfilm", "--r", "4", "--out", ckpt_path)
+    assert res.returncode == 0, res.stderr
+    assert "your claim" in res.stdout
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["model_name"] == "tfilm"
+    assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "subsample", "patch": 8192}
+    assert ckpt["keras_source"]["r_from"] == "user"
+    assert ckpt["keras_source"]["format"] == "keras h5 (weights only)"
+    _check_state_dict(ckpt["state_dict"], "tfilm", arrays)
+
+    # never overwrites; exports back exactly; the export records r, which a re-import checks
+    _one_line_error(_cli("keras", src, "--r", "4", "--out", ckpt_path), "exists", "--force")
+    back = tmp_path / "tfilm_back.h5"
+    res = _cli("to-keras", ckpt_path, "--out", back)
+    assert res.returncode == 0, res.stderr
+    _check_same_arrays(back, arrays, "tfilm")
+    _one_line_error(_cli("keras", back, "--r", "2", "--out", tmp_path / "x.pt"), "records r=4", "--r 2")
+    # a TFiLM file is not an AFiLM
+    _one_line_error(_cli("keras", src, "--model", "afilm", "--r", "4", "--out", tmp_path / "y.pt"),
+                    "TFILM", "--model tfilm")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+@pytest.mark.slow
+def test_tfilm_full_model_file_detected_and_runs(tfilm_files, tmp_path):
+    arrays, _ = tfilm_files
+    full = _write_keras(tmp_path / "tfilm_x4.h5", arrays, "full", "tfilm")  # r from the file name
+    net, info = load_keras_model(full)  # the model detected from the file
+    assert (info["model"], info["r"], info["r_from"]) == ("tfilm", 4, "file name")
+    assert info["format"] == "keras h5 (full model)"
+    _check_state_dict(net.state_dict(), "tfilm", arrays)
+    x = 0.1 * torch.randn(1, 1, 8192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.slow
+def test_wrong_shape_names_the_array_and_the_expected_shape(tfilm_files, tmp_path):
+    arrays, _ = tfilm_files
+    bad = list(arrays)
+    layer, name, arr = bad[15]  # down3.conv.kernel (9, 512, 512)
+    bad[15] = (layer, name, arr[:, :, :256])
+    path = _write_keras(tmp_path / "bad.h5", bad, "weights", "tfilm")
+    with pytest.raises(AfilmError) as err:
+        load_keras_model(path, "tfilm", r=4)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "#15 conv1d_3/conv1d_3/kernel:0" in msg and "(9, 512, 256)" in msg and "(9, 512, 512)" in msg
+
+
+# ---------------------------------------------------------------- cheap refusals
+
+
+def test_truncated_file_and_wrong_model_fail_clearly(tmp_path):
+    arrays = _random_arrays("tfilm", 2)[:5]
+    path = _write_keras(tmp_path / "part.h5", arrays, "weights", "tfilm")
+    with pytest.raises(AfilmError, match=r"5 weight arrays, but the original TFILM .* has 47"):
+        load_keras_model(path, "tfilm", r=4)
+    with pytest.raises(AfilmError, match=r"holds a Keras TFILM model .* use --model tfilm"):
+        load_keras_model(path, "afilm", r=4)
+
+
+def test_not_a_keras_file(tmp_path):
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"not hdf5")
+    with pytest.raises(AfilmError, match="not an HDF5 file .*to-keras"):
+        read_keras_h5(pt)
+    k3 = tmp_path / "model.weights.h5"
+    with h5py.File(k3, "w") as f:
+        f.create_group("layers").create_group("conv1d").create_group("vars")
+    with pytest.raises(AfilmError, match="not a Keras 2 HDF5 .*Keras 3"):
+        read_keras_h5(k3)
+    with pytest.raises(AfilmError, match="no such file"):
+        read_keras_h5(tmp_path / "missing.h5")
+
+
+@pytest.mark.parametrize("stem,given,expected", [
+    ("afilm_vctk_multi_r4", None, (4, "file name")),
+    ("afilm_vctk_multi_r4", 4, (4, "file name")),
+    ("model-x8", None, (8, "file name")),
+    ("scale2_model", 2, (2, "file name")),
+    ("model", 4, (4, "user")),
+    ("checkpoint3", 4, (4, "user")),  # digits without r/x/scale are no hint
+    ("build_x86", 4, (4, "user")),  # nor an implausible ratio
+])
+def test_r_resolution(tmp_path, stem, given, expected):
+    kf = KerasFile(tmp_path / f"{stem}.h5", "weights only", [], {}, None)
+    assert resolve_r(kf, given) == expected
+
+
+def test_r_contradictions_fail(tmp_path):
+    with pytest.raises(AfilmError, match="file name says r=2, but --r 4"):
+        resolve_r(KerasFile(tmp_path / "afilm_r2.h5", "weights only", [], {}, None), 4)
+    with pytest.raises(AfilmError, match="records r=8, but --r 4"):
+        resolve_r(KerasFile(tmp_path / "m.h5", "weights only", [], {"afilm_r": 8}, None), 4)
+    with pytest.raises(AfilmError, match="do not store the upscaling ratio; pass --r"):
+        resolve_r(KerasFile(tmp_path / "m.h5", "weights only", [], {}, None), None)
+
+
+def test_export_refuses_models_keras_cannot_build(tmp_path):
+    from afilm_cli.models import create_model
+
+    with pytest.raises(AfilmError, match="only the paper AFILM; this model differs in channels"):
+        write_keras_h5(tmp_path / "tiny.h5", create_model("afilm_tiny"))
+    assert not (tmp_path / "tiny.h5").exists()
+
+
+# ---------------------------------------------------------------- Keras semantics, without TensorFlow
+
+
+def test_keras_lstm_gate_order_and_single_bias_match_torch():
+    """A Keras LSTM step written out (gates i, f, c, o; one bias; h = o * tanh(c)) against nn.LSTM
+    holding the converted weights."""
+    from afilm_cli.models.keras_layout import torch_value
+
+    rng = np.random.default_rng(0)
+    n_in = units = 6
+    kernel = rng.standard_normal((n_in, 4 * units), dtype=np.float32) * 0.5
+    rec = rng.standard_normal((units, 4 * units), dtype=np.float32) * 0.5
+    bias = rng.standard_normal(4 * units, dtype=np.float32) * 0.5
+    x = rng.standard_normal((2, 5, n_in), dtype=np.float32)
+
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    h = np.zeros((2, units), np.float32)
+    c = np.zeros((2, units), np.float32)
+    outs = []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ rec + bias
+        i, f, g, o = np.split(z, 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        outs.append(h)
+    want = np.stack(outs, 1)
+
+    lstm = torch.nn.LSTM(n_in, units, batch_first=True)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch_value("a.rnn.cell.kernel", kernel))
+        lstm.weight_hh_l0.copy_(torch_value("a.rnn.cell.recurrent_kernel", rec))
+        lstm.bias_ih_l0.copy_(torch_value("a.rnn.cell.bias", bias))
+        lstm.bias_hh_l0.zero_()
+        got = lstm(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_dilated_same_conv_matches_torch():
+    """Keras Conv1D(padding='same', dilation_rate=2) written out against the converted nn.Conv1d."""
+    from afilm_cli.models.keras_layout import torch_value
+
+    rng = np.random.default_rng(1)
+    k, c_in, c_out, t, d = 5, 3, 4, 20, 2
+    kernel = rng.standard_normal((k, c_in, c_out), dtype=np.float32)
+    x = rng.standard_normal((t, c_in), dtype=np.float32)  # channels-last, as Keras
+    pad = (k - 1) * d // 2
+    xp = np.pad(x, ((pad, pad), (0, 0)))
+    want = np.stack([sum(xp[s + j * d] @ kernel[j] for j in range(k)) for s in range(t)])
+    conv = torch.nn.Conv1d(c_in, c_out, k, dilation=d, padding=pad, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch_value("a.conv.kernel", kernel))
+        got = conv(torch.from_numpy(x.T[None]))[0].numpy().T
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
