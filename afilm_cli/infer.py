@@ -1,9 +1,5 @@
-"""Upsampling real files: streaming signal stages and windowed overlap-add inference.
-
-The pipeline is a chain of *stages*, each a signal that can be read over any sample range
-``read(start, stop)`` (zeros outside ``[0, length)``). A stage computes its range from a slightly wider
-range of the stage below (a margin that covers its filter), so reading a long file block by block
-gives the same samples as processing it whole, in memory that does not grow with the file:
+"""Upsampling real files: signal stages (afilm_cli/stages.py) into windowed overlap-add inference
+(afilm_cli/windows.py), streamed to the output file.
 
 - real low-rate input:  file -> Resampled(to sr/r) -> Splined(r) -> model windows
 - ``--simulate``:       file -> Resampled(to sr) = HR -> Degraded(recipe) = LR -> Splined(r) -> model
@@ -11,11 +7,7 @@ gives the same samples as processing it whole, in memory that does not grow with
 Real low-rate input is already band-limited (its recorder's anti-alias filter, and the polyphase
 resampler's own low-pass when its rate is above sr/r), so the recipe's degradation is *not* applied
 again; ``--simulate`` applies the checkpoint's recipe (decimate or subsample) to make its LR version.
-
-The model runs on windows of ``window`` samples (a multiple of ``model.length_multiple``). Each window
-drops ``context`` samples at both ends (where zero padding of the convolutions and the window-limited
-attention differ most from a longer pass) and cross-fades with its neighbour over ``fade`` samples
-(sin^2 / cos^2 ramps, which sum to exactly 1). The first and last windows keep their outer edges.
+Speed settings (precision, threads, compile) are documented in afilm_cli/windows.py.
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -31,252 +23,34 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from scipy import interpolate, signal
 
 from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS
 from afilm_cli.errors import AfilmError
 
-SPLINE_MARGIN = 64  # LR samples: a cubic spline's dependence decays ~0.27x per knot, 0.27**64 ~ 1e-37
-DECIMATE_MARGIN = 512  # LR samples: the order-8 Chebyshev IIR has decayed below 1e-15 well before this
+# re-exported: the stages and windows were part of this module and are used through it
+from afilm_cli.stages import (  # noqa: F401
+    DECIMATE_MARGIN,
+    SPLINE_MARGIN,
+    ArraySource,
+    Degraded,
+    FileSource,
+    Resampled,
+    Splined,
+    Stage,
+)
+from afilm_cli.windows import (  # noqa: F401
+    BF16_MIN_SNR_DB,
+    FP32_ATOL,
+    PRECISIONS,
+    WindowPlan,
+    compile_model,
+    plan_windows,
+    resolve_precision,
+    run_windows,
+)
+
 BLOCK = 1 << 16  # samples per block when copying a stage to a file
-
-
-# --------------------------------------------------------------------------------------------- stages
-class Stage:
-    """A signal of ``length`` frames x ``channels``, readable over any range as float64 (n, C)."""
-
-    length: int
-    channels: int
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.zeros((max(stop - start, 0), self.channels))
-        a, b = max(start, 0), min(stop, self.length)
-        if a < b:
-            out[a - start : b - start] = self._read(a, b)
-        return out
-
-    def _read(self, start: int, stop: int) -> np.ndarray:  # 0 <= start < stop <= length
-        raise NotImplementedError
-
-
-class ArraySource(Stage):
-    def __init__(self, x: np.ndarray):
-        x = np.asarray(x, dtype=np.float64)
-        self.x = x[:, None] if x.ndim == 1 else x
-        self.length, self.channels = self.x.shape
-
-    def _read(self, start, stop):
-        return self.x[start:stop]
-
-
-class FileSource(Stage):
-    """Reads blocks of a sound file by seeking, so only the requested range is ever in memory."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise AfilmError(f"{self.path}: no such file" if not self.path.is_dir()
-                             else f"{self.path}: is a folder, expected an audio file")
-        try:
-            self.f = sf.SoundFile(str(self.path))
-        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AfilmError(f"{self.path}: cannot read audio ({reason})") from None
-        self.sr, self.channels, self.length = self.f.samplerate, self.f.channels, self.f.frames
-        self.subtype = self.f.subtype
-        if self.length <= 0:
-            self.f.close()
-            raise AfilmError(f"{self.path}: empty audio file")
-        self._whole: np.ndarray | None = None  # only for formats libsndfile cannot seek in
-
-    def _read(self, start, stop):
-        if not self.f.seekable():
-            if self._whole is None:
-                self._whole = self._check(self.f.read(dtype="float64", always_2d=True), self.length)
-            return self._whole[start:stop]
-        self.f.seek(start)
-        return self._check(self.f.read(stop - start, dtype="float64", always_2d=True), stop - start)
-
-    def _check(self, x: np.ndarray, n: int) -> np.ndarray:
-        if len(x) != n:
-            raise AfilmError(f"{self.path}: file is shorter than its header says (truncated?)")
-        if not np.isfinite(x).all():
-            raise AfilmError(f"{self.path}: contains NaN or Inf samples")
-        return x
-
-    def close(self) -> None:
-        self.f.close()
-
-
-class Resampled(Stage):
-    """scipy.signal.resample_poly from ``sr_in`` to ``sr_out`` (rationals allowed), computed on
-    blocks: a block starting at a multiple of ``down`` input samples with the FIR's half length as
-    margin gives exactly the samples of a whole-signal resample_poly."""
-
-    def __init__(self, src: Stage, sr_in: int | Fraction, sr_out: int | Fraction, length: int | None = None):
-        ratio = Fraction(sr_out) / Fraction(sr_in)
-        self.src, self.channels = src, src.channels
-        self.up, self.down = ratio.numerator, ratio.denominator
-        self.half_len = 10 * max(self.up, self.down)  # resample_poly's default filter half length
-        full = -(-src.length * self.up // self.down)
-        self.length = full if length is None else length
-
-    def _read(self, start, stop):
-        if self.up == self.down:
-            return self.src.read(start, stop)
-        margin = self.half_len // self.up + 2
-        s = max(0, (start * self.down // self.up - margin) // self.down * self.down)
-        e = min(self.src.length, -(-stop * self.down // self.up) + margin)
-        y = signal.resample_poly(self.src.read(s, e), self.up, self.down, axis=0)
-        off = s * self.up // self.down
-        return _fit(y[start - off : stop - off], stop - start)
-
-
-class Degraded(Stage):
-    """The training recipe's low-rate signal (REFERENCE.md section 1 step 3), ceil(N / r) samples."""
-
-    def __init__(self, src: Stage, r: int, method: str):
-        if method not in DEGRADE_METHODS:
-            raise AfilmError(f"unknown degradation {method!r}; known: {', '.join(DEGRADE_METHODS)}")
-        self.src, self.r, self.method, self.channels = src, r, method, src.channels
-        self.length = -(-src.length // r)
-        if method == "decimate" and src.length <= 27:  # filtfilt's padding needs more samples
-            raise AfilmError(f"signal of {src.length} samples is too short to decimate")
-
-    def _read(self, start, stop):
-        r = self.r
-        if self.method == "subsample" or r == 1:
-            return self.src.read(start * r, (stop - 1) * r + 1)[::r]
-        s = max(0, start - DECIMATE_MARGIN) * r
-        e = min(self.src.length, (stop + DECIMATE_MARGIN) * r)
-        y = signal.decimate(self.src.read(s, e), r, axis=0)
-        return y[start - s // r : stop - s // r]
-
-
-class Splined(Stage):
-    """The reference's cubic spline (LR sample k at HR index k*r, splrep k=3 s=0), evaluated at HR
-    indices 0..length-1 on blocks with SPLINE_MARGIN knots of context on each side."""
-
-    def __init__(self, src: Stage, r: int, length: int | None = None):
-        self.src, self.r, self.channels = src, r, src.channels
-        self.length = src.length * r if length is None else length
-        if src.length < 4:
-            raise AfilmError(f"signal of {src.length} low-rate samples is too short for a cubic spline")
-
-    def _read(self, start, stop):
-        r = self.r
-        l0 = max(0, start // r - SPLINE_MARGIN)
-        l1 = min(self.src.length, (stop - 1) // r + 2 + SPLINE_MARGIN)
-        if l1 - l0 < 4:  # near the end of a short signal: widen to the left
-            l0 = max(0, l1 - 4)
-        lr = self.src.read(l0, l1)
-        knots = np.arange(l0, l1) * r
-        where = np.arange(start, stop)
-        return np.stack([interpolate.splev(where, interpolate.splrep(knots, lr[:, c]))
-                         for c in range(self.channels)], axis=1)
-
-
-def _fit(y: np.ndarray, n: int) -> np.ndarray:
-    return y if len(y) == n else np.concatenate([y, np.zeros((n - len(y), y.shape[1]))])[:n]
-
-
-# -------------------------------------------------------------------------------------------- windows
-@dataclass(frozen=True)
-class WindowPlan:
-    """Window geometry in high-rate samples; hop = window - 2*context - fade.
-
-    Windows start at 0, hop, 2*hop, ... and the last one ends exactly at the signal length rounded up
-    to ``multiple``, where a whole-signal pass would end too (so its right edge sees the same zero
-    padding, and the last window is full of signal rather than of padding)."""
-
-    window: int
-    context: int
-    fade: int
-    multiple: int = 1
-
-    @property
-    def hop(self) -> int:
-        return self.window - 2 * self.context - self.fade
-
-    def starts(self, length: int) -> list[int]:
-        padded = -(-max(length, 1) // self.multiple) * self.multiple
-        if padded <= self.window:
-            return [0]
-        count = 1 + -(-(padded - self.window) // self.hop)
-        return [k * self.hop for k in range(count - 1)] + [padded - self.window]
-
-    def weights(self, starts: list[int], k: int) -> np.ndarray:
-        """Weight of window k: zero over ``context`` at inner edges, sin^2 / cos^2 ramps over ``fade``
-        where it meets its neighbours (the ramps of a pair sum to 1), one elsewhere."""
-        w = np.ones(self.window)
-        c, f = self.context, self.fade
-        up = np.sin(0.5 * np.pi * (np.arange(f) + 0.5) / f) ** 2
-        if k > 0:
-            w[:c] = 0.0
-            w[c : c + f] *= up
-        if k < len(starts) - 1:
-            gap = starts[k + 1] - starts[k]  # <= hop, so the ramp ends before the last context
-            w[gap + c : gap + c + f] *= 1.0 - up
-            w[gap + c + f :] = 0.0
-        return w
-
-
-def plan_windows(length: int, multiple: int = 1, window: int = 8192, context: int | None = None,
-                 fade: int | None = None) -> WindowPlan:
-    """Round ``window`` up to the model's length multiple (shrunk to the signal when it is shorter);
-    context and fade default to window/16 each, and the hop is kept a multiple of ``multiple`` so
-    every window sees the same block grid as a whole-signal pass."""
-    multiple = max(int(multiple), 1)
-    window = -(-max(window, 1) // multiple) * multiple
-    window = min(window, max(multiple, -(-length // multiple) * multiple))
-    context = window // 16 if context is None else context
-    fade = window // 16 if fade is None else fade
-    hop = window - 2 * context - fade
-    if hop < 1:
-        raise AfilmError(f"window {window} leaves no hop after 2 x context {context} and fade {fade}")
-    if hop >= multiple:
-        fade += hop % multiple  # widen the fade to bring the hop down to a multiple
-    return WindowPlan(window, context, fade, multiple)
-
-
-def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
-                device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None
-                ) -> Iterator[np.ndarray]:
-    """Model over ``src`` (the spline signal) in cross-faded windows; yields consecutive blocks of the
-    output, (n, C) float32, ``length`` samples in all. Channels are separate batch items.
-
-    Overlap-add divides by the summed weights, so the output is exact wherever every window that
-    contributes agrees (a local model whose receptive field fits in ``context``)."""
-    model.eval()
-    starts = plan.starts(length)
-    per_batch = max(1, batch_size // src.channels)
-    W, C = plan.window, src.channels
-    acc, den = np.zeros((0, C)), np.zeros((0, 1))  # partial sums carried from the batch before
-    emitted = 0
-    for b0 in range(0, len(starts), per_batch):
-        ks = range(b0, min(b0 + per_batch, len(starts)))
-        base, end = starts[ks[0]], max(starts[k] for k in ks) + W
-        x = src.read(base, end)  # zeros past the end of the signal
-        wins = np.stack([x[starts[k] - base : starts[k] - base + W] for k in ks])  # (n, W, C)
-        inp = torch.from_numpy(wins.transpose(0, 2, 1).reshape(-1, 1, W).astype(np.float32)).to(device)
-        with torch.inference_mode():
-            out = model(inp).float().cpu().numpy().reshape(len(ks), C, W).transpose(0, 2, 1)
-        num, wsum = np.zeros((end - base, C)), np.zeros((end - base, 1))
-        num[: len(acc)], wsum[: len(den)] = acc, den
-        for i, k in enumerate(ks):
-            w = plan.weights(starts, k)[:, None]
-            num[starts[k] - base : starts[k] - base + W] += w * out[i]
-            wsum[starts[k] - base : starts[k] - base + W] += w
-        # samples before the next window's start get nothing more from later windows
-        done = starts[ks[-1] + 1] - base if ks[-1] + 1 < len(starts) else len(num)
-        final = (num[:done] / np.maximum(wsum[:done], 1e-12))[: max(0, length - emitted)]
-        acc, den = num[done:], wsum[done:]
-        emitted += len(final)
-        if len(final):
-            yield final.astype(np.float32)
-        if progress is not None:
-            progress(len(ks))
 
 
 # ----------------------------------------------------------------------------------------- model I/O
@@ -319,6 +93,7 @@ class Loaded:
     recipe: dict[str, Any]
     path: Path
     ckpt: dict[str, Any]
+    compiled: torch.nn.Module | None = field(default=None, repr=False)  # built on first use
 
     @property
     def r(self) -> int:
@@ -395,12 +170,28 @@ def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
                          "as high-rate ground truth (drop --simulate to upsample it)")
 
 
+def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
+                  device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                  precision: str = "auto", threads: int | str | None = "auto", compile: bool = False,
+                  stats: dict | None = None) -> Iterator[np.ndarray]:
+    """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``."""
+    model = loaded.model
+    if compile:
+        if loaded.compiled is None:
+            loaded.compiled = compile_model(loaded.model.eval(), torch.device(device))
+        model = loaded.compiled
+    return run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
+                       precision=precision, threads=threads, fixed_shapes=compile, stats=stats)
+
+
 def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16, window: int | None = None,
-            device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """In-memory convenience: the whole prediction as one (length, C) array."""
+            device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+            **speed: Any) -> np.ndarray:
+    """In-memory convenience: the whole prediction as one (length, C) array. ``speed``: precision,
+    threads, compile, stats (see :func:`model_windows`)."""
     plan = window_plan_for(loaded, length, window)
-    blocks = list(run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
-                              progress=progress))
+    blocks = list(model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
+                                progress=progress, **speed))
     return np.concatenate(blocks) if blocks else np.zeros((0, spline.channels), np.float32)
 
 
@@ -435,8 +226,8 @@ def count_windows(path: Path, loaded: Loaded, window: int | None = None) -> int:
 
 def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loaded, *, batch_size: int = 16,
                   window: int | None = None, device: str | torch.device = "cpu",
-                  progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
+                  progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None,
+                  **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel."""
     src = FileSource(path)
     try:
@@ -445,8 +236,8 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
             (warn or (lambda m: print(f"afilm: warning: {m}", file=sys.stderr)))(message)
         spline, length = real_pipeline(src, src.sr, loaded)
         plan = window_plan_for(loaded, length, window)
-        blocks = run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
-                             progress=progress)
+        blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
+                               progress=progress, **speed)
         _write_blocks(Path(out), blocks, loaded.sr, src.channels, _subtype(Path(out), src.subtype))
         return {"input": str(src.path), "output": str(out), "sr_in": src.sr, "sr_out": loaded.sr,
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
@@ -461,7 +252,7 @@ def simulate_paths(out_base: Path) -> dict[str, Path]:
 
 def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded, *,
                   batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
-                  progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[int], None] | None = None, **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length)."""
     src = FileSource(path)
     try:
@@ -476,8 +267,8 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
         _write_blocks(paths["lr"], _stage_blocks(lr), int(low), src.channels, sub)
         _write_blocks(paths["hr"], _stage_blocks(hr), loaded.sr, src.channels, sub)
         plan = window_plan_for(loaded, length, window)
-        blocks = run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
-                             progress=progress)
+        blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
+                               progress=progress, **speed)
         _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
         return {"input": str(src.path), "outputs": {k: str(v) for k, v in paths.items()},
                 "frames_hr": length, "frames_lr": lr.length, "channels": src.channels}

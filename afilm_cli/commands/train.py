@@ -1,8 +1,75 @@
-"""`afilm train` (placeholder until its issue lands)."""
+"""`afilm train`: build a TrainConfig from the options and call afilm_cli.train.train."""
 
-from afilm_cli.errors import AfilmError
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from afilm_cli.commands.options import Device, Force, Seed
+
+Opt = typer.Option
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm train' is not implemented yet")
+def command(
+    model: Annotated[str, Opt("--model", "-m", help="Model to train ('afilm models' lists them).")] = "afilm",
+    train: Annotated[Path | None, Opt("--train", help="Training patches (HDF5 from 'afilm prepare' or the "
+                                      "reference). Default: the newest data/*-train.h5.")] = None,
+    val: Annotated[Path | None, Opt("--val", help="Validation patches. Default: the training file's sibling "
+                                    "*-val.h5; without one, best.pt follows the training loss.")] = None,
+    data_dir: Annotated[Path, Opt("--data-dir", help="Where to look for the default files.")] = Path("data"),
+    epochs: Annotated[int | None, Opt("--epochs", min=1, help="Epochs in all (default 20).")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", "-b", min=1,
+                                          help="Patches per step (per process under torchrun). "
+                                          "(default 16)")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Adam learning rate (default 3e-4).")] = None,
+    loss: Annotated[str | None, Opt("--loss", help="mse (AFiLM) or rmse (TFiLM: mean per-patch RMSE). "
+                                    "(default mse)")] = None,
+    max_steps: Annotated[int | None, Opt("--max-steps", min=1, help="Stop after N steps in all.")] = None,
+    out: Annotated[Path | None, Opt("--out", "-o", help="Run folder for last.pt, best.pt, log.jsonl. "
+                                    "Default: runs/<model>-<time>, or the resumed run's folder.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    resume: Annotated[Path | None, Opt("--resume", help="Continue the run in this folder (its last.pt) or "
+                                       "from this checkpoint, exactly where it stopped.")] = None,
+    compile: Annotated[bool, Opt("--compile", help="torch.compile the model (worth it on CUDA).")] = False,
+    r: Annotated[int | None, Opt("--r", help="Upsampling ratio (for HDF5 files without a recipe).")] = None,
+    sr: Annotated[int | None, Opt("--sr", help="High sample rate (for HDF5 files without a recipe).")] = None,
+    degrade: Annotated[str | None, Opt("--degrade", help="decimate|subsample (for HDF5 files without a "
+                                       "recipe).")] = None,
+    log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
+    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show a progress bar.")] = True,
+    force: Force = False,
+) -> None:
+    """Train a model on HDF5 patches: MSE, Adam, checkpoints every epoch, exact --resume.
+
+    Multi-GPU: torchrun --nproc-per-node N -m afilm_cli train ... (one process per GPU).
+    """
+    from afilm_cli import train as training
+
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "max_steps": max_steps,
+             "r": r, "sr": sr, "degrade": degrade}
+    given = {k: v for k, v in given.items() if v is not None}
+    common = {"train": str(train) if train else None, "val": str(val) if val else None,
+              "out": str(out) if out else None, "device": device, "compile": compile,
+              "log_every": log_every, "progress": progress, "force": force}
+    if resume is not None:
+        # the run keeps its own settings; only what the user typed is passed on (and checked)
+        changes = {**given, **{k: v for k, v in common.items() if v is not None}}
+        if model != "afilm":
+            changes["model"] = model
+        if seed != 0:
+            changes["seed"] = seed
+        cfg = training.resume_config(str(resume), **changes)
+    else:
+        cfg = training.TrainConfig(model=model, data_dir=str(data_dir), seed=seed, **given, **common)
+    result = training.train(cfg)
+    if result.interrupted:
+        typer.echo(f"interrupted at step {result.step}; checkpoint {result.last}; continue with: "
+                   f"afilm train --resume {result.out}", err=True)
+        raise typer.Exit(130)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {result.best}; "
+                   f"last: {result.last}")
