@@ -1,0 +1,346 @@
+"""`afilm train` and its pieces: the lazy loader, the loop, exact resume, Ctrl-C, bad input, torchrun.
+
+Data: real VCTK utterances (vctk-mini) resampled to 16 kHz, degraded with r=4, cut into short
+patches (2048 samples) so a tiny model trains a few steps in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from afilm_cli import metrics
+from afilm_cli.audio import read_audio, resample, simulate_lr
+from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from afilm_cli.data.h5 import PatchFile, PatchWriter
+from afilm_cli.data.loader import PatchLoader
+from afilm_cli.errors import AfilmError
+from afilm_cli.train import TrainConfig, evaluate, resume_config, train
+
+PATCH = 2048
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _patches(files, r=4, patch=PATCH, limit=None):
+    data, label = [], []
+    for f in files:
+        x, sr = read_audio(f, mono=True)
+        hr, _, sp = simulate_lr(resample(x, sr, 16000), r, "decimate")
+        n = len(hr) // patch
+        data.append(sp[: n * patch].reshape(n, patch))
+        label.append(hr[: n * patch].reshape(n, patch))
+    data, label = np.concatenate(data)[:limit], np.concatenate(label)[:limit]
+    return data, label
+
+
+def _write(path, data, label, r=4, patch=PATCH):
+    attrs = {"r": r, "sr": 16000, "patch": patch, "stride": patch, "degrade": "decimate", "sam": 1.0,
+             "seed": 0}
+    with PatchWriter(path, patch, attrs=attrs) as w:
+        w.append(data, label)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(vctk_mini, tmp_path_factory):
+    """data/vctk-mini-r4-{train,val}.h5 as 'afilm prepare' names them; val speaker unseen in train."""
+    d = tmp_path_factory.mktemp("data") / "data"
+    tr = _patches(sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:2], limit=24)
+    va = _patches(sorted((vctk_mini / "wav48" / "p226").glob("*.wav"))[:1], limit=8)
+    return {"train": _write(d / "vctk-mini-r4-train.h5", *tr), "val": _write(d / "vctk-mini-r4-val.h5", *va),
+            "arrays": tr}
+
+
+def _cfg(data, tmp_path, **kw) -> TrainConfig:
+    base = dict(model="afilm_tiny", train=str(data["train"]), val=str(data["val"]), out=str(tmp_path / "run"),
+                epochs=3, batch_size=8, device="cpu", progress=False, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- loader
+
+
+def test_loader_shuffles_per_epoch_shards_and_reads_lazily(data):
+    pf = PatchFile(data["train"])
+    reads = []
+    real_read = pf.read
+    pf.read = lambda idx: (reads.append(len(range(len(pf))[idx]) if isinstance(idx, slice) else len(idx)),
+                           real_read(idx))[1]
+    loader = PatchLoader(pf, 5, seed=3)
+    e0, e1 = loader.indices(0), loader.indices(1)
+    assert sorted(e0) == list(range(24)) and not np.array_equal(e0, e1)
+    assert np.array_equal(e0, PatchLoader(pf, 5, seed=3).indices(0))  # a pure function of (seed, epoch)
+    assert not np.array_equal(e0, PatchLoader(pf, 5, seed=4).indices(0))
+    batches = list(loader.batches(1))
+    assert len(batches) == len(loader) == 5 and [len(x) for x, _ in batches] == [5, 5, 5, 5, 4]
+    assert max(reads) <= 5  # never more than one batch in memory
+    x_all, y_all = data["arrays"]
+    for b, (x, y) in enumerate(batches):  # the very patches of the permutation, channels-first
+        want = np.sort(e1[b * 5 : (b + 1) * 5])
+        assert x.shape == (len(want), 1, PATCH)
+        np.testing.assert_array_equal(x[:, 0].numpy(), x_all[want])
+        np.testing.assert_array_equal(y[:, 0].numpy(), y_all[want])
+    skipped = list(loader.batches(1, start=3))  # resume mid-epoch: the same remaining batches
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(skipped, batches[3:], strict=True))
+    # two ranks: disjoint halves of the same permutation, equal step counts (batch 4 x 2 = batch 8)
+    ranks = [PatchLoader(pf, 4, seed=3, rank=i, world_size=2) for i in range(2)]
+    i0, i1 = ranks[0].indices(0), ranks[1].indices(0)
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    assert not set(i0) & set(i1) and set(i0) | set(i1) == set(range(24))
+    assert set(i0[:4]) | set(i1[:4]) == set(e0[:8])
+    odd = [PatchLoader(pf, 4, seed=0, rank=i, world_size=5) for i in range(5)]  # 24 -> padded to 25
+    assert {len(o.indices(0)) for o in odd} == {5} and all(len(list(o.batches(0))) == 2 for o in odd)
+    pf.close()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_train_writes_checkpoints_log_and_metrics(data, tmp_path):
+    res = train(_cfg(data, tmp_path, epochs=2))
+    assert (res.epoch, res.step, res.interrupted) == (2, 6, False)
+    ckpt = load_checkpoint(res.last)
+    assert ckpt["model_name"] == "afilm_tiny"
+    assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 6 and ckpt["epoch_step"] == 0 and "optimizer" in ckpt
+    assert ckpt["train_config"]["lr"] == 3e-4 and ckpt["afilm_version"]
+    model = model_from_checkpoint(ckpt)
+    assert not model.training and res.best.is_file()
+    lines = [json.loads(s) for s in (res.out / "log.jsonl").read_text().splitlines()]
+    assert [x["type"] for x in lines] == ["start"] + ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]
+    last = lines[-1]
+    for key in ("train_loss", "val_loss", "val_rmse", "val_snr", "val_lsd", "spline_snr", "spline_lsd",
+                "patches_per_s"):
+        assert np.isfinite(last[key]), key
+    assert last["val_loss"] == pytest.approx(last["val_rmse"] ** 2, rel=1e-6)
+    best = min((x for x in lines if x["type"] == "epoch"), key=lambda x: x["val_loss"])
+    assert load_checkpoint(res.best)["metrics"]["val_loss"] == best["val_loss"]
+    # the spline baseline as the metrics module computes it, independently of the loop
+    x, y = _patches_of(data["val"])
+    assert last["spline_snr"] == pytest.approx(metrics.snr(x.ravel(), y.ravel()), abs=1e-6)
+    want = np.mean([metrics.lsd(a, b) for a, b in zip(x, y, strict=True)])
+    assert last["spline_lsd"] == pytest.approx(want)
+
+
+def _patches_of(path):
+    with PatchFile(path) as pf:
+        return pf.read(slice(None))
+
+
+def test_evaluate_matches_direct_computation(data):
+    torch.manual_seed(0)
+    from afilm_cli.models import create_model
+
+    model = create_model("afilm_tiny")
+    pf = PatchFile(data["val"])
+    loader = PatchLoader(pf, 3, shuffle=False)
+    got = evaluate(model, loader, TrainConfig(), torch.device("cpu"), with_spline=True)
+    assert model.training  # evaluate switches back to train mode
+    x, y = pf.read(slice(None))
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(x)[:, None]).numpy()[:, 0]
+    assert got["snr"] == pytest.approx(metrics.snr(pred.ravel(), y.ravel()), abs=1e-4)
+    want = np.mean([metrics.lsd(a, b) for a, b in zip(pred, y, strict=True)])
+    assert got["lsd"] == pytest.approx(want, rel=1e-4)
+    assert got["loss"] == pytest.approx(np.mean((pred - y) ** 2), rel=1e-4)
+    pf.close()
+
+
+def test_resume_after_epoch_is_bit_exact(data, tmp_path):
+    full = train(_cfg(data, tmp_path, out=str(tmp_path / "full")))
+    part = train(_cfg(data, tmp_path, out=str(tmp_path / "part"), epochs=1))
+    assert part.epoch == 1
+    resumed = train(_cfg(data, tmp_path, out=None, epochs=3, resume=str(part.out)))
+    assert resumed.out == part.out and (resumed.epoch, resumed.step) == (3, 9)
+    _assert_same(_weights(full.last), _weights(resumed.last))
+    a, b = load_checkpoint(full.last), load_checkpoint(resumed.last)
+    assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]
+    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    # and the config of a run is recovered from its folder, as the CLI does it
+    cfg = resume_config(str(part.out), epochs=5)
+    assert (cfg.model, cfg.batch_size, cfg.epochs, cfg.resume) == ("afilm_tiny", 8, 5, str(part.out))
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
+    kw = dict(model="tfilm_tiny", loss="rmse", epochs=2)
+    full = train(_cfg(data, tmp_path, out=str(tmp_path / "full"), **kw))
+
+    def interrupt(step):
+        if step == 4:  # the first batch of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = train(_cfg(data, tmp_path, out=str(tmp_path / "cut"), **kw), on_step=interrupt)
+    assert cut.interrupted and (cut.epoch, cut.step) == (1, 4)
+    ckpt = load_checkpoint(cut.last)
+    assert ckpt["interrupted"] and (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    done = train(_cfg(data, tmp_path, out=None, resume=str(cut.last), **kw))
+    assert (done.epoch, done.step, done.interrupted) == (2, 6, False)
+    _assert_same(_weights(full.last), _weights(done.last))
+
+
+def test_max_steps_and_no_validation_with_reference_file(data, tmp_path):
+    """A reference-style file: only data/label, no attributes, so the recipe comes from options."""
+    ref = tmp_path / "ref-train.h5"
+    x, y = data["arrays"]
+    with h5py.File(ref, "w") as f:
+        f.create_dataset("data", data=x[:, :, None])
+        f.create_dataset("label", data=y[:, :, None])
+    cfg = _cfg(data, tmp_path, train=str(ref), val=None, max_steps=2)
+    with pytest.raises(AfilmError, match=r"does not record its r/sr/degrade .*--r"):
+        train(cfg)
+    res = train(replace(cfg, r=4, sr=16000, degrade="decimate"))
+    assert (res.step, res.epoch) == (2, 0) and res.best is not None  # best.pt follows the training loss
+    ckpt = load_checkpoint(res.last)
+    assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
+    assert ckpt["epoch_step"] == 2 and "val_loss" not in ckpt["metrics"]
+    with pytest.raises(AfilmError, match="prepared with r=4, but --r 2"):
+        train(replace(cfg, train=str(data["train"]), r=2, out=str(tmp_path / "x")))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _bad_files(tmp_path, data):
+    x, y = data["arrays"]
+    with h5py.File(tmp_path / "schema.h5", "w") as f:
+        f.create_dataset("data", data=x[:, :, None])
+        f.create_dataset("labels", data=y[:, :, None])
+    _write(tmp_path / "empty.h5", x[:0], y[:0])
+    _write(tmp_path / "odd.h5", x[:4, :1000], y[:4, :1000], patch=1000)
+    _write(tmp_path / "r2.h5", x[:8], y[:8], r=2)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("schema", "missing dataset 'label'"),
+    ("empty", "contains no patches"),
+    ("odd", "patches of 1000 samples do not fit 'afilm_tiny'"),
+    ("spline", "no trainable parameters"),
+    ("loss", "unknown loss 'l1'"),
+    ("val_r", "has r=2, but .* has r=4"),
+    ("missing", "no such HDF5 file"),
+])
+def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
+    _bad_files(tmp_path, data)
+    cfg = _cfg(data, tmp_path, max_steps=1)
+    cfg = {"schema": replace(cfg, train=str(tmp_path / "schema.h5")),
+           "empty": replace(cfg, train=str(tmp_path / "empty.h5")),
+           "odd": replace(cfg, train=str(tmp_path / "odd.h5")),
+           "spline": replace(cfg, model="spline"),
+           "loss": replace(cfg, loss="l1"),
+           "val_r": replace(cfg, val=str(tmp_path / "r2.h5")),
+           "missing": replace(cfg, train=str(tmp_path / "nope.h5"))}[case]
+    with pytest.raises(AfilmError, match=match) as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()  # nothing written before the input is known good
+
+
+def test_resume_refuses_other_r_other_settings_and_occupied_out(data, tmp_path):
+    _bad_files(tmp_path, data)
+    first = train(_cfg(data, tmp_path, max_steps=1, val=None))
+    with pytest.raises(AfilmError, match="already holds a training run .*--resume .*--force"):
+        train(_cfg(data, tmp_path, max_steps=1, val=None))
+    with pytest.raises(AfilmError, match=r"has r=2, but checkpoint .* was trained with r=4"):
+        train(_cfg(data, tmp_path, val=None, train=str(tmp_path / "r2.h5"), resume=str(first.out), out=None))
+    with pytest.raises(AfilmError, match=r"keeps its settings.*lr 0.001 \(was 0.0003\)"):
+        train(_cfg(data, tmp_path, val=None, lr=1e-3, resume=str(first.out), out=None))
+    with pytest.raises(AfilmError, match="no such checkpoint"):
+        train(_cfg(data, tmp_path, resume=str(tmp_path / "none.pt")))
+    forced = train(_cfg(data, tmp_path, max_steps=2, val=None, force=True))  # --force starts over
+    lines = (forced.out / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["type"] == "start" and sum('"start"' in s for s in lines) == 1
+
+
+# ---------------------------------------------------------------- the real CLI
+
+
+def _afilm(*args, cwd, **kw):
+    env = {**os.environ, "AFILM_DISABLE_PLUGINS": "1"}
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_cli_finds_prepared_data_and_says_so(data, tmp_path):
+    (tmp_path / "data").mkdir()
+    for key in ("train", "val"):
+        (tmp_path / "data" / data[key].name).write_bytes(data[key].read_bytes())
+    p = _afilm("train", "--model", "afilm_tiny", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+               cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "data/vctk-mini-r4-train.h5 (24 patches" in p.stdout and "data/vctk-mini-r4-val.h5 (8" in p.stdout
+    assert "spline" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("afilm_tiny-")
+    assert {"last.pt", "best.pt", "log.jsonl"} <= {f.name for f in run.iterdir()}
+    # an empty folder: one line telling where data comes from
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = _afilm("train", "--model", "afilm_tiny", cwd=empty)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "afilm prepare vctk --r 4" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_ctrl_c_saves_a_resumable_checkpoint(data, tmp_path):
+    args = ["train", "--model", "afilm_tiny", "--train", str(data["train"]), "--val", str(data["val"]),
+            "--epochs", "200", "--batch-size", "4", "--device", "cpu", "--log-every", "1", "--out", "run",
+            "--no-progress"]
+    env = {**os.environ, "AFILM_DISABLE_PLUGINS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "afilm_cli", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and log.read_text().count('"step"') >= 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "afilm train --resume run" in err
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["interrupted"] and ckpt["step"] >= 2
+    p = _afilm("train", "--resume", "run", "--epochs", str(ckpt["epoch"] + 1), "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "resuming" in p.stdout and f"done: {ckpt['epoch'] + 1} epochs" in p.stdout
+    again = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert not again["interrupted"] and again["step"] == 6 * (ckpt["epoch"] + 1)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(data, tmp_path):
+    env = {**os.environ, "AFILM_DISABLE_PLUGINS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "afilm_cli", "train", "--model", "afilm_tiny", "--train", str(data["train"]),
+           "--val", str(data["val"]), "--epochs", "2", "--max-steps", "4", "--batch-size", "4",
+           "--device", "cpu", "--log-every", "1", "--out", str(tmp_path / "ddp"), "--no-progress"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("train: ") == 1 and "x2 processes" in p.stdout  # rank 0 alone prints
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["train_config"]["world_size"] == 2 and len(ckpt["rng"]["cpu"]) == 2
+    # 24 patches / (4 per rank x 2 ranks) = 3 steps per epoch; stopped at step 4, inside epoch 2
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4)
+    lines = [json.loads(s) for s in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["type"] == "step"] == [1, 2, 3, 4]  # one writer, no duplicates
+    assert all(np.isfinite(x["val_snr"]) for x in lines if x["type"] == "epoch")
