@@ -8,12 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from afilm_cli.commands.evaluate import summary_table
 from afilm_cli.commands.options import Ckpt, Device, Force
-
-LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR, reference (dB)", True),
-          "lsd": ("LSD (log10, lower is better)", False), "lsd_ref": ("LSD, reference convention", False)}
 
 
 def command(
@@ -36,16 +33,9 @@ def command(
     run = demo.run_demo(out, ckpt=ckpt, device=infer.resolve_device(device), force=force)
     result = run["result"]
     p = result.protocol
-    table = Table(title=f"{p['model_name']} vs cubic spline on {len(result.rows)} held-out clip(s), "
-                        f"{p['sr'] // p['r']} Hz -> {p['sr']} Hz ({p['degrade']})")
-    table.add_column("metric")
-    table.add_column("afilm", justify="right")
-    table.add_column("spline", justify="right")
-    summary = result.summary
-    for key, (label, higher) in LABELS.items():
-        m, s = summary["model"][key], summary["spline"][key]
-        better = (m > s) == higher and m != s
-        table.add_row(label, f"[bold]{m:.2f}[/]" if better else f"{m:.2f}", f"{s:.2f}")
+    title = (f"{p['model_name']} vs cubic spline on {len(result.rows)} held-out clip(s), "
+             f"{p['sr'] // p['r']} Hz -> {p['sr']} Hz ({p['degrade']})")
+    table = summary_table(result, title)
     Console().print(table)
     files = [Path(w["outputs"][k]).name for w in run["wavs"] for k in ("lr", "pr", "hr")]
     err.print(f"checkpoint: {escape(str(run['checkpoint']))}", soft_wrap=True)

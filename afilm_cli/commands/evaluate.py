@@ -14,8 +14,23 @@ from rich.table import Table
 from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force
 from afilm_cli.errors import AfilmError
 
-LABELS = {"snr": ("SNR (dB)", True), "segsnr": ("segmental SNR, reference (dB)", True),
-          "lsd": ("LSD (log10)", False), "lsd_ref": ("LSD, reference convention", False)}
+LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR, reference (dB)", True),
+          "lsd": ("LSD (log10, lower is better)", False), "lsd_ref": ("LSD, reference convention", False)}
+
+
+def summary_table(result, title: str) -> Table:
+    """Model and spline side by side, mean over items; shared with `afilm demo`."""
+    table = Table(title=title)
+    table.add_column("metric (mean over items)")
+    table.add_column("model", justify="right")
+    table.add_column("spline", justify="right")
+    table.add_column("model better", justify="center")
+    summary = result.summary
+    for key, (label, higher) in LABELS.items():
+        m, s = summary["model"][key], summary["spline"][key]
+        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no")
+    return table
+
 
 
 def command(
@@ -59,16 +74,8 @@ def command(
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol
-    table = Table(title=f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
-                        f"{len(result.rows)} item(s) of {escape(p['data'])}")
-    table.add_column("metric (mean over items)")
-    table.add_column("model", justify="right")
-    table.add_column("spline", justify="right")
-    table.add_column("model better", justify="center")
-    summary = result.summary
-    for key, (label, higher) in LABELS.items():
-        m, s = summary["model"][key], summary["spline"][key]
-        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no")
+    table = summary_table(result, f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
+                                  f"{len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
     err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)
