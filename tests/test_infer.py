@@ -424,3 +424,105 @@ def test_memory_does_not_grow_with_file_length(tmp_path, ckpts):
         assert sf.info(str(tmp_path / f"long{minutes}.afilm.wav")).frames == 2 * n
     # one float64 copy of the 10-minute output alone would be 77 MB
     assert rss[10] - rss[1] < 30, rss
+
+
+# ------------------------------------------------------------------------------------- speed settings
+def speech_like(n, seed):
+    from afilm_cli.bench import synthetic_speech
+
+    return synthetic_speech(n / 16000, 16000, seed)[:n].astype(np.float64)
+
+
+def test_speed_settings_keep_fp32_outputs(ckpts):
+    """Batch size, thread count, the auto thread choice, padded (fixed-shape) batches and autograd on
+    all give the fp32 eager output within FP32_ATOL (stated in afilm_cli/windows.py)."""
+    lo = loaded(ckpts, "afilm_tiny")
+    x = speech_like(70_000, 15)  # 11 windows of 8192
+    src = infer.ArraySource(x)
+    plan = infer.window_plan_for(lo, len(x))
+
+    def run(**kw):
+        return np.concatenate(list(infer.run_windows(lo.model, src, len(x), plan, **kw)))[:, 0]
+
+    ref = run(batch_size=1, threads=1, precision="fp32")
+    stats = {}
+    variants = {"batch 16": run(batch_size=16, threads=1), "batch 4, auto": run(batch_size=4, stats=stats),
+                "2 threads": run(batch_size=3, threads=2), "padded": run(batch_size=4, fixed_shapes=True),
+                "autograd": run(batch_size=5, autograd=True, threads=None)}
+    assert stats["windows"] == 11 and stats["batches"] == 3 and stats["threads"] >= 1
+    for name, y in variants.items():
+        np.testing.assert_allclose(y, ref, atol=infer.FP32_ATOL, err_msg=name)
+    assert np.abs(ref - x).max() > 1e-3  # the model does something: the comparison can fail
+
+
+def test_auto_threads_time_both_and_keep_the_faster(monkeypatch):
+    from afilm_cli import windows
+
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: 0)
+    monkeypatch.setattr(windows.torch, "get_num_threads", lambda: 4)
+    cpu = torch.device("cpu")
+    choice = windows.ThreadChoice("auto", cpu, n_batches=10)
+    assert choice.trials == [4, 1]
+    used = []
+    for seconds in (9.0, 2.0, 1.0, 5.0, 5.0):  # warm-up (ignored), 4 threads, 1 thread, then the choice
+        n = choice.next()
+        used.append(n)
+        choice.record(n, seconds)
+    assert used == [4, 4, 1, 1, 1] and choice.chosen == 1
+    # a busy machine runs at the cores left (at least one), without trying all cores
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: 7)
+    busy = windows.ThreadChoice("auto", cpu, n_batches=20)
+    assert busy.trials == [] and busy.next() == 1
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: 1)
+    assert windows.ThreadChoice("auto", cpu, n_batches=20).next() == 3
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: 0)
+    assert windows.ThreadChoice("auto", cpu, n_batches=3).trials == []  # too short to try both
+    assert windows.ThreadChoice(3, cpu, 10).next() == 3
+    assert windows.ThreadChoice("auto", torch.device("meta"), 10).trials == []  # only CPU is tuned
+    with pytest.raises(AfilmError, match="threads"):
+        windows.ThreadChoice(0, cpu, 10)
+
+
+def test_threads_are_restored_and_precision_checked():
+    from afilm_cli import windows
+
+    before = torch.get_num_threads()
+    with windows.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    assert windows.resolve_precision("auto", torch.device("cpu")) is None  # CPU stays fp32
+    assert windows.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(AfilmError, match="unknown precision"):
+        windows.resolve_precision("fp16", torch.device("cpu"))
+
+
+def snr_db(ref, y):
+    return 10 * np.log10(np.sum(ref**2) / max(np.sum((ref - y) ** 2), 1e-30))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["afilm_small", "tfilm_small"])
+def test_cuda_bf16_and_compile_stay_within_tolerance(name):
+    """bf16 autocast (the CUDA default) and compile (CUDA graphs) vs the fp32 torch-ops path:
+    output SNR >= BF16_MIN_SNR_DB, and the model's own change to its input (y - x) >= 20 dB."""
+    torch.manual_seed(0)
+    model = create_model(name).cuda().eval()
+    lo = infer.Loaded(model, dict(RECIPE), Path(name), {})
+    x = speech_like(100_000, 16)
+    src = infer.ArraySource(x)
+    plan = infer.window_plan_for(lo, len(x))
+
+    def run(**kw):
+        return infer.predict(lo, src, len(x), batch_size=4, device="cuda", **kw)[:, 0]
+
+    os.environ["AFILM_KERNEL"] = "torch"
+    try:
+        ref = run(precision="fp32")
+    finally:
+        del os.environ["AFILM_KERNEL"]
+    assert plan.window == 8192
+    for kw in ({"precision": "fp32"}, {"precision": "auto"}, {"precision": "bf16", "compile": True}):
+        y = run(**kw)
+        assert snr_db(ref, y) >= infer.BF16_MIN_SNR_DB, kw
+        assert snr_db(ref - x, y - x) >= 20.0, kw

@@ -1,8 +1,97 @@
-"""`afilm bench` (placeholder until its issue lands)."""
+"""`afilm bench`: how fast afilm is on this machine (see afilm_cli/bench.py for what is measured)."""
 
-from afilm_cli.errors import AfilmError
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from afilm_cli.commands.options import Device
 
 
-def command() -> None:
-    """Not implemented yet."""
-    raise AfilmError("'afilm bench' is not implemented yet")
+def command(
+    kernels: Annotated[bool, typer.Option("--kernels", help="Block pooling / FiLM kernels: Triton vs the "
+                                          "torch reference (eager, torch.compile), ms and GB/s.")] = False,
+    model: Annotated[bool, typer.Option("--model", help="Inference real-time factor per preset through "
+                                        "the real windowed upsampling path.")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Training step throughput (patches/s).")] = False,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Data preparation throughput.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Short clips, few repeats, tiny presets: "
+                                        "a smoke run in about a minute on a CPU.")] = False,
+    device: Device = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Also write every row "
+                                                  "with the hardware, versions and settings.")] = None,
+    models: Annotated[str | None, typer.Option("--models", metavar="PATTERN", help="Models for --model "
+                                               "and --train: comma-separated shell patterns (default: "
+                                               "tiny and small presets; on CUDA also afilm, tfilm).")] = None,
+) -> None:
+    """Benchmark afilm. Without a section option every section runs. Each figure is the median of
+    several timed runs after an untimed warm-up, with min and max; variants that are compared run
+    side by side, interleaved, and the ratio is each one's speed over the first (> 1: faster)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from afilm_cli import bench, infer
+
+    console, err = Console(), Console(stderr=True)
+    dev = infer.resolve_device(device)
+    chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
+    report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models,
+                             progress=lambda s: err.print(f"[dim]bench: {s}...[/dim]"))
+    sysinfo = report["system"]
+    console.print(f"{escape(sysinfo['cpu'])}, {sysinfo['cores']} cores, {sysinfo['torch_threads']} torch "
+                  f"threads; GPU: {escape(str(sysinfo['gpu']))}; torch {sysinfo['torch']}, triton "
+                  f"{sysinfo['triton']}, afilm {sysinfo['afilm']} ({sysinfo['git_commit']}); load "
+                  f"{report['load_avg_start']} -> {report['load_avg_end']}", soft_wrap=True)
+    for section in bench.SECTIONS:
+        rows = [r for r in report["rows"] if r["section"] == section]
+        if rows:
+            console.print(_table(section, rows, report["notes"].get(section)))
+    if json_out is not None:
+        from afilm_cli.atomic import atomic_path
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(json_out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+        err.print(f"wrote {escape(str(json_out))}")
+
+
+TITLES = {"kernels": "kernels: ms per call (ratio: eager time / this time)",
+          "model": "inference: seconds of 16 kHz audio per second (x realtime)",
+          "train": "training step: patches per second",
+          "prepare": "data preparation: audio seconds per second"}
+# settings shown per row (what differs between variants); the rest go in the caption
+VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "compile"),
+           "train": ("kernel", "bf16"), "prepare": ("degrade",), "kernels": ("gbps",)}
+
+
+def _table(section: str, rows: list[dict[str, Any]], note: str | None):
+    from rich.table import Table
+
+    common = {k: v for k, v in rows[0]["settings"].items() if all(r["settings"].get(k) == v for r in rows)}
+    caption = ", ".join(f"{k}={v}" for k, v in common.items() if not isinstance(v, (list, dict)))
+    table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
+    for col in ("name", "variant", "median", "min", "max", "ratio", "settings"):
+        table.add_column(col, justify="right" if col in ("median", "min", "max", "ratio") else "left")
+    last = None
+    for r in rows:
+        if "error" in r:
+            cells = ["", "", "", f"[red]{r['error']}[/red]"]
+        else:
+            cells = [_num(r["median"]), _num(r["min"]), _num(r["max"]),
+                     "" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
+        settings = " ".join(f"{k}={_fmt(r['settings'][k])}" for k in VARYING[section]
+                            if k in r["settings"] and k not in common)
+        table.add_row("" if r["name"] == last else r["name"], r["variant"], *cells, settings)
+        last = r["name"]
+    return table
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}" if v < 100 else f"{v:,.0f}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,355 @@
+"""`afilm bench`: kernels, model inference, training step and data preparation speed, as rows.
+
+Each section returns a list of row dicts with the same keys::
+
+    section, name, variant, unit, median, min, max, ratio, baseline, settings [, error]
+
+``median/min/max`` are over ``repeats`` timed runs after a warm-up run that is not counted. Variants that
+are compared are timed side by side in the same run, interleaved run by run (so a load change on a
+shared machine hits all of them alike), and ``ratio`` is each variant's speed over its ``baseline``
+variant's (> 1: faster). Rates (``x realtime``, ``patches/s``, ``audio s/s``) are higher-is-better;
+kernel rows are in ms (their ratio is eager time / this time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SR, R = 16000, 4  # model rate and upsampling factor of every model benchmark
+RECIPE = {"r": R, "sr": SR, "degrade": "decimate", "patch": 8192}
+CPU_PRESETS = "*_tiny,*_small"
+CUDA_PRESETS = "*_tiny,*_small,afilm,tfilm"
+
+
+# ------------------------------------------------------------------------------------------- timing
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each callable: ``warmup`` untimed rounds, then ``repeats`` rounds that run every
+    callable once in turn. A failing callable is dropped and its error recorded under ``"error"``."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    errors: dict[str, str] = {}
+    for rep in range(warmup + repeats):
+        for key, fn in fns.items():
+            if key in errors:
+                continue
+            try:
+                _sync()
+                t0 = time.perf_counter()
+                fn()
+                _sync()
+            except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a compiler: report it
+                errors[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            if rep >= warmup:
+                times[key].append(time.perf_counter() - t0)
+    return {k: (v if k not in errors else errors[k]) for k, v in times.items()}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def rate_rows(section: str, name: str, results: dict[str, Any], work: float, unit: str, baseline: str,
+              settings: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of rates ``work / seconds`` (median, min, max) with ratios to ``baseline``'s median."""
+    rows = []
+    base = results.get(baseline)
+    base_rate = work / statistics.median(base) if isinstance(base, list) and base else None
+    for variant, times in results.items():
+        row = dict(section=section, name=name, variant=variant, unit=unit, median=None, min=None, max=None,
+                   ratio=None, baseline=baseline, settings=settings.get(variant, {}))
+        if isinstance(times, str):
+            row["error"] = times
+        elif times:
+            rate = work / statistics.median(times)
+            row.update(median=rate, min=work / max(times), max=work / min(times),
+                       ratio=rate / base_rate if base_rate else None)
+        rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def kernel_backend(name: str | None):
+    """AFILM_KERNEL=torch|triton for the duration (kernels/__init__.py reads it at each call)."""
+    before = os.environ.get("AFILM_KERNEL")
+    if name:
+        os.environ["AFILM_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("AFILM_KERNEL", None)
+        else:
+            os.environ["AFILM_KERNEL"] = before
+
+
+def select_models(pattern: str | None, device: torch.device, quick: bool) -> list[str]:
+    """Registered names matching comma-separated shell patterns; by default the presets that run in
+    reasonable time on ``device`` (tiny and small on CPU, plus the paper sizes on CUDA)."""
+    from afilm_cli.errors import AfilmError
+    from afilm_cli.registry import MODELS
+
+    default = ("*_tiny" if quick else CPU_PRESETS) if device.type == "cpu" else (
+        "*_tiny,afilm" if quick else CUDA_PRESETS)
+    names: list[str] = []
+    for pat in (pattern or default).split(","):
+        names += [n for n in MODELS.names(pat.strip()) if n not in names]
+    if not names:
+        raise AfilmError(f"--models {pattern!r} matches no model; known: {', '.join(MODELS.names())}")
+    return names
+
+
+def synthetic_speech(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Speech-like test signal: a gliding harmonic series under a syllable-rate envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 30) if k * 180 < sr / 2)
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 3.1 * t)) ** 2
+    return (0.1 * envelope * voiced + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------------- model
+def model_variants(device: torch.device, cores: int) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(baseline, {variant: settings}) compared per preset. CPU: autograd on vs inference_mode (both with
+    the default thread choice), and fixed thread counts against that choice; CUDA: torch ops vs Triton
+    kernels, fp32 vs bf16, eager vs compile (CUDA graphs)."""
+    if device.type == "cpu":
+        v = {"eager, autograd on": dict(autograd=True, threads="auto", precision="fp32"),
+             "inference_mode (default)": dict(threads="auto", precision="fp32"),
+             f"inference_mode, {cores} threads": dict(threads=cores, precision="fp32"),
+             "inference_mode, 1 thread": dict(threads=1, precision="fp32")}
+        return "eager, autograd on", v
+    v = {"torch ops fp32": dict(kernel="torch", precision="fp32"),
+         "triton fp32": dict(kernel="triton", precision="fp32"),
+         "torch ops bf16": dict(kernel="torch", precision="bf16"),
+         "triton bf16": dict(kernel="triton", precision="bf16"),
+         "triton bf16 + compile": dict(kernel="triton", precision="bf16", compile=True)}
+    return "torch ops fp32", v
+
+
+def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = False,
+                seconds: float | None = None, repeats: int | None = None, batch_size: int = 16,
+                window: int = 8192, sweep: bool | None = None) -> list[dict[str, Any]]:
+    """Real-time factor (seconds of 16 kHz output per wall second) of the real upsampling path:
+    4 kHz input -> polyphase resampler -> spline -> model windows (overlap-add), per preset and variant.
+    ``sweep`` (default: not quick) adds batch-size and window rows for the first preset."""
+    from afilm_cli import infer
+    from afilm_cli.models import create_model
+
+    seconds = seconds or (3.0 if quick else 12.0)
+    repeats = repeats or (2 if quick else 3)
+    lr = synthetic_speech(seconds, SR // R)
+    cores = torch.get_num_threads()
+    baseline, variants = model_variants(device, cores)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        torch.manual_seed(0)
+        model = create_model(name).to(device).eval()
+        loaded = infer.Loaded(model, dict(RECIPE), Path(f"<{name}>"), {"model_name": name})
+
+        def run(loaded=loaded, batch=batch_size, win=window, kernel=None, **speed):
+            with kernel_backend(kernel):
+                spline, length = infer.real_pipeline(infer.ArraySource(lr), SR // R, loaded)
+                plan = infer.window_plan_for(loaded, length, win)
+                for _ in infer.model_windows(loaded, spline, length, plan, batch_size=batch, device=device,
+                                             **speed):
+                    pass
+
+        fns, stats = {}, {}
+        for variant, s in variants.items():
+            s = dict(s)
+            if s.get("threads") == "auto":  # record what "auto" picked
+                s["stats"] = stats.setdefault(variant, {})
+            if "autograd" in s:  # model_windows has no autograd switch: it is a bench-only variant
+                fns[variant] = _autograd_run(loaded, lr, device, batch_size, window, s)
+            else:
+                fns[variant] = lambda s=s: run(**s)
+        results = interleaved(fns, repeats)
+        settings = {v: {**s, "batch_size": batch_size, "window": window, "clip_s": seconds}
+                    for v, s in variants.items()}
+        for v, st in stats.items():
+            settings[v]["threads_chosen"] = st.get("threads")
+        rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
+        if sweep if sweep is not None else not quick and name == names[0]:
+            rows += _sweep(name, run, seconds, repeats, batch_size, window, device)
+        del model, loaded
+    return rows
+
+
+def _autograd_run(loaded, lr, device, batch_size, window, s) -> Callable[[], None]:
+    from afilm_cli import infer
+
+    def run():
+        spline, length = infer.real_pipeline(infer.ArraySource(lr), SR // R, loaded)
+        plan = infer.window_plan_for(loaded, length, window)
+        for _ in infer.run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
+                                   precision=s["precision"], threads=s["threads"], autograd=True,
+                                   stats=s.get("stats")):
+            pass
+    return run
+
+
+def _sweep(name, run, seconds, repeats, batch_size, window, device) -> list[dict[str, Any]]:
+    """Batch size and window length at the default settings of the device. A longer window changes
+    AFiLM's output (its attention spans the window), so the default stays the training patch."""
+    base = f"batch {batch_size}, window {window}"
+    combos = {base: (batch_size, window)}
+    for b in (1, 4, 32):
+        combos[f"batch {b}, window {window}"] = (b, window)
+    for w in (2 * window, 4 * window):
+        b = max(1, batch_size * window // w)  # the same samples per batch
+        combos[f"batch {b}, window {w}"] = (b, w)
+    fns = {k: (lambda b=b, w=w: run(batch=b, win=w)) for k, (b, w) in combos.items()}
+    settings = {k: {"batch_size": b, "window": w, "clip_s": seconds} for k, (b, w) in combos.items()}
+    return rate_rows("model", f"{name} (settings)", interleaved(fns, repeats), seconds, "x realtime", base,
+                     settings)
+
+
+# -------------------------------------------------------------------------------------------- train
+def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = False, batch: int | None = None,
+                patch: int = 8192, repeats: int | None = None) -> list[dict[str, Any]]:
+    """Training step throughput (patches/s): forward, MSE, backward, Adam(3e-4) on synthetic patches,
+    as ``afilm train`` does per step (data loading excluded). CUDA compares torch ops, Triton and bf16."""
+    batch = batch or (4 if quick else 16)
+    repeats = repeats or (2 if quick else 3)
+    variants = {"fp32": dict(kernel=None, bf16=False)} if device.type == "cpu" else {
+        "torch ops fp32": dict(kernel="torch", bf16=False), "triton fp32": dict(kernel="triton", bf16=False),
+        "triton bf16": dict(kernel="triton", bf16=True)}
+    baseline = next(iter(variants))
+    rows: list[dict[str, Any]] = []
+    from afilm_cli.models import count_parameters, create_model
+
+    for name in names:
+        torch.manual_seed(0)
+        model = create_model(name).to(device).train()
+        if count_parameters(model) == 0:
+            continue  # nothing to train (spline)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+        x = torch.randn(batch, 1, patch, device=device) * 0.1
+        y = x + 0.01 * torch.randn_like(x)
+
+        fns = {v: train_step(model, opt, x, y, device, **s) for v, s in variants.items()}
+        settings = {v: {**s, "batch": batch, "patch": patch, "optimizer": "Adam 3e-4", "loss": "MSE"}
+                    for v, s in variants.items()}
+        rows += rate_rows("train", name, interleaved(fns, repeats), batch, "patches/s", baseline, settings)
+        del model, opt
+    return rows
+
+
+def train_step(model, opt, x, y, device: torch.device, kernel: str | None = None, bf16: bool = False
+               ) -> Callable[[], None]:
+    """One optimisation step on (x, y) as a callable (also used by benchmarks/test_bench_model.py)."""
+    def step() -> None:
+        with kernel_backend(kernel), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            loss = torch.mean((model(x).float() - y) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def bench_prepare(*, quick: bool = False, seconds: float | None = None, repeats: int | None = None,
+                  sr_in: int = 48000) -> list[dict[str, Any]]:
+    """Seconds of audio prepared per second by the per-file recipe (read a 48 kHz wav, resample to
+    16 kHz, degrade, spline back, cut 8192-sample patches every 4096): decimate vs subsample."""
+    import soundfile as sf
+
+    from afilm_cli.data.recipe import Recipe, extract_patches, file_signals
+
+    seconds = seconds or (10.0 if quick else 60.0)
+    repeats = repeats or (2 if quick else 3)
+    with tempfile.TemporaryDirectory(prefix="afilm-bench-") as tmp:
+        path = Path(tmp) / "speech48k.wav"
+        sf.write(str(path), synthetic_speech(seconds, sr_in), sr_in, subtype="PCM_16")
+        variants = {m: Recipe(r=R, degrade=m).validate() for m in ("decimate", "subsample")}
+
+        def one(recipe):
+            up, hr = file_signals(path, recipe)
+            extract_patches(up, hr, recipe, np.random.default_rng(0))
+
+        fns = {m: (lambda rec=rec: one(rec)) for m, rec in variants.items()}
+        settings = {m: {**rec.attrs(), "file_s": seconds, "sr_in": sr_in} for m, rec in variants.items()}
+        return rate_rows("prepare", f"recipe r={R}, one {sr_in // 1000} kHz file", interleaved(fns, repeats),
+                         seconds, "audio s/s", "decimate", settings)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def bench_kernels(device: torch.device, *, quick: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """The kernel suite (kernels/benchmark.py) as rows; on CPU the reference only at batch 2, without
+    torch.compile (one compile per op and mode takes minutes there). Returns (rows, note)."""
+    from kernels.benchmark import run_kernel_benchmarks, triton_unavailable_reason
+
+    cpu = device.type == "cpu"
+    raw = run_kernel_benchmarks(batch=2 if cpu else 16, quick=quick, device=device,
+                                compile=False if cpu else None,
+                                modes=("fwd", "fwd+bwd") if cpu and not quick else ("fwd", "bwd", "fwd+bwd"))
+    rows = []
+    for r in raw:
+        detail = {k: r[k] for k in ("batch", "C", "T", "block", "dtype", "gbps", "pct_peak") if k in r}
+        rows.append(dict(section="kernels", name=f"{r['layer']} {r['op']} {r['mode']}", variant=r["provider"],
+                         unit="ms", median=r.get("ms_median"), min=r.get("ms_min"), max=r.get("ms_max"),
+                         ratio=r.get("x_eager"), baseline="eager", settings=detail,
+                         **({"error": r["error"]} if "error" in r else {})))
+    note = triton_unavailable_reason(device)
+    if cpu:
+        note = (note or "") + "; torch.compile skipped on CPU"
+    return rows, note
+
+
+# ------------------------------------------------------------------------------------------ the run
+SECTIONS = ("kernels", "model", "train", "prepare")
+
+
+def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = False,
+              models: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every requested section; the report dict written by ``--json`` (hardware, versions, settings,
+    the system load before and after: on a shared machine it explains the spread)."""
+    from afilm_cli.sysinfo import system_info
+
+    names = select_models(models, device, quick) if {"model", "train"} & set(sections) else []
+    report: dict[str, Any] = {
+        "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "system": system_info(), "device": str(device),
+        "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R},
+        "load_avg_start": _loadavg(), "notes": {}, "rows": [],
+    }
+    for section in SECTIONS:
+        if section not in sections:
+            continue
+        if progress:
+            progress(section)
+        t0 = time.perf_counter()
+        if section == "kernels":
+            rows, note = bench_kernels(device, quick=quick)
+            report["notes"]["kernels"] = note
+        elif section == "model":
+            rows = bench_model(names, device, quick=quick)
+        elif section == "train":
+            rows = bench_train(names, device, quick=quick)
+        else:
+            rows = bench_prepare(quick=quick)
+        report["rows"] += rows
+        report.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
+    report["load_avg_end"] = _loadavg()
+    return report
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None

@@ -1,0 +1,105 @@
+"""`afilm bench`: the real CLI on small settings, the JSON report's schema, and the timing helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from afilm_cli import bench
+
+ROW_KEYS = {"section", "name", "variant", "unit", "median", "min", "max", "ratio", "baseline", "settings"}
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
+    proc = run_cli("bench", "--quick", "--models", "afilm_tiny", "--device", "cpu", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), proc
+
+
+def test_cli_quick_runs_every_section_and_prints_tables(report):
+    data, proc = report
+    for title in ("kernels", "inference", "training step", "data preparation"):
+        assert title in proc.stdout, proc.stdout
+    assert "Triton kernels need CUDA" in proc.stdout  # this machine has no CUDA: said once, plainly
+    assert {r["section"] for r in data["rows"]} == set(bench.SECTIONS)
+
+
+def test_json_has_hardware_versions_and_settings(report):
+    data, _ = report
+    system = data["system"]
+    for key in ("cpu", "cores", "gpu", "torch", "triton", "afilm", "git_commit", "torch_threads"):
+        assert key in system
+    assert system["cores"] >= 1 and system["torch"] == torch.__version__
+    assert data["settings"]["quick"] is True and data["settings"]["models"] == ["afilm_tiny"]
+    assert data["device"] == "cpu" and len(data["load_avg_start"]) == 3
+    assert "Triton kernels need CUDA" in data["notes"]["kernels"]
+
+
+def test_json_rows_are_complete_and_ratios_consistent(report):
+    rows = report[0]["rows"]
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        assert "error" not in r, r
+        assert 0 < r["min"] <= r["median"] <= r["max"], r
+    for section in ("model", "train", "prepare"):
+        group = [r for r in rows if r["section"] == section]
+        assert group, section
+        by_variant = {(r["name"], r["variant"]): r for r in group}
+        for r in group:
+            base = by_variant[(r["name"], r["baseline"])]
+            assert r["ratio"] == pytest.approx(r["median"] / base["median"])
+    model = [r for r in rows if r["section"] == "model"]
+    assert {r["name"] for r in model} == {"afilm_tiny"} and model[0]["unit"] == "x realtime"
+    assert {r["variant"] for r in model} >= {"eager, autograd on", "inference_mode (default)",
+                                            "inference_mode, 1 thread"}
+    for r in model:
+        assert r["settings"]["window"] == 8192 and r["settings"]["batch_size"] == 16
+    kernels = [r for r in rows if r["section"] == "kernels"]
+    assert {r["variant"] for r in kernels} == {"eager"} and all(r["unit"] == "ms" for r in kernels)
+
+
+def test_unknown_model_pattern_is_one_line():
+    proc = run_cli("bench", "--model", "--models", "nosuch*", "--device", "cpu")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("afilm: error: --models 'nosuch*' matches no model")
+    assert "Traceback" not in proc.stderr
+
+
+def test_interleaved_excludes_warmup_and_reports_errors():
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02 if len(calls) > 1 else 0.2)  # the first (warm-up) call is slow and not counted
+
+    def broken():
+        raise RuntimeError("no compiler\nsecond line")
+
+    res = bench.interleaved({"slow": slow, "broken": broken}, repeats=3)
+    assert len(calls) == 4 and len(res["slow"]) == 3 and max(res["slow"]) < 0.15
+    assert res["broken"] == "RuntimeError: no compiler"
+    rows = bench.rate_rows("x", "n", {"a": [2.0, 1.0, 4.0], "b": [1.0, 1.0, 1.0], "broken": res["broken"]},
+                           work=8.0, unit="u", baseline="a", settings={})
+    a, b, broken_row = rows
+    assert (a["median"], a["min"], a["max"], a["ratio"]) == (4.0, 2.0, 8.0, 1.0)
+    assert b["ratio"] == 2.0 and broken_row["error"].startswith("RuntimeError")
+
+
+def test_select_models_defaults_and_patterns():
+    cpu = torch.device("cpu")
+    assert bench.select_models(None, cpu, quick=True) == ["afilm_tiny", "tfilm_tiny"]
+    assert bench.select_models(None, cpu, quick=False) == ["afilm_tiny", "tfilm_tiny", "afilm_small",
+                                                           "tfilm_small"]
+    assert bench.select_models("spline, afilm_t*", cpu, quick=False) == ["spline", "afilm_tiny"]
