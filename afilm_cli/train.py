@@ -10,18 +10,17 @@ dropout masks an uninterrupted run would have used.
 
 Multi-GPU: ``torchrun --nproc-per-node N -m afilm_cli train ...`` (DistributedDataParallel, nccl on
 CUDA, gloo on CPU). --batch-size is per process; rank 0 alone prints, logs and writes checkpoints.
+
+Beside this file: train_setup.py (device, data files and recipe, run folder, resume, RNG states),
+train_run.py (console, log.jsonl, checkpoints, progress bar, Ctrl-C) and threads.py (CPU threads).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import signal
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,20 @@ import torch
 import torch.distributed as dist
 
 from afilm_cli import metrics
-from afilm_cli.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
 from afilm_cli.errors import AfilmError
+from afilm_cli.threads import num_threads, resolve_threads
+from afilm_cli.train_run import Run, StopFlag
+from afilm_cli.train_setup import (
+    data_recipe,
+    find_data,
+    load_resume,
+    pick_device,
+    resume_config,  # noqa: F401  (public here: afilm train --resume uses it)
+    run_dir,
+    set_rng,
+)
 
 
 @dataclass
@@ -52,6 +61,7 @@ class TrainConfig:
     max_steps: int | None = None      # stop after this many optimizer steps in total
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
+    threads: int | str = "auto"       # torch CPU threads; auto: the cores no other process is busy on
     compile: bool = False             # torch.compile the model
     resume: str | None = None         # a checkpoint, or a run folder (its last.pt)
     force: bool = False               # replace a run already in `out`
@@ -68,8 +78,6 @@ class TrainConfig:
         return d
 
 
-# settings a resumed run must keep, or it would not be the same run
-RUN_IDENTITY = ("model", "batch_size", "lr", "betas", "eps", "loss", "seed", "world_size")
 LOSSES = ("mse", "rmse")
 
 
@@ -132,17 +140,19 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         raise AfilmError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
-    device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+    threads = resolve_threads(cfg.threads, device)
 
-    ckpt = _load_resume(cfg) if cfg.resume else None
-    train_file, val_file = _find_data(cfg)
+    ckpt = load_resume(cfg) if cfg.resume else None
+    train_file, val_file = find_data(cfg)
     # absolute, so that a resume from another folder finds the same files
     cfg = dataclasses.replace(cfg, train=str(train_file.resolve()),
                               val=str(val_file.resolve()) if val_file else None)
     train_pf, val_pf = PatchFile(train_file), None
     try:
         val_pf = PatchFile(val_file) if val_file else None
-        return _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, on_step)
+        with num_threads(threads):  # and back afterwards: train() is also a library call
+            return _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step)
     finally:
         train_pf.close()
         if val_pf is not None:
@@ -151,18 +161,18 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, on_step) -> TrainResult:
+def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step) -> TrainResult:
     """Check the data against the model and the resumed run, build everything, then run the loop."""
     from afilm_cli.models import create_model
 
-    recipe = _recipe(train_pf, cfg, ckpt)
+    recipe = data_recipe(train_pf, cfg, ckpt)
     if val_pf is not None:
-        val_recipe = _recipe(val_pf, cfg, ckpt)
+        val_recipe = data_recipe(val_pf, cfg, ckpt)
         for key in ("r", "sr", "degrade"):
             if val_recipe[key] != recipe[key]:
                 raise AfilmError(f"{val_pf.path} has {key}={val_recipe[key]}, "
                                  f"but {train_pf.path} has {key}={recipe[key]}")
-    out = _out_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
+    out = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     raw_model = create_model(cfg.model)
@@ -192,23 +202,23 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, on_step) -
         model = torch.nn.parallel.DistributedDataParallel(
             eval_model, device_ids=[device.index] if device.type == "cuda" else None)
     if ckpt is not None:
-        _set_rng(ckpt["rng"], rank, world, device)
+        set_rng(ckpt["rng"], rank, world, device)
     elif rank > 0:
         torch.manual_seed(cfg.seed + rank)  # different dropout masks on different ranks
     loader = PatchLoader(train_pf, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     val_loader = (PatchLoader(val_pf, cfg.batch_size, shuffle=False, rank=rank, world_size=world)
                   if val_pf else None)
-    run = _Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
+    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
     if run.master:
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
-                  resumed=ckpt)
+                  resumed=ckpt, threads=threads)
     return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
 
 
 def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     """The training loop proper: epochs of steps, validation and checkpoints at each epoch's end."""
     (model, eval_model), (epoch, epoch_step, step, best) = models, state
-    stop = _StopFlag()
+    stop = StopFlag()
     metrics_: dict[str, Any] = {}
     spline: dict[str, float] = {}
     n_batches = len(loader)
@@ -264,135 +274,6 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     return TrainResult(run.out, run.last_path(), run.best_path(), epoch, step, metrics_)
 
 
-class _Run:
-    """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
-
-    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device):
-        from rich.console import Console
-
-        self.cfg, self.out, self.master = cfg, out, master
-        self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
-        self.console = Console(highlight=False, soft_wrap=True)
-
-    def start(self, train_file, val_file, n_train, n_val, resumed) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        params = sum(p.numel() for p in self.raw_model.parameters())
-        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']})")
-        self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
-        self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}"
-                           f"{f' x{self.cfg.world_size} processes' if self.cfg.world_size > 1 else ''}; "
-                           f"run: {self.out}")
-        if resumed:
-            self.console.print(f"resuming {resumed['path']}: {resumed['epoch']} epochs done, then "
-                               f"{resumed['epoch_step']} batches of the next; step {resumed['step']}")
-        self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
-                 train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
-                 metrics_note="val_snr: over all validation samples; val_lsd: mean of per-patch LSD (log10)")
-
-    def warn(self, message: str) -> None:
-        if self.master:
-            self.console.print(f"[yellow]warning:[/] {message}")
-
-    def log(self, **record) -> None:
-        if self.master:
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def summary(self, m: dict[str, Any], is_best: bool) -> None:
-        if not self.master:
-            return
-        where = f"epoch {m['epoch']}"
-        if m["epoch_step"]:  # --max-steps stopped inside an epoch
-            where = f"epoch {m['epoch'] + 1} (stopped at step {m['step']})"
-        line = f"{where}: train loss {m['train_loss']:.4g}"
-        if "val_loss" in m:
-            line += (f"  val loss {m['val_loss']:.4g}"
-                     f"  SNR {m['val_snr']:.2f} dB (spline {m['spline_snr']:.2f})"
-                     f"  LSD {m['val_lsd']:.3f} (spline {m['spline_lsd']:.3f})")
-        self.console.print(line + ("  *best*" if is_best else ""), markup=False)
-
-    def last_path(self) -> Path:
-        return self.out / "last.pt"
-
-    def best_path(self) -> Path | None:
-        return self.out / "best.pt" if (self.out / "best.pt").exists() else None
-
-    def save(self, epoch, epoch_step, step, best, metrics_, *, is_best=False, interrupted=False) -> Path:
-        rng = _get_rng(self.device)  # a collective under torchrun: every rank takes part
-        if self.master:
-            ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
-                                   epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
-                                   metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
-            save_checkpoint(self.last_path(), ckpt)
-            if is_best:
-                save_checkpoint(self.out / "best.pt", ckpt)
-            if interrupted:
-                self.log(type="interrupted", epoch=epoch, epoch_step=epoch_step, step=step)
-        return self.last_path()
-
-    def progress(self) -> _Bar:
-        return _Bar(self.console, enabled=self.master and self.cfg.progress)
-
-
-class _Bar:
-    """A rich progress bar per epoch showing the loss and the throughput (patches/s)."""
-
-    def __init__(self, console, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4g}"),
-                                 TextColumn("{task.fields[rate]:.1f} patches/s"), TimeRemainingColumn(),
-                                 console=console, disable=not enabled, transient=True)
-        self.task = None
-
-    def __enter__(self) -> _Bar:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
-
-    def begin(self, epoch: int, done: int, total: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
-                                           rate=0.0)
-
-    def advance(self, loss: float, rate: float) -> None:
-        self.progress.update(self.task, advance=1, loss=loss, rate=rate)
-
-
-class _StopFlag:
-    """Ctrl-C asks the loop to stop after the current step (a half-done optimizer step could not be
-    resumed); a second Ctrl-C interrupts at once. Under torchrun the ranks agree on when to stop."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = None
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-    def _handle(self, signum, frame) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def requested(self, device: torch.device) -> bool:
-        if not dist.is_initialized():
-            return self.flag
-        t = torch.tensor([float(self.flag)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-
 def _done(cfg: TrainConfig, step: int) -> bool:
     return cfg.max_steps is not None and step >= cfg.max_steps
 
@@ -412,126 +293,3 @@ def _all_mean(tot: torch.Tensor, device: torch.device) -> float:
         dist.all_reduce(tot)
     total, count = tot.tolist()
     return total / max(count, 1)
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise AfilmError(f"unknown device {name!r}; use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AfilmError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def _get_rng(device: torch.device) -> dict[str, list[torch.Tensor]]:
-    """Every rank's torch RNG states, gathered on rank 0 (dropout is the only randomness left)."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
-    mine = {"cpu": torch.get_rng_state(), "cuda": cuda}
-    if not dist.is_initialized():
-        return {k: [v] for k, v in mine.items()}
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, mine)
-    return {k: [g[k] for g in gathered] for k in mine}
-
-
-def _set_rng(rng: dict[str, list[torch.Tensor]], rank: int, world: int, device: torch.device) -> None:
-    if len(rng["cpu"]) != world:
-        warnings.warn(f"checkpoint was written by {len(rng['cpu'])} processes, this run has {world}: "
-                      "resuming, but not bit-exactly", stacklevel=2)
-        torch.manual_seed(torch.initial_seed() + rank)
-        return
-    torch.set_rng_state(rng["cpu"][rank])
-    if device.type == "cuda" and rng["cuda"][rank].numel():
-        torch.cuda.set_rng_state(rng["cuda"][rank], device)
-
-
-def _load_resume(cfg: TrainConfig) -> dict[str, Any]:
-    path = Path(cfg.resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    ckpt = load_checkpoint(path)
-    stored = ckpt.get("train_config")
-    if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
-        raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
-                         "start a new run from it instead")
-    stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1)}
-    mine = {**cfg.to_dict(), "betas": tuple(cfg.betas)}
-    differ = [f"{k} {mine[k]!r} (was {stored[k]!r})" for k in RUN_IDENTITY
-              if k != "world_size" and mine[k] != stored[k]]
-    if differ:
-        raise AfilmError(f"{path}: a resumed run keeps its settings, but these differ: {', '.join(differ)}")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
-def resume_config(path: str, **changes: Any) -> TrainConfig:
-    """The config of the run checkpointed at ``path`` (file or run folder), with ``changes``."""
-    p = Path(path)
-    ckpt = load_checkpoint(p / "last.pt" if p.is_dir() else p)
-    stored = dict(ckpt.get("train_config") or {})
-    if not stored:
-        raise AfilmError(f"{path}: not a training checkpoint (no train_config); it cannot be resumed")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    stored = {k: v for k, v in stored.items() if k in known}
-    stored["betas"] = tuple(stored.get("betas", (0.9, 0.999)))
-    stored.update(out=None, force=False)  # default to continuing in the checkpoint's own folder
-    return TrainConfig(**{**stored, **changes, "resume": str(path)})
-
-
-def _find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """The train/val files: as given, or the newest *-train.h5 under data_dir and its *-val.h5."""
-    if cfg.train:
-        train = Path(cfg.train)
-    else:
-        found = sorted(Path(cfg.data_dir).glob("*-train.h5"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise AfilmError(f"no training data: no *-train.h5 in {cfg.data_dir}/; "
-                             "run 'afilm prepare vctk --r 4' first, or pass --train FILE")
-        train = found[-1]
-    if cfg.val:
-        return train, Path(cfg.val)
-    sibling = train.with_name(train.name.replace("-train.h5", "-val.h5"))
-    return train, (sibling if sibling != train and sibling.is_file() else None)
-
-
-def _recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    """r, sr, degrade, patch: from the file's attributes, else from --r/--sr/--degrade."""
-    rec = {k: pf.recipe[k] for k in ("r", "sr", "degrade", "patch")}
-    for key in ("r", "sr", "degrade"):
-        given = getattr(cfg, key)
-        if rec[key] is None:
-            rec[key] = given
-        elif given is not None and given != rec[key]:
-            raise AfilmError(f"{pf.path} was prepared with {key}={rec[key]}, but --{key} {given} was given")
-    missing = [k for k in ("r", "sr", "degrade") if rec[k] is None]
-    if missing:
-        raise AfilmError(f"{pf.path} does not record its {'/'.join(missing)} (a file from the reference "
-                         "code?); pass --r, --sr and --degrade, e.g. --r 4 --sr 16000 --degrade decimate")
-    if ckpt is not None:
-        for key in ("r", "sr", "degrade"):
-            if ckpt["recipe"][key] != rec[key]:
-                raise AfilmError(f"{pf.path} has {key}={rec[key]}, but checkpoint {ckpt['path']} was "
-                                 f"trained with {key}={ckpt['recipe'][key]}")
-    return rec
-
-
-def _out_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> Path:
-    """The run folder; refuses one that holds another run unless --force (or it is the resumed one)."""
-    if cfg.out:
-        out = Path(cfg.out)
-    elif ckpt is not None:
-        out = Path(ckpt["path"]).parent
-    else:
-        out = Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    held = [n for n in ("last.pt", "best.pt", "log.jsonl") if (out / n).exists()]
-    continuing = ckpt is not None and Path(ckpt["path"]).parent.resolve() == out.resolve()
-    if held and not continuing:
-        if not cfg.force:
-            raise AfilmError(f"{out} already holds a training run ({held[0]}); pass --resume {out} to "
-                             "continue it, or --force to replace it")
-        if int(os.environ.get("RANK", 0)) == 0:
-            for n in held:
-                (out / n).unlink()
-    return out

@@ -25,17 +25,16 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from afilm_cli.errors import AfilmError
 from afilm_cli.stages import Stage
+from afilm_cli.threads import busy_elsewhere, free_cores, num_threads  # tests patch them here
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_SNR_DB = 40.0  # output of a bf16 pass vs the fp32 pass (tests/test_infer.py, gpu-marked)
@@ -169,19 +168,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def busy_elsewhere(samples: int = 5) -> int | None:
-    """Runnable tasks on the machine other than this thread (median of a few reads of /proc/loadavg's
-    instantaneous count; None where there is no such file)."""
-    counts = []
-    for _ in range(samples):
-        try:
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
-        except (OSError, IndexError, ValueError):
-            return None
-        time.sleep(0.002)
-    return int(statistics.median(counts))
-
-
 class ThreadChoice:
     """Threads per batch. An int (or None: torch's current setting) is used as is. ``"auto"`` on CPU
     uses the cores that no other task is using (at least one); when that is all of them and there are
@@ -193,7 +179,7 @@ class ThreadChoice:
         self.trials: list[int] = []
         if threads == "auto":
             busy = busy_elsewhere() if device.type == "cpu" and full > 1 else None
-            self.fixed = full if busy is None else max(1, min(full, full - busy))
+            self.fixed = free_cores(full, busy)
             # Only an idle-looking machine is double-checked, by one batch at one thread (at most ~2x
             # slower on an idle machine); trying all cores on a busy one can cost 40x on that batch.
             if device.type == "cpu" and full > 1 and self.fixed == full and n_batches >= 4:
@@ -217,18 +203,6 @@ class ThreadChoice:
             if len(self.timings) == len(self.trials):
                 self.chosen = min(self.timings, key=self.timings.get)
         self.batch += 1
-
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n != before:
-            torch.set_num_threads(before)
 
 
 def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from afilm_cli.commands.options import Device, Force, Seed
+from afilm_cli.commands.options import Device, Force, Seed, Threads
 
 Opt = typer.Option
 
@@ -32,6 +32,7 @@ def command(
                                     "Default: runs/<model>-<time>, or the resumed run's folder.")] = None,
     seed: Seed = 0,
     device: Device = "auto",
+    threads: Threads = "auto",
     resume: Annotated[Path | None, Opt("--resume", help="Continue the run in this folder (its last.pt) or "
                                        "from this checkpoint, exactly where it stopped.")] = None,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model (worth it on CUDA).")] = False,
@@ -48,13 +49,14 @@ def command(
     Multi-GPU: torchrun --nproc-per-node N -m afilm_cli train ... (one process per GPU).
     """
     from afilm_cli import train as training
+    from afilm_cli.threads import parse_threads
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "max_steps": max_steps,
              "r": r, "sr": sr, "degrade": degrade}
     given = {k: v for k, v in given.items() if v is not None}
     common = {"train": str(train) if train else None, "val": str(val) if val else None,
-              "out": str(out) if out else None, "device": device, "compile": compile,
-              "log_every": log_every, "progress": progress, "force": force}
+              "out": str(out) if out else None, "device": device, "threads": parse_threads(threads),
+              "compile": compile, "log_every": log_every, "progress": progress, "force": force}
     if resume is not None:
         # the run keeps its own settings; only what the user typed is passed on (and checked)
         changes = {**given, **{k: v for k, v in common.items() if v is not None}}

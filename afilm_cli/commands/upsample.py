@@ -30,6 +30,13 @@ def command(
     window: Annotated[int | None, typer.Option(
         "--window", min=1, help="Window length in output samples (default: the checkpoint's patch).")] = None,
     device: Device = "auto",
+    threads: Annotated[str, typer.Option(
+        "--threads", metavar="N|auto", help="CPU threads for torch: a number, or auto: the cores no other "
+        "process is busy on (at least 1); when that is all of them and the input is long, one batch at "
+        "all cores is timed against one at a single thread and the faster is kept.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="auto|fp32|bf16", help="auto: bf16 autocast on CUDA, fp32 elsewhere "
+        "(bf16 on a CPU is slower).")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Upsample audio with a trained model.
@@ -43,8 +50,12 @@ def command(
     input at sr or above, since it is the ground truth.
     """
     from afilm_cli import infer  # lazy: torch and scipy load only when the command runs
+    from afilm_cli.threads import parse_threads
+
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
+    speed = {"threads": parse_threads(threads), "precision": precision}
+    infer.resolve_precision(precision, dev)  # a typo fails here, before any file is read
     loaded = infer.load_model(ckpt, dev)
     pairs = infer.plan_outputs(inputs, out, simulate)
     clash = infer.existing_outputs(pairs, simulate)
@@ -61,7 +72,7 @@ def command(
             def advance(n: int) -> None:
                 bar.advance(task, n)
 
-            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance)
+            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, **speed)
             if simulate:
                 info = infer.simulate_file(src, target, loaded, **kwargs)
                 written = ", ".join(info["outputs"].values())

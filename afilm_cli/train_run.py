@@ -1,0 +1,148 @@
+"""Training's bookkeeping beside the maths: what rank 0 prints and logs (log.jsonl), the checkpoints it
+writes, the per-epoch progress bar, and the Ctrl-C flag that stops the loop between two steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.train_setup import get_rng
+
+
+class Run:
+    """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
+
+    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device):
+        from rich.console import Console
+
+        self.cfg, self.out, self.master = cfg, out, master
+        self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
+        self.console = Console(highlight=False, soft_wrap=True)
+
+    def start(self, train_file, val_file, n_train, n_val, resumed, threads: int) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        params = sum(p.numel() for p in self.raw_model.parameters())
+        procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
+        cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"
+        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']})")
+        self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
+        self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
+                           f"{cpu}; run: {self.out}")
+        if resumed:
+            self.console.print(f"resuming {resumed['path']}: {resumed['epoch']} epochs done, then "
+                               f"{resumed['epoch_step']} batches of the next; step {resumed['step']}")
+        self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
+                 train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
+                 threads=threads,
+                 metrics_note="val_snr: over all validation samples; val_lsd: mean of per-patch LSD (log10)")
+
+    def warn(self, message: str) -> None:
+        if self.master:
+            self.console.print(f"[yellow]warning:[/] {message}")
+
+    def log(self, **record) -> None:
+        if self.master:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def summary(self, m: dict[str, Any], is_best: bool) -> None:
+        if not self.master:
+            return
+        where = f"epoch {m['epoch']}"
+        if m["epoch_step"]:  # --max-steps stopped inside an epoch
+            where = f"epoch {m['epoch'] + 1} (stopped at step {m['step']})"
+        line = f"{where}: train loss {m['train_loss']:.4g}"
+        if "val_loss" in m:
+            line += (f"  val loss {m['val_loss']:.4g}"
+                     f"  SNR {m['val_snr']:.2f} dB (spline {m['spline_snr']:.2f})"
+                     f"  LSD {m['val_lsd']:.3f} (spline {m['spline_lsd']:.3f})")
+        self.console.print(line + ("  *best*" if is_best else ""), markup=False)
+
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def best_path(self) -> Path | None:
+        return self.out / "best.pt" if (self.out / "best.pt").exists() else None
+
+    def save(self, epoch, epoch_step, step, best, metrics_, *, is_best=False, interrupted=False) -> Path:
+        rng = get_rng(self.device)  # a collective under torchrun: every rank takes part
+        if self.master:
+            ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
+                                   epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
+                                   metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
+            save_checkpoint(self.last_path(), ckpt)
+            if is_best:
+                save_checkpoint(self.out / "best.pt", ckpt)
+            if interrupted:
+                self.log(type="interrupted", epoch=epoch, epoch_step=epoch_step, step=step)
+        return self.last_path()
+
+    def progress(self) -> EpochBar:
+        return EpochBar(self.console, enabled=self.master and self.cfg.progress)
+
+
+class EpochBar:
+    """A rich progress bar per epoch showing the loss and the throughput (patches/s)."""
+
+    def __init__(self, console, enabled: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.4g}"),
+                                 TextColumn("{task.fields[rate]:.1f} patches/s"), TimeRemainingColumn(),
+                                 console=console, disable=not enabled, transient=True)
+        self.task = None
+
+    def __enter__(self) -> EpochBar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def begin(self, epoch: int, done: int, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
+                                           rate=0.0)
+
+    def advance(self, loss: float, rate: float) -> None:
+        self.progress.update(self.task, advance=1, loss=loss, rate=rate)
+
+
+class StopFlag:
+    """Ctrl-C asks the loop to stop after the current step (a half-done optimizer step could not be
+    resumed); a second Ctrl-C interrupts at once. Under torchrun the ranks agree on when to stop."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def requested(self, device: torch.device) -> bool:
+        if not dist.is_initialized():
+            return self.flag
+        t = torch.tensor([float(self.flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())

@@ -1,0 +1,150 @@
+"""What training needs before its first step: the device, the data files and their recipe, the run
+folder, the resumed checkpoint, and the RNG states a checkpoint carries (see afilm_cli/train.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from afilm_cli.checkpoint import load_checkpoint
+from afilm_cli.data.h5 import PatchFile
+from afilm_cli.errors import AfilmError
+
+if TYPE_CHECKING:
+    from afilm_cli.train import TrainConfig
+
+# settings a resumed run must keep, or it would not be the same run
+RUN_IDENTITY = ("model", "batch_size", "lr", "betas", "eps", "loss", "seed", "world_size")
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise AfilmError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AfilmError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def get_rng(device: torch.device) -> dict[str, list[torch.Tensor]]:
+    """Every rank's torch RNG states, gathered on rank 0 (dropout is the only randomness left)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
+    mine = {"cpu": torch.get_rng_state(), "cuda": cuda}
+    if not dist.is_initialized():
+        return {k: [v] for k, v in mine.items()}
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return {k: [g[k] for g in gathered] for k in mine}
+
+
+def set_rng(rng: dict[str, list[torch.Tensor]], rank: int, world: int, device: torch.device) -> None:
+    if len(rng["cpu"]) != world:
+        warnings.warn(f"checkpoint was written by {len(rng['cpu'])} processes, this run has {world}: "
+                      "resuming, but not bit-exactly", stacklevel=2)
+        torch.manual_seed(torch.initial_seed() + rank)
+        return
+    torch.set_rng_state(rng["cpu"][rank])
+    if device.type == "cuda" and rng["cuda"][rank].numel():
+        torch.cuda.set_rng_state(rng["cuda"][rank], device)
+
+
+def load_resume(cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint --resume names (a file, or a run folder's last.pt), checked against ``cfg``."""
+    path = Path(cfg.resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    ckpt = load_checkpoint(path)
+    stored = ckpt.get("train_config")
+    if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
+        raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
+                         "start a new run from it instead")
+    stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1)}
+    mine = {**cfg.to_dict(), "betas": tuple(cfg.betas)}
+    differ = [f"{k} {mine[k]!r} (was {stored[k]!r})" for k in RUN_IDENTITY
+              if k != "world_size" and mine[k] != stored[k]]
+    if differ:
+        raise AfilmError(f"{path}: a resumed run keeps its settings, but these differ: {', '.join(differ)}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def resume_config(path: str, **changes: Any) -> TrainConfig:
+    """The config of the run checkpointed at ``path`` (file or run folder), with ``changes``."""
+    from afilm_cli.train import TrainConfig  # here: train.py imports this module
+
+    p = Path(path)
+    ckpt = load_checkpoint(p / "last.pt" if p.is_dir() else p)
+    stored = dict(ckpt.get("train_config") or {})
+    if not stored:
+        raise AfilmError(f"{path}: not a training checkpoint (no train_config); it cannot be resumed")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    stored = {k: v for k, v in stored.items() if k in known}
+    stored["betas"] = tuple(stored.get("betas", (0.9, 0.999)))
+    stored.update(out=None, force=False)  # default to continuing in the checkpoint's own folder
+    return TrainConfig(**{**stored, **changes, "resume": str(path)})
+
+
+def find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """The train/val files: as given, or the newest *-train.h5 under data_dir and its *-val.h5."""
+    if cfg.train:
+        train = Path(cfg.train)
+    else:
+        found = sorted(Path(cfg.data_dir).glob("*-train.h5"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise AfilmError(f"no training data: no *-train.h5 in {cfg.data_dir}/; "
+                             "run 'afilm prepare vctk --r 4' first, or pass --train FILE")
+        train = found[-1]
+    if cfg.val:
+        return train, Path(cfg.val)
+    sibling = train.with_name(train.name.replace("-train.h5", "-val.h5"))
+    return train, (sibling if sibling != train and sibling.is_file() else None)
+
+
+def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """r, sr, degrade, patch: from the file's attributes, else from --r/--sr/--degrade."""
+    rec = {k: pf.recipe[k] for k in ("r", "sr", "degrade", "patch")}
+    for key in ("r", "sr", "degrade"):
+        given = getattr(cfg, key)
+        if rec[key] is None:
+            rec[key] = given
+        elif given is not None and given != rec[key]:
+            raise AfilmError(f"{pf.path} was prepared with {key}={rec[key]}, but --{key} {given} was given")
+    missing = [k for k in ("r", "sr", "degrade") if rec[k] is None]
+    if missing:
+        raise AfilmError(f"{pf.path} does not record its {'/'.join(missing)} (a file from the reference "
+                         "code?); pass --r, --sr and --degrade, e.g. --r 4 --sr 16000 --degrade decimate")
+    if ckpt is not None:
+        for key in ("r", "sr", "degrade"):
+            if ckpt["recipe"][key] != rec[key]:
+                raise AfilmError(f"{pf.path} has {key}={rec[key]}, but checkpoint {ckpt['path']} was "
+                                 f"trained with {key}={ckpt['recipe'][key]}")
+    return rec
+
+
+def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> Path:
+    """The run folder; refuses one that holds another run unless --force (or it is the resumed one)."""
+    if cfg.out:
+        out = Path(cfg.out)
+    elif ckpt is not None:
+        out = Path(ckpt["path"]).parent
+    else:
+        out = Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    held = [n for n in ("last.pt", "best.pt", "log.jsonl") if (out / n).exists()]
+    continuing = ckpt is not None and Path(ckpt["path"]).parent.resolve() == out.resolve()
+    if held and not continuing:
+        if not cfg.force:
+            raise AfilmError(f"{out} already holds a training run ({held[0]}); pass --resume {out} to "
+                             "continue it, or --force to replace it")
+        if int(os.environ.get("RANK", 0)) == 0:
+            for n in held:
+                (out / n).unlink()
+    return out
