@@ -58,6 +58,19 @@ def bundled_checkpoint_path(name: str | None = None) -> Path:
     return path
 
 
+def compact_checkpoint(src: str | Path, dst: str | Path) -> str:
+    """Write a checkpoint for bundling: weights in fp16 (half the size; they are cast back to fp32 on
+    load), no optimizer or RNG state. Returns the SHA-256 of the written file."""
+    from afilm_cli.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    keep = {k: ckpt[k] for k in ("format", "format_version", "afilm_version", "model_name", "model_config",
+                                 "recipe", "epoch", "step", "metrics") if k in ckpt}
+    keep["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    save_checkpoint(dst, keep)
+    return sha256sum(Path(dst))
+
+
 def model_card(name: str) -> str:
     return (HERE / BUNDLED[name].card).read_text(encoding="utf-8")
 

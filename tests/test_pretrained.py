@@ -1,0 +1,69 @@
+"""Bundled pretrained models: compact export, SHA-256 check at load, registry entry and model card."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from afilm_cli import pretrained
+from afilm_cli.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from afilm_cli.errors import AfilmError
+from afilm_cli.models import create_model
+from afilm_cli.registry import MODELS
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+
+
+def test_compact_checkpoint_is_fp16_and_predicts_like_the_original(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("afilm_small").eval()
+    src, dst = tmp_path / "full.pt", tmp_path / "compact.pt"
+    save_checkpoint(src, make_checkpoint(model, RECIPE, optimizer={"junk": torch.zeros(100_000)}))
+    digest = pretrained.compact_checkpoint(src, dst)
+    assert digest == pretrained.sha256sum(dst)
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    ckpt = load_checkpoint(dst)
+    assert "optimizer" not in ckpt
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    x = torch.randn(2, 1, 8192) * 0.1
+    with torch.no_grad():
+        ref, got = model(x), model_from_checkpoint(ckpt)(x)
+    assert torch.allclose(got, ref, atol=2e-3), (got - ref).abs().max()
+
+
+def test_damaged_bundled_file_is_refused(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pt", make_checkpoint(create_model("afilm_tiny"), RECIPE))
+    entry = pretrained.Bundled("fake", "m.pt", pretrained.sha256sum(tmp_path / "m.pt"), "card.md", "fake")
+    monkeypatch.setattr(pretrained, "HERE", tmp_path)
+    monkeypatch.setitem(pretrained.BUNDLED, "fake", entry)
+    assert pretrained.bundled_checkpoint_path("fake") == tmp_path / "m.pt"
+    with open(tmp_path / "m.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(AfilmError, match="does not match the recorded"):
+        pretrained.bundled_checkpoint_path("fake")
+    with pytest.raises(AfilmError, match="no bundled pretrained model 'nope'"):
+        pretrained.bundled_checkpoint_path("nope")
+
+
+@pytest.mark.skipif(not pretrained.DEFAULT, reason="no bundled model in this build")
+def test_bundled_default_model_loads_is_registered_and_has_a_card():
+    name = pretrained.DEFAULT
+    path = pretrained.bundled_checkpoint_path()
+    assert path.stat().st_size < 20 * 1024 * 1024
+    assert MODELS.meta(name)["pretrained"] is True
+    model = create_model(name)
+    ckpt = load_checkpoint(path)
+    assert ckpt["recipe"] == {**RECIPE, "patch": ckpt["recipe"]["patch"]}
+    x = torch.randn(1, 1, 8192) * 0.1
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(y, x)
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "--info", name], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "LibriSpeech" in out.stdout and "CC BY 4.0" in out.stdout
