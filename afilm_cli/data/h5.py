@@ -98,7 +98,8 @@ class PatchFile:
         d, l = self._f["data"], self._f["label"]
         if d.shape != l.shape or d.ndim not in (2, 3) or (d.ndim == 3 and d.shape[2] != 1):
             self.close()
-            raise AfilmError(f"{self.path}: 'data' {d.shape} and 'label' {l.shape} must both be (N, patch, 1)")
+            raise AfilmError(f"{self.path}: 'data' {d.shape} and 'label' {l.shape} "
+                             "must both be (N, patch, 1)")
         if d.shape[0] == 0:
             self.close()
             raise AfilmError(f"{self.path}: contains no patches")
