@@ -327,9 +327,14 @@ def test_simulate_refuses_input_below_the_model_rate(tmp_path, ckpts):
 
 
 def test_default_checkpoint_prefers_newest_run(tmp_path, monkeypatch, ckpts):
+    from afilm_cli import pretrained
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(AfilmError, match="pass --ckpt PATH or train one"):
-        infer.default_checkpoint()
+    assert infer.default_checkpoint() == pretrained.bundled_checkpoint_path()  # no runs: the bundled model
+    with monkeypatch.context() as m:
+        m.setattr(pretrained, "DEFAULT", "")
+        with pytest.raises(AfilmError, match="pass --ckpt PATH or train one"):
+            infer.default_checkpoint()
     for i, name in enumerate(["b", "a"]):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "best.pt").write_bytes(ckpts["spline"].read_bytes())

@@ -67,3 +67,19 @@ def test_bundled_default_model_loads_is_registered_and_has_a_card():
                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
     assert "LibriSpeech" in out.stdout and "CC BY 4.0" in out.stdout
+
+
+@pytest.mark.skipif(not pretrained.DEFAULT, reason="no bundled model in this build")
+def test_upsample_without_ckpt_uses_the_bundled_model(tmp_path, vctk_mini):
+    """The README's promise: on a fresh install, `afilm upsample in.wav` works with no checkpoint."""
+    import soundfile as sf
+
+    from afilm_cli.audio import read_audio, resample, write_audio
+
+    x, sr = read_audio(vctk_mini / "wav48" / "p226" / "p226_003.wav", mono=True)
+    write_audio(tmp_path / "call_4k.wav", resample(x, sr, 4000)[:12345], 4000)
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "upsample", "call_4k.wav", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    info = sf.info(tmp_path / "call_4k.afilm.wav")
+    assert (info.samplerate, info.frames) == (16000, 12345 * 4)

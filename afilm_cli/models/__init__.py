@@ -36,13 +36,11 @@ def describe_model(name: str, with_model: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "meta": meta, "parameters": None, "length_multiple": None,
                            "config": None, "plan": None, "error": None}
     try:
-        try:
+        if meta.get("pretrained"):
+            model = create_model(name)  # loads (and checks) its weights: cannot live on the meta device
+        else:
             with torch.device("meta"):
                 model = create_model(name)
-        except Exception:
-            if not meta.get("pretrained"):
-                raise
-            model = create_model(name)  # loads its weights (and moves them): cannot live on meta
         out["parameters"] = count_parameters(model)
         out["length_multiple"] = int(model.length_multiple)
         out["config"] = model.config_dict()
@@ -54,4 +52,5 @@ def describe_model(name: str, with_model: bool = False) -> dict[str, Any]:
 
 
 # built-ins register on import (after create_model exists, so they may import it)
+from afilm_cli import pretrained  # noqa: E402, F401  (bundled pretrained models register too)
 from afilm_cli.models import afilm, spline, tfilm  # noqa: E402, F401

@@ -29,8 +29,16 @@ class Bundled:
     description: str
 
 
-BUNDLED: dict[str, Bundled] = {}
-DEFAULT = ""  # set once a bundled model exists: the model `upsample`, `eval` and `demo` use by default
+BUNDLED: dict[str, Bundled] = {
+    "afilm_speech_r4": Bundled(
+        name="afilm_speech_r4",
+        file="afilm_speech_r4.pt",
+        sha256="0d58a0f5f00d7dc1281da36d4b19f4d7ef43362dba526d68f2b80a43f9186732",
+        card="afilm_speech_r4.md",
+        description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
+    ),
+}
+DEFAULT = "afilm_speech_r4"  # the model `upsample`, `eval` and `demo` use when no --ckpt is given
 
 
 def sha256sum(path: Path) -> str:
