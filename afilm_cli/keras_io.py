@@ -66,7 +66,7 @@ class KerasWeight:
     shape: tuple[int, ...]
 
     def row(self, index: int) -> str:
-        """The line of ../shared/keras-weights-layout.txt for this weight."""
+        """The line of the original Keras weight list for this weight."""
         return f"w{index:04d} | {self.key} | {self.layer} | {self.name} | {self.shape}"
 
 

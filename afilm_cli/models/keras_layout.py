@@ -1,6 +1,6 @@
 """Keras -> PyTorch names and layouts for the original AFiLM / TFiLM weights.
 
-The semantic keys of ../shared/keras-weights-layout.txt (``down0.film.transformer.enc_layers.0.att.
+The semantic keys of the Keras weight list (afilm_cli/keras_io.py) (``down0.film.transformer.enc_layers.0.att.
 query_dense.kernel``) map onto this package's state_dict keys by a fixed renaming, because the modules
 are named after them (see afilm_cli/models/unet.py):
 

@@ -2,8 +2,8 @@
 
 Shapes are channels-first (B, C, T) between layers; the normalisers (transformer, LSTM) work on token
 sequences (B, n, C) where n = T / block. Module and attribute names follow the semantic keys of
-../shared/keras-weights-layout.txt (``enc_layers.i.att.query_dense`` ...) so that a Keras import is a
-mechanical renaming; see afilm_cli/models/unet.py for the full mapping.
+the Keras weight list (afilm_cli/keras_io.py) (``enc_layers.i.att.query_dense`` ...) so that a
+Keras import is a mechanical renaming; see afilm_cli/models/unet.py for the full mapping.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The AFiLM / TFiLM U-Net backbone (../shared/REFERENCE.md section 2), channels-first.
+"""The AFiLM / TFiLM U-Net backbone (the original Keras code, ncarraz/AFILM), channels-first.
 
 Per stage (paper config, 8192-sample input):
 
@@ -16,7 +16,7 @@ T must be a multiple of 2**(l+1) * block for every stage; ``length_multiple`` is
 (and of 2**(L+1) for the pools). Paper config: 256. The issue's bound 2**(L+1) * max(block) = 4096 is
 a multiple of it, not the minimum.
 
-Module names follow the semantic keys of ../shared/keras-weights-layout.txt (``down.L.conv``,
+Module names follow the semantic keys of the Keras weight list (afilm_cli/keras_io.py) (``down.L.conv``,
 ``down.L.film.transformer.enc_layers.i.att.query_dense``, ``up.L.film.rnn``, ``final.conv`` ...), so
 Keras weights load by a mechanical renaming: afilm_cli/models/keras_layout.py.
 """
