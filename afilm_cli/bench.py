@@ -142,10 +142,12 @@ def model_variants(device: torch.device, cores: int) -> tuple[str, dict[str, dic
 
 def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = False,
                 seconds: float | None = None, repeats: int | None = None, batch_size: int = 16,
-                window: int = 8192, sweep: bool | None = None) -> list[dict[str, Any]]:
+                window: int = 8192, sweep: bool | None = None,
+                on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Real-time factor (seconds of 16 kHz output per wall second) of the real upsampling path:
     4 kHz input -> polyphase resampler -> spline -> model windows (overlap-add), per preset and variant.
-    ``sweep`` (default: not quick) adds batch-size and window rows for the first preset."""
+    ``sweep`` (default: not quick) adds batch-size and window rows for the first preset. ``on_rows``
+    gets the rows so far after each preset."""
     from afilm_cli import infer
     from afilm_cli.models import create_model
 
@@ -186,6 +188,8 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         if sweep if sweep is not None else not quick and name == names[0]:
             rows += _sweep(name, run, seconds, repeats, batch_size, window, device)
         del model, loaded
+        if on_rows:
+            on_rows(list(rows))
     return rows
 
 
@@ -220,9 +224,11 @@ def _sweep(name, run, seconds, repeats, batch_size, window, device) -> list[dict
 
 # -------------------------------------------------------------------------------------------- train
 def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = False, batch: int | None = None,
-                patch: int = 8192, repeats: int | None = None) -> list[dict[str, Any]]:
+                patch: int = 8192, repeats: int | None = None,
+                on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Training step throughput (patches/s): forward, MSE, backward, Adam(3e-4) on synthetic patches,
-    as ``afilm train`` does per step (data loading excluded). CUDA compares torch ops, Triton and bf16."""
+    as ``afilm train`` does per step (data loading excluded). CUDA compares torch ops, Triton and bf16.
+    ``on_rows`` gets the rows so far after each preset."""
     batch = batch or (4 if quick else 16)
     repeats = repeats or (2 if quick else 3)
     variants = {"fp32": dict(kernel=None, bf16=False)} if device.type == "cpu" else {
@@ -246,6 +252,8 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
                     for v, s in variants.items()}
         rows += rate_rows("train", name, interleaved(fns, repeats), batch, "patches/s", baseline, settings)
         del model, opt
+        if on_rows:
+            on_rows(list(rows))
     return rows
 
 
@@ -288,15 +296,27 @@ def bench_prepare(*, quick: bool = False, seconds: float | None = None, repeats:
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def bench_kernels(device: torch.device, *, quick: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+def bench_kernels(device: torch.device, *, quick: bool = False,
+                  on_rows: Callable[[list[dict[str, Any]]], None] | None = None
+                  ) -> tuple[list[dict[str, Any]], str | None]:
     """The kernel suite (kernels/benchmark.py) as rows; on CPU the reference only at batch 2, without
-    torch.compile (one compile per op and mode takes minutes there). Returns (rows, note)."""
+    torch.compile (one compile per op and mode takes minutes there). ``on_rows`` gets the rows so far
+    after each layer. Returns (rows, note)."""
     from kernels.benchmark import run_kernel_benchmarks, triton_unavailable_reason
 
     cpu = device.type == "cpu"
     raw = run_kernel_benchmarks(batch=2 if cpu else 16, quick=quick, device=device,
                                 compile=False if cpu else None,
-                                modes=("fwd", "fwd+bwd") if cpu and not quick else ("fwd", "bwd", "fwd+bwd"))
+                                modes=("fwd", "fwd+bwd") if cpu and not quick else ("fwd", "bwd", "fwd+bwd"),
+                                on_layer=on_rows and (lambda raw: on_rows(_kernel_rows(raw))))
+    rows = _kernel_rows(raw)
+    note = triton_unavailable_reason(device)
+    if cpu:
+        note = (note or "") + "; torch.compile skipped on CPU"
+    return rows, note
+
+
+def _kernel_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in raw:
         detail = {k: r[k] for k in ("batch", "C", "T", "block", "dtype", "gbps", "pct_peak") if k in r}
@@ -304,10 +324,7 @@ def bench_kernels(device: torch.device, *, quick: bool = False) -> tuple[list[di
                          unit="ms", median=r.get("ms_median"), min=r.get("ms_min"), max=r.get("ms_max"),
                          ratio=r.get("x_eager"), baseline="eager", settings=detail,
                          **({"error": r["error"]} if "error" in r else {})))
-    note = triton_unavailable_reason(device)
-    if cpu:
-        note = (note or "") + "; torch.compile skipped on CPU"
-    return rows, note
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -315,9 +332,12 @@ SECTIONS = ("kernels", "model", "train", "prepare")
 
 
 def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = False,
-              models: str | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+              models: str | None = None, progress: Callable[[str], None] | None = None,
+              on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every requested section; the report dict written by ``--json`` (hardware, versions, settings,
-    the system load before and after: on a shared machine it explains the spread)."""
+    the system load before and after: on a shared machine it explains the spread). ``on_update`` gets
+    the report so far (``"complete": False``) after each section, kernel layer and preset, so a long
+    run that is stopped keeps what it measured."""
     from afilm_cli.sysinfo import system_info
 
     names = select_models(models, device, quick) if {"model", "train"} & set(sections) else []
@@ -325,8 +345,13 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
         "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "system": system_info(), "device": str(device),
         "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R},
-        "load_avg_start": _loadavg(), "notes": {}, "rows": [],
+        "load_avg_start": _loadavg(), "notes": {}, "rows": [], "complete": False,
     }
+
+    def update(extra_rows: list[dict[str, Any]] = ()) -> None:
+        if on_update:
+            on_update({**report, "rows": report["rows"] + list(extra_rows)})
+
     for section in SECTIONS:
         if section not in sections:
             continue
@@ -334,17 +359,19 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
             progress(section)
         t0 = time.perf_counter()
         if section == "kernels":
-            rows, note = bench_kernels(device, quick=quick)
+            rows, note = bench_kernels(device, quick=quick, on_rows=update)
             report["notes"]["kernels"] = note
         elif section == "model":
-            rows = bench_model(names, device, quick=quick)
+            rows = bench_model(names, device, quick=quick, on_rows=update)
         elif section == "train":
-            rows = bench_train(names, device, quick=quick)
+            rows = bench_train(names, device, quick=quick, on_rows=update)
         else:
             rows = bench_prepare(quick=quick)
         report["rows"] += rows
         report.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
+        update()
     report["load_avg_end"] = _loadavg()
+    report["complete"] = True
     return report
 
 

@@ -188,17 +188,19 @@ def timed_callable(fn: Callable, inputs: list, mode: str) -> Callable:
 def run_kernel_benchmarks(batch: int = 16, quick: bool = False, device: str | torch.device | None = None,
                           dtype: torch.dtype = torch.float32, layers: Sequence[str] | None = None,
                           ops: Sequence[str] = OPS, modes: Sequence[str] = MODES,
-                          compile: bool | None = None, repeats: int | None = None) -> list[dict]:
+                          compile: bool | None = None, repeats: int | None = None,
+                          on_layer: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Time every (layer, op, mode, provider); one row dict each.
 
     ``quick``: layers D1 and U1 only, batch 2, 3 repeats (seconds on a CPU). ``compile=None`` runs
     torch.compile except in quick mode on CPU (compiling takes ~20 s there). Without CUDA the Triton
-    providers are skipped (see ``triton_unavailable_reason``).
+    providers are skipped (see ``triton_unavailable_reason``). ``on_layer`` gets the rows so far after
+    each layer.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quick:
         batch = min(batch, 2)
-    repeats = repeats or (3 if quick else (100 if device.type == "cuda" else 10))
+    repeats = repeats or (3 if quick else (50 if device.type == "cuda" else 10))
     if compile is None:
         compile = not (quick and device.type == "cpu")
     names = layers or (QUICK_LAYERS if quick else [name for name, *_ in LAYERS])
@@ -235,4 +237,6 @@ def run_kernel_benchmarks(batch: int = 16, quick: bool = False, device: str | to
                     rows.append({**row, "ms_median": med, "ms_min": lo, "ms_max": hi, "gbps": gbps,
                                  "pct_peak": None if peak is None else 100 * gbps / peak,
                                  "x_eager": eager_ms / med if eager_ms else None})
+        if on_layer:
+            on_layer(list(rows))
     return rows

@@ -269,8 +269,10 @@ def _layout(t: int, block: int, rows: int) -> dict:
                 CHUNK=min(triton.next_power_of_2(block), MAX_CHUNK))
 
 
-def _grid(meta):
-    return (triton.cdiv(meta["n_total"], meta["TILE"] // meta["CHUNK"]),)
+def _grid(lay: dict):
+    # From the launcher's Python int, not meta["n_total"]: Triton 3.6's interpreter hands the grid
+    # function its scalar arguments as tensors, which range() cannot take.
+    return lambda meta: (triton.cdiv(lay["n_total"], meta["TILE"] // meta["CHUNK"]),)
 
 
 def _contiguous(*ts: torch.Tensor) -> None:
@@ -287,7 +289,7 @@ def block_max_pool_fwd(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch
     y = torch.empty((B, C, lay["nb"]), dtype=x.dtype, device=x.device)
     arg = torch.empty((B, C, lay["nb"]), dtype=torch.int32, device=x.device)
     if lay["n_total"]:
-        _block_max_pool_fwd_kernel[_grid](x, y, arg, **lay)
+        _block_max_pool_fwd_kernel[_grid(lay)](x, y, arg, **lay)
     return y, arg
 
 
@@ -297,7 +299,7 @@ def block_max_pool_bwd(dy: torch.Tensor, arg: torch.Tensor, t: int, dtype: torch
     lay = _layout(t, block, B * C)
     dx = torch.empty((B, C, t), dtype=dtype, device=dy.device)
     if lay["n_total"]:
-        _block_max_pool_bwd_kernel[_grid](dy, arg, dx, **lay)
+        _block_max_pool_bwd_kernel[_grid(lay)](dy, arg, dx, **lay)
     return dx
 
 
@@ -315,7 +317,7 @@ def block_film_fwd(x, scale, shift, block: int, skip=None) -> torch.Tensor:
         c_out += skip.shape[1]
     y = torch.empty((B, c_out, T), dtype=dtype, device=x.device)
     if lay["n_total"]:
-        _block_film_fwd_kernel[_grid](x, scale, scale if shift is None else shift, y, C=max(C, 1),
+        _block_film_fwd_kernel[_grid(lay)](x, scale, scale if shift is None else shift, y, C=max(C, 1),
                                       y_batch_stride=c_out * T, HAS_SHIFT=shift is not None, **lay)
     if skip is not None:
         y[:, C:].copy_(skip)  # the only other traffic of the concatenation
@@ -333,7 +335,7 @@ def block_film_bwd(dy, x, scale, has_shift: bool, block: int, shift_dtype=None):
     if has_shift:
         dshift = torch.empty(scale.shape, dtype=shift_dtype or scale.dtype, device=x.device)
     if lay["n_total"]:
-        _block_film_bwd_kernel[_grid](x, scale, dy, dx, dscale, dscale if dshift is None else dshift,
+        _block_film_bwd_kernel[_grid(lay)](x, scale, dy, dx, dscale, dscale if dshift is None else dshift,
                                       C=max(C, 1), dy_batch_stride=dy.shape[1] * T, HAS_SHIFT=has_shift,
                                       **lay)
     return dx, dscale, dshift
@@ -350,7 +352,7 @@ def pool_act_block_max_fwd(h: torch.Tensor, block: int, slope: float):
     a_down = torch.empty((B, C, lay["nb"]), dtype=h.dtype, device=h.device)
     arg = torch.empty((B, C, lay["nb"]), dtype=torch.int32, device=h.device)
     if lay["n_total"]:
-        _pool_act_block_max_fwd_kernel[_grid](h, a, code, a_down, arg, T_in=t_in, slope=slope, **lay)
+        _pool_act_block_max_fwd_kernel[_grid(lay)](h, a, code, a_down, arg, T_in=t_in, slope=slope, **lay)
     return a, a_down, code, arg
 
 
@@ -362,7 +364,7 @@ def pool_act_block_max_bwd(da, da_down, code, arg, t_in: int, dtype: torch.dtype
     if t_in % 2:
         dh[..., -1] = 0  # MaxPool(2) drops the odd last sample
     if lay["n_total"]:
-        _pool_act_block_max_bwd_kernel[_grid](da, da_down, code, arg, dh, T_in=t_in, slope=slope, **lay)
+        _pool_act_block_max_bwd_kernel[_grid(lay)](da, da_down, code, arg, dh, T_in=t_in, slope=slope, **lay)
     return dh
 
 

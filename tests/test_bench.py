@@ -43,8 +43,25 @@ def test_json_has_hardware_versions_and_settings(report):
         assert key in system
     assert system["cores"] >= 1 and system["torch"] == torch.__version__
     assert data["settings"]["quick"] is True and data["settings"]["models"] == ["afilm_tiny"]
-    assert data["device"] == "cpu" and len(data["load_avg_start"]) == 3
+    assert data["device"] == "cpu" and len(data["load_avg_start"]) == 3 and data["complete"] is True
     assert "Triton kernels need CUDA" in data["notes"]["kernels"]
+
+
+def test_run_bench_reports_partial_results_as_it_goes():
+    """--json is rewritten after each kernel layer and section, so a stopped run keeps its rows."""
+    updates = []
+    final = bench.run_bench(["kernels", "prepare"], torch.device("cpu"), quick=True,
+                            on_update=lambda rep: updates.append(rep))
+    per_preset = []
+    bench.run_bench(["train"], torch.device("cpu"), quick=True, models="afilm_tiny,tfilm_tiny",
+                    on_update=lambda rep: per_preset.append(len(rep["rows"])))
+    assert per_preset == [1, 2, 2], per_preset
+    counts = [len(u["rows"]) for u in updates]
+    kernel_rows = len([r for r in final["rows"] if r["section"] == "kernels"])
+    # two quick layers (D1, U1), then the end of each section
+    assert len(updates) == 4 and counts == sorted(counts) and 0 < counts[0] < kernel_rows, counts
+    assert counts[1] == counts[2] == kernel_rows and counts[3] == len(final["rows"])
+    assert not any(u["complete"] for u in updates) and final["complete"] is True
 
 
 def test_json_rows_are_complete_and_ratios_consistent(report):

@@ -22,7 +22,9 @@ def command(
                                         "a smoke run in about a minute on a CPU.")] = False,
     device: Device = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Also write every row "
-                                                  "with the hardware, versions and settings.")] = None,
+                                                  "with the hardware, versions and settings (rewritten "
+                                                  "as each section ends: a stopped run keeps its rows)."
+                                                  )] = None,
     models: Annotated[str | None, typer.Option("--models", metavar="PATTERN", help="Models for --model "
                                                "and --train: comma-separated shell patterns (default: "
                                                "tiny and small presets; on CUDA also afilm, tfilm).")] = None,
@@ -39,7 +41,8 @@ def command(
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
     report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models,
-                             progress=lambda s: err.print(f"[dim]bench: {s}...[/dim]"))
+                             progress=lambda s: err.print(f"[dim]bench: {s}...[/dim]"),
+                             on_update=json_out and (lambda rep: _write_json(json_out, rep)))
     sysinfo = report["system"]
     console.print(f"{escape(sysinfo['cpu'])}, {sysinfo['cores']} cores, {sysinfo['torch_threads']} torch "
                   f"threads; GPU: {escape(str(sysinfo['gpu']))}; torch {sysinfo['torch']}, triton "
@@ -50,12 +53,17 @@ def command(
         if rows:
             console.print(_table(section, rows, report["notes"].get(section)))
     if json_out is not None:
-        from afilm_cli.atomic import atomic_path
-
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(json_out) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+        _write_json(json_out, report)
         err.print(f"wrote {escape(str(json_out))}")
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> None:
+    # rewritten atomically after every section (see run_bench): an interrupted run keeps its rows
+    from afilm_cli.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
 
 
 TITLES = {"kernels": "kernels: ms per call (ratio: eager time / this time)",
