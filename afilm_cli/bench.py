@@ -80,6 +80,17 @@ def rate_rows(section: str, name: str, results: dict[str, Any], work: float, uni
 
 
 @contextlib.contextmanager
+def cudnn_autotune(on: bool):
+    """torch.backends.cudnn.benchmark for the duration: cuDNN times its conv algorithms per shape."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
 def kernel_backend(name: str | None):
     """AFILM_KERNEL=torch|triton for the duration (kernels/__init__.py reads it at each call)."""
     before = os.environ.get("AFILM_KERNEL")
@@ -133,10 +144,11 @@ def model_variants(device: torch.device, cores: int) -> tuple[str, dict[str, dic
              "inference_mode, 1 thread": dict(threads=1, precision="fp32")}
         return "eager, autograd on", v
     v = {"torch ops fp32": dict(kernel="torch", precision="fp32"),
+         "torch ops fp32, cudnn.benchmark": dict(kernel="torch", precision="fp32", cudnn_benchmark=True),
          "triton fp32": dict(kernel="triton", precision="fp32"),
          "torch ops bf16": dict(kernel="torch", precision="bf16"),
          "triton bf16": dict(kernel="triton", precision="bf16"),
-         "triton bf16 + compile": dict(kernel="triton", precision="bf16", compile=True)}
+         "compile fp32 (CUDA graphs)": dict(kernel="torch", precision="fp32", compile=True)}
     return "torch ops fp32", v
 
 
@@ -162,8 +174,8 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         model = create_model(name).to(device).eval()
         loaded = infer.Loaded(model, dict(RECIPE), Path(f"<{name}>"), {"model_name": name})
 
-        def run(loaded=loaded, batch=batch_size, win=window, kernel=None, **speed):
-            with kernel_backend(kernel):
+        def run(loaded=loaded, batch=batch_size, win=window, kernel=None, cudnn_benchmark=False, **speed):
+            with kernel_backend(kernel), cudnn_autotune(cudnn_benchmark):
                 spline, length = infer.real_pipeline(infer.ArraySource(lr), SR // R, loaded)
                 plan = infer.window_plan_for(loaded, length, win)
                 for _ in infer.model_windows(loaded, spline, length, plan, batch_size=batch, device=device,
@@ -232,8 +244,9 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     batch = batch or (4 if quick else 16)
     repeats = repeats or (2 if quick else 3)
     variants = {"fp32": dict(kernel=None, bf16=False)} if device.type == "cpu" else {
-        "torch ops fp32": dict(kernel="torch", bf16=False), "triton fp32": dict(kernel="triton", bf16=False),
-        "triton bf16": dict(kernel="triton", bf16=True)}
+        "torch ops fp32": dict(kernel="torch", bf16=False),
+        "torch ops fp32, cudnn.benchmark": dict(kernel="torch", bf16=False, cudnn_benchmark=True),
+        "triton fp32": dict(kernel="triton", bf16=False), "triton bf16": dict(kernel="triton", bf16=True)}
     baseline = next(iter(variants))
     rows: list[dict[str, Any]] = []
     from afilm_cli.models import count_parameters, create_model
@@ -257,15 +270,16 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     return rows
 
 
-def train_step(model, opt, x, y, device: torch.device, kernel: str | None = None, bf16: bool = False
-               ) -> Callable[[], None]:
+def train_step(model, opt, x, y, device: torch.device, kernel: str | None = None, bf16: bool = False,
+               cudnn_benchmark: bool = False) -> Callable[[], None]:
     """One optimisation step on (x, y) as a callable (also used by benchmarks/test_bench_model.py)."""
     def step() -> None:
-        with kernel_backend(kernel), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            loss = torch.mean((model(x).float() - y) ** 2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with cudnn_autotune(cudnn_benchmark):
+            with kernel_backend(kernel), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = torch.mean((model(x).float() - y) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return step
 
 

@@ -172,7 +172,7 @@ def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
 
 def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
-                  precision: str = "auto", threads: int | str | None = "auto", compile: bool = False,
+                  precision: str = "fp32", threads: int | str | None = "auto", compile: bool = False,
                   stats: dict | None = None) -> Iterator[np.ndarray]:
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``."""
     model = loaded.model

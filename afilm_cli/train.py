@@ -63,6 +63,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     threads: int | str = "auto"       # torch CPU threads; auto: the cores no other process is busy on
     compile: bool = False             # torch.compile the model
+    precision: str = "fp32"           # fp32 | bf16 (autocast, CUDA only): bf16 measured slower (README)
     resume: str | None = None         # a checkpoint, or a run folder (its last.pt)
     force: bool = False               # replace a run already in `out`
     r: int | None = None              # recipe for HDF5 files that do not record it (reference files)
@@ -79,6 +80,7 @@ class TrainConfig:
 
 
 LOSSES = ("mse", "rmse")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -111,7 +113,7 @@ def evaluate(model: torch.nn.Module, loader: PatchLoader, cfg: TrainConfig, devi
     model.eval()
     s = torch.zeros(8, dtype=torch.float64)  # loss*n, n, err2, ref2, lsd, spline err2, spline lsd, samples
     for x, y in loader.batches(0):
-        with _autocast(device):
+        with _autocast(device, cfg.precision):
             pred = model(x.to(device)).float().cpu()
         s[0] += loss_fn(pred, y, cfg.loss).item() * len(x)
         s[1] += len(x)
@@ -138,6 +140,8 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
     """Train as ``cfg`` says; returns where the checkpoints are. ``on_step(step)`` is a test hook."""
     if cfg.loss not in LOSSES:
         raise AfilmError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    if cfg.precision not in PRECISIONS:
+        raise AfilmError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -234,7 +238,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
             interrupted = False
             for x, y in loader.batches(epoch, start=epoch_step):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _autocast(device):
+                with _autocast(device, cfg.precision):
                     pred = model(x)
                 loss = loss_fn(pred.float(), y, cfg.loss)
                 run.optimizer.zero_grad(set_to_none=True)
@@ -278,9 +282,10 @@ def _done(cfg: TrainConfig, step: int) -> bool:
     return cfg.max_steps is not None and step >= cfg.max_steps
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA only: on CPU autocast would be slower and change the numbers the tests pin down
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, precision: str):
+    # bf16 on CUDA only: on CPU autocast is emulated (far slower). Off by default: on an H200 it made
+    # these launch-bound models slower (0.55-0.84x the fp32 patches/s, benchmarks/results).
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
 def _snr(ref2: float, err2: float) -> float:

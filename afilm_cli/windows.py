@@ -8,9 +8,10 @@ attention differ most from a longer pass) and cross-fades with its neighbour ove
 Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
 
 - no autograd: every batch runs under ``torch.inference_mode``;
-- ``precision``: ``auto`` = bf16 autocast on CUDA, fp32 elsewhere (on CPU bf16 is slower and is not
-  the reference path). bf16 keeps the output within :data:`BF16_MIN_SNR_DB` of the fp32 output (the
-  final residual add with the input stays fp32);
+- ``precision``: ``fp32`` (default) or ``bf16`` autocast on CUDA. bf16 made inference slower on
+  an H200 (0.55-0.87x the fp32 real-time factor: these models are launch-bound at batch 16, and
+  autocast adds cast kernels) and is emulated on CPU. bf16 keeps the output within
+  :data:`BF16_MIN_SNR_DB` of the fp32 output (the final residual add with the input stays fp32);
 - ``threads``: ``auto`` on CPU uses the cores no other task is running on (at least one); when that
   is all of them, on inputs of four batches or more, it times a batch at all cores and one at one
   thread and keeps the faster. On a busy machine OpenMP threads that wait for each other at every
@@ -19,7 +20,7 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
 - ``compile`` (CUDA): ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs; batches are padded
   to a fixed shape so the graph is captured once. Off by default: compiling costs tens of seconds,
   which pays only on long inputs;
-- the Triton kernels are used on CUDA by the models themselves (kernels/__init__.py dispatch).
+- the Triton kernels: ``AFILM_KERNEL=triton`` (kernels/__init__.py says why they are not the default).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from afilm_cli.errors import AfilmError
 from afilm_cli.stages import Stage
 from afilm_cli.threads import busy_elsewhere, free_cores, num_threads  # tests patch them here
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")
 BF16_MIN_SNR_DB = 40.0  # output of a bf16 pass vs the fp32 pass (tests/test_infer.py, gpu-marked)
 FP32_ATOL = 1e-5  # fp32 outputs under other batch sizes / thread counts / padded batches
 
@@ -101,7 +102,7 @@ def plan_windows(length: int, multiple: int = 1, window: int = 8192, context: in
 
 def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
                 device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
-                precision: str = "auto", threads: int | str | None = "auto", fixed_shapes: bool = False,
+                precision: str = "fp32", threads: int | str | None = "auto", fixed_shapes: bool = False,
                 autograd: bool = False, stats: dict | None = None) -> Iterator[np.ndarray]:
     """Model over ``src`` (the spline signal) in cross-faded windows; yields consecutive blocks of the
     output, (n, C) float32, ``length`` samples in all. Channels are separate batch items.
@@ -163,8 +164,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
     if precision not in PRECISIONS:
         raise AfilmError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -208,5 +207,11 @@ class ThreadChoice:
 def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """torch.compile for inference; CUDA graphs ("reduce-overhead") on CUDA. Needs fixed batch shapes
     (run_windows pads them when ``fixed_shapes``)."""
+    import torch._dynamo
+
+    # TFiLM's LSTMs break the graph, so each FiLM layer's forward is compiled on its own, once per
+    # layer shape: nine shapes exceed dynamo's default limit of 8 (seen on an H200), after which the
+    # rest would silently run eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     mode = "reduce-overhead" if device.type == "cuda" else None
     return torch.compile(model, mode=mode, dynamic=False)

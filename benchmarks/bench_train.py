@@ -101,7 +101,7 @@ def main() -> int:
               "date": dt.datetime.now().isoformat(timespec="seconds"), "system": system_info(),
               "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
               "settings": {**vars(args), "out": str(args.out), "threads": torch.get_num_threads(),
-                           "precision": "bf16 autocast" if device == "cuda" else "fp32"},
+                           "precision": "fp32"},
               "results": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"train-{device}-{dt.date.today().isoformat()}.json"

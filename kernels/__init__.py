@@ -1,7 +1,13 @@
-"""Block pooling + FiLM modulation ops, dispatched to Triton on CUDA and to plain torch elsewhere.
+"""Block pooling + FiLM modulation ops: the torch reference by default, the Triton kernels on request.
 
-``AFILM_KERNEL=triton`` or ``AFILM_KERNEL=torch`` forces one path (read at each call). Without CUDA,
-the Triton path runs through the Triton interpreter (slow; for tests).
+``AFILM_KERNEL=triton`` selects the Triton kernels (``torch``, or unset, the reference); it is read at
+each call. Why the reference is the default, on CUDA too: on an H200 (benchmarks/results/
+bench-h200-2026-11-26.json) the Triton path ran the models at 0.94-1.04x the torch path's speed
+(inference and training), lost on forward+backward at most layer shapes (the ops take 20-500 us,
+where the Python launch of a Triton kernel costs more than the memory traffic it saves), and adds
+compile and autotune time on first use. Under ``torch.compile`` the reference is always used:
+Inductor fuses it itself, and the autograd.Functions would break the graph. Without CUDA, the
+Triton path runs through the Triton interpreter (slow; for tests).
 
 ``kernels.block_film`` is the dispatched *op*. The Triton module of the same file name is reached with
 ``from kernels.block_film import ...``, ``importlib.import_module("kernels.block_film")`` or
@@ -14,6 +20,8 @@ import importlib
 import os
 import sys
 import types
+
+import torch
 
 from kernels import reference
 
@@ -34,23 +42,19 @@ def _triton_import_error() -> str | None:
     return None
 
 
-def _triton_available() -> bool:
-    return _triton_import_error() is None
-
-
 def backend_for(x) -> str:
-    """'triton' or 'torch' for a tensor, honouring AFILM_KERNEL."""
-    forced = os.environ.get("AFILM_KERNEL", "").strip().lower()
-    if forced == "torch":
+    """'triton' or 'torch' for a tensor: 'triton' only when AFILM_KERNEL=triton and not compiling."""
+    if torch.compiler.is_compiling():
         return "torch"
-    if forced == "triton":
+    chosen = os.environ.get("AFILM_KERNEL", "").strip().lower()
+    if chosen in ("", "torch"):
+        return "torch"
+    if chosen == "triton":
         error = _triton_import_error()
         if error:
             raise RuntimeError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported ({error})")
         return "triton"
-    if forced:
-        raise ValueError(f"AFILM_KERNEL must be 'triton' or 'torch', got {forced!r}")
-    return "triton" if x.is_cuda and _triton_available() else "torch"
+    raise ValueError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 
 
 def _impl(x):

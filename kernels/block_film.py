@@ -40,7 +40,10 @@ from kernels import reference  # noqa: E402
 INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")  # triton's rule
 MAX_CHUNK = 1024  # longest block slice held in registers; longer blocks loop
 
-if INTERPRET:
+# AFILM_TRITON_TUNE=0: one launch config, no autotuning (5x fewer compiles: the CUDA tests use it)
+TUNE = os.environ.get("AFILM_TRITON_TUNE", "1").strip() != "0"
+
+if INTERPRET or not TUNE:
     # the interpreter pays a fixed cost per program: few, large programs, and nothing to tune
     _CONFIGS = [triton.Config({"TILE": 4096}, num_warps=4)]
 else:

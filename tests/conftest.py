@@ -1,5 +1,7 @@
 """Shared fixtures. The Triton interpreter must be switched on before kernels/block_film.py is
-imported, so it is set here, at collection time, when no CUDA device is present."""
+imported, so it is set here, at collection time, when no CUDA device is present. On CUDA the kernels
+are tested with one launch config (AFILM_TRITON_TUNE=0; set it to 1 to test every tuned config):
+compiling and autotuning all of them took most of a 200 s device slot."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("AFILM_TRITON_TUNE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

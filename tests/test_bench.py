@@ -120,3 +120,17 @@ def test_select_models_defaults_and_patterns():
     assert bench.select_models(None, cpu, quick=False) == ["afilm_tiny", "tfilm_tiny", "afilm_small",
                                                            "tfilm_small"]
     assert bench.select_models("spline, afilm_t*", cpu, quick=False) == ["spline", "afilm_tiny"]
+
+
+def test_cuda_variants_compare_against_the_default_path():
+    """On CUDA the baseline is the default path (torch ops, fp32); compile runs the torch ops (the
+    Triton autograd.Functions would break the graph), and cudnn.benchmark is restored afterwards."""
+    baseline, variants = bench.model_variants(torch.device("cuda"), 16)
+    assert baseline == "torch ops fp32" and variants[baseline] == {"kernel": "torch", "precision": "fp32"}
+    compiled = [v for v in variants.values() if v.get("compile")]
+    assert compiled and all(v["kernel"] == "torch" for v in compiled)
+    assert any(v.get("cudnn_benchmark") for v in variants.values())
+    before = torch.backends.cudnn.benchmark
+    with bench.cudnn_autotune(not before):
+        assert torch.backends.cudnn.benchmark is (not before)
+    assert torch.backends.cudnn.benchmark is before

@@ -495,7 +495,7 @@ def test_threads_are_restored_and_precision_checked():
     with windows.num_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    assert windows.resolve_precision("auto", torch.device("cpu")) is None  # CPU stays fp32
+    assert windows.resolve_precision("fp32", torch.device("cuda")) is None  # fp32 is the default
     assert windows.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(AfilmError, match="unknown precision"):
         windows.resolve_precision("fp16", torch.device("cpu"))
@@ -527,7 +527,7 @@ def test_cuda_bf16_and_compile_stay_within_tolerance(name):
     finally:
         del os.environ["AFILM_KERNEL"]
     assert plan.window == 8192
-    for kw in ({"precision": "fp32"}, {"precision": "auto"}, {"precision": "bf16", "compile": True}):
+    for kw in ({"precision": "fp32"}, {"precision": "bf16"}, {"precision": "bf16", "compile": True}):
         y = run(**kw)
         assert snr_db(ref, y) >= infer.BF16_MIN_SNR_DB, kw
         assert snr_db(ref - x, y - x) >= 20.0, kw

@@ -248,7 +248,7 @@ def test_dispatch(monkeypatch):
     with pytest.raises(ValueError, match="AFILM_KERNEL"):
         kernels.backend_for(x)
     monkeypatch.delenv("AFILM_KERNEL")
-    assert kernels.backend_for(x) == "torch"  # CPU tensors use the reference by default
+    assert kernels.backend_for(x) == "torch"  # the reference is the default (kernels/__init__.py)
     # importing kernels/block_film.py must not replace the dispatched op of the same name
     assert callable(kernels.block_film) and kernels.triton_ops() is K
 
@@ -361,9 +361,12 @@ def test_cuda_all_ops(B, C, T, block, dtype, atol, rtol):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_cuda_dispatch_uses_triton(monkeypatch):
+def test_cuda_dispatch_defaults_to_torch_and_opts_in_to_triton(monkeypatch):
     monkeypatch.delenv("AFILM_KERNEL", raising=False)
-    assert kernels.backend_for(torch.zeros(1, device="cuda")) == "triton"
+    x = torch.zeros(1, device="cuda")
+    assert kernels.backend_for(x) == "torch"
+    monkeypatch.setenv("AFILM_KERNEL", "triton")
+    assert kernels.backend_for(x) == "triton"
 
 
 @pytest.mark.gpu

@@ -239,6 +239,7 @@ def _bad_files(tmp_path, data):
     ("odd", "patches of 1000 samples do not fit 'afilm_tiny'"),
     ("spline", "no trainable parameters"),
     ("loss", "unknown loss 'l1'"),
+    ("precision", "unknown precision 'fp16'"),
     ("val_r", "has r=2, but .* has r=4"),
     ("missing", "no such HDF5 file"),
 ])
@@ -250,6 +251,7 @@ def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
            "odd": replace(cfg, train=str(tmp_path / "odd.h5")),
            "spline": replace(cfg, model="spline"),
            "loss": replace(cfg, loss="l1"),
+           "precision": replace(cfg, precision="fp16"),
            "val_r": replace(cfg, val=str(tmp_path / "r2.h5")),
            "missing": replace(cfg, train=str(tmp_path / "nope.h5"))}[case]
     with pytest.raises(AfilmError, match=match) as err:

@@ -71,8 +71,9 @@ TITLES = {"kernels": "kernels: ms per call (ratio: eager time / this time)",
           "train": "training step: patches per second",
           "prepare": "data preparation: audio seconds per second"}
 # settings shown per row (what differs between variants); the rest go in the caption
-VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "compile"),
-           "train": ("kernel", "bf16"), "prepare": ("degrade",), "kernels": ("gbps",)}
+VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "compile",
+                     "cudnn_benchmark"),
+           "train": ("kernel", "bf16", "cudnn_benchmark"), "prepare": ("degrade",), "kernels": ("gbps",)}
 
 
 def _table(section: str, rows: list[dict[str, Any]], note: str | None):
