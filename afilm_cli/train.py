@@ -37,6 +37,8 @@ from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
     data_recipe,
     find_data,
+    init_model_name,  # noqa: F401  (public here: afilm train --init uses it)
+    load_init,
     load_resume,
     pick_device,
     resume_config,  # noqa: F401  (public here: afilm train --resume uses it)
@@ -65,6 +67,7 @@ class TrainConfig:
     compile: bool = False             # torch.compile the model
     precision: str = "fp32"           # fp32 | bf16 (autocast, CUDA only): bf16 measured slower (README)
     resume: str | None = None         # a checkpoint, or a run folder (its last.pt)
+    init: str | None = None           # new run from these weights (checkpoint or bundled model name)
     force: bool = False               # replace a run already in `out`
     r: int | None = None              # recipe for HDF5 files that do not record it (reference files)
     sr: int | None = None
@@ -147,7 +150,10 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
     threads = resolve_threads(cfg.threads, device)
 
+    if cfg.init and cfg.resume:
+        raise AfilmError("--init starts a new run from weights and --resume continues a run: use one")
     ckpt = load_resume(cfg) if cfg.resume else None
+    init = load_init(cfg) if cfg.init else None
     train_file, val_file = find_data(cfg)
     # absolute, so that a resume from another folder finds the same files
     cfg = dataclasses.replace(cfg, train=str(train_file.resolve()),
@@ -156,7 +162,7 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
     try:
         val_pf = PatchFile(val_file) if val_file else None
         with num_threads(threads):  # and back afterwards: train() is also a library call
-            return _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step)
+            return _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step, init)
     finally:
         train_pf.close()
         if val_pf is not None:
@@ -165,7 +171,8 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step) -> TrainResult:
+def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step, init=None
+                    ) -> TrainResult:
     """Check the data against the model and the resumed run, build everything, then run the loop."""
     from afilm_cli.models import create_model
 
@@ -176,6 +183,11 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             if val_recipe[key] != recipe[key]:
                 raise AfilmError(f"{val_pf.path} has {key}={val_recipe[key]}, "
                                  f"but {train_pf.path} has {key}={recipe[key]}")
+    if init is not None:
+        for key in ("r", "sr", "degrade"):
+            if init["recipe"][key] != recipe[key]:
+                raise AfilmError(f"{init['path']}: was trained with {key}={init['recipe'][key]}, but "
+                                 f"{train_pf.path} has {key}={recipe[key]}")
     out = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -190,6 +202,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             except AfilmError as exc:
                 raise AfilmError(f"{pf.path}: patches of {pf.patch} samples do not fit "
                                  f"{cfg.model!r}: {exc}") from None
+    if init is not None:  # fine-tuning: these weights, a fresh optimizer
+        raw_model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                   for k, v in init["state_dict"].items()})
     raw_model.to(device)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     state = (0, 0, 0, math.inf)  # completed epochs, batches done in the next one, steps, best score

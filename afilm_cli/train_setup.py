@@ -66,13 +66,38 @@ def load_resume(cfg: TrainConfig) -> dict[str, Any]:
     stored = ckpt.get("train_config")
     if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
         raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
-                         "start a new run from it instead")
+                         f"start a new run from it with --init {path}")
     stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1)}
     mine = {**cfg.to_dict(), "betas": tuple(cfg.betas)}
     differ = [f"{k} {mine[k]!r} (was {stored[k]!r})" for k in RUN_IDENTITY
               if k != "world_size" and mine[k] != stored[k]]
     if differ:
         raise AfilmError(f"{path}: a resumed run keeps its settings, but these differ: {', '.join(differ)}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def init_path(spec: str) -> Path:
+    """--init's checkpoint: a file, or a bundled model's name."""
+    from afilm_cli import pretrained
+
+    path = Path(spec)
+    if not path.exists() and spec in pretrained.BUNDLED:
+        return pretrained.bundled_checkpoint_path(spec)
+    return path
+
+
+def init_model_name(spec: str) -> str:
+    return load_checkpoint(init_path(spec))["model_name"]
+
+
+def load_init(cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint --init names, checked against ``cfg``, to start a new run from."""
+    path = init_path(cfg.init)
+    ckpt = load_checkpoint(path)
+    if ckpt["model_name"] != cfg.model:
+        raise AfilmError(f"{path}: holds {ckpt['model_name']!r} weights, but the run trains {cfg.model!r}; "
+                         f"use --model {ckpt['model_name']}")
     ckpt["path"] = str(path)
     return ckpt
 
@@ -89,7 +114,8 @@ def resume_config(path: str, **changes: Any) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = {k: v for k, v in stored.items() if k in known}
     stored["betas"] = tuple(stored.get("betas", (0.9, 0.999)))
-    stored.update(out=None, force=False)  # default to continuing in the checkpoint's own folder
+    # continue in the checkpoint's own folder, from its own weights (not the run's --init again)
+    stored.update(out=None, force=False, init=None)
     return TrainConfig(**{**stored, **changes, "resume": str(path)})
 
 

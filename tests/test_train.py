@@ -346,3 +346,34 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["type"] == "step"] == [1, 2, 3, 4]  # one writer, no duplicates
     assert all(np.isfinite(x["val_snr"]) for x in lines if x["type"] == "epoch")
+
+
+def test_init_starts_a_new_run_from_weights(data, tmp_path):
+    """--init: the given weights with a fresh optimizer (lr 0 keeps them, so the run's last.pt must
+    equal them exactly); a weights-only (bundled-style) file works; mismatches are one clear error."""
+    from afilm_cli.pretrained import compact_checkpoint
+
+    first = train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "first")))
+    weights = tmp_path / "weights.pt"
+    compact_checkpoint(first.last, weights)  # fp16, no optimizer: cannot be resumed, can be an init
+    with pytest.raises(AfilmError, match="--init"):
+        train(_cfg(data, tmp_path, resume=str(weights)))
+    res = train(_cfg(data, tmp_path, epochs=1, lr=0.0, init=str(weights), out=str(tmp_path / "ft")))
+    start = {k: v.float() for k, v in load_checkpoint(weights)["state_dict"].items()}
+    _assert_same(_weights(res.last), start)
+    assert load_checkpoint(res.last)["train_config"]["init"] == str(weights)
+    _bad_files(tmp_path, data)
+    for bad, match in ((dict(model="tfilm_tiny"), "holds 'afilm_tiny' weights.*--model afilm_tiny"),
+                       (dict(train=str(tmp_path / "r2.h5"), val=None), "was trained with r=4, but .* r=2"),
+                       (dict(resume=str(first.out)), "use one")):
+        with pytest.raises(AfilmError, match=match):
+            train(_cfg(data, tmp_path, init=str(weights), out=str(tmp_path / "bad"), **bad))
+
+
+def test_cli_init_from_the_bundled_model_takes_its_architecture(data, tmp_path):
+    p = _afilm("train", "--init", "afilm_speech_r4", "--train", data["train"], "--val", data["val"],
+               "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", "ft",
+               cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "afilm_small" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
+    assert load_checkpoint(tmp_path / "ft" / "last.pt")["model_name"] == "afilm_small"

@@ -14,7 +14,8 @@ Opt = typer.Option
 
 
 def command(
-    model: Annotated[str, Opt("--model", "-m", help="Model to train ('afilm models' lists them).")] = "afilm",
+    model: Annotated[str | None, Opt("--model", "-m", help="Model to train ('afilm models' lists them). "
+                                     "Default: afilm, or the --init checkpoint's model.")] = None,
     train: Annotated[Path | None, Opt("--train", help="Training patches (HDF5 from 'afilm prepare' or the "
                                       "reference). Default: the newest data/*-train.h5.")] = None,
     val: Annotated[Path | None, Opt("--val", help="Validation patches. Default: the training file's sibling "
@@ -35,6 +36,9 @@ def command(
     threads: Threads = "auto",
     resume: Annotated[Path | None, Opt("--resume", help="Continue the run in this folder (its last.pt) or "
                                        "from this checkpoint, exactly where it stopped.")] = None,
+    init: Annotated[str | None, Opt("--init", metavar="CKPT|NAME", help="Start a new run from these "
+                                    "weights (a checkpoint, or a bundled model such as afilm_speech_r4) "
+                                    "with a fresh optimizer: fine-tuning.")] = None,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
     precision: Annotated[str, Opt("--precision", help="fp32, or bf16: autocast on CUDA (measured slower "
                                   "than fp32 for these models on an H200; ignored on CPU).")] = "fp32",
@@ -63,13 +67,18 @@ def command(
     if resume is not None:
         # the run keeps its own settings; only what the user typed is passed on (and checked)
         changes = {**given, **{k: v for k, v in common.items() if v is not None}}
-        if model != "afilm":
+        if model is not None:
             changes["model"] = model
+        if init is not None:
+            changes["init"] = init  # refused by train(): a resumed run keeps its weights
         if seed != 0:
             changes["seed"] = seed
         cfg = training.resume_config(str(resume), **changes)
     else:
-        cfg = training.TrainConfig(model=model, data_dir=str(data_dir), seed=seed, **given, **common)
+        if init is not None and model is None:
+            model = training.init_model_name(init)
+        cfg = training.TrainConfig(model=model or "afilm", data_dir=str(data_dir), seed=seed, init=init,
+                                   **given, **common)
     result = training.train(cfg)
     if result.interrupted:
         typer.echo(f"interrupted at step {result.step}; checkpoint {result.last}; continue with: "
