@@ -191,7 +191,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     out = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-    raw_model = create_model(cfg.model)
+    raw_model = create_model(cfg.model, **(init["model_config"] if init is not None else {}))
     if sum(p.numel() for p in raw_model.parameters() if p.requires_grad) == 0:
         raise AfilmError(f"model {cfg.model!r} has no trainable parameters (it is the baseline "
                          "'afilm eval' reports beside every model); pick another with 'afilm models'")
