@@ -33,7 +33,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="0d58a0f5f00d7dc1281da36d4b19f4d7ef43362dba526d68f2b80a43f9186732",
+        sha256="26cfcbace3caf50b2a561e1428f82c66f74a0db423a92f91855b3c5bb487025e",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
     ),
