@@ -299,7 +299,7 @@ def _done(cfg: TrainConfig, step: int) -> bool:
 
 def _autocast(device: torch.device, precision: str):
     # bf16 on CUDA only: on CPU autocast is emulated (far slower). Off by default: on an H200 it made
-    # these launch-bound models slower (0.55-0.84x the fp32 patches/s, benchmarks/results).
+    # these models slower at batch 16 (0.55-0.84x the fp32 patches/s, benchmarks/results).
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 

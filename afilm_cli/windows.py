@@ -9,17 +9,17 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
 
 - no autograd: every batch runs under ``torch.inference_mode``;
 - ``precision``: ``fp32`` (default) or ``bf16`` autocast on CUDA. bf16 made inference slower on
-  an H200 (0.55-0.87x the fp32 real-time factor: these models are launch-bound at batch 16, and
-  autocast adds cast kernels) and is emulated on CPU. bf16 keeps the output within
-  :data:`BF16_MIN_SNR_DB` of the fp32 output (the final residual add with the input stays fp32);
+  an H200 (0.55-0.87x the fp32 real-time factor at batch 16) and is emulated on CPU. bf16 keeps
+  the output within :data:`BF16_MIN_SNR_DB` of the fp32 output (the final residual add with the
+  input stays fp32);
 - ``threads``: ``auto`` on CPU uses the cores no other task is running on (at least one); when that
   is all of them, on inputs of four batches or more, it times a batch at all cores and one at one
   thread and keeps the faster. On a busy machine OpenMP threads that wait for each other at every
   op's barrier make two threads far slower than one (measured 5-40x on a loaded 2-core VM); on an
   idle one all cores win;
 - ``compile`` (CUDA): ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs; batches are padded
-  to a fixed shape so the graph is captured once. Off by default: compiling costs tens of seconds,
-  which pays only on long inputs;
+  to a fixed shape so the graph is captured once. Off by default: compiling takes time before the
+  first window, and what it gains on a GPU has not been measured yet;
 - the Triton kernels: ``AFILM_KERNEL=triton`` (kernels/__init__.py says why they are not the default).
 """
 
@@ -209,9 +209,10 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     (run_windows pads them when ``fixed_shapes``)."""
     import torch._dynamo
 
-    # TFiLM's LSTMs break the graph, so each FiLM layer's forward is compiled on its own, once per
-    # layer shape: nine shapes exceed dynamo's default limit of 8 (seen on an H200), after which the
-    # rest would silently run eager.
+    # A graph break inside the FiLM layers makes dynamo compile each layer's forward on its own, once
+    # per layer shape, and nine shapes exceed its default limit of 8, after which the rest run eager:
+    # seen on an H200 when the Triton ops broke AFiLM's graph; TFiLM's LSTMs break it the same way
+    # (23 breaks by torch._dynamo.explain).
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     mode = "reduce-overhead" if device.type == "cuda" else None
     return torch.compile(model, mode=mode, dynamic=False)

@@ -2,10 +2,10 @@
 
 ``AFILM_KERNEL=triton`` selects the Triton kernels (``torch``, or unset, the reference); it is read at
 each call. Why the reference is the default, on CUDA too: on an H200 (benchmarks/results/
-bench-h200-2026-11-26.json) the Triton path ran the models at 0.94-1.04x the torch path's speed
-(inference and training), lost on forward+backward at most layer shapes (the ops take 20-500 us,
-where the Python launch of a Triton kernel costs more than the memory traffic it saves), and adds
-compile and autotune time on first use. Under ``torch.compile`` the reference is always used:
+bench-h200-2026-11-26.json) the Triton path ran the models at 0.94-1.06x the torch path's speed
+(inference and training), lost on forward+backward at 8 of 9 layer shapes (the ops take 8-930 us,
+dominated by per-call overhead rather than memory traffic), and adds compile and autotune time on
+first use. Under ``torch.compile`` the reference is always used:
 Inductor fuses it itself, and the autograd.Functions would break the graph. Without CUDA, the
 Triton path runs through the Triton interpreter (slow; for tests).
 
