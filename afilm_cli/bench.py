@@ -136,20 +136,23 @@ def synthetic_speech(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
 def model_variants(device: torch.device, cores: int) -> tuple[str, dict[str, dict[str, Any]]]:
     """(baseline, {variant: settings}) compared per preset. CPU: autograd on vs inference_mode (both with
     the default thread choice), and fixed thread counts against that choice; CUDA: torch ops vs Triton
-    kernels, fp32 vs bf16, eager vs compile (CUDA graphs)."""
+    kernels, fp32 vs bf16, eager vs a captured CUDA graph (the default) vs torch.compile."""
     if device.type == "cpu":
         v = {"eager, autograd on": dict(autograd=True, threads="auto", precision="fp32"),
              "inference_mode (default)": dict(threads="auto", precision="fp32"),
              f"inference_mode, {cores} threads": dict(threads=cores, precision="fp32"),
              "inference_mode, 1 thread": dict(threads=1, precision="fp32")}
         return "eager, autograd on", v
-    v = {"torch ops fp32": dict(kernel="torch", precision="fp32"),
-         "torch ops fp32, cudnn.benchmark": dict(kernel="torch", precision="fp32", cudnn_benchmark=True),
-         "triton fp32": dict(kernel="triton", precision="fp32"),
-         "torch ops bf16": dict(kernel="torch", precision="bf16"),
-         "triton bf16": dict(kernel="triton", precision="bf16"),
-         "compile fp32 (CUDA graphs)": dict(kernel="torch", precision="fp32", compile=True)}
-    return "torch ops fp32", v
+    v = {"torch ops fp32, eager": dict(kernel="torch", precision="fp32", graphs="off"),
+         "torch ops fp32, CUDA graph (default)": dict(kernel="torch", precision="fp32"),
+         "torch ops fp32, CUDA graph, cudnn.benchmark": dict(kernel="torch", precision="fp32",
+                                                            cudnn_benchmark=True),
+         "triton fp32, eager": dict(kernel="triton", precision="fp32", graphs="off"),
+         "triton fp32, CUDA graph": dict(kernel="triton", precision="fp32"),
+         "torch ops bf16, CUDA graph": dict(kernel="torch", precision="bf16"),
+         "triton bf16, CUDA graph": dict(kernel="triton", precision="bf16"),
+         "compile fp32 (inductor + CUDA graphs)": dict(kernel="torch", precision="fp32", compile=True)}
+    return "torch ops fp32, eager", v
 
 
 def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = False,
@@ -163,7 +166,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     from afilm_cli import infer
     from afilm_cli.models import create_model
 
-    seconds = seconds or (3.0 if quick else 12.0)
+    seconds = seconds or (3.0 if quick else 60.0 if device.type == "cuda" else 12.0)
     repeats = repeats or (2 if quick else 3)
     lr = synthetic_speech(seconds, SR // R)
     cores = torch.get_num_threads()

@@ -7,7 +7,7 @@
 Real low-rate input is already band-limited (its recorder's anti-alias filter, and the polyphase
 resampler's own low-pass when its rate is above sr/r), so the recipe's degradation is *not* applied
 again; ``--simulate`` applies the checkpoint's recipe (decimate or subsample) to make its LR version.
-Speed settings (precision, threads, compile) are documented in afilm_cli/windows.py.
+Speed settings (precision, threads, compile, CUDA graphs) are documented in afilm_cli/windows.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 
 from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS
+from afilm_cli.cuda_graphs import graphed, use_graphs
 from afilm_cli.errors import AfilmError
 
 # re-exported: the stages and windows were part of this module and are used through it
@@ -94,6 +95,7 @@ class Loaded:
     path: Path
     ckpt: dict[str, Any]
     compiled: torch.nn.Module | None = field(default=None, repr=False)  # built on first use
+    graphs: dict = field(default_factory=dict, repr=False)  # CUDA graphs by batch shape (cuda_graphs.py)
 
     @property
     def r(self) -> int:
@@ -173,22 +175,30 @@ def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
 def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
                   precision: str = "fp32", threads: int | str | None = "auto", compile: bool = False,
-                  stats: dict | None = None) -> Iterator[np.ndarray]:
-    """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``."""
+                  graphs: str | bool | None = "auto", stats: dict | None = None) -> Iterator[np.ndarray]:
+    """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
+    its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
+    is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs)."""
+    device = torch.device(device)
     model = loaded.model
+    fixed = compile
     if compile:
         if loaded.compiled is None:
-            loaded.compiled = compile_model(loaded.model.eval(), torch.device(device))
+            loaded.compiled = compile_model(loaded.model.eval(), device)
         model = loaded.compiled
+    elif use_graphs(graphs, device):
+        shape = (max(1, batch_size // spline.channels) * spline.channels, 1, plan.window)
+        model = graphed(loaded.model, loaded.graphs, shape, device, resolve_precision(precision, device))
+        fixed = True
     return run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
-                       precision=precision, threads=threads, fixed_shapes=compile, stats=stats)
+                       precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
 
 
 def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16, window: int | None = None,
             device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
             **speed: Any) -> np.ndarray:
     """In-memory convenience: the whole prediction as one (length, C) array. ``speed``: precision,
-    threads, compile, stats (see :func:`model_windows`)."""
+    threads, compile, graphs, stats (see :func:`model_windows`)."""
     plan = window_plan_for(loaded, length, window)
     blocks = list(model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                 progress=progress, **speed))

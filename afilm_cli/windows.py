@@ -17,9 +17,12 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
   thread and keeps the faster. On a busy machine OpenMP threads that wait for each other at every
   op's barrier make two threads far slower than one (measured 5-40x on a loaded 2-core VM); on an
   idle one all cores win;
-- ``compile`` (CUDA): ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs; batches are padded
-  to a fixed shape so the graph is captured once. Off by default: compiling takes time before the
-  first window, and what it gains on a GPU has not been measured yet;
+- CUDA graphs (on CUDA, default on; ``graphs="off"`` to disable): the forward is captured once per
+  batch shape and replayed (afilm_cli/cuda_graphs.py); batches are padded to that shape. Batches are
+  also pipelined: the CPU reads and splines batch k+1 while the GPU runs batch k;
+- ``compile`` (CUDA): ``torch.compile(mode="reduce-overhead")`` (inductor kernels in its own CUDA
+  graphs); batches are padded to a fixed shape. Off by default: compiling takes time before the
+  first window;
 - the Triton kernels: ``AFILM_KERNEL=triton`` (kernels/__init__.py says why they are not the default).
 """
 
@@ -110,8 +113,12 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     Overlap-add divides by the summed weights, so the output is exact wherever every window that
     contributes agrees (a local model whose receptive field fits in ``context``). ``precision`` and
     ``threads``: see the module docstring; ``fixed_shapes`` pads the last batch to ``batch_size``
-    windows (for compiled models); ``autograd=True`` runs without inference_mode, only to measure
-    what that costs. ``stats``, if given, receives the thread count used and the model's seconds."""
+    windows (for compiled models and CUDA graphs); ``autograd=True`` runs without inference_mode, only
+    to measure what that costs. ``stats``, if given, receives the thread count used and the model's
+    seconds (on CUDA: launch plus the wait for its result).
+
+    On CUDA the batches are pipelined: batch k+1 is read (resampler, spline: CPU work) while the GPU
+    runs batch k, and batch k's output is collected and overlap-added after k+1 has been queued."""
     device = torch.device(device)
     model.eval()
     autocast = resolve_precision(precision, device)
@@ -120,25 +127,15 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     per_batch = max(1, batch_size // C)
     chooser = ThreadChoice(threads, device, -(-len(starts) // per_batch))
     grad = contextlib.nullcontext() if autograd else torch.inference_mode()
+    runner = _BatchRunner(model, device, autocast, grad, (per_batch * C, 1, W))
     acc, den = np.zeros((0, C)), np.zeros((0, 1))  # partial sums carried from the batch before
-    emitted, model_s = 0, 0.0
-    for b0 in range(0, len(starts), per_batch):
-        ks = range(b0, min(b0 + per_batch, len(starts)))
-        base, end = starts[ks[0]], max(starts[k] for k in ks) + W
-        x = src.read(base, end)  # zeros past the end of the signal
-        wins = np.stack([x[starts[k] - base : starts[k] - base + W] for k in ks])  # (n, W, C)
-        inp = wins.transpose(0, 2, 1).reshape(-1, 1, W).astype(np.float32)
-        if fixed_shapes and len(ks) < per_batch:
-            inp = np.concatenate([inp, np.zeros(((per_batch - len(ks)) * C, 1, W), np.float32)])
-        n = chooser.next()
-        t0 = time.perf_counter()
-        cast = torch.autocast(device.type, autocast) if autocast else contextlib.nullcontext()
-        with num_threads(n), grad, cast:
-            y = model(torch.from_numpy(inp).to(device))
-            out = y[: len(ks) * C].float().detach().cpu().numpy().reshape(len(ks), C, W).transpose(0, 2, 1)
-        dt = time.perf_counter() - t0
-        model_s += dt
-        chooser.record(n, dt / len(ks))
+    emitted = 0
+    pending = None  # (windows of the batch in flight, its base and end, its ticket)
+
+    def finish(ks, base, end, ticket):
+        nonlocal acc, den, emitted
+        y = runner.result(ticket)
+        out = y[: len(ks) * C].reshape(len(ks), C, W).transpose(0, 2, 1)
         num, wsum = np.zeros((end - base, C)), np.zeros((end - base, 1))
         num[: len(acc)], wsum[: len(den)] = acc, den
         for i, k in enumerate(ks):
@@ -151,12 +148,84 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
         acc, den = num[done:], wsum[done:]
         emitted += len(final)
         if stats is not None:
-            stats.update(threads=chooser.chosen or n, thread_trials=dict(chooser.timings), model_s=model_s,
-                         windows=len(starts), batches=chooser.batch)
+            stats.update(threads=chooser.chosen or chooser.fixed, thread_trials=dict(chooser.timings),
+                         model_s=runner.seconds, windows=len(starts), batches=chooser.batch)
+        return final.astype(np.float32)
+
+    for b0 in range(0, len(starts), per_batch):
+        ks = range(b0, min(b0 + per_batch, len(starts)))
+        base, end = starts[ks[0]], max(starts[k] for k in ks) + W
+        x = src.read(base, end)  # zeros past the end of the signal
+        wins = np.stack([x[starts[k] - base : starts[k] - base + W] for k in ks])  # (n, W, C)
+        inp = wins.transpose(0, 2, 1).reshape(-1, 1, W).astype(np.float32)
+        if fixed_shapes and len(ks) < per_batch:
+            inp = np.concatenate([inp, np.zeros(((per_batch - len(ks)) * C, 1, W), np.float32)])
+        n = chooser.next()
+        ticket = runner.launch(inp, n)
+        if device.type == "cpu":  # synchronous: its time is this batch's, for the thread choice
+            chooser.record(n, runner.last_seconds / len(ks))
+        else:
+            chooser.batch += 1
+        if pending is not None:
+            final = finish(*pending)
+            if len(final):
+                yield final
+            if progress is not None:
+                progress(len(pending[0]))
+        pending = (ks, base, end, ticket)
+    if pending is not None:
+        final = finish(*pending)
         if len(final):
-            yield final.astype(np.float32)
+            yield final
         if progress is not None:
-            progress(len(ks))
+            progress(len(pending[0]))
+
+
+class _BatchRunner:
+    """Runs one batch of windows: on CPU synchronously; on CUDA asynchronously through pinned host
+    buffers (two of each, so batch k+1's input upload and batch k's download never share one), with
+    an event per batch that :meth:`result` waits on."""
+
+    def __init__(self, model, device: torch.device, autocast, grad, shape: tuple[int, ...]):
+        self.model, self.device, self.autocast, self.grad = model, device, autocast, grad
+        self.seconds, self.last_seconds, self.count = 0.0, 0.0, 0
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host_in = [torch.empty(shape, pin_memory=True) for _ in range(2)]
+            self.host_out = [torch.empty(shape, pin_memory=True) for _ in range(2)]
+
+    def _cast(self):
+        return torch.autocast(self.device.type, self.autocast) if self.autocast else contextlib.nullcontext()
+
+    def launch(self, inp: np.ndarray, threads: int):
+        t0 = time.perf_counter()
+        if not self.cuda:
+            with num_threads(threads), self.grad, self._cast():
+                y = self.model(torch.from_numpy(inp)).float().detach().numpy()
+            self.last_seconds = time.perf_counter() - t0
+            self.seconds += self.last_seconds
+            return y
+        slot, n = self.count % 2, len(inp)
+        self.count += 1
+        host_in = self.host_in[slot][:n]
+        host_in.numpy()[...] = inp  # free: batch count-2, its last user, has been collected
+        with self.grad, self._cast():
+            y = self.model(host_in.to(self.device, non_blocking=True))
+            host_out = self.host_out[slot][:n]
+            host_out.copy_(y.detach().float(), non_blocking=True)  # queued before a later batch overwrites y
+        done = torch.cuda.Event()
+        done.record()
+        self.seconds += time.perf_counter() - t0
+        return host_out, done
+
+    def result(self, ticket) -> np.ndarray:
+        if not self.cuda:
+            return ticket
+        host_out, done = ticket
+        t0 = time.perf_counter()
+        done.synchronize()
+        self.seconds += time.perf_counter() - t0
+        return host_out.numpy()
 
 
 # ------------------------------------------------------------------------------------- speed settings

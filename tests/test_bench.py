@@ -123,10 +123,17 @@ def test_select_models_defaults_and_patterns():
 
 
 def test_cuda_variants_compare_against_the_default_path():
-    """On CUDA the baseline is the default path (torch ops, fp32); compile runs the torch ops (the
-    Triton autograd.Functions would break the graph), and cudnn.benchmark is restored afterwards."""
+    """On CUDA the baseline is torch ops, fp32, eager (no CUDA graph); the default path (a captured
+    graph) is a variant, and so are the Triton kernels with and without a graph; compile runs the torch
+    ops (the Triton autograd.Functions would break the graph); cudnn.benchmark is restored afterwards."""
     baseline, variants = bench.model_variants(torch.device("cuda"), 16)
-    assert baseline == "torch ops fp32" and variants[baseline] == {"kernel": "torch", "precision": "fp32"}
+    assert baseline == "torch ops fp32, eager"
+    assert variants[baseline] == {"kernel": "torch", "precision": "fp32", "graphs": "off"}
+    defaults = [k for k, v in variants.items() if v == {"kernel": "torch", "precision": "fp32"}]
+    assert defaults == ["torch ops fp32, CUDA graph (default)"]
+    triton = [v.get("graphs", "auto") for v in variants.values() if v["kernel"] == "triton" and
+              v["precision"] == "fp32"]
+    assert sorted(triton) == ["auto", "off"]
     compiled = [v for v in variants.values() if v.get("compile")]
     assert compiled and all(v["kernel"] == "torch" for v in compiled)
     assert any(v.get("cudnn_benchmark") for v in variants.values())

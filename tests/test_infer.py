@@ -19,6 +19,7 @@ from torch import nn
 from afilm_cli import infer
 from afilm_cli.audio import degrade, spline_up
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.cuda_graphs import GraphedForward
 from afilm_cli.errors import AfilmError
 from afilm_cli.models import create_model
 
@@ -531,3 +532,33 @@ def test_cuda_bf16_and_compile_stay_within_tolerance(name):
         y = run(**kw)
         assert snr_db(ref, y) >= infer.BF16_MIN_SNR_DB, kw
         assert snr_db(ref - x, y - x) >= 20.0, kw
+
+
+def test_cuda_graph_setting_is_checked_and_off_on_cpu():
+    from afilm_cli.cuda_graphs import use_graphs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not use_graphs("auto", cpu) and not use_graphs("on", cpu)
+    assert use_graphs("auto", cuda) and use_graphs(None, cuda) and use_graphs(True, cuda)
+    assert not use_graphs("off", cuda) and not use_graphs(False, cuda)
+    with pytest.raises(AfilmError, match="unknown CUDA graphs setting"):
+        use_graphs("sometimes", cuda)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["afilm_small", "tfilm_small"])
+def test_cuda_graph_replay_matches_eager(name):
+    """The captured forward (default on CUDA) gives the eager output: same kernels, replayed; the
+    eager last batch is not padded, so cuDNN may pick other (TF32) algorithms there: >= 50 dB."""
+    torch.manual_seed(0)
+    model = create_model(name).cuda().eval()
+    lo = infer.Loaded(model, dict(RECIPE), Path(name), {})
+    x = speech_like(100_000, 16)
+    src = infer.ArraySource(x)
+    eager = infer.predict(lo, src, len(x), batch_size=4, device="cuda", graphs="off")[:, 0]
+    graphs = [infer.predict(lo, src, len(x), batch_size=4, device="cuda")[:, 0] for _ in range(2)]  # default
+    assert len(lo.graphs) == 1 and all(isinstance(g, GraphedForward) for g in lo.graphs.values())
+    np.testing.assert_allclose(graphs[0], graphs[1], atol=1e-6)  # the same graph, replayed
+    assert snr_db(eager, graphs[0]) >= 50.0
+    assert snr_db(eager - x, graphs[0] - x) >= 30.0

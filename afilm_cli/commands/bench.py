@@ -71,8 +71,8 @@ TITLES = {"kernels": "kernels: ms per call (ratio: eager time / this time)",
           "train": "training step: patches per second",
           "prepare": "data preparation: audio seconds per second"}
 # settings shown per row (what differs between variants); the rest go in the caption
-VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "compile",
-                     "cudnn_benchmark"),
+VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "graphs",
+                     "compile", "cudnn_benchmark"),
            "train": ("kernel", "bf16", "cudnn_benchmark"), "prepare": ("degrade",), "kernels": ("gbps",)}
 
 
