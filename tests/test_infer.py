@@ -370,6 +370,13 @@ def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
     assert target.read_bytes() == before  # untouched
     assert run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "--force").returncode == 0
     assert target.read_bytes() != before
+    # --no-cuda-graph only changes how CUDA runs the model: on a CPU the output is the same
+    again = tmp_path / "again.wav"
+    assert run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--batch-size", "3", "--device",
+                    "cpu", "--no-cuda-graph", "--out", again).returncode == 0
+    assert run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--batch-size", "3", "--device",
+                    "cpu", "--out", target, "--force").returncode == 0
+    assert again.read_bytes() == target.read_bytes()
 
 
 def test_cli_folder_and_simulate(tmp_path, ckpts):

@@ -37,6 +37,9 @@ def command(
     precision: Annotated[str, typer.Option(
         "--precision", metavar="fp32|bf16", help="bf16: autocast (on CUDA; measured slower than fp32 "
         "for these models on an H200, and emulated on a CPU).")] = "fp32",
+    cuda_graph: Annotated[bool, typer.Option(
+        "--cuda-graph/--no-cuda-graph", help="On CUDA: capture the model's forward once as a CUDA graph "
+        "and replay it for every batch (the last one padded).")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Upsample audio with a trained model.
@@ -54,7 +57,8 @@ def command(
 
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
-    speed = {"threads": parse_threads(threads), "precision": precision}
+    speed = {"threads": parse_threads(threads), "precision": precision,
+             "graphs": "auto" if cuda_graph else "off"}
     infer.resolve_precision(precision, dev)  # a typo fails here, before any file is read
     loaded = infer.load_model(ckpt, dev)
     pairs = infer.plan_outputs(inputs, out, simulate)
