@@ -317,8 +317,9 @@ def bench_kernels(device: torch.device, *, quick: bool = False,
                   on_rows: Callable[[list[dict[str, Any]]], None] | None = None
                   ) -> tuple[list[dict[str, Any]], str | None]:
     """The kernel suite (kernels/benchmark.py) as rows; on CPU the reference only at batch 2, without
-    torch.compile (one compile per op and mode takes minutes there). ``on_rows`` gets the rows so far
-    after each layer. Returns (rows, note)."""
+    torch.compile (one compile per op and mode takes minutes there). On CUDA every figure is timed
+    twice: GPU time under CUDA graphs and launch time (see ``_kernel_rows``). ``on_rows`` gets the rows
+    so far after each layer. Returns (rows, note)."""
     from kernels.benchmark import run_kernel_benchmarks, triton_unavailable_reason
 
     cpu = device.type == "cpu"
@@ -330,17 +331,35 @@ def bench_kernels(device: torch.device, *, quick: bool = False,
     note = triton_unavailable_reason(device)
     if cpu:
         note = (note or "") + "; torch.compile skipped on CPU"
+    elif any(r["timer"] == "cuda graph" for r in rows):
+        note = "; ".join(n for n in (note, KERNEL_TIMERS) if n)
     return rows, note
 
 
+KERNEL_TIMERS = ("median/min/max: GPU time per call, replayed in a CUDA graph (triton.testing."
+                 "do_bench_cudagraph); launch_*: triton.testing.do_bench per call, what a Python caller "
+                 "pays (CPU overhead included); GB/s and % of peak from the GPU time")
+
+
 def _kernel_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Report rows of the kernel suite. Where CUDA graphs were timed (``timer`` "cuda graph"),
+    median/min/max/ratio are the GPU time and eager GPU time / this one (None, with ``graph_error``,
+    where the capture failed); elsewhere (``timer`` "launch") the launch time. ``launch_median``,
+    ``launch_min``, ``launch_max`` and ``launch_ratio`` always hold the launch timing."""
     rows = []
     for r in raw:
-        detail = {k: r[k] for k in ("batch", "C", "T", "block", "dtype", "gbps", "pct_peak") if k in r}
-        rows.append(dict(section="kernels", name=f"{r['layer']} {r['op']} {r['mode']}", variant=r["provider"],
-                         unit="ms", median=r.get("ms_median"), min=r.get("ms_min"), max=r.get("ms_max"),
-                         ratio=r.get("x_eager"), baseline="eager", settings=detail,
-                         **({"error": r["error"]} if "error" in r else {})))
+        detail = {k: r[k] for k in ("batch", "C", "T", "block", "dtype", "bytes", "copies", "gbps",
+                                    "gbps_timer", "pct_peak") if k in r}
+        graphed = r.get("graph_ms_median") is not None or "graph_error" in r
+        p, ratio = ("graph_ms", "x_eager") if graphed else ("launch_ms", "x_eager_launch")
+        row = dict(section="kernels", name=f"{r['layer']} {r['op']} {r['mode']}", variant=r["provider"],
+                   unit="ms", median=r.get(f"{p}_median"), min=r.get(f"{p}_min"), max=r.get(f"{p}_max"),
+                   ratio=r.get(ratio), baseline="eager", settings=detail,
+                   timer="cuda graph" if graphed else "launch", launch_median=r.get("launch_ms_median"),
+                   launch_min=r.get("launch_ms_min"), launch_max=r.get("launch_ms_max"),
+                   launch_ratio=r.get("x_eager_launch"))
+        row.update({k: r[k] for k in ("error", "graph_error") if k in r})
+        rows.append(row)
     return rows
 
 

@@ -3,6 +3,9 @@
 Run: ``pytest benchmarks/test_bench_kernels.py`` (``--benchmark-json out.json`` to keep the numbers).
 The full table (Triton vs eager vs torch.compile at every layer shape) is ``afilm bench --kernels``.
 On CPU the reference runs at batch 2; on CUDA both paths run at the paper's batch 16.
+pytest-benchmark times wall-clock calls: on CUDA that is the launch time (CPU overhead included), so
+each CUDA case also records the GPU time of a call replayed in a CUDA graph in ``extra_info``
+(``graph_ms``, or ``graph_error`` when the capture fails).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.benchmark import LAYERS, make_inputs, op_function, timed_callable
+from kernels.benchmark import LAYERS, graph_time_ms, make_inputs, op_function, timed_callable
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -32,6 +35,11 @@ def _bench(benchmark, provider, op, layer):
 
     benchmark.extra_info.update(layer=layer, op=op, batch=BATCH, C=C, T=T, block=block, device=DEVICE.type)
     benchmark(run)
+    if CUDA:
+        try:
+            benchmark.extra_info["graph_ms"] = graph_time_ms(step)[0]
+        except Exception as e:  # noqa: BLE001 - a capture failure is a finding, not a failed timing
+            benchmark.extra_info["graph_error"] = f"{type(e).__name__}: {e}"[:300]
 
 
 @pytest.mark.parametrize("op, layer", CASES, ids=[f"{op}-{layer}" for op, layer in CASES])

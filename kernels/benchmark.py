@@ -1,16 +1,42 @@
 """Kernel benchmark: Triton vs the torch reference (eager and torch.compile), at the paper model's shapes.
 
 ``run_kernel_benchmarks()`` returns one dict per (layer, op, mode, provider); it prints nothing (the
-``afilm bench --kernels`` command does). Timings: ``triton.testing.do_bench`` on CUDA (median, min and
-max over its repeats, warm-up excluded), a perf_counter loop on CPU. GB/s is the *minimum* traffic of
-the op (what the fused Triton kernels move: inputs read once, outputs written once, the int8/int32
-side tensors for the backward included) divided by the time: the same byte count for every provider,
-so it compares like with like. ``x_eager`` is eager time / this time (> 1: faster than eager).
-Forward timings run with gradients enabled (as in training: the ops save what their backward needs).
+``afilm bench --kernels`` command does). Forward timings run with gradients enabled (as in training:
+the ops save what their backward needs).
+
+Two timers, both in ms per call (median, min, max):
+
+- *launch* (``launch_ms_*``): what a Python caller pays per call, CPU overhead (Python, autograd,
+  kernel launches) included: ``triton.testing.do_bench`` on CUDA (L2 flushed before each call,
+  warm-up excluded), a perf_counter loop on CPU. Ops of a few tens of microseconds of GPU work are
+  launch-bound here: the figure says little about the kernels.
+- *graph* (``graph_ms_*``, CUDA only): GPU time alone. The call is captured into a CUDA graph, many
+  calls unrolled, and the graph replayed (``triton.testing.do_bench_cudagraph``, median/min/max over
+  its 10 replays). The callable is warmed up before capture (the Triton autotuner and torch.compile
+  do their work on the first call); mode "bwd" runs its forward outside the captured region. The
+  calls in the graph cycle over ``copies`` copies of the inputs, enough that a copy's tensors have
+  left the L2 cache (about 2x its size of other traffic) before they are used again: without an L2
+  flush in the graph, small shapes would otherwise be timed out of cache.
+
+GB/s is the *minimum* traffic of the op (``bytes``: what the fused Triton kernels move: inputs read
+once, outputs written once, the int8/int32 side tensors for the backward included) divided by the
+*graph* time when there is one (``gbps_timer`` = "graph"), else by the launch time ("launch"): the
+same byte count for every provider, so it compares like with like. ``pct_peak`` is GB/s over the
+device's peak DRAM bandwidth (``PEAK_GBPS``; None when unknown).
+
+Row keys: layer, op, mode, provider, batch, C, T, block, dtype, device, bytes, copies;
+launch_ms_median, launch_ms_min, launch_ms_max; graph_ms_median, graph_ms_min, graph_ms_max (None
+without a graph timing); gbps, gbps_timer, pct_peak; x_eager (eager graph time / this graph time,
+> 1: faster than eager; None without graph times) and x_eager_launch (the same from launch times).
+A row whose op failed to run has ``error`` (and no timings); a row whose graph capture or replay
+failed keeps its launch timing and has ``graph_error`` (the run goes on either way).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import reference
+
+Timer = Callable[[Callable[[], object]], tuple[float, float, float]]
 
 # The modulated activations of the paper model (8192-sample patches): name, C, T, block, path.
 # The down path modulates the pooled conv output; the up path the SubPixel output (half the conv's
@@ -153,7 +181,10 @@ def bytes_moved(op: str, path: str, mode: str, B: int, C: int, T: int, block: in
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
-def _time_ms(fn: Callable, device: torch.device, repeats: int, warmup: int) -> tuple[float, float, float]:
+def launch_time_ms(fn: Callable, device: torch.device, repeats: int, warmup: int
+                   ) -> tuple[float, float, float]:
+    """Per-call time as a Python caller sees it (median, min, max ms): do_bench on CUDA, a perf_counter
+    loop on CPU."""
     if device.type == "cuda":
         import triton.testing
 
@@ -169,7 +200,41 @@ def _time_ms(fn: Callable, device: torch.device, repeats: int, warmup: int) -> t
     return statistics.median(times), min(times), max(times)
 
 
-def timed_callable(fn: Callable, inputs: list, mode: str) -> Callable:
+def graph_time_ms(fn: Callable, rep: int = 20) -> tuple[float, float, float]:
+    """GPU time of one call (median, min, max ms over the replays) with ``triton.testing.do_bench_cudagraph``.
+
+    Its signature is the same in Triton 3.6 and 3.9 (fn, rep, grad_to_none, quantiles, return_mode);
+    ``rep`` is the GPU time (ms) of the calls unrolled into the graph. ``fn`` is run once first, outside
+    any capture, so autotuning and compilation are done before the capture. The garbage collector is
+    off during the timing: a Triton kernel object finalised during capture unloads its module, which
+    invalidates the graph (Triton 3.9 guards against this itself, 3.6 does not)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        med, lo, hi = triton.testing.do_bench_cudagraph(fn, rep=rep, quantiles=[0.5, 0.0, 1.0])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return med, lo, hi
+
+
+def capture_stream() -> torch.cuda.Stream | None:
+    """The stream ``torch.cuda.graph`` captures on when given none (do_bench_cudagraph gives none).
+
+    A backward node runs on the stream its forward ran on, so mode "bwd" (forward outside the capture,
+    backward inside) must run its forward on this stream, or its backward would not be captured."""
+    graph = torch.cuda.graph(torch.cuda.CUDAGraph())  # constructing it creates the shared capture stream
+    return getattr(graph, "capture_stream", None)
+
+
+def timed_callable(fn: Callable, inputs: list, mode: str, stream: torch.cuda.Stream | None = None
+                   ) -> Callable:
+    """A no-argument callable running ``fn(*inputs)`` forward ("fwd"), backward only ("bwd": the forward
+    is run once here, on ``stream`` when given, and kept) or both ("fwd+bwd")."""
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
 
     def forward():
@@ -178,24 +243,70 @@ def timed_callable(fn: Callable, inputs: list, mode: str) -> Callable:
 
     if mode == "fwd":
         return forward
-    outs = forward()
-    grads = [torch.randn_like(o) for o in outs]
+    context = contextlib.nullcontext()
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream())  # the inputs were made on the current stream
+        context = torch.cuda.stream(stream)
+    with context:
+        outs = forward()
+        grads = [torch.randn_like(o) for o in outs]
     if mode == "bwd":
         return lambda: torch.autograd.grad(outs, leaves, grads, retain_graph=True)
     return lambda: torch.autograd.grad(forward(), leaves, grads)
+
+
+def input_copies(traffic: int, l2_bytes: int | None, limit: int = 64) -> int:
+    """How many input copies a graph cycles over so that ~2x the L2 size of traffic separates two uses
+    of one copy (1 without an L2 size)."""
+    if not l2_bytes or traffic <= 0:
+        return 1
+    return min(limit, 1 + -(-2 * l2_bytes // traffic))
+
+
+def clone_inputs(inputs: list) -> list:
+    return [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+            for t in inputs]
+
+
+def round_robin(fns: Sequence[Callable]) -> Callable:
+    """One callable that calls ``fns`` in turn (in a graph: the unrolled calls cycle over them)."""
+    if len(fns) == 1:
+        return fns[0]
+    turn = itertools.cycle(fns)
+    return lambda: next(turn)()
+
+
+def l2_cache_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or None
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+
+
+def _ratio(base: float | None, this: float | None) -> float | None:
+    return base / this if base and this else None
 
 
 def run_kernel_benchmarks(batch: int = 16, quick: bool = False, device: str | torch.device | None = None,
                           dtype: torch.dtype = torch.float32, layers: Sequence[str] | None = None,
                           ops: Sequence[str] = OPS, modes: Sequence[str] = MODES,
                           compile: bool | None = None, repeats: int | None = None,
-                          on_layer: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Time every (layer, op, mode, provider); one row dict each.
+                          on_layer: Callable[[list[dict]], None] | None = None,
+                          graph: bool | None = None, launch_timer: Timer | None = None,
+                          graph_timer: Timer | None = None, providers: Sequence[str] | None = None
+                          ) -> list[dict]:
+    """Time every (layer, op, mode, provider); one row dict each (keys: see the module docstring).
 
-    ``quick``: layers D1 and U1 only, batch 2, 3 repeats (seconds on a CPU). ``compile=None`` runs
-    torch.compile except in quick mode on CPU (compiling takes ~20 s there). Without CUDA the Triton
-    providers are skipped (see ``triton_unavailable_reason``). ``on_layer`` gets the rows so far after
-    each layer.
+    ``quick``: layers D1 and U1 only, batch 2, 3 repeats (seconds on a CPU), shorter graphs.
+    ``compile=None`` runs torch.compile except in quick mode on CPU (compiling takes ~20 s there).
+    Without CUDA the Triton providers are skipped (see ``triton_unavailable_reason``). ``graph``
+    (default: on CUDA) adds the CUDA-graph timing. ``launch_timer`` / ``graph_timer`` replace the
+    timers (callable -> (median, min, max) ms; a ``graph_timer`` turns graph timing on unless
+    ``graph=False``); ``providers`` restricts the providers (eager is always timed: the baseline).
+    ``on_layer`` gets the rows so far after each layer.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quick:
@@ -207,9 +318,21 @@ def run_kernel_benchmarks(batch: int = 16, quick: bool = False, device: str | to
     unknown = set(names) - {name for name, *_ in LAYERS}
     if unknown:
         raise ValueError(f"unknown layers {sorted(unknown)}; known: {[name for name, *_ in LAYERS]}")
-    providers = ["eager"] + (["compile"] if compile else [])
+    available = ["eager"] + (["compile"] if compile else [])
     if triton_unavailable_reason(device) is None:
-        providers = ["triton", "triton_unfused"] + providers
+        available = ["triton", "triton_unfused"] + available
+    chosen = ["eager"] + [p for p in available if p != "eager" and (providers is None or p in providers)]
+    warmup = 1 if quick else 3
+    launch_timer = launch_timer or (lambda fn: launch_time_ms(fn, device, repeats, warmup))
+    if graph is None:
+        graph = graph_timer is not None or device.type == "cuda"
+    if graph and graph_timer is None:
+        graph_timer = lambda fn: graph_time_ms(fn, rep=5 if quick else 20)  # noqa: E731
+    stream = None
+    if graph and device.type == "cuda":
+        with contextlib.suppress(Exception):  # without it, "bwd" captures fail: recorded per row
+            stream = capture_stream()
+    l2 = l2_cache_bytes(device)
     peak = peak_gbps(device)
     elem = torch.empty((), dtype=dtype).element_size()
     rows = []
@@ -218,25 +341,54 @@ def run_kernel_benchmarks(batch: int = 16, quick: bool = False, device: str | to
             continue
         for op in _ops_for(path, ops):
             for mode in modes:
-                eager_ms = None
-                for provider in ["eager"] + [p for p in providers if p != "eager"]:
+                traffic = bytes_moved(op, path, mode, batch, C, T, block, elem)
+                eager: dict = {}
+                for provider in chosen:
                     fn = op_function(provider, op, path)
                     if fn is None:
                         continue
-                    inputs = make_inputs(op, path, batch, C, T, block, dtype, device)
                     row = dict(layer=name, op=op, mode=mode, provider=provider, batch=batch, C=C, T=T,
-                               block=block, dtype=str(dtype).removeprefix("torch."), device=device.type)
-                    try:
-                        med, lo, hi = _time_ms(timed_callable(fn, inputs, mode), device, repeats,
-                                               warmup=1 if quick else 3)
-                    except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a compiler
-                        rows.append({**row, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
-                        continue
-                    eager_ms = med if provider == "eager" else eager_ms
-                    gbps = bytes_moved(op, path, mode, batch, C, T, block, elem) / (med * 1e-3) / 1e9
-                    rows.append({**row, "ms_median": med, "ms_min": lo, "ms_max": hi, "gbps": gbps,
-                                 "pct_peak": None if peak is None else 100 * gbps / peak,
-                                 "x_eager": eager_ms / med if eager_ms else None})
+                               block=block, dtype=str(dtype).removeprefix("torch."), device=device.type,
+                               bytes=traffic)
+                    rows.append(_time_row(row, fn, op, path, mode, (batch, C, T, block), dtype, device,
+                                          launch_timer, graph_timer if graph else None, stream,
+                                          input_copies(traffic, l2) if graph else 1, peak, eager))
+                    if provider == "eager":
+                        eager = rows[-1]
         if on_layer:
             on_layer(list(rows))
     return rows
+
+
+def _time_row(row: dict, fn: Callable, op: str, path: str, mode: str, shape: tuple, dtype, device,
+              launch_timer: Timer, graph_timer: Timer | None, stream, copies: int, peak: float | None,
+              eager: dict) -> dict:
+    """One row: launch timing, then (``graph_timer``) graph timing; errors are recorded, not raised."""
+    inputs = make_inputs(op, path, *shape, dtype, device)
+    try:
+        launch = launch_timer(timed_callable(fn, inputs, mode))
+    except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a compiler
+        return {**row, "error": _error_text(e)}
+    row.update(copies=copies, launch_ms_median=launch[0], launch_ms_min=launch[1], launch_ms_max=launch[2],
+               graph_ms_median=None, graph_ms_min=None, graph_ms_max=None)
+    if graph_timer is not None:
+        try:
+            # every copy gets its own callable (for "bwd": its own forward, on the capture stream)
+            sets = [inputs] + [clone_inputs(inputs) for _ in range(copies - 1)]
+            fns = [timed_callable(fn, s, mode, stream) for s in sets]
+            for f in fns[1:]:
+                f()  # warm-up of each copy outside the capture (the first is warmed by the timer)
+            g = graph_timer(round_robin(fns))
+            row.update(graph_ms_median=g[0], graph_ms_min=g[1], graph_ms_max=g[2])
+        except Exception as e:  # noqa: BLE001 - a provider that cannot be captured: say so, go on
+            row["graph_error"] = _error_text(e)
+            if device.type == "cuda":
+                with contextlib.suppress(Exception):
+                    torch.cuda.synchronize()
+    timer = "graph" if row["graph_ms_median"] is not None else "launch"
+    gbps = row["bytes"] / (row[f"{timer}_ms_median"] * 1e-3) / 1e9
+    base = eager or row  # the eager row itself is its own baseline (ratio 1)
+    row.update(gbps=gbps, gbps_timer=timer, pct_peak=None if peak is None else 100 * gbps / peak,
+               x_eager=_ratio(base.get("graph_ms_median"), row["graph_ms_median"]),
+               x_eager_launch=_ratio(base.get("launch_ms_median"), row["launch_ms_median"]))
+    return row

@@ -13,7 +13,8 @@ from afilm_cli.commands.options import Device
 
 def command(
     kernels: Annotated[bool, typer.Option("--kernels", help="Block pooling / FiLM kernels: Triton vs the "
-                                          "torch reference (eager, torch.compile), ms and GB/s.")] = False,
+                                          "torch reference (eager, torch.compile), ms and GB/s; on CUDA "
+                                          "GPU time (CUDA graph) and launch time per call.")] = False,
     model: Annotated[bool, typer.Option("--model", help="Inference real-time factor per preset through "
                                         "the real windowed upsampling path.")] = False,
     train: Annotated[bool, typer.Option("--train", help="Training step throughput (patches/s).")] = False,
@@ -81,6 +82,9 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
 
     common = {k: v for k, v in rows[0]["settings"].items() if all(r["settings"].get(k) == v for r in rows)}
     caption = ", ".join(f"{k}={v}" for k, v in common.items() if not isinstance(v, (list, dict)))
+    if section == "kernels":
+        caption = ", ".join(f"{k}={common[k]}" for k in ("batch", "dtype", "C", "T", "block") if k in common)
+        return _kernel_table(rows, "; ".join(c for c in (caption, note) if c))
     table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
     for col in ("name", "variant", "median", "min", "max", "ratio", "settings"):
         table.add_column(col, justify="right" if col in ("median", "min", "max", "ratio") else "left")
@@ -104,3 +108,43 @@ def _num(v: float | None) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _kernel_table(rows: list[dict[str, Any]], caption: str):
+    """Kernel rows: the GPU time (CUDA graph) and the launch time side by side where both were timed,
+    each with its ratio to eager; GB/s and % of peak come from the GPU time (see afilm_cli/bench.py)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    graphed = any(r.get("timer") == "cuda graph" for r in rows)
+    peak = any(r["settings"].get("pct_peak") is not None for r in rows)
+    failed = any("error" in r or "graph_error" in r for r in rows)
+    cols = (["GPU ms", "x eager", "GB/s"] + (["% peak"] if peak else []) + ["launch ms", "x eager (launch)"]
+            if graphed else ["ms", "x eager", "GB/s"] + (["% peak"] if peak else []))
+    if graphed and any(r["settings"].get("gbps_timer") == "launch" for r in rows if "error" not in r):
+        caption += "; *: from the launch time (the graph capture failed)"
+    table = Table(title="kernels: ms per call" + (" (GPU time in a CUDA graph; launch: per Python call)"
+                                                  if graphed else ""), caption=caption)
+    for col in ["name", "variant", *cols] + (["error"] if failed else []):
+        table.add_column(col, justify="left" if col in ("name", "variant", "error") else "right")
+    last = None
+    for r in rows:
+        s = r["settings"]
+        if "error" in r:
+            cells = [""] * len(cols)
+        else:
+            gpu = ([_num(r["median"]), _ratio(r["ratio"])] if r["median"] is not None
+                   else ["[red]failed[/red]", ""])
+            mark = "*" if graphed and s.get("gbps_timer") == "launch" else ""  # capture failed
+            cells = gpu + [_num(s.get("gbps")) + mark] + ([_num(s.get("pct_peak")) + mark] if peak else [])
+            if graphed:
+                cells += [_num(r.get("launch_median")), _ratio(r.get("launch_ratio"))]
+        err = r.get("error") or (f"graph: {r['graph_error']}" if "graph_error" in r else "")
+        table.add_row("" if r["name"] == last else r["name"], r["variant"], *cells,
+                      *([f"[red]{escape(err)}[/red]"] if failed else []))
+        last = r["name"]
+    return table
+
+
+def _ratio(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}x"
