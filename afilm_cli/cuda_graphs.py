@@ -13,6 +13,7 @@ enqueues that copy right after the replay, on the same stream).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import torch
@@ -67,7 +68,10 @@ def graphed(model: torch.nn.Module, cache: dict, shape: tuple[int, ...], device:
             autocast: torch.dtype | None) -> torch.nn.Module:
     """The cached graph of ``model`` for this shape and precision; captured on first use. A model that
     cannot be captured (an op that syncs with the CPU, say) runs eager, with one warning."""
-    key = (tuple(shape), str(device), autocast)
+    # a graph freezes the kernels chosen while it was captured: the kernel backend (AFILM_KERNEL) and
+    # cuDNN's algorithm search are part of what it is, so a change to either captures a new one
+    kernel = os.environ.get("AFILM_KERNEL", "").strip().lower() or "torch"
+    key = (tuple(shape), str(device), autocast, kernel, torch.backends.cudnn.benchmark)
     if key not in cache:
         try:
             cache[key] = GraphedForward(model, shape, device, autocast)

@@ -569,3 +569,39 @@ def test_cuda_graph_replay_matches_eager(name):
     np.testing.assert_allclose(graphs[0], graphs[1], atol=1e-6)  # the same graph, replayed
     assert snr_db(eager, graphs[0]) >= 50.0
     assert snr_db(eager - x, graphs[0] - x) >= 30.0
+
+
+def test_cuda_graph_cache_keys_and_capture_failure(monkeypatch):
+    """One capture per (shape, precision, kernel backend, cudnn.benchmark): a graph freezes the
+    kernels chosen at capture, so switching AFILM_KERNEL must not replay the other backend's graph.
+    A failed capture falls back to the eager model with a warning."""
+    from afilm_cli import cuda_graphs
+
+    captured = []
+
+    class Fake:
+        def __init__(self, model, shape, device, autocast):
+            captured.append((shape, autocast, os.environ.get("AFILM_KERNEL")))
+
+    monkeypatch.setattr(cuda_graphs, "GraphedForward", Fake)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    model, cache, dev = nn.Identity(), {}, torch.device("cuda")
+    monkeypatch.delenv("AFILM_KERNEL", raising=False)
+    first = cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, None)
+    assert cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, None) is first and len(captured) == 1
+    monkeypatch.setenv("AFILM_KERNEL", "torch")  # the same backend as unset
+    assert cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, None) is first
+    monkeypatch.setenv("AFILM_KERNEL", "triton")
+    assert cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, None) is not first
+    assert cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, torch.bfloat16) is not first
+    assert cuda_graphs.graphed(model, cache, (8, 1, 8192), dev, None) is not first
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not torch.backends.cudnn.benchmark)
+    cuda_graphs.graphed(model, cache, (8, 1, 8192), dev, None)
+    assert len(captured) == 5
+
+    def broken(*a):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graphs, "GraphedForward", broken)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed.*running eager"):
+        assert cuda_graphs.graphed(model, cache, (4, 1, 8192), dev, None) is model
