@@ -200,6 +200,8 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         for v, st in stats.items():
             settings[v]["threads_chosen"] = st.get("threads")
         rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
+        if on_rows:  # before the sweep too: a run stopped during it keeps the preset's rows
+            on_rows(list(rows))
         if sweep if sweep is not None else not quick and name == names[0]:
             rows += _sweep(name, run, seconds, repeats, batch_size, window, device)
         del model, loaded

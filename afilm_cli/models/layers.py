@@ -34,9 +34,10 @@ def subpixel1d(x: torch.Tensor, r: int = 2) -> torch.Tensor:
 def sinusoidal_positions(n: int, dim: int, device=None, dtype=None) -> torch.Tensor:
     """(n, dim) sinusoidal table: sin on even channels, cos on odd ones, base 10000 (the reference's
     ``positional_encoding``). Computed for the actual token count, so any valid length works; in
-    float64 like the reference's numpy table, then cast (plain torch ops: torch.compile traces it)."""
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
-    i = torch.arange(dim)[None, :]
+    float64 like the reference's numpy table, then cast (plain torch ops: torch.compile traces it).
+    Built on ``device``: a CPU table copied to the GPU would break CUDA graph capture."""
+    pos = torch.arange(n, dtype=torch.float64, device=device)[:, None]
+    i = torch.arange(dim, device=device)[None, :]
     angles = pos / torch.pow(10000.0, (2 * (i // 2)).to(torch.float64) / dim)
     table = torch.where(i % 2 == 0, torch.sin(angles), torch.cos(angles))
     return table.to(device=device, dtype=dtype or torch.float32)
