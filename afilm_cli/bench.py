@@ -188,8 +188,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         fns, stats = {}, {}
         for variant, s in variants.items():
             s = dict(s)
-            if s.get("threads") == "auto":  # record what "auto" picked
-                s["stats"] = stats.setdefault(variant, {})
+            s["stats"] = stats.setdefault(variant, {})  # what "auto" threads picked, whether a graph ran
             if "autograd" in s:  # model_windows has no autograd switch: it is a bench-only variant
                 fns[variant] = _autograd_run(loaded, lr, device, batch_size, window, s)
             else:
@@ -198,7 +197,10 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         settings = {v: {**s, "batch_size": batch_size, "window": window, "clip_s": seconds}
                     for v, s in variants.items()}
         for v, st in stats.items():
-            settings[v]["threads_chosen"] = st.get("threads")
+            if variants[v].get("threads") == "auto":
+                settings[v]["threads_chosen"] = st.get("threads")
+            if "cuda_graph" in st:  # False: the capture failed and the variant ran eager
+                settings[v]["cuda_graph"] = st["cuda_graph"]
         rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
         if on_rows:  # before the sweep too: a run stopped during it keeps the preset's rows
             on_rows(list(rows))

@@ -26,7 +26,7 @@ import torch
 
 from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS
-from afilm_cli.cuda_graphs import graphed, use_graphs
+from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
 
 # re-exported: the stages and windows were part of this module and are used through it
@@ -190,6 +190,8 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
         shape = (max(1, batch_size // spline.channels) * spline.channels, 1, plan.window)
         model = graphed(loaded.model, loaded.graphs, shape, device, resolve_precision(precision, device))
         fixed = True
+        if stats is not None:
+            stats["cuda_graph"] = isinstance(model, GraphedForward)
     return run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
                        precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
 

@@ -379,6 +379,26 @@ def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
     assert again.read_bytes() == target.read_bytes()
 
 
+def test_cli_upsample_compile_uses_the_compiled_model(tmp_path, ckpts, capsys, monkeypatch):
+    """--compile reaches model_windows: the model is compiled once (compile_model stubbed here: a
+    real inductor compile takes minutes on this CPU) and the run pads its batches to one shape."""
+    calls = []
+
+    def fake_compile(model, device):
+        calls.append(device)
+        return model
+
+    monkeypatch.setattr(infer, "compile_model", fake_compile)
+    src = write(tmp_path / "v.wav", np.random.default_rng(3).standard_normal(8000) * 0.1, 8000, "PCM_16")
+    out = run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--device", "cpu", "--compile",
+                   "--out", tmp_path / "c.wav")
+    assert out.returncode == 0 and calls == [torch.device("cpu")]
+    plain = run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--device", "cpu",
+                     "--out", tmp_path / "p.wav")
+    assert plain.returncode == 0 and len(calls) == 1
+    np.testing.assert_allclose(sf.read(tmp_path / "c.wav")[0], sf.read(tmp_path / "p.wav")[0], atol=1e-4)
+
+
 def test_cli_folder_and_simulate(tmp_path, ckpts):
     (tmp_path / "in" / "d").mkdir(parents=True)
     write(tmp_path / "in" / "a.wav", np.zeros(16000), 16000)
@@ -564,7 +584,10 @@ def test_cuda_graph_replay_matches_eager(name):
     x = speech_like(100_000, 16)
     src = infer.ArraySource(x)
     eager = infer.predict(lo, src, len(x), batch_size=4, device="cuda", graphs="off")[:, 0]
-    graphs = [infer.predict(lo, src, len(x), batch_size=4, device="cuda")[:, 0] for _ in range(2)]  # default
+    stats = {}
+    graphs = [infer.predict(lo, src, len(x), batch_size=4, device="cuda", stats=stats)[:, 0]  # the default
+              for _ in range(2)]
+    assert stats["cuda_graph"] is True  # captured, not the eager fallback
     assert len(lo.graphs) == 1 and all(isinstance(g, GraphedForward) for g in lo.graphs.values())
     np.testing.assert_allclose(graphs[0], graphs[1], atol=1e-6)  # the same graph, replayed
     assert snr_db(eager, graphs[0]) >= 50.0
