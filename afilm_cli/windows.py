@@ -9,7 +9,7 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
 
 - no autograd: every batch runs under ``torch.inference_mode``;
 - ``precision``: ``fp32`` (default) or ``bf16`` autocast on CUDA. bf16 made inference slower on
-  an H200 (0.55-0.87x the fp32 real-time factor at batch 16) and is emulated on CPU. bf16 keeps
+  an H200 (0.50-0.87x the fp32 real-time factor at batch 16) and is emulated on CPU. bf16 keeps
   the output within :data:`BF16_MIN_SNR_DB` of the fp32 output (the final residual add with the
   input stays fp32);
 - ``threads``: ``auto`` on CPU uses the cores no other task is running on (at least one); when that
@@ -21,8 +21,8 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
   batch shape and replayed (afilm_cli/cuda_graphs.py); batches are padded to that shape. Batches are
   also pipelined: the CPU reads and splines batch k+1 while the GPU runs batch k;
 - ``compile`` (CUDA): ``torch.compile(mode="reduce-overhead")`` (inductor kernels in its own CUDA
-  graphs); batches are padded to a fixed shape. Off by default: compiling takes time before the
-  first window;
+  graphs); batches are padded to a fixed shape. 2.04x eager for the paper AFiLM, 1.64x for
+  afilm_small on an H200; off by default: compiling takes time before the first window;
 - the Triton kernels: ``AFILM_KERNEL=triton`` (kernels/__init__.py says why they are not the default).
 """
 

@@ -1,10 +1,12 @@
 """Block pooling + FiLM modulation ops: the torch reference by default, the Triton kernels on request.
 
 ``AFILM_KERNEL=triton`` selects the Triton kernels (``torch``, or unset, the reference); it is read at
-each call. Why the reference is the default, on CUDA too: on an H200 (benchmarks/results/
-bench-h200-2026-11-26.json) the Triton path ran the models at 0.94-1.06x the torch path's speed
-(inference and training), lost on forward+backward at 8 of 9 layer shapes (the ops take 8-930 us,
-dominated by per-call overhead rather than memory traffic), and adds compile and autotune time on
+each call. Why the reference is the default, on CUDA too: on an H200 the Triton path ran the models
+at 0.81-1.06x the torch path's speed (inference and training, eager; benchmarks/results/
+bench-h200-2026-11-26*.json). Its kernels are 4.7-5.6x faster than the eager reference in GPU time
+(forward+backward of the down-path stages under CUDA graphs) but each op is a few tens of
+microseconds of GPU work, less than what calling it from Python costs, and it adds compile and
+autotune time on
 first use. Under ``torch.compile`` the reference is always used:
 Inductor fuses it itself, and the autograd.Functions would break the graph. Without CUDA, the
 Triton path runs through the Triton interpreter (slow; for tests).

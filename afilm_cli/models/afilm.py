@@ -19,7 +19,7 @@ MODELS.register("afilm", description="AFiLM, paper size (transformer modulation)
     make_builder("afilm", AFILM))
 MODELS.register("afilm_small", description="AFiLM, CPU-trainable preset")(
     make_builder("afilm_small", AFILM_SMALL))
-MODELS.register("afilm_medium", description="AFiLM, twice the small preset's width (GPU-trained, CPU-run)")(
+MODELS.register("afilm_medium", description="AFiLM, twice afilm_small's width")(
     make_builder("afilm_medium", AFILM_MEDIUM))
 MODELS.register("afilm_tiny", description="AFiLM, tiny preset for tests and smoke runs")(
     make_builder("afilm_tiny", AFILM_TINY))
