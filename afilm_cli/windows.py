@@ -132,7 +132,7 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     emitted = 0
     pending = None  # (windows of the batch in flight, its base and end, its ticket)
 
-    def finish(ks, base, end, ticket):
+    def finish(ks, base, end, ticket) -> Iterator[np.ndarray]:  # collect a batch, yield what is final
         nonlocal acc, den, emitted
         y = runner.result(ticket)
         out = y[: len(ks) * C].reshape(len(ks), C, W).transpose(0, 2, 1)
@@ -150,7 +150,10 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
         if stats is not None:
             stats.update(threads=chooser.chosen or chooser.fixed, thread_trials=dict(chooser.timings),
                          model_s=runner.seconds, windows=len(starts), batches=chooser.batch)
-        return final.astype(np.float32)
+        if len(final):
+            yield final.astype(np.float32)
+        if progress is not None:
+            progress(len(ks))
 
     for b0 in range(0, len(starts), per_batch):
         ks = range(b0, min(b0 + per_batch, len(starts)))
@@ -167,18 +170,10 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
         else:
             chooser.batch += 1
         if pending is not None:
-            final = finish(*pending)
-            if len(final):
-                yield final
-            if progress is not None:
-                progress(len(pending[0]))
+            yield from finish(*pending)
         pending = (ks, base, end, ticket)
     if pending is not None:
-        final = finish(*pending)
-        if len(final):
-            yield final
-        if progress is not None:
-            progress(len(pending[0]))
+        yield from finish(*pending)
 
 
 class _BatchRunner:
