@@ -246,8 +246,8 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
                 patch: int = 8192, repeats: int | None = None,
                 on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Training step throughput (patches/s): forward, MSE, backward, Adam(3e-4) on synthetic patches,
-    as ``afilm train`` does per step (data loading excluded). CUDA compares torch ops, Triton and bf16.
-    ``on_rows`` gets the rows so far after each preset."""
+    as ``afilm train`` does per step (data loading excluded: :func:`bench_loader` times it after the
+    presets). CUDA compares torch ops, Triton and bf16. ``on_rows`` gets the rows so far after each preset."""
     batch = batch or (4 if quick else 16)
     repeats = repeats or (2 if quick else 3)
     variants = {"fp32": dict(kernel=None, bf16=False)} if device.type == "cpu" else {
@@ -274,7 +274,42 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         del model, opt
         if on_rows:
             on_rows(list(rows))
+    rows += bench_loader(quick=quick, batch=batch, patch=patch, repeats=repeats)
+    if on_rows:
+        on_rows(list(rows))
     return rows
+
+
+def bench_loader(*, quick: bool = False, batch: int = 16, patch: int = 8192, repeats: int = 3
+                 ) -> list[dict[str, Any]]:
+    """What feeds those steps: shuffled batches from an HDF5 patch file (``afilm prepare``'s layout, in
+    the page cache), read from disk per batch vs from memory (``afilm train`` loads files that fit)."""
+    from afilm_cli.data.h5 import PatchFile, PatchWriter
+    from afilm_cli.data.loader import PatchLoader
+
+    n = 1024  # 64 MB per dataset: fewer patches sit in so few chunks that disk reads look ~20x faster
+    with tempfile.TemporaryDirectory(prefix="afilm-bench-") as tmp:
+        path = Path(tmp) / "patches.h5"
+        rng = np.random.default_rng(0)
+        with PatchWriter(path, patch) as w:
+            for _ in range(n // 64):
+                x = rng.standard_normal((64, patch), np.float32)
+                w.append(x, x)
+        lazy, loaded = PatchFile(path), PatchFile(path)
+        loaded.load()
+        try:
+            def epoch(pf):
+                def run():
+                    for _ in PatchLoader(pf, batch, seed=0).batches(0):
+                        pass
+                return run
+
+            fns = {"from disk per batch": epoch(lazy), "in memory": epoch(loaded)}
+            settings = {v: {"batch": batch, "patch": patch, "patches": n} for v in fns}
+            return rate_rows("train", "data loading (HDF5, shuffled)", interleaved(fns, repeats), n,
+                             "patches/s", "from disk per batch", settings)
+        finally:
+            lazy.close(), loaded.close()
 
 
 def train_step(model, opt, x, y, device: torch.device, kernel: str | None = None, bf16: bool = False,

@@ -161,6 +161,9 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
     train_pf, val_pf = PatchFile(train_file), None
     try:
         val_pf = PatchFile(val_file) if val_file else None
+        for pf in (train_pf, val_pf):  # in memory when it fits, as the reference; else read per batch
+            if pf is not None:
+                pf.load_if_fits()
         with num_threads(threads):  # and back afterwards: train() is also a library call
             return _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step, init)
     finally:
@@ -230,7 +233,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
     if run.master:
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
-                  resumed=ckpt, threads=threads)
+                  resumed=ckpt, threads=threads, in_memory=train_pf.in_memory)
     return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
 
 

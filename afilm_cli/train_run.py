@@ -27,12 +27,14 @@ class Run:
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
         self.console = Console(highlight=False, soft_wrap=True)
 
-    def start(self, train_file, val_file, n_train, n_val, resumed, threads: int) -> None:
+    def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False
+              ) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         params = sum(p.numel() for p in self.raw_model.parameters())
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
         cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"
-        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']})")
+        where = "in memory" if in_memory else "read from disk per batch"
+        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']}, {where})")
         self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")
@@ -41,7 +43,7 @@ class Run:
                                f"{resumed['epoch_step']} batches of the next; step {resumed['step']}")
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
-                 threads=threads,
+                 threads=threads, data_in_memory=in_memory,
                  metrics_note="val_snr: over all validation samples; val_lsd: mean of per-patch LSD (log10)")
 
     def warn(self, message: str) -> None:

@@ -114,6 +114,23 @@ def test_loader_shuffles_per_epoch_shards_and_reads_lazily(data):
     pf.close()
 
 
+def test_patch_file_in_memory_reads_the_same_batches(data):
+    """load_if_fits loads only within the budget; loaded or not, the loader yields the same batches."""
+    from afilm_cli.data.h5 import memory_budget
+
+    lazy, loaded = PatchFile(data["train"]), PatchFile(data["train"])
+    assert lazy.nbytes == 2 * 24 * PATCH * 4
+    assert not loaded.load_if_fits(budget=lazy.nbytes - 1) and not loaded.in_memory
+    assert loaded.load_if_fits(budget=lazy.nbytes) and isinstance(loaded.data, np.ndarray)
+    assert 0 <= memory_budget() <= 8 << 30
+    for a, b in zip(PatchLoader(lazy, 5, seed=1).batches(2), PatchLoader(loaded, 5, seed=1).batches(2),
+                    strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    ev = list(PatchLoader(loaded, 5, shuffle=False).batches(0))  # slices (evaluation order)
+    np.testing.assert_array_equal(torch.cat([x for x, _ in ev])[:, 0].numpy(), data["arrays"][0])
+    lazy.close(), loaded.close()
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -129,6 +146,7 @@ def test_train_writes_checkpoints_log_and_metrics(data, tmp_path):
     assert not model.training and res.best.is_file()
     lines = [json.loads(s) for s in (res.out / "log.jsonl").read_text().splitlines()]
     assert [x["type"] for x in lines] == ["start"] + ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]
+    assert lines[0]["data_in_memory"] is True  # a small file is loaded, as the reference does
     last = lines[-1]
     for key in ("train_loss", "val_loss", "val_rmse", "val_snr", "val_lsd", "spline_snr", "spline_lsd",
                 "patches_per_s"):

@@ -20,6 +20,17 @@ from afilm_cli.atomic import atomic_path
 from afilm_cli.errors import AfilmError
 
 RECIPE_KEYS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed")
+MAX_IN_MEMORY = 8 << 30  # bytes: the most PatchFile.load_if_fits holds, whatever the machine has
+
+
+def memory_budget() -> int:
+    """What a patch file may occupy in memory: a quarter of the memory available now (Linux), at most
+    MAX_IN_MEMORY; 0 where the available memory cannot be read."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+    return min(available // 4, MAX_IN_MEMORY)
 
 
 class PatchWriter:
@@ -81,7 +92,12 @@ class PatchWriter:
 
 
 class PatchFile:
-    """Lazy reader: validates the schema on open, reads patches by index without loading the file."""
+    """Reader: validates the schema on open, reads patches by index without loading the file, unless
+    :meth:`load` (or :meth:`load_if_fits`) read it all into memory first, as the reference does.
+
+    Why load: shuffled batches read from disk come at 1.4-3k patches/s here (a slice per patch; h5py's
+    point selection was 3x slower still), from memory at ~115k (``afilm bench --train``): a fast GPU
+    would wait for the disk. Lazy reads stay for files larger than the memory budget."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -104,6 +120,7 @@ class PatchFile:
             self.close()
             raise AfilmError(f"{self.path}: contains no patches")
         self.data, self.label = d, l
+        self.in_memory = False
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -121,10 +138,32 @@ class PatchFile:
         out["sources"] = json.loads(attrs["sources"]) if "sources" in attrs else None
         return out
 
+    @property
+    def nbytes(self) -> int:
+        """Both datasets as float32 arrays in memory."""
+        return 2 * len(self) * self.patch * 4
+
+    def load(self) -> None:
+        """Read both datasets into memory; later reads index the arrays."""
+        if not self.in_memory:
+            self.data = np.asarray(self._f["data"][()], dtype=np.float32)
+            self.label = np.asarray(self._f["label"][()], dtype=np.float32)
+            self.in_memory = True
+
+    def load_if_fits(self, budget: int | None = None) -> bool:
+        """:meth:`load` when :attr:`nbytes` is within ``budget`` (default :func:`memory_budget`)."""
+        if self.nbytes <= (memory_budget() if budget is None else budget):
+            self.load()
+        return self.in_memory
+
     def read(self, index) -> tuple[np.ndarray, np.ndarray]:
         """Patches at ``index`` (slice or sorted integer array) as float32 (n, patch)."""
-        d = np.asarray(self.data[index], dtype=np.float32)
-        l = np.asarray(self.label[index], dtype=np.float32)
+        if self.in_memory or isinstance(index, slice):
+            d, l = self.data[index], self.label[index]
+        else:  # one slice per patch: 3x faster than h5py's point selection for a batch
+            d = np.stack([self.data[i] for i in index])
+            l = np.stack([self.label[i] for i in index])
+        d, l = np.asarray(d, dtype=np.float32), np.asarray(l, dtype=np.float32)
         return d.reshape(len(d), -1), l.reshape(len(l), -1)
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Lazy, shuffled, shardable batches over an HDF5 patch file (afilm_cli.data.h5.PatchFile).
 
-The reference loads the whole file into RAM; here each batch reads only its own patches, so memory
-is one batch plus one index array (8 bytes per patch), whatever the file's size.
+Each batch reads only its own patches: from memory when the file was loaded (PatchFile.load, which
+``afilm train`` does when the file fits in a quarter of the free memory, as the reference always
+does), else from disk, so that memory stays one batch plus one index array (8 bytes per patch).
 
 Order: epoch ``e`` visits ``numpy.random.default_rng([seed, e]).permutation(N)``, a pure function
 of (seed, epoch). Nothing about the order has to be checkpointed, and a run resumed mid-epoch
