@@ -352,7 +352,23 @@ def bench_prepare(*, quick: bool = False, seconds: float | None = None, repeats:
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def bench_kernels(device: torch.device, *, quick: bool = False,
+def select_layers(pattern: str | None) -> list[str] | None:
+    """``--layers D1,U4``: the kernel suite's layer shapes by name (None: the default set)."""
+    from afilm_cli.errors import AfilmError
+    from kernels.benchmark import LAYERS
+
+    if not pattern:
+        return None
+    known = [name for name, *_ in LAYERS]
+    names = [p.strip() for p in pattern.split(",") if p.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise AfilmError(f"--layers {pattern!r}: unknown layer(s) {', '.join(unknown) or '(none given)'}; "
+                         f"known: {', '.join(known)}")
+    return names
+
+
+def bench_kernels(device: torch.device, *, quick: bool = False, layers: Sequence[str] | None = None,
                   on_rows: Callable[[list[dict[str, Any]]], None] | None = None
                   ) -> tuple[list[dict[str, Any]], str | None]:
     """The kernel suite (kernels/benchmark.py) as rows; on CPU the reference only at batch 2, without
@@ -362,7 +378,7 @@ def bench_kernels(device: torch.device, *, quick: bool = False,
     from kernels.benchmark import run_kernel_benchmarks, triton_unavailable_reason
 
     cpu = device.type == "cpu"
-    raw = run_kernel_benchmarks(batch=2 if cpu else 16, quick=quick, device=device,
+    raw = run_kernel_benchmarks(batch=2 if cpu else 16, quick=quick, device=device, layers=layers,
                                 compile=False if cpu else None,
                                 modes=("fwd", "fwd+bwd") if cpu and not quick else ("fwd", "bwd", "fwd+bwd"),
                                 on_layer=on_rows and (lambda raw: on_rows(_kernel_rows(raw))))
@@ -407,7 +423,8 @@ SECTIONS = ("kernels", "model", "train", "prepare")
 
 
 def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = False,
-              models: str | None = None, progress: Callable[[str], None] | None = None,
+              models: str | None = None, layers: str | None = None,
+              progress: Callable[[str], None] | None = None,
               on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every requested section; the report dict written by ``--json`` (hardware, versions, settings,
     the system load before and after: on a shared machine it explains the spread). ``on_update`` gets
@@ -416,6 +433,7 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
     from afilm_cli.sysinfo import system_info
 
     names = select_models(models, device, quick) if {"model", "train"} & set(sections) else []
+    shapes = select_layers(layers) if "kernels" in sections else None
     report: dict[str, Any] = {
         "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "system": system_info(), "device": str(device),
@@ -434,7 +452,7 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
             progress(section)
         t0 = time.perf_counter()
         if section == "kernels":
-            rows, note = bench_kernels(device, quick=quick, on_rows=update)
+            rows, note = bench_kernels(device, quick=quick, layers=shapes, on_rows=update)
             report["notes"]["kernels"] = note
         elif section == "model":
             rows = bench_model(names, device, quick=quick, on_rows=update)

@@ -9,6 +9,7 @@
 # (default benchmarks/results/gpu-<date>).
 #
 #   bash benchmarks/gpu_session.sh                 # or: STEPS="model kernels" bash benchmarks/gpu_session.sh
+#   STEPS=kernels LAYERS=U4,U3,U2,U1 bash benchmarks/gpu_session.sh   # only these layer shapes
 #
 # Runs from a source checkout without installing afilm (PYTHONPATH). Python packages missing on the
 # machine (soundfile, on images without it) can be carried as wheels in .whl/: they are installed
@@ -37,7 +38,8 @@ for step in $STEPS; do
                    --junitxml="$OUT/pytest-gpu.xml" ;;
         model) timeout "${MODEL_S:-240}" $PY -m afilm_cli bench --model --models "${MODELS:-afilm,afilm_small,tfilm}" \
                    --json "$OUT/bench-model.json" ;;
-        kernels) timeout "${KERNELS_S:-200}" $PY -m afilm_cli bench --kernels --json "$OUT/bench-kernels.json" ;;
+        kernels) timeout "${KERNELS_S:-300}" $PY -m afilm_cli bench --kernels ${LAYERS:+--layers "$LAYERS"} \
+                     --json "$OUT/bench-kernels.json" ;;
         train) timeout "${TRAIN_S:-150}" $PY -m afilm_cli bench --train --models "${MODELS:-afilm,afilm_small,tfilm}" \
                    --json "$OUT/bench-train.json" ;;
         *) echo "gpu_session.sh: unknown step $step" >&2 ;;

@@ -95,6 +95,16 @@ def test_unknown_model_pattern_is_one_line():
     assert "Traceback" not in proc.stderr
 
 
+def test_layers_option_picks_kernel_shapes():
+    """--layers runs only the named shapes (for a GPU slot that must finish the ones a time box cut)."""
+    proc = run_cli("bench", "--kernels", "--layers", "D9", "--device", "cpu")
+    assert proc.returncode == 2
+    assert "unknown layer(s) D9; known: D1, D2, D3, D4, B, U4, U3, U2, U1" in proc.stderr
+    assert bench.select_layers(None) is None and bench.select_layers(" U4, U1 ") == ["U4", "U1"]
+    report = bench.run_bench(["kernels"], torch.device("cpu"), quick=True, layers="B")
+    assert {r["name"].split()[0] for r in report["rows"]} == {"B"}
+
+
 def test_interleaved_excludes_warmup_and_reports_errors():
     calls = []
 

@@ -29,6 +29,9 @@ def command(
     models: Annotated[str | None, typer.Option("--models", metavar="PATTERN", help="Models for --model "
                                                "and --train: comma-separated shell patterns (default: "
                                                "tiny and small presets; on CUDA also afilm, tfilm).")] = None,
+    layers: Annotated[str | None, typer.Option("--layers", metavar="NAMES", help="Layer shapes for "
+                                               "--kernels, comma-separated: D1-D4, B, U4-U1 (default: all; "
+                                               "--quick: D1, U1).")] = None,
 ) -> None:
     """Benchmark afilm. Without a section option every section runs. Each figure is the median of
     several timed runs after an untimed warm-up, with min and max; variants that are compared run
@@ -41,7 +44,7 @@ def command(
     console, err = Console(), Console(stderr=True)
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
-    report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models,
+    report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models, layers=layers,
                              progress=lambda s: err.print(f"[dim]bench: {s}...[/dim]"),
                              on_update=json_out and (lambda rep: _write_json(json_out, rep)))
     sysinfo = report["system"]
