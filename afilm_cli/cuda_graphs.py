@@ -46,7 +46,8 @@ class GraphedForward(torch.nn.Module):
         if tuple(x.shape) != self.shape:
             raise ValueError(f"graph captured for input {self.shape}, got {tuple(x.shape)}")
         self.static_in.copy_(x)
-        self.graph.replay()
+        with torch.cuda.device(self.static_in.device):
+            self.graph.replay()
         return self.static_out
 
 
@@ -74,7 +75,8 @@ def graphed(model: torch.nn.Module, cache: dict, shape: tuple[int, ...], device:
     key = (tuple(shape), str(device), autocast, kernel, torch.backends.cudnn.benchmark)
     if key not in cache:
         try:
-            cache[key] = GraphedForward(model, shape, device, autocast)
+            with torch.cuda.device(device):  # capture on the model's device (cuda:1 from a cuda:0 process)
+                cache[key] = GraphedForward(model, shape, device, autocast)
         except Exception as e:  # noqa: BLE001 - any capture failure: eager still gives the right output
             warnings.warn(f"CUDA graph capture failed ({type(e).__name__}: {e}); running eager", stacklevel=2)
             torch.cuda.synchronize(device)

@@ -209,7 +209,7 @@ class _BatchRunner:
             host_out = self.host_out[slot][:n]
             host_out.copy_(y.detach().float(), non_blocking=True)  # queued before a later batch overwrites y
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self.device))  # the model's device, not the current one
         self.seconds += time.perf_counter() - t0
         return host_out, done
 

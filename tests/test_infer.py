@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -608,6 +609,7 @@ def test_cuda_graph_cache_keys_and_capture_failure(monkeypatch):
 
     monkeypatch.setattr(cuda_graphs, "GraphedForward", Fake)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())  # no CUDA here
     model, cache, dev = nn.Identity(), {}, torch.device("cuda")
     monkeypatch.delenv("AFILM_KERNEL", raising=False)
     first = cuda_graphs.graphed(model, cache, (16, 1, 8192), dev, None)
