@@ -1,9 +1,10 @@
 """The model's inference forward captured once as a CUDA graph, then replayed batch after batch.
 
-Eager inference launches every op of the U-Net from Python, a few microseconds each; at batch 16 the
-GPU finishes them faster than the CPU issues them, so the CPU sets the pace. A replayed graph issues
-the whole forward in one call. Unlike ``torch.compile(mode="reduce-overhead")`` it needs no compiler
-and costs three warm-up forwards plus one capture, so it can be on by default.
+Eager inference launches every op of the U-Net from Python, one call each; for ops of this size the
+call can cost more than the GPU work (the kernel benchmark's per-call vs CUDA-graph timings on an
+H200, README "Benchmarks"). A replayed graph issues the whole forward in one call. Unlike
+``torch.compile(mode="reduce-overhead")`` it needs no compiler and costs three warm-up forwards plus
+one capture, so it can be on by default. What it gains for the whole model has not been timed yet.
 
 The graph has fixed shapes (run_windows pads the last batch) and its own input and output buffers:
 the output of one replay is overwritten by the next, so callers copy it out first (run_windows
