@@ -39,11 +39,43 @@ from afilm_cli.infer import (
     simulate_pipeline,
     window_plan_for,
 )
-from afilm_cli.metrics import ALL
+from afilm_cli.metrics import ALL, band_edges, band_energy
 from afilm_cli.plots import save_spectrograms
 
 SYSTEMS = ("model", "spline")
 METRICS = tuple(ALL)
+
+
+class BandTotals:
+    """Signal and error energy per frequency band (metrics.band_edges), summed over every item.
+
+    Where the model's gain over the spline comes from: the band the low-rate input still holds, the
+    band its anti-aliasing filter attenuated, or the octaves above that the model must invent. Pooled
+    over items (energies add), so the bands' errors sum to the pooled error energy."""
+
+    def __init__(self, sr: int, r: int):
+        self.sr = sr
+        self.edges = band_edges(sr, r)
+        self.energy = {k: np.zeros(len(self.edges) - 1) for k in ("signal", *SYSTEMS)}
+
+    def add(self, hr: np.ndarray, **outputs: np.ndarray) -> None:
+        self.energy["signal"] += band_energy(hr, self.sr, self.edges)
+        for system, x in outputs.items():
+            self.energy[system] += band_energy(np.asarray(hr, np.float64) - x, self.sr, self.edges)
+
+    def to_json(self) -> list[dict[str, float]]:
+        """Per band: energies in dB relative to the signal's total energy, and the model's gain over
+        the spline (dB; positive: less error)."""
+        total = max(float(self.energy["signal"].sum()), 1e-20)
+        def db(v: float) -> float:
+            return float(10 * np.log10(max(v, 1e-20) / total))
+        rows = []
+        for i, (lo, hi) in enumerate(zip(self.edges[:-1], self.edges[1:], strict=True)):
+            m, s = self.energy["model"][i], self.energy["spline"][i]
+            rows.append({"lo_hz": lo, "hi_hz": hi, "signal_db": db(self.energy["signal"][i]),
+                         "spline_error_db": db(s), "model_error_db": db(m),
+                         "model_gain_db": float(10 * np.log10(max(s, 1e-20) / max(m, 1e-20)))})
+        return rows
 
 
 @dataclass
@@ -51,6 +83,7 @@ class EvalResult:
     rows: list[dict[str, Any]]
     protocol: dict[str, Any]
     plots: list[Path] = field(default_factory=list)
+    bands: BandTotals | None = None
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -59,7 +92,10 @@ class EvalResult:
                 for s in SYSTEMS}
 
     def to_json(self) -> dict[str, Any]:
-        return {"summary": self.summary, "n_items": len(self.rows), "protocol": self.protocol}
+        out = {"summary": self.summary, "n_items": len(self.rows), "protocol": self.protocol}
+        if self.bands is not None:
+            out["bands"] = self.bands.to_json()
+        return out
 
 
 def _row(name: str, pred: np.ndarray, spline: np.ndarray, hr: np.ndarray, patch: int) -> dict[str, Any]:
@@ -87,7 +123,10 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                            "(reflect); RMS over frequency, mean over frames",
                     "lsd_ref": "reference: natural-log power + 1e-8, same STFT; RMS over frames, mean over "
                                "frequency, capped at 10",
-                    "summary": "mean over items"},
+                    "summary": "mean over items",
+                    "bands": "energy per band (DFT of each item, Parseval-scaled), summed over items; dB "
+                             "relative to the signal's total energy; model_gain_db = spline error / model "
+                             "error"},
         "device": str(device),
         "versions": {"afilm": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__, "python": platform.python_version()},
@@ -111,6 +150,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         multiple = int(getattr(loaded.model, "length_multiple", 1))
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
+        bands = BandTotals(loaded.sr, loaded.r)
         for a in range(0, n, batch_size):
             data, label = pf.read(slice(a, min(a + batch_size, n)))
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
@@ -119,6 +159,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
             for i in range(len(data)):
                 name = f"patch_{a + i:06d}"
                 rows.append(_row(name, pred[i], data[i], label[i], pf.patch))
+                bands.add(label[i], model=pred[i], spline=data[i])
                 if plots_dir is not None and len(plots) < max_plots:
                     lr = data[i][:: loaded.r]  # the spline passes through the LR samples at k*r
                     plots.append(_plot(plots_dir / f"{name}.png", lr, pred[i], label[i], loaded, name))
@@ -130,7 +171,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
             source["note"] = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                               f"{loaded.recipe['degrade']!r}")
-    return EvalResult(rows, _protocol(loaded, source, device), plots)
+    return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
 
 
 def find_audio(folder: Path) -> list[Path]:
@@ -150,6 +191,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     folder = Path(folder)
     files = find_audio(folder)[:limit]
     rows, plots = [], []
+    bands = BandTotals(loaded.sr, loaded.r)
     for path in files:
         x, sr_in = read_audio(path, mono=True)
         check_simulate_rate(path, sr_in, loaded)
@@ -160,6 +202,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
                        device=device)[:, 0]
         name = str(path.relative_to(folder))
         rows.append(_row(name, pred, spline, hr, int(loaded.recipe["patch"])))
+        bands.add(hr, model=pred, spline=spline)
         if plots_dir is not None and len(plots) < max_plots:
             lr = lr_stage.read(0, lr_stage.length)[:, 0]
             stem = name.replace(os.sep, "__").rsplit(".", 1)[0]
@@ -170,7 +213,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "mono": True,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)"}
-    return EvalResult(rows, _protocol(loaded, source, device), plots)
+    return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
 
 
 def _plot(path: Path, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray, loaded: Loaded, title: str) -> Path:

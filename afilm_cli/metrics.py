@@ -73,6 +73,32 @@ def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     return float(min(value, 10.0))
 
 
+def band_edges(sr: int, r: int) -> list[float]:
+    """Edges (Hz) of the bands that :func:`band_energy` splits a signal into, for upsampling by ``r``
+    to ``sr``: the low-rate passband up to 0.8 x the low-rate Nyquist (where decimate's anti-aliasing
+    filter starts to cut), its transition band up to that Nyquist, then octaves above it up to the
+    high-rate Nyquist: the band the input still holds, the band the filter attenuated, and the band
+    the model must invent."""
+    nyq_lr, nyq = sr / (2 * r), sr / 2
+    edges = [0.0, 0.8 * nyq_lr, nyq_lr]
+    while edges[-1] * 2 < nyq * (1 - 1e-9):
+        edges.append(edges[-1] * 2)
+    return edges + [nyq] if edges[-1] < nyq else edges
+
+
+def band_energy(x, sr: int, edges: list[float]) -> np.ndarray:
+    """Energy of ``x`` in each band [edges[i], edges[i+1]) (the last one closed), from its DFT and
+    scaled so that the bands sum to ``sum(x**2)`` exactly (Parseval): band errors then add up to
+    the error energy that :func:`snr` uses."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = len(x)
+    power = np.abs(np.fft.rfft(x)) ** 2 / n
+    power[1 : (n + 1) // 2] *= 2  # the negative frequencies' mirror images (not DC, not Nyquist)
+    freqs = np.fft.rfftfreq(n, 1.0 / sr)
+    which = np.clip(np.searchsorted(edges, freqs, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(which, weights=power, minlength=len(edges) - 1)
+
+
 ALL = {"snr": snr, "segsnr": segmental_snr, "lsd": lsd, "lsd_ref": lsd_reference}
 
 

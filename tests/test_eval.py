@@ -63,6 +63,25 @@ def test_h5_spline_checkpoint_equals_baseline(ckpts, h5):
     assert 3 < s["snr"] < 40 and 0.5 < s["lsd"] < 5 and s["lsd_ref"] > s["lsd"]
 
 
+def test_bands_pool_the_error_energy_and_put_the_spline_error_above_the_input_band(ckpts, h5):
+    from afilm_cli.data.h5 import PatchFile
+
+    result = evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), h5, batch_size=2)
+    bands = result.to_json()["bands"]
+    assert [(b["lo_hz"], b["hi_hz"]) for b in bands] == [(0, 1600), (1600, 2000), (2000, 4000), (4000, 8000)]
+    assert all(b["model_gain_db"] == pytest.approx(0, abs=1e-9) for b in bands)  # the spline model is its input
+    with PatchFile(h5) as pf:
+        data, label = pf.read(slice(0, len(pf)))
+    pooled = np.sum((label.astype(np.float64) - data) ** 2) / np.sum(label.astype(np.float64) ** 2)
+    # Parseval: the bands' errors add up to the pooled error, and the signal's shares to one
+    assert sum(10 ** (b["spline_error_db"] / 10) for b in bands) == pytest.approx(pooled, rel=1e-9)
+    assert sum(10 ** (b["signal_db"] / 10) for b in bands) == pytest.approx(1.0, rel=1e-9)
+    # decimate keeps 0-1.6 kHz: the spline errs there far less than in the top octave it cannot fill
+    assert bands[0]["spline_error_db"] < bands[-1]["spline_error_db"] - 10
+    # above the low-rate Nyquist the spline has nothing, so its error there is the signal itself
+    assert bands[-1]["spline_error_db"] == pytest.approx(bands[-1]["signal_db"], abs=0.5)
+
+
 def test_h5_rows_match_metrics_by_hand(ckpts, h5):
     from afilm_cli.data.h5 import PatchFile
 
@@ -137,6 +156,8 @@ def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
     assert {"afilm", "torch", "numpy", "scipy", "python"} <= set(p["versions"])
     mean_snr = np.mean([float(r["model_snr"]) for r in rows])
     assert summary["summary"]["model"]["snr"] == pytest.approx(mean_snr, abs=1e-5)
+    assert "error by frequency band" in out.stdout and "4000-8000" in out.stdout
+    assert [b["hi_hz"] for b in summary["bands"]] == [1600, 2000, 4000, 8000]
     names = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert names == ["p225__p225_001.png", "p226__p226_002.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in (tmp_path / "png").iterdir())

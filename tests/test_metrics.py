@@ -144,3 +144,30 @@ def test_silent_reference_gives_finite_metrics(pred_kind):
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="length mismatch"):
         metrics.snr(np.zeros(10), np.zeros(11))
+
+
+@pytest.mark.parametrize(("sr", "r", "edges"), [
+    (16000, 4, [0, 1600, 2000, 4000, 8000]),
+    (16000, 2, [0, 3200, 4000, 8000]),
+    (16000, 8, [0, 800, 1000, 2000, 4000, 8000]),
+    (22050, 4, [0, 2205, 2756.25, 5512.5, 11025]),  # the last band is cut at the Nyquist
+    (48000, 3, [0, 6400, 8000, 16000, 24000]),
+])
+def test_band_edges(sr, r, edges):
+    assert metrics.band_edges(sr, r) == pytest.approx(edges)
+
+
+@pytest.mark.parametrize("n", [1000, 1001])  # even length has a Nyquist bin, odd does not
+def test_band_energy_sums_to_the_signal_energy(n):
+    x = np.random.default_rng(n).standard_normal(n)
+    e = metrics.band_energy(x, 16000, metrics.band_edges(16000, 4))
+    assert e.sum() == pytest.approx(np.sum(x**2), rel=1e-12)
+    assert np.all(e > 0)
+
+
+def test_band_energy_puts_a_tone_in_its_band():
+    t = np.arange(16000) / 16000
+    e = metrics.band_energy(np.sin(2 * np.pi * 3000 * t) + 0.1 * np.sin(2 * np.pi * 500 * t), 16000,
+                            metrics.band_edges(16000, 4))
+    assert e[2] == pytest.approx(8000, rel=1e-9) and e[0] == pytest.approx(80, rel=1e-9)  # sum x^2 = n/2 * a^2
+    assert e[1] < 1e-12 and e[3] < 1e-12

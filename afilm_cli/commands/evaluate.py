@@ -32,6 +32,17 @@ def summary_table(result, title: str) -> Table:
     return table
 
 
+def bands_table(result) -> Table:
+    """Where the gain comes from: error energy per frequency band (evaluate.BandTotals)."""
+    table = Table(title="error by frequency band, all items pooled (dB relative to the signal's energy)")
+    for name in ("band (Hz)", "signal", "spline error", "model error", "model gain"):
+        table.add_column(name, justify="left" if name == "band (Hz)" else "right")
+    for b in result.bands.to_json():
+        table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", f"{b['signal_db']:.1f}", f"{b['spline_error_db']:.1f}",
+                      f"{b['model_error_db']:.1f}", f"{b['model_gain_db']:+.2f}")
+    return table
+
+
 
 def command(
     ckpt: Ckpt = None,
@@ -50,7 +61,8 @@ def command(
     force: Force = False,
 ) -> None:
     """Evaluate a checkpoint and the cubic-spline baseline: SNR, segmental SNR (reference), LSD, and
-    LSD as the reference code computes it; per-item CSV, JSON summary with the protocol, a table."""
+    LSD as the reference code computes it; per-item CSV, JSON summary with the protocol, a table, and
+    the error per frequency band (which band the model's gain comes from)."""
     from afilm_cli import evaluate, infer  # lazy: torch and scipy load only when the command runs
     if (data is None) == (wavs is None):
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
@@ -77,5 +89,6 @@ def command(
     table = summary_table(result, f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
                                   f"{len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)
+    Console().print(bands_table(result))
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
     err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)
