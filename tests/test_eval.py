@@ -69,7 +69,8 @@ def test_bands_pool_the_error_energy_and_put_the_spline_error_above_the_input_ba
     result = evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), h5, batch_size=2)
     bands = result.to_json()["bands"]
     assert [(b["lo_hz"], b["hi_hz"]) for b in bands] == [(0, 1600), (1600, 2000), (2000, 4000), (4000, 8000)]
-    assert all(b["model_gain_db"] == pytest.approx(0, abs=1e-9) for b in bands)  # the spline model is its input
+    # the spline model's output is its input
+    assert all(b["model_gain_db"] == pytest.approx(0, abs=1e-9) for b in bands)
     with PatchFile(h5) as pf:
         data, label = pf.read(slice(0, len(pf)))
     pooled = np.sum((label.astype(np.float64) - data) ** 2) / np.sum(label.astype(np.float64) ** 2)

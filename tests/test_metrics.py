@@ -169,5 +169,6 @@ def test_band_energy_puts_a_tone_in_its_band():
     t = np.arange(16000) / 16000
     e = metrics.band_energy(np.sin(2 * np.pi * 3000 * t) + 0.1 * np.sin(2 * np.pi * 500 * t), 16000,
                             metrics.band_edges(16000, 4))
-    assert e[2] == pytest.approx(8000, rel=1e-9) and e[0] == pytest.approx(80, rel=1e-9)  # sum x^2 = n/2 * a^2
+    # sum x^2 = n/2 * a^2 for a tone of amplitude a
+    assert e[2] == pytest.approx(8000, rel=1e-9) and e[0] == pytest.approx(80, rel=1e-9)
     assert e[1] < 1e-12 and e[3] < 1e-12

@@ -38,8 +38,8 @@ def bands_table(result) -> Table:
     for name in ("band (Hz)", "signal", "spline error", "model error", "model gain"):
         table.add_column(name, justify="left" if name == "band (Hz)" else "right")
     for b in result.bands.to_json():
-        table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", f"{b['signal_db']:.1f}", f"{b['spline_error_db']:.1f}",
-                      f"{b['model_error_db']:.1f}", f"{b['model_gain_db']:+.2f}")
+        levels = (f"{b[k]:.1f}" for k in ("signal_db", "spline_error_db", "model_error_db"))
+        table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", *levels, f"{b['model_gain_db']:+.2f}")
     return table
 
 
