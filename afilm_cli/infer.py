@@ -294,12 +294,16 @@ def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.afilm{suffix}")
 
 
-def plan_outputs(inputs: list[Path], out: Path | None, simulate: bool) -> list[tuple[Path, Path]]:
+def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> list[tuple[Path, Path]]:
     """(input file, output path) pairs; for --simulate the output is a base name for .lr/.hr/.pr.
 
-    A folder input is searched recursively and mirrored into ``out`` (default ``<folder>.afilm``)."""
+    A folder input is searched recursively and mirrored into ``out`` (default ``<folder>.afilm``).
+    ``out`` is a folder when it exists as one or, given as a string, ends with a path separator
+    (``-o new_dir/``: Path() would drop the slash that says so)."""
     from afilm_cli.audio import is_audio_file
 
+    out_is_dir = isinstance(out, str) and out.endswith(("/", os.sep))
+    out = Path(out) if out is not None else None
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         if item.is_dir():
@@ -315,7 +319,7 @@ def plan_outputs(inputs: list[Path], out: Path | None, simulate: bool) -> list[t
         else:
             if not item.exists():
                 raise AfilmError(f"{item}: no such file")
-            if out is not None and (len(inputs) > 1 or out.is_dir()):
+            if out is not None and (len(inputs) > 1 or out_is_dir or out.is_dir()):
                 target = out / (item.stem if simulate else default_output(item).name)
             elif out is not None:
                 target = out.with_suffix("") if simulate and out.suffix == ".wav" else out

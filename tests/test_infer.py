@@ -356,6 +356,17 @@ def test_plan_outputs_mirror_folders(tmp_path):
     assert [t.relative_to(tmp_path) for _, t in pairs] == [Path("out/a"), Path("out/sub/b")]
 
 
+def test_plan_outputs_a_trailing_slash_names_a_folder(tmp_path):
+    src = tmp_path / "clip.wav"
+    src.write_bytes(b"")
+    new = str(tmp_path / "new")
+    assert infer.plan_outputs([src], new + "/", simulate=True) == [(src, tmp_path / "new" / "clip")]
+    assert infer.plan_outputs([src], new + "/", simulate=False) == [(src, tmp_path / "new/clip.afilm.wav")]
+    # without the slash a path that does not exist yet is the output file (or, simulating, its base name)
+    assert infer.plan_outputs([src], new, simulate=True) == [(src, tmp_path / "new")]
+    assert infer.plan_outputs([src], new + ".wav", simulate=False) == [(src, tmp_path / "new.wav")]
+
+
 # ------------------------------------------------------------------------------------------ the CLI
 def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
     src = write(tmp_path / "voice.wav", np.random.default_rng(12).standard_normal((8000, 2)) * 0.1, 8000,
@@ -411,6 +422,11 @@ def test_cli_folder_and_simulate(tmp_path, ckpts):
     assert names == ["a.hr.wav", "a.lr.wav", "a.pr.wav", "d/b.hr.wav", "d/b.lr.wav", "d/b.pr.wav"]
     assert sf.info(str(tmp_path / "o" / "d" / "b.pr.wav")).frames == 20000
     assert sf.info(str(tmp_path / "o" / "d" / "b.lr.wav")).samplerate == 4000
+    # one file into a folder that does not exist yet: the trailing slash says it is a folder
+    out = run_cli("upsample", tmp_path / "in" / "a.wav", "--ckpt", ckpts["spline"], "--simulate",
+                  "--out", f"{tmp_path / 'new'}/")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.hr.wav", "a.lr.wav", "a.pr.wav"]
 
 
 def test_cli_bad_inputs_are_one_line(tmp_path, ckpts, capsys):

@@ -18,9 +18,10 @@ def command(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).",
                                                  show_default=False)],
     ckpt: Ckpt = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output file (one input) or folder (several inputs, or a folder input, mirrored "
-        "inside it). Default: IN.afilm.wav beside each input; a folder DIR goes to DIR.afilm/.")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="PATH", help="Output file (one input) or folder (several inputs, a folder "
+        "input mirrored inside it, an existing folder, or a path ending in /). Default: IN.afilm.wav "
+        "beside each input; a folder DIR goes to DIR.afilm/.")] = None,
     simulate: Annotated[bool, typer.Option(
         "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
         "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
