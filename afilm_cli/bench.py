@@ -250,10 +250,14 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     presets). CUDA compares torch ops, Triton and bf16. ``on_rows`` gets the rows so far after each preset."""
     batch = batch or (4 if quick else 16)
     repeats = repeats or (2 if quick else 3)
-    variants = {"fp32": dict(kernel=None, bf16=False)} if device.type == "cpu" else {
-        "torch ops fp32": dict(kernel="torch", bf16=False),
-        "torch ops fp32, cudnn.benchmark": dict(kernel="torch", bf16=False, cudnn_benchmark=True),
-        "triton fp32": dict(kernel="triton", bf16=False), "triton bf16": dict(kernel="triton", bf16=True)}
+    if device.type == "cpu":  # afilm_cli/models/conv.py: the input gradient as a forward convolution
+        variants = {"fp32, PyTorch's conv backward": dict(conv_grad="aten"),
+                    "fp32, conv input grad as a conv (default)": dict(conv_grad="conv")}
+    else:
+        variants = {"torch ops fp32": dict(kernel="torch", bf16=False),
+                    "torch ops fp32, cudnn.benchmark": dict(kernel="torch", bf16=False, cudnn_benchmark=True),
+                    "triton fp32": dict(kernel="triton", bf16=False),
+                    "triton bf16": dict(kernel="triton", bf16=True)}
     baseline = next(iter(variants))
     rows: list[dict[str, Any]] = []
     from afilm_cli.models import count_parameters, create_model
@@ -313,10 +317,13 @@ def bench_loader(*, quick: bool = False, batch: int = 16, patch: int = 8192, rep
 
 
 def train_step(model, opt, x, y, device: torch.device, kernel: str | None = None, bf16: bool = False,
-               cudnn_benchmark: bool = False) -> Callable[[], None]:
-    """One optimisation step on (x, y) as a callable (also used by benchmarks/test_bench_model.py)."""
+               cudnn_benchmark: bool = False, conv_grad: str | None = None) -> Callable[[], None]:
+    """One optimisation step on (x, y) as a callable (also used by benchmarks/test_bench_model.py).
+    ``conv_grad``: the CPU convolution backward (afilm_cli/models/conv.py)."""
+    from afilm_cli.models.conv import conv_backward
+
     def step() -> None:
-        with cudnn_autotune(cudnn_benchmark):
+        with cudnn_autotune(cudnn_benchmark), conv_backward(conv_grad):
             with kernel_backend(kernel), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 loss = torch.mean((model(x).float() - y) ** 2)
             opt.zero_grad(set_to_none=True)

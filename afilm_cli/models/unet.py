@@ -34,6 +34,7 @@ from torch import nn
 
 import kernels
 from afilm_cli.errors import AfilmError
+from afilm_cli.models.conv import Conv1d
 from afilm_cli.models.layers import AFiLM, Modulation, TFiLM, subpixel1d
 
 _REF_CHANNELS = (128, 256, 512, 512, 512, 512, 512, 512)
@@ -107,7 +108,7 @@ def _conv(c_in: int, c_out: int, k: int, dilation: int) -> nn.Conv1d:
     # 'same' padding for odd k: (k-1)*dilation/2 on each side, as Keras' padding='same'
     if k % 2 == 0:
         raise AfilmError(f"model config: kernel sizes must be odd for symmetric 'same' padding, got {k}")
-    return nn.Conv1d(c_in, c_out, k, dilation=dilation, padding=(k - 1) * dilation // 2)
+    return Conv1d(c_in, c_out, k, dilation=dilation, padding=(k - 1) * dilation // 2)
 
 
 class DownStage(nn.Module):
