@@ -24,6 +24,23 @@ def is_audio_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in AUDIO_SUFFIXES
 
 
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """Audio files under ``root``: a folder's files (names sorted) before its subfolders (sorted).
+    Folder links are followed, each real folder once (so a link loop ends); hidden names are skipped
+    (.DS_Store, the '._x.wav' resource forks macOS leaves on shared drives)."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / n for n in sorted(filenames) if not n.startswith(".") and is_audio_file(n)]
+    return found
+
+
 def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarray, int]:
     """Read any soundfile-supported file as float32; ``mono=True`` averages the channels.
 

@@ -29,7 +29,7 @@ import torch
 
 from afilm_cli import __version__
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import is_audio_file, read_audio
+from afilm_cli.audio import find_audio_files, read_audio
 from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
     ArraySource,
@@ -177,7 +177,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
 def find_audio(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise AfilmError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and is_audio_file(p))
+    files = sorted(find_audio_files(folder))
     if not files:
         raise AfilmError(f"{folder}: no audio files in this folder")
     return files

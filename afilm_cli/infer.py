@@ -300,7 +300,7 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     A folder input is searched recursively and mirrored into ``out`` (default ``<folder>.afilm``).
     ``out`` is a folder when it exists as one or, given as a string, ends with a path separator
     (``-o new_dir/``: Path() would drop the slash that says so)."""
-    from afilm_cli.audio import is_audio_file
+    from afilm_cli.audio import find_audio_files
 
     out_is_dir = isinstance(out, str) and out.endswith(("/", os.sep))
     out = Path(out) if out is not None else None
@@ -308,8 +308,8 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     for item in inputs:
         if item.is_dir():
             root = out if out is not None else item.with_name(item.name + ".afilm")
-            files = sorted(p for p in item.rglob("*") if p.is_file() and is_audio_file(p)
-                           and ".afilm" not in p.name and not _is_sim_output(p))
+            files = sorted(p for p in find_audio_files(item)
+                           if ".afilm" not in p.name and not _is_sim_output(p))
             if not files:
                 raise AfilmError(f"{item}: no audio files in this folder")
             for f in files:

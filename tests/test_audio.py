@@ -99,3 +99,21 @@ def test_spline_fast_path_equals_splev_at_every_length(r, m):
     for n in (m * r - r + 1, m * r, m * r + 3):
         np.testing.assert_allclose(audio.spline_up(lr, r, n), interpolate.splev(np.arange(n), tck),
                                    rtol=1e-6, atol=1e-6)
+
+
+def test_find_audio_files_follows_folder_links_once_and_skips_hidden(tmp_path):
+    from afilm_cli.audio import find_audio_files
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    for rel in ("real/a.wav", "real/sub/b.FLAC", "real/notes.txt", "real/._a.wav", "real/.DS_Store"):
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "c.wav").write_bytes(b"")
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top" / "z.wav").write_bytes(b"")
+    (tmp_path / "top" / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "sub" / "loop").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "top" / "file_link.wav").symlink_to(tmp_path / "real" / "a.wav")
+    found = [p.relative_to(tmp_path / "top").as_posix() for p in find_audio_files(tmp_path / "top")]
+    # the folder's own files first, then its subfolders; the loop back to real/ is not walked again
+    assert found == ["file_link.wav", "z.wav", "linked/a.wav", "linked/sub/b.FLAC"]

@@ -191,3 +191,10 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     code, _ = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r", "--force", "--limit", "1")
     assert code == 0
     assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_wavs_folder_of_links_to_speaker_folders(ckpts, wavs, tmp_path):
+    for speaker in ("p225", "p226"):
+        (tmp_path / speaker).symlink_to(wavs / speaker, target_is_directory=True)
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
+    assert [r["item"] for r in result.rows] == ["p225/p225_001.wav", "p226/p226_002.wav"]

@@ -30,13 +30,7 @@ def list_audio(root: str | os.PathLike) -> list[Source]:
     root = Path(root)
     if not root.is_dir():
         raise AfilmError(f"{root}: no such folder")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and audio.is_audio_file(name):
-                path = Path(dirpath) / name
-                out.append((path, path.parent.relative_to(root).as_posix()))
+    out = [(path, path.parent.relative_to(root).as_posix()) for path in audio.find_audio_files(root)]
     if not out:
         raise AfilmError(f"{root}: no audio files (looked for {', '.join(sorted(audio.AUDIO_SUFFIXES))})")
     return out
