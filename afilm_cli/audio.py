@@ -16,7 +16,7 @@ from scipy import interpolate, signal
 from afilm_cli.atomic import atomic_path
 from afilm_cli.errors import AfilmError
 
-DEGRADE_METHODS = ("decimate", "subsample")
+DEGRADE_METHODS = ("decimate", "subsample", "resample")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64", ".mp3", ".opus"}
 
 
@@ -96,10 +96,24 @@ def crop_to_multiple(x: np.ndarray, r: int) -> np.ndarray:
     return x[: len(x) - len(x) % r]
 
 
+def degrade_methods(spec: str) -> tuple[str, ...]:
+    """The methods of a recipe's ``degrade``: one name, or several joined by "+" (``decimate+resample``:
+    every file is degraded each way, so a model learns both low-passes)."""
+    methods = tuple(str(spec).split("+"))
+    bad = [m for m in methods if m not in DEGRADE_METHODS]
+    if bad or len(set(methods)) != len(methods):
+        raise AfilmError(f"unknown degradation {spec!r}; known: {', '.join(DEGRADE_METHODS)}, or several "
+                         "of them joined by + (each once), e.g. decimate+resample")
+    return methods
+
+
 def degrade(x: np.ndarray, r: int, method: str = "decimate") -> np.ndarray:
     """High-rate mono signal -> low-rate signal of len(x)//r samples (x should be a multiple of r).
 
-    decimate: Chebyshev-I order 8, zero-phase, then every r-th sample (scipy.signal.decimate);
+    decimate: Chebyshev-I order 8, zero-phase, then every r-th sample (scipy.signal.decimate): flat
+    to 0.8 of the low-rate Nyquist, then a steep roll-off (the reference's recipe);
+    resample: scipy.signal.resample_poly (Kaiser 5.0 FIR, afilm's own resampler): flat to about 0.9
+    of the low-rate Nyquist, like the resamplers of sox, ffmpeg or an audio editor;
     subsample: plain x[::r], no anti-alias filter.
     """
     if method not in DEGRADE_METHODS:
@@ -111,6 +125,8 @@ def degrade(x: np.ndarray, r: int, method: str = "decimate") -> np.ndarray:
         return x.copy()
     if method == "subsample":
         return np.ascontiguousarray(x[::r])
+    if method == "resample":
+        return signal.resample_poly(x.astype(np.float64), 1, r).astype(np.float32)
     # filtfilt needs the signal to be longer than its padding (27 samples for order 8)
     if len(x) <= 27:
         raise AfilmError(f"signal of {len(x)} samples is too short to decimate")

@@ -349,7 +349,7 @@ def bench_prepare(*, quick: bool = False, seconds: float | None = None, repeats:
         variants = {m: Recipe(r=R, degrade=m).validate() for m in ("decimate", "subsample")}
 
         def one(recipe):
-            up, hr = file_signals(path, recipe)
+            [(up, hr)] = file_signals(path, recipe)
             extract_patches(up, hr, recipe, np.random.default_rng(0))
 
         fns = {m: (lambda rec=rec: one(rec)) for m, rec in variants.items()}

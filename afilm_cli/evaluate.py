@@ -34,6 +34,7 @@ from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
     ArraySource,
     Loaded,
+    check_degrade,
     check_simulate_rate,
     predict,
     simulate_pipeline,
@@ -113,6 +114,7 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
 
     return {
         "r": loaded.r, "sr": loaded.sr, "degrade": loaded.recipe["degrade"], "patch": loaded.recipe["patch"],
+        "checkpoint_degrade": loaded.recipe["degrade"],
         "checkpoint": str(loaded.path), "model_name": loaded.ckpt["model_name"],
         "parameters": count_parameters(loaded.model),
         **source,
@@ -186,8 +188,11 @@ def find_audio(folder: Path) -> list[Path]:
 def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
                   plots_dir: Path | None = None, max_plots: int = 10,
-                  progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does."""
+                  progress: Callable[[int], None] | None = None, degrade: str | None = None) -> EvalResult:
+    """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
+    low rate made by ``degrade`` (default: the checkpoint's recipe)."""
+    if degrade is not None:
+        check_degrade(degrade)
     folder = Path(folder)
     files = find_audio(folder)[:limit]
     rows, plots = [], []
@@ -195,7 +200,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     for path in files:
         x, sr_in = read_audio(path, mono=True)
         check_simulate_rate(path, sr_in, loaded)
-        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded)
+        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
@@ -211,6 +216,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
             progress(1)
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "mono": True,
+              "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)"}
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands)

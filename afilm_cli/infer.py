@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import DEGRADE_METHODS
+from afilm_cli.audio import DEGRADE_METHODS, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
 
@@ -109,6 +109,11 @@ class Loaded:
     def low_rate(self) -> Fraction:
         return Fraction(self.sr, self.r)
 
+    @property
+    def degrade(self) -> str:
+        """How --simulate and eval make the low-rate input by default: the recipe's (first) method."""
+        return degrade_methods(self.recipe["degrade"])[0]
+
 
 def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Loaded:
     """Load a checkpoint (default: :func:`default_checkpoint`) and rebuild its model in eval mode."""
@@ -119,8 +124,11 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     recipe = dict(ckpt["recipe"])
     if not isinstance(recipe.get("r"), int) or not isinstance(recipe.get("sr"), int) or recipe["r"] < 1:
         raise AfilmError(f"{path}: checkpoint recipe lacks integer r and sr ({recipe})")
-    if recipe.get("degrade") not in DEGRADE_METHODS:
-        raise AfilmError(f"{path}: checkpoint recipe has unknown degradation {recipe.get('degrade')!r}")
+    try:
+        degrade_methods(recipe.get("degrade"))
+    except AfilmError:
+        raise AfilmError(f"{path}: checkpoint recipe has unknown degradation "
+                         f"{recipe.get('degrade')!r}") from None
     return Loaded(model_from_checkpoint(ckpt, device), recipe, path, ckpt)
 
 
@@ -144,11 +152,13 @@ def real_pipeline(src: Stage, sr_in: int, loaded: Loaded) -> tuple[Stage, int]:
     return Splined(lr, loaded.r, length), length
 
 
-def simulate_pipeline(src: Stage, sr_in: int, loaded: Loaded) -> tuple[Stage, Stage, Stage, int]:
-    """High-rate ground truth -> (HR at the model rate, LR by the recipe, spline, length)."""
+def simulate_pipeline(src: Stage, sr_in: int, loaded: Loaded, degrade: str | None = None
+                      ) -> tuple[Stage, Stage, Stage, int]:
+    """High-rate ground truth -> (HR at the model rate, LR by ``degrade`` (default: the recipe's),
+    spline, length)."""
     length = output_length(src.length, sr_in, loaded.sr)
     hr = Resampled(src, sr_in, loaded.sr, length)
-    lr = Degraded(hr, loaded.r, loaded.recipe["degrade"])
+    lr = Degraded(hr, loaded.r, degrade or loaded.degrade)
     return hr, lr, Splined(lr, loaded.r, length), length
 
 
@@ -164,6 +174,12 @@ def low_rate_warning(path: Path, sr_in: int, loaded: Loaded) -> str | None:
         return (f"{path}: {sr_in} Hz is already at or above the model's output rate {loaded.sr} Hz; it is "
                 f"band-limited to {low / 2:g} Hz and re-synthesised (use --simulate to compare with it)")
     return None
+
+
+def check_degrade(method: str) -> None:
+    """A single degradation method, for --degrade of --simulate and eval."""
+    if method not in DEGRADE_METHODS:
+        raise AfilmError(f"--degrade {method!r}: use one of {', '.join(DEGRADE_METHODS)}")
 
 
 def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
@@ -264,12 +280,14 @@ def simulate_paths(out_base: Path) -> dict[str, Path]:
 
 def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded, *,
                   batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
-                  progress: Callable[[int], None] | None = None, **speed: Any) -> dict[str, Any]:
-    """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length)."""
+                  progress: Callable[[int], None] | None = None, degrade: str | None = None,
+                  **speed: Any) -> dict[str, Any]:
+    """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
+    the low rate made by ``degrade`` (default: the checkpoint's recipe)."""
     src = FileSource(path)
     try:
         check_simulate_rate(src.path, src.sr, loaded)
-        hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded)
+        hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
         paths = simulate_paths(Path(out_base))
         low = loaded.low_rate
         if low.denominator != 1:

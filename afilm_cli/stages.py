@@ -124,12 +124,15 @@ class Degraded(Stage):
         if method not in DEGRADE_METHODS:
             raise AfilmError(f"unknown degradation {method!r}; known: {', '.join(DEGRADE_METHODS)}")
         self.src, self.r, self.method, self.channels = src, r, method, src.channels
+        self._resampled = Resampled(src, r, 1) if method == "resample" else None  # resample_poly(x, 1, r)
         self.length = -(-src.length // r)
         if method == "decimate" and src.length <= 27:  # filtfilt's padding needs more samples
             raise AfilmError(f"signal of {src.length} samples is too short to decimate")
 
     def _read(self, start, stop):
         r = self.r
+        if self._resampled is not None:
+            return self._resampled.read(start, stop)
         if self.method == "subsample" or r == 1:
             return self.src.read(start * r, (stop - 1) * r + 1)[::r]
         s = max(0, start - DECIMATE_MARGIN) * r

@@ -186,8 +186,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             if val_recipe[key] != recipe[key]:
                 raise AfilmError(f"{val_pf.path} has {key}={val_recipe[key]}, "
                                  f"but {train_pf.path} has {key}={recipe[key]}")
-    if init is not None:
-        for key in ("r", "sr", "degrade"):
+    if init is not None:  # the degradation may change: fine-tuning to another low-pass is a use of --init
+        for key in ("r", "sr"):
             if init["recipe"][key] != recipe[key]:
                 raise AfilmError(f"{init['path']}: was trained with {key}={init['recipe'][key]}, but "
                                  f"{train_pf.path} has {key}={recipe[key]}")

@@ -49,6 +49,31 @@ def test_degrade_and_spline_match_scipy(speech):
     assert np.max(np.abs(rec[100:-100] - tone[100:-100])) < 1e-2
 
 
+def test_resample_degradation_keeps_more_of_the_band_than_decimate():
+    x = np.random.default_rng(3).standard_normal(1 << 16).astype(np.float32)
+    lr = audio.degrade(x, 4, "resample")
+    np.testing.assert_allclose(lr, signal.resample_poly(x.astype(np.float64), 1, 4), atol=1e-6)
+
+    def level(y, lo, hi):  # mean power in [lo, hi) as a fraction of the low rate (Nyquist 0.5)
+        p = np.abs(np.fft.rfft(y)) ** 2
+        f = np.fft.rfftfreq(len(y))
+        return 10 * np.log10(p[(f >= lo) & (f < hi)].mean() / p[(f >= 0.1) & (f < 0.3)].mean())
+
+    dec = audio.degrade(x, 4, "decimate")
+    # 0.8-0.85 of the low-rate Nyquist: both flat; 0.9-0.95: decimate's Chebyshev filter has cut
+    # deep, resample_poly's FIR has only begun to roll off
+    assert abs(level(dec, 0.4, 0.425)) < 2.5 and abs(level(lr, 0.4, 0.425)) < 0.5
+    assert level(dec, 0.45, 0.475) < -20 and level(lr, 0.45, 0.475) > -3
+
+
+def test_degrade_methods():
+    assert audio.degrade_methods("decimate") == ("decimate",)
+    assert audio.degrade_methods("decimate+resample") == ("decimate", "resample")
+    for bad in ("", "lowpass", "decimate+decimate", "decimate+", "decimate,resample"):
+        with pytest.raises(AfilmError, match="unknown degradation"):
+            audio.degrade_methods(bad)
+
+
 def test_degrade_and_spline_errors():
     with pytest.raises(AfilmError, match="unknown degradation"):
         audio.degrade(np.zeros(100, np.float32), 2, "bicubic")

@@ -193,6 +193,20 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2
 
 
+def test_wavs_with_another_degradation(ckpts, wavs):
+    loaded = infer.load_model(ckpts["spline"])
+    dec = evaluate.evaluate_wavs(loaded, wavs)
+    res = evaluate.evaluate_wavs(loaded, wavs, degrade="resample")
+    assert dec.protocol["degrade"] == "decimate" and res.protocol["degrade"] == "resample"
+    assert res.protocol["checkpoint_degrade"] == "decimate"
+    # resample_poly keeps more of the band below the low-rate Nyquist: the spline is closer
+    assert res.summary["spline"]["snr"] > dec.summary["spline"]["snr"] + 0.1
+    transition = [next(b for b in r.to_json()["bands"] if b["lo_hz"] == 1600) for r in (res, dec)]
+    assert transition[0]["spline_error_db"] < transition[1]["spline_error_db"] - 3
+    with pytest.raises(AfilmError, match="use one of"):
+        evaluate.evaluate_wavs(loaded, wavs, degrade="decimate+resample")
+
+
 def test_wavs_folder_of_links_to_speaker_folders(ckpts, wavs, tmp_path):
     for speaker in ("p225", "p226"):
         (tmp_path / speaker).symlink_to(wavs / speaker, target_is_directory=True)

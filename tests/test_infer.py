@@ -91,11 +91,12 @@ def test_resampled_blocks_equal_whole_signal(sr_in, sr_out):
     np.testing.assert_allclose(chunked(stage, 777), whole, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["decimate", "subsample"])
+@pytest.mark.parametrize("method", ["decimate", "subsample", "resample"])
 @pytest.mark.parametrize("r", [2, 3, 4])
 def test_degraded_blocks_equal_whole_signal(method, r):
     x = np.random.default_rng(1).standard_normal(20003)
-    whole = signal.decimate(x, r) if method == "decimate" else x[::r]
+    whole = {"decimate": lambda: signal.decimate(x, r), "subsample": lambda: x[::r],
+             "resample": lambda: signal.resample_poly(x, 1, r)}[method]()
     got = chunked(infer.Degraded(infer.ArraySource(x), r, method), 1001)[:, 0]
     np.testing.assert_allclose(got, whole, atol=1e-12)
 
@@ -290,6 +291,28 @@ def test_simulate_subsample_recipe(tmp_path):
     info = infer.simulate_file(path, tmp_path / "s", infer.load_model(ckpt))
     lr, _ = sf.read(info["outputs"]["lr"])
     np.testing.assert_allclose(lr, degrade(hr.astype(np.float32), 4, "subsample"), atol=1e-7)
+
+
+def test_simulate_with_a_two_method_recipe_and_another_degradation(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "mix.pt", make_checkpoint(create_model("spline"),
+                                                                {**RECIPE, "degrade": "subsample+resample"}))
+    hr = np.random.default_rng(11).standard_normal(16000) * 0.1
+    path = write(tmp_path / "s.wav", hr, 16000)
+    loaded = infer.load_model(ckpt)
+    assert loaded.degrade == "subsample"  # a recipe of several methods simulates with its first
+    for method, base in ((None, "a"), ("resample", "b")):
+        info = infer.simulate_file(path, tmp_path / base, loaded, degrade=method)
+        lr, _ = sf.read(info["outputs"]["lr"])
+        np.testing.assert_allclose(lr, degrade(hr.astype(np.float32), 4, method or "subsample"), atol=1e-7)
+    out = run_cli("upsample", path, "--ckpt", ckpt, "--simulate", "--degrade", "resample",
+                  "-o", tmp_path / "c")
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(sf.read(tmp_path / "c.lr.wav")[0], sf.read(tmp_path / "b.lr.wav")[0])
+    assert "goes with --simulate" in error_line(run_main(capsys, "upsample", path, "--ckpt", ckpt,
+                                                         "--degrade", "resample"))
+    assert "use one of decimate, subsample, resample" in error_line(
+        run_main(capsys, "upsample", path, "--ckpt", ckpt, "--simulate", "--degrade", "lowpass"))
 
 
 def test_real_flac_into_a_48k_model(tmp_path, libri_mini):

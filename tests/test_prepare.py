@@ -46,6 +46,8 @@ def expected_signals(path: Path, r: int, method: str, sr: int = 16000) -> tuple[
     hr = hr[: len(hr) - len(hr) % r]
     if method == "decimate":
         lr = signal.decimate(hr.astype(np.float64), r)
+    elif method == "resample":
+        lr = signal.resample_poly(hr.astype(np.float64), 1, r)
     else:
         lr = hr[::r].astype(np.float64)
     tck = interpolate.splrep(np.arange(len(lr)) * r, lr, k=3, s=0)
@@ -212,7 +214,7 @@ def test_killed_run_leaves_no_output(vctk_mini, tmp_path, monkeypatch):
     ({"r": 3}, "does not divide the patch length 8192"),
     ({"r": 4, "patch": 8190}, "does not divide the patch length 8190"),
     ({"r": 4, "sam": 0.0}, "--sam must be in"),
-    ({"r": 4, "degrade": "bogus"}, "unknown --degrade"),
+    ({"r": 4, "degrade": "bogus"}, "unknown degradation 'bogus'"),
     ({"r": 1}, "integer >= 2"),
 ])
 def test_bad_recipe_is_one_clear_error(kwargs, match):
@@ -304,6 +306,33 @@ def test_folder_by_subfolder_librispeech(libri_mini, tmp_path):
         up, hr = expected_signals(sub / first, 2, "decimate")
         np.testing.assert_allclose(f["label"][0, :, 0], hr[:8192], atol=1e-6)
         np.testing.assert_allclose(f["data"][0, :, 0], up[:8192], atol=2e-5)
+
+
+def test_folder_with_two_degradations_writes_each_file_both_ways(vctk_mini, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("p225_001.wav", "p225_002.wav"):
+        shutil.copy(vctk_mini / "wav48" / "p225" / name, src / name)
+    counts = {}
+    for degrade in ("decimate", "resample", "decimate+resample"):
+        [res] = prepare_folder(src, Recipe(r=4, stride=8192, multiple=1, degrade=degrade), val_fraction=0.0,
+                               out=tmp_path / "out")
+        counts[degrade] = res.patches
+        assert res.out.name == f"src-r4-{degrade}-train.h5"
+    assert counts["decimate+resample"] == counts["decimate"] + counts["resample"] and counts["decimate"] > 2
+    with h5py.File(tmp_path / "out" / "src-r4-decimate+resample-train.h5", "r") as f:
+        assert f.attrs["degrade"] == "decimate+resample"
+        # per file: its decimate patches, then the same high-rate patches with the resample_poly input
+        up_d, hr = expected_signals(src / "p225_001.wav", 4, "decimate")
+        up_r, _ = expected_signals(src / "p225_001.wav", 4, "resample")
+        n = len(hr) // 8192
+        np.testing.assert_allclose(f["data"][0, :, 0], up_d[:8192], atol=3e-5)
+        np.testing.assert_allclose(f["data"][n, :, 0], up_r[:8192], atol=3e-5)
+        np.testing.assert_array_equal(f["label"][0], f["label"][n])
+    with pytest.raises(AfilmError, match=r"unknown degradation 'decimate\+decimate'.*joined by \+"):
+        Recipe(r=4, degrade="decimate+decimate").validate()
+    proc = run_cli("prepare", "folder", str(src), "--r", "4", "--degrade", "lowpass", cwd=tmp_path)
+    assert proc.returncode != 0 and "unknown degradation 'lowpass'" in proc.stderr
 
 
 def test_folder_any_rate_val_dir_and_cli(vctk_mini, tmp_path):

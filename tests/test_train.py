@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -386,6 +387,14 @@ def test_init_starts_a_new_run_from_weights(data, tmp_path):
                        (dict(resume=str(first.out)), "use one")):
         with pytest.raises(AfilmError, match=match):
             train(_cfg(data, tmp_path, init=str(weights), out=str(tmp_path / "bad"), **bad))
+    # another degradation is what fine-tuning may be for: allowed, and the new run records the data's
+    mixed = tmp_path / "mixed.h5"
+    shutil.copy(data["train"], mixed)
+    with h5py.File(mixed, "r+") as f:
+        f.attrs["degrade"] = "decimate+resample"
+    res = train(_cfg(data, tmp_path, max_steps=1, val=None, train=str(mixed), init=str(weights),
+                     out=str(tmp_path / "mixed")))
+    assert load_checkpoint(res.last)["recipe"]["degrade"] == "decimate+resample"
 
 
 def test_cli_init_from_the_bundled_model_takes_its_architecture(data, tmp_path):

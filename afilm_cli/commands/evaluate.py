@@ -56,6 +56,10 @@ def command(
                                                "PNGs into this folder.")] = None,
     max_plots: Annotated[int, typer.Option("--max-plots", min=0, help="At most this many PNGs.")] = 20,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
+    degrade: Annotated[str | None, typer.Option(
+        "--degrade", metavar="METHOD", help="With --wavs: make the low-rate input by decimate, resample or "
+        "subsample (see 'afilm prepare folder --help') instead of the checkpoint's recipe: how the model "
+        "copes with input low-passed another way.")] = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
     force: Force = False,
@@ -66,6 +70,8 @@ def command(
     from afilm_cli import evaluate, infer  # lazy: torch and scipy load only when the command runs
     if (data is None) == (wavs is None):
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
+    if data is not None and degrade is not None:
+        raise AfilmError("--degrade goes with --wavs: an HDF5 split holds its low-rate input already")
     csv_path, json_path = evaluate.result_paths(out)
     if not force and (csv_path.exists() or json_path.exists()):
         raise AfilmError(f"{csv_path if csv_path.exists() else json_path} exists; pass --force to overwrite "
@@ -82,7 +88,7 @@ def command(
         if data is not None:
             result = evaluate.evaluate_h5(loaded, data, **kwargs)
         else:
-            result = evaluate.evaluate_wavs(loaded, wavs, **kwargs)
+            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs)
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol

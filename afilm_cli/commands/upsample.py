@@ -26,6 +26,9 @@ def command(
         "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
         "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
     ] = False,
+    degrade: Annotated[str | None, typer.Option(
+        "--degrade", metavar="METHOD", help="With --simulate: make the low-rate input by decimate, resample "
+        "or subsample instead of the checkpoint's recipe.")] = None,
     force: Force = False,
     batch_size: BatchSize = 16,
     window: Annotated[int | None, typer.Option(
@@ -65,6 +68,10 @@ def command(
     speed = {"threads": parse_threads(threads), "precision": precision,
              "graphs": "auto" if cuda_graph else "off", "compile": compile}
     infer.resolve_precision(precision, dev)  # a typo fails here, before any file is read
+    if degrade is not None:
+        if not simulate:
+            raise AfilmError("--degrade goes with --simulate (real low-rate input is taken as it is)")
+        infer.check_degrade(degrade)
     loaded = infer.load_model(ckpt, dev)
     pairs = infer.plan_outputs(inputs, out, simulate)
     clash = infer.existing_outputs(pairs, simulate)
@@ -83,7 +90,7 @@ def command(
 
             kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, **speed)
             if simulate:
-                info = infer.simulate_file(src, target, loaded, **kwargs)
+                info = infer.simulate_file(src, target, loaded, degrade=degrade, **kwargs)
                 written = ", ".join(info["outputs"].values())
             else:
                 info = infer.upsample_file(src, target, loaded,

@@ -14,7 +14,7 @@ and `afilm prepare mycorpus` exists (see afilm_cli/commands/prepare.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import h5py
 import typer
@@ -31,10 +31,12 @@ SR = Annotated[int, typer.Option("--sr", min=1, help="High sample rate (Hz); fil
 Patch = Annotated[int, typer.Option("--patch", min=1, help="Patch length in samples (reference: 8192).")]
 Stride = Annotated[int | None, typer.Option("--stride", min=1, help="Hop between patches in samples "
                                             "(default: 4096 single speaker / folder, 8192 multi speaker).")]
-DegradeName = Literal["decimate", "subsample"]
-Degrade = Annotated[DegradeName | None, typer.Option(
-    "--degrade", help="Low-res recipe: decimate (Chebyshev-I order 8, zero-phase, then every r-th sample) or "
-    "subsample (x[::r], no filter) (default: decimate single / folder, subsample multi).")]
+Degrade = Annotated[str | None, typer.Option(
+    "--degrade", metavar="METHOD[+METHOD]", help="Low-res recipe: decimate (Chebyshev-I order 8, zero-phase, "
+    "then every r-th sample: flat to 0.8 of the low-rate Nyquist), resample (resample_poly, Kaiser FIR: "
+    "flat to about 0.9, like common resamplers) or subsample (x[::r], no filter); several joined by + "
+    "degrade every file each way (decimate+resample: a model for both kinds of low-rate input). "
+    "Default: decimate single / folder, subsample multi.")]
 Sam = Annotated[float | None, typer.Option("--sam", min=0.0, max=1.0, help="Probability of keeping each "
                                            "patch (default: 1.0 single / folder, 0.25 multi).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for patch sampling and validation picks.")]

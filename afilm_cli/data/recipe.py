@@ -1,7 +1,8 @@
 """The reference data recipe (REFERENCE.md section 1) as a streaming file -> patches pipeline.
 
 Per file: read (mono float32) -> resample to ``sr`` (scipy resample_poly) -> crop to a multiple of
-``r`` -> degrade (``decimate`` | ``subsample``) -> cubic spline back to the high rate -> patches of
+``r`` -> degrade (``decimate`` | ``resample`` | ``subsample``, or several joined by ``+``: the file's
+patches once per method) -> cubic spline back to the high rate -> patches of
 ``patch`` samples every ``stride`` samples, each kept with probability ``sam`` (seeded). After all
 files the patch count is cropped to a multiple of ``multiple`` (reference: 128, the batch multiple).
 
@@ -70,8 +71,7 @@ class Recipe:
             raise AfilmError(f"--stride must be >= 1, got {self.stride}")
         if not 0.0 < self.sam <= 1.0:
             raise AfilmError(f"--sam must be in (0, 1], got {self.sam}")
-        if self.degrade not in audio.DEGRADE_METHODS:
-            raise AfilmError(f"unknown --degrade {self.degrade!r}; known: {', '.join(audio.DEGRADE_METHODS)}")
+        audio.degrade_methods(self.degrade)
         if self.multiple < 1:
             raise AfilmError(f"--multiple must be >= 1, got {self.multiple}")
         return self
@@ -80,8 +80,9 @@ class Recipe:
         return asdict(self)
 
 
-def file_signals(path: str | os.PathLike, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-    """Steps 1-4 on one file: (spline-upsampled LR, HR), both float32 of the same length.
+def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Steps 1-4 on one file: (spline-upsampled LR, HR) pairs, float32 of the same length, one per
+    method of ``recipe.degrade`` (``decimate+resample``: the same HR degraded both ways).
 
     Raises AfilmError for unreadable/empty/non-finite files and files shorter than one patch.
     """
@@ -90,8 +91,11 @@ def file_signals(path: str | os.PathLike, recipe: Recipe) -> tuple[np.ndarray, n
     if len(hr) < recipe.patch:
         raise AfilmError(f"{path}: {len(hr) / recipe.sr:.2f} s is shorter than one patch "
                          f"({recipe.patch} samples at {recipe.sr} Hz)")
-    hr, _, up = audio.simulate_lr(hr, recipe.r, recipe.degrade)
-    return up, hr
+    pairs = []
+    for method in audio.degrade_methods(recipe.degrade):
+        hr_m, _, up = audio.simulate_lr(hr, recipe.r, method)
+        pairs.append((up, hr_m))
+    return pairs
 
 
 def extract_patches(up: np.ndarray, hr: np.ndarray, recipe: Recipe,
@@ -157,13 +161,13 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
         with PatchWriter(plan.out, recipe.patch, attrs) as writer:
             for path, speaker in plan.sources:
                 try:
-                    up, hr = file_signals(path, recipe)
+                    pairs = file_signals(path, recipe)
                 except AfilmError as exc:
                     result.skipped.append((str(path), str(exc)))
                     warn(f"skipped {exc}")
                 else:
-                    data, label = extract_patches(up, hr, recipe, rng)
-                    writer.append(data, label)
+                    for up, hr in pairs:
+                        writer.append(*extract_patches(up, hr, recipe, rng))
                     result.files += 1
                     result.seconds_audio += len(hr) / recipe.sr
                     speakers.add(speaker)
