@@ -58,7 +58,7 @@ def test_bundled_default_model_loads_is_registered_and_has_a_card():
     assert MODELS.meta(name)["pretrained"] is True
     model = create_model(name)
     ckpt = load_checkpoint(path)
-    assert ckpt["recipe"] == {**RECIPE, "patch": ckpt["recipe"]["patch"]}
+    assert ckpt["recipe"] == {**RECIPE, "degrade": "decimate+resample", "patch": ckpt["recipe"]["patch"]}
     x = torch.randn(1, 1, 8192) * 0.1
     with torch.no_grad():
         y = model(x)
@@ -83,3 +83,16 @@ def test_upsample_without_ckpt_uses_the_bundled_model(tmp_path, vctk_mini):
     assert out.returncode == 0, out.stderr
     info = sf.info(tmp_path / "call_4k.afilm.wav")
     assert (info.samplerate, info.frames) == (16000, 12345 * 4)
+
+
+@pytest.mark.parametrize("degrade", ["decimate", "resample"])
+def test_bundled_model_beats_the_spline_whichever_low_pass_made_the_input(degrade):
+    """Its first version, trained on decimate alone, boosted the band decimate's filter cuts and fell
+    to -3 dB SNR on resample_poly input (the low-pass `afilm upsample` applies to real input)."""
+    from afilm_cli import evaluate, infer
+    from afilm_cli.demo import ASSETS
+
+    loaded = infer.load_model(pretrained.bundled_checkpoint_path())
+    result = evaluate.evaluate_wavs(loaded, ASSETS, degrade=degrade)
+    model, spline = result.summary["model"], result.summary["spline"]
+    assert model["snr"] > spline["snr"] + 0.1 and model["lsd"] < 0.9 * spline["lsd"]

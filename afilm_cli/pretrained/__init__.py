@@ -33,7 +33,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="26cfcbace3caf50b2a561e1428f82c66f74a0db423a92f91855b3c5bb487025e",
+        sha256="5aec85bc8dfb1d451bb9f511f11188a71a86606f90bfac9dc5b8bba511e6073a",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
     ),
