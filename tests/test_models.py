@@ -103,7 +103,14 @@ def test_forward_shape_paper_size_on_meta(name):
     assert y.shape == (2, 1, 8192)
 
 
-@pytest.mark.parametrize("name", SMALL)
+# A known defect of the bundled weights, not of the code: in afilm_speech_r4 (v1 and v2 alike) the last
+# up stage's ReLU is dead (0.0% of its pre-activations positive on speech or noise), so everything
+# between down.0 and that stage gets no gradient. strict: this fails loudly once retrained weights fix it.
+DEAD_RELU = pytest.mark.xfail(strict=True, reason="afilm_speech_r4: up.0 ReLU dead in the bundled weights")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=DEAD_RELU) if n == "afilm_speech_r4" else n
+                                  for n in SMALL])
 def test_backward_reaches_every_parameter(name):
     model = _build(name).train()
     x = _signal(_test_length(model)).requires_grad_(True)
