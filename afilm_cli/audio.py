@@ -113,7 +113,7 @@ def degrade(x: np.ndarray, r: int, method: str = "decimate") -> np.ndarray:
     decimate: Chebyshev-I order 8, zero-phase, then every r-th sample (scipy.signal.decimate): flat
     to 0.8 of the low-rate Nyquist, then a steep roll-off (the reference's recipe);
     resample: scipy.signal.resample_poly (Kaiser 5.0 FIR, afilm's own resampler): flat to about 0.9
-    of the low-rate Nyquist, like the resamplers of sox, ffmpeg or an audio editor;
+    of the low-rate Nyquist: what ``afilm upsample`` applies to real input on its way to the low rate;
     subsample: plain x[::r], no anti-alias filter.
     """
     if method not in DEGRADE_METHODS:

@@ -34,8 +34,9 @@ Stride = Annotated[int | None, typer.Option("--stride", min=1, help="Hop between
 Degrade = Annotated[str | None, typer.Option(
     "--degrade", metavar="METHOD[+METHOD]", help="Low-res recipe: decimate (Chebyshev-I order 8, zero-phase, "
     "then every r-th sample: flat to 0.8 of the low-rate Nyquist), resample (resample_poly, Kaiser FIR: "
-    "flat to about 0.9, like common resamplers) or subsample (x[::r], no filter); several joined by + "
-    "degrade every file each way (decimate+resample: a model for both kinds of low-rate input). "
+    "flat to about 0.9, the resampler afilm upsample applies to real input) or subsample (x[::r], no "
+    "filter); several joined by + degrade every file each way (decimate+resample: a model for both "
+    "kinds of low-rate input). "
     "Default: decimate single / folder, subsample multi.")]
 Sam = Annotated[float | None, typer.Option("--sam", min=0.0, max=1.0, help="Probability of keeping each "
                                            "patch (default: 1.0 single / folder, 0.25 multi).")]
