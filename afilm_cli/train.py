@@ -31,6 +31,7 @@ import torch.distributed as dist
 from afilm_cli import metrics
 from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
+from afilm_cli.diagnostics import dead_gates, relu_open_fraction
 from afilm_cli.errors import AfilmError
 from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
@@ -50,6 +51,7 @@ from afilm_cli.train_setup import (
 @dataclass
 class TrainConfig:
     model: str = "afilm"              # a registered model name (afilm models lists them)
+    model_args: dict[str, Any] = field(default_factory=dict)  # create_model overrides (--model-arg)
     train: str | None = None          # HDF5 patches; None: the newest <data_dir>/*-train.h5
     val: str | None = None            # None: the train file's sibling *-val.h5, if there is one
     data_dir: str = "data"
@@ -194,7 +196,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     out = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-    raw_model = create_model(cfg.model, **(init["model_config"] if init is not None else {}))
+    # a resumed or fine-tuned run keeps its checkpoint's architecture; a new one is the preset + --model-arg
+    source = ckpt if ckpt is not None else init
+    raw_model = create_model(cfg.model, **(source["model_config"] if source is not None else cfg.model_args))
     if sum(p.numel() for p in raw_model.parameters() if p.requires_grad) == 0:
         raise AfilmError(f"model {cfg.model!r} has no trainable parameters (it is the baseline "
                          "'afilm eval' reports beside every model); pick another with 'afilm models'")
@@ -287,6 +291,10 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 val = evaluate(eval_model, val_loader, cfg, device, with_spline=not spline)
                 spline = spline or {k: val.pop(k) for k in ("spline_snr", "spline_lsd")}
                 metrics_ |= {f"val_{k}": v for k, v in val.items()} | spline
+            if run.master:
+                gates = _gate_check(run, val_loader or loader, device)
+                if gates:
+                    metrics_["relu_open"] = gates
             score = metrics_.get("val_loss", train_loss)
             is_best = score < best
             best = min(best, score)
@@ -294,6 +302,19 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
             run.log(type="epoch", **metrics_, best=is_best, time=time.perf_counter() - t0)
             run.summary(metrics_, is_best)
     return TrainResult(run.out, run.last_path(), run.best_path(), epoch, step, metrics_)
+
+
+def _gate_check(run, loader: PatchLoader, device: torch.device) -> dict[str, float]:
+    """Open fraction of each ReLU gate on one batch; warns about a dead one (it never recovers)."""
+    x, _ = next(iter(loader.batches(0)))
+    gates = relu_open_fraction(run.raw_model, x.to(device))
+    dead = dead_gates(gates)
+    if dead:
+        shown = ", ".join(f"{name} {100 * gates[name]:.2f}%" for name in dead)
+        run.warn(f"ReLU gate(s) nearly closed ({shown} of inputs above zero): the layers below them "
+                 "barely reach the output any more. Start again with a smaller final-conv init "
+                 "(--model-arg final_init_std=1e-3) or a lower --lr.")
+    return gates
 
 
 def _done(cfg: TrainConfig, step: int) -> bool:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from afilm_cli.train import TrainConfig
 
 # settings a resumed run must keep, or it would not be the same run
-RUN_IDENTITY = ("model", "batch_size", "lr", "betas", "eps", "loss", "seed", "world_size")
+RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "betas", "eps", "loss", "seed", "world_size")
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -67,7 +67,8 @@ def load_resume(cfg: TrainConfig) -> dict[str, Any]:
     if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
         raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
                          f"start a new run from it with --init {path}")
-    stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1)}
+    stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1),
+              "model_args": stored.get("model_args", {})}
     mine = {**cfg.to_dict(), "betas": tuple(cfg.betas)}
     differ = [f"{k} {mine[k]!r} (was {stored[k]!r})" for k in RUN_IDENTITY
               if k != "world_size" and mine[k] != stored[k]]
@@ -94,6 +95,9 @@ def init_model_name(spec: str) -> str:
 def load_init(cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint --init names, checked against ``cfg``, to start a new run from."""
     path = init_path(cfg.init)
+    if cfg.model_args:
+        raise AfilmError(f"--init {cfg.init}: the run takes the architecture of these weights, so "
+                         f"--model-arg ({', '.join(cfg.model_args)}) cannot change it")
     ckpt = load_checkpoint(path)
     if ckpt["model_name"] != cfg.model:
         raise AfilmError(f"{path}: holds {ckpt['model_name']!r} weights, but the run trains {cfg.model!r}; "

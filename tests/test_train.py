@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -404,3 +405,48 @@ def test_cli_init_from_the_bundled_model_takes_its_architecture(data, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "afilm_small" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["model_name"] == "afilm_small"
+
+
+def test_cli_model_arg_changes_the_architecture_and_resume_keeps_it(data, tmp_path):
+    """--model-arg KEY=VALUE: literals parsed (1e-3, [4, 8, 16, 16]), recorded in the checkpoint's
+    model config (so upsample/eval rebuild it), kept by --resume; refused with --init and when bad."""
+    common = ("--train", data["train"], "--val", data["val"], "--batch-size", "8", "--device", "cpu",
+              "--no-progress")
+    p = _afilm("train", "--model", "afilm_tiny", "--model-arg", "final_init_std=1e-3", "--model-arg",
+               "channels=[4, 8, 16, 8]", "--epochs", "1", "--out", "run", *common, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
+    assert config["final_init_std"] == 1e-3 and config["channels"] == [4, 8, 16, 8]
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert model.final.conv.weight.shape[1] == 8 and model.down[3].conv.weight.shape[0] == 8
+    p = _afilm("train", "--resume", "run", "--epochs", "2", "--device", "cpu", "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]["channels"] == [4, 8, 16, 8]
+    init = str(tmp_path / "run" / "last.pt")
+    refused = [(("--model-arg", "channels=[4,4,4,4]", "--resume", "run"), "model_args"),
+               (("--init", init, "--model-arg", "dropout=0", "--out", "x"), "cannot change it"),
+               (("--model", "afilm_tiny", "--model-arg", "bogus=1", "--out", "x"), "unknown config .*bogus"),
+               (("--model", "afilm_tiny", "--model-arg", "final_init_std", "--out", "x"), "KEY=VALUE")]
+    for args, match in refused:
+        p = _afilm("train", *args, *common, cwd=tmp_path)
+        assert p.returncode != 0 and not (tmp_path / "x").exists()
+        assert re.search(match, " ".join(p.stderr.split())), p.stderr
+
+
+def test_a_closed_relu_gate_is_logged_and_warned_about(data, tmp_path):
+    """Each epoch logs the open fraction of every up stage's ReLU gate; a closed one (here forced by
+    a large negative bias on up.0's conv, kept by lr 0) gets a warning that says what to do."""
+    healthy = train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "ok")))
+    epoch = [json.loads(s) for s in (healthy.out / "log.jsonl").read_text().splitlines()][-1]
+    assert set(epoch["relu_open"]) == {"up.0", "up.1", "up.2", "up.3"}
+    assert all(0.05 < f < 0.95 for f in epoch["relu_open"].values()), epoch["relu_open"]
+    ckpt = load_checkpoint(healthy.last)
+    ckpt["state_dict"]["up.0.conv.bias"].fill_(-1e3)
+    torch.save(ckpt, tmp_path / "closed.pt")
+    p = _afilm("train", "--init", tmp_path / "closed.pt", "--lr", "0", "--epochs", "1", "--train",
+               data["train"], "--val", data["val"], "--batch-size", "8", "--device", "cpu", "--no-progress",
+               "--out", "closed", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = " ".join((p.stdout + p.stderr).split())
+    assert "up.0 0.00%" in out and "final_init_std=1e-3" in out
+    assert "up.1" not in out.split("ReLU gate")[1].split("Start again")[0]  # only the closed one is named

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,9 +14,29 @@ from afilm_cli.commands.options import Device, Force, Seed, Threads
 Opt = typer.Option
 
 
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; a VALUE that reads as a Python literal (1e-3, 4, [16, 32], true) is one."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--model-arg")
+        literal = {"true": "True", "false": "False"}.get(text.strip().lower(), text)
+        try:
+            value = ast.literal_eval(literal)
+        except (ValueError, SyntaxError):
+            value = text  # a plain word, e.g. modulation=tfilm
+        out[key.strip()] = value
+    return out
+
+
 def command(
     model: Annotated[str | None, Opt("--model", "-m", help="Model to train ('afilm models' lists them). "
                                      "Default: afilm, or the --init checkpoint's model.")] = None,
+    model_arg: Annotated[list[str] | None, Opt("--model-arg", metavar="KEY=VALUE", help="Change one setting "
+                                               "of the model's config (repeatable; 'afilm models --info "
+                                               "NAME' lists them), e.g. --model-arg final_init_std=1e-3.")
+                         ] = None,
     train: Annotated[Path | None, Opt("--train", help="Training patches (HDF5 from 'afilm prepare' or the "
                                       "reference). Default: the newest data/*-train.h5.")] = None,
     val: Annotated[Path | None, Opt("--val", help="Validation patches. Default: the training file's sibling "
@@ -60,6 +81,8 @@ def command(
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "max_steps": max_steps,
              "r": r, "sr": sr, "degrade": degrade}
     given = {k: v for k, v in given.items() if v is not None}
+    if model_arg:
+        given["model_args"] = parse_model_args(model_arg)
     common = {"train": str(train) if train else None, "val": str(val) if val else None,
               "out": str(out) if out else None, "device": device, "threads": parse_threads(threads),
               "compile": compile, "precision": precision, "log_every": log_every, "progress": progress,

@@ -252,6 +252,10 @@ class UNet(nn.Module):
                 mod.bias_ih_l0[h:2 * h] = 1.0  # Keras unit_forget_bias
 
     # --- introspection ---
+    def relu_gates(self) -> dict[str, nn.Module]:
+        """The modules whose output goes through a ReLU (each up stage's conv), for diagnostics."""
+        return {f"up.{level}": stage.conv for level, stage in enumerate(self.up)}
+
     def modulation_plan(self, t: int = 8192) -> list[dict[str, Any]]:
         """For an input of ``t`` samples: each modulation layer's name, samples, channels, block, tokens."""
         cfg, n = self.config, self.config.n_layers
