@@ -312,8 +312,8 @@ def _gate_check(run, loader: PatchLoader, device: torch.device) -> dict[str, flo
     if dead:
         shown = ", ".join(f"{name} {100 * gates[name]:.2f}%" for name in dead)
         run.warn(f"ReLU gate(s) nearly closed ({shown} of inputs above zero): the layers below them "
-                 "barely reach the output any more. Start again with a smaller final-conv init "
-                 "(--model-arg final_init_std=1e-3) or a lower --lr.")
+                 "barely reach the output any more, and a ReLU that has closed does not reopen. Start "
+                 "again with --model-arg up_slope=0.2 (a LeakyReLU there) --model-arg final_init_std=1e-3.")
     return gates
 
 

@@ -500,3 +500,27 @@ def test_keras_weight_layout_maps_onto_the_state_dict(name):
         assert converted.shape == state[tk].shape, key
         seen.add(tk)
     assert sorted(set(state) - seen) == sorted(k for k in state if k.endswith("bias_hh_l0"))
+
+
+def test_up_slope_makes_the_up_gate_a_leaky_relu_that_cannot_close():
+    """up_slope=0 (reference): a up.0 conv pushed below zero everywhere passes nothing and the U-Net
+    body below it gets no gradient; up_slope=0.2: the same weights still pass signal and gradient."""
+    from afilm_cli.diagnostics import dead_gates, relu_open_fraction
+
+    grads = {}
+    for slope in (0.0, 0.2):
+        torch.manual_seed(0)
+        model = create_model("afilm_tiny", up_slope=slope).train()
+        assert count_parameters(model) == count_parameters(create_model("afilm_tiny"))  # no new weights
+        x = _signal(_test_length(model))
+        if slope == 0.0:
+            assert relu_open_fraction(model, x) and not dead_gates(relu_open_fraction(model, x))
+        with torch.no_grad():
+            model.up[0].conv.bias.fill_(-1e3)
+        if slope == 0.0:
+            assert dead_gates(relu_open_fraction(model, x)) == ["up.0"]
+        else:
+            assert relu_open_fraction(model, x) == {}  # nothing that can close
+        model(x).square().mean().backward()
+        grads[slope] = model.down[1].conv.weight.grad.abs().sum().item()
+    assert grads[0.0] == 0.0 and grads[0.2] > 0.0

@@ -448,5 +448,5 @@ def test_a_closed_relu_gate_is_logged_and_warned_about(data, tmp_path):
                "--out", "closed", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     out = " ".join((p.stdout + p.stderr).split())
-    assert "up.0 0.00%" in out and "final_init_std=1e-3" in out
+    assert "up.0 0.00%" in out and "up_slope=0.2" in out
     assert "up.1" not in out.split("ReLU gate")[1].split("Start again")[0]  # only the closed one is named

@@ -5,6 +5,7 @@ Per stage (paper config, 8192-sample input):
     down.l      Conv(k, dilation 2) -> MaxPool(2) -> LeakyReLU(0.2) -> mod(block 128/2**l)
     bottleneck  Conv(k9, d2) -> MaxPool(2) -> Dropout(0.5) -> LeakyReLU(0.2) -> mod(block 8)
     up.l        Conv(-> 2*C_l, d2) -> Dropout(0.5) -> ReLU -> SubPixel(2) -> mod(block 8) -> cat[x, down.l]
+                (ReLU: LeakyReLU(up_slope) when up_slope > 0, an afilm option: see afilm_cli/diagnostics.py)
     final       Conv(-> 2, k9, no dilation) -> SubPixel(2) -> + input
 
 ``up.l`` runs for l = L-1 ... 0 (``up.3`` first), mirroring ``down.l``; the skip is the *modulated*
@@ -58,6 +59,7 @@ class UNetConfig:
     up_blocks: tuple[int, ...] = ()  # per level; reference: all 8 (the stale variable)
     dilation: int = 2
     slope: float = 0.2
+    up_slope: float = 0.0             # up stages: 0 = ReLU (reference); > 0 = LeakyReLU (cannot close)
     dropout: float = 0.5
     use_shift: bool = False
     transformer_layers: int = 4
@@ -136,14 +138,17 @@ class DownStage(nn.Module):
 class UpStage(nn.Module):
     """Conv -> Dropout -> ReLU -> SubPixel(2) -> mod -> cat[x, skip] (modulation and concat fused)."""
 
-    def __init__(self, conv: nn.Conv1d, film: Modulation, dropout: float):
+    def __init__(self, conv: nn.Conv1d, film: Modulation, dropout: float, slope: float = 0.0):
         super().__init__()
         self.conv = conv
         self.film = film
         self.dropout = nn.Dropout(dropout)
+        self.slope = slope
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        h = subpixel1d(F.relu(self.dropout(self.conv(x))), 2)
+        h = self.dropout(self.conv(x))
+        h = F.leaky_relu(h, self.slope) if self.slope else F.relu(h)
+        h = subpixel1d(h, 2)
         return self.film(h, skip=skip)
 
 
@@ -193,7 +198,7 @@ class UNet(nn.Module):
             c, k = cfg.channels[level], cfg.kernel_sizes[level]
             c_prev = cb if level == n - 1 else 2 * cfg.channels[level + 1]
             self.up.append(UpStage(_conv(c_prev, 2 * c, k, cfg.dilation), film(c, cfg.up_blocks[level]),
-                                   cfg.dropout))
+                                   cfg.dropout, cfg.up_slope))
         self.final = FinalStage(_conv(2 * cfg.channels[0], 2, cfg.final_kernel, 1))
         self.reset_parameters()
 
@@ -253,7 +258,10 @@ class UNet(nn.Module):
 
     # --- introspection ---
     def relu_gates(self) -> dict[str, nn.Module]:
-        """The modules whose output goes through a ReLU (each up stage's conv), for diagnostics."""
+        """The modules whose output goes through a ReLU (each up stage's conv), for diagnostics; none
+        with up_slope > 0 (a LeakyReLU always passes a gradient)."""
+        if self.config.up_slope:
+            return {}
         return {f"up.{level}": stage.conv for level, stage in enumerate(self.up)}
 
     def modulation_plan(self, t: int = 8192) -> list[dict[str, Any]]:
