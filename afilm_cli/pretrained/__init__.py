@@ -33,7 +33,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="5aec85bc8dfb1d451bb9f511f11188a71a86606f90bfac9dc5b8bba511e6073a",
+        sha256="2739bf4ea91e74a6286dfc25a74e44bde52bcec73f3f4b053d2ea4525911d4eb",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
     ),
