@@ -509,7 +509,8 @@ def test_up_slope_makes_the_up_gate_a_leaky_relu_that_cannot_close():
         assert count_parameters(model) == count_parameters(create_model("afilm_tiny"))  # no new weights
         x = _signal(_test_length(model))
         if slope == 0.0:
-            assert relu_open_fraction(model, x) and not dead_gates(relu_open_fraction(model, x))
+            healthy = relu_open_fraction(model, x)
+            assert healthy and not dead_gates(healthy)
         with torch.no_grad():
             model.up[0].conv.bias.fill_(-1e3)
         if slope == 0.0:
