@@ -33,7 +33,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="2739bf4ea91e74a6286dfc25a74e44bde52bcec73f3f4b053d2ea4525911d4eb",
+        sha256="c793b95ae386ae213b68588b93e65d7053d9d2841be4da082db69d8b48ef04ef",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
     ),
