@@ -141,32 +141,36 @@ def spline_up(x_lr: np.ndarray, r: int, n: int | None = None) -> np.ndarray:
     """
     x_lr = np.asarray(x_lr, dtype=np.float64).ravel()
     n = len(x_lr) * r if n is None else n
-    if len(x_lr) < 4:
-        raise AfilmError(f"signal of {len(x_lr)} low-rate samples is too short for a cubic spline")
-    tck = interpolate.splrep(np.arange(len(x_lr)) * r, x_lr)
-    return _splev_integer(tck, r, n).astype(np.float32)
+    return spline_segment(x_lr, r, 0, n).astype(np.float32)
 
 
-def _splev_integer(tck, r: int, n: int) -> np.ndarray:
-    """``splev(arange(n), tck)`` for splrep's knots at k*r, about 3x faster (same values to ~1e-15).
+def spline_segment(x_lr: np.ndarray, r: int, start: int, stop: int) -> np.ndarray:
+    """Values at HR indices start..stop-1 (float64) of the cubic spline through ``x_lr[k]`` at k*r.
 
-    Away from the not-a-knot ends the knots are uniform (spacing r), so the value at p*r + j is the
-    uniform cubic B-spline weights for u = j/r applied to coefficients c[p-1..p+2]: one small matmul
-    instead of de Boor per sample. The ends (and the extrapolated tail) still go through splev.
+    splrep's interpolating spline (k=3, s=0) is the not-a-knot cubic through the samples, so
+    CubicSpline's tridiagonal solve gives the same curve (to ~1e-15) about 3x faster. The samples
+    are evaluated one interval at a time: the r points of an interval are its cubic at offsets
+    0..r-1, one (intervals x 4) @ (4 x r) product instead of a search per sample. Points past the
+    last knot extrapolate the last cubic, as splev does.
     """
-    t, c, _ = tck
-    m = len(t) - 4  # number of LR samples; interior knots t[4:-4] = r * (2 .. m-3)
-    lo, hi = 4, min(m - 5, -(-n // r))  # intervals [p*r, (p+1)*r) whose 6 nearby knots are uniform
-    if hi - lo < 2:
-        return interpolate.splev(np.arange(n), tck)
-    u = np.arange(r) / r
-    w = np.stack([(1 - u) ** 3, 3 * u**3 - 6 * u**2 + 4, -3 * u**3 + 3 * u**2 + 3 * u + 1, u**3]) / 6
-    p = np.arange(lo, hi)
-    mid = (np.stack([c[p - 1], c[p], c[p + 1], c[p + 2]], axis=1) @ w).ravel()
-    out = np.empty(n)
-    out[lo * r: hi * r] = mid[: n - lo * r]
-    out[: lo * r] = interpolate.splev(np.arange(lo * r), tck)
-    out[hi * r:] = interpolate.splev(np.arange(hi * r, n), tck)
+    x_lr = np.asarray(x_lr, dtype=np.float64).ravel()
+    m = len(x_lr)
+    if m < 4:
+        raise AfilmError(f"signal of {m} low-rate samples is too short for a cubic spline")
+    out = np.empty(max(0, stop - start))
+    if stop <= start:
+        return out
+    spline = interpolate.CubicSpline(np.arange(m) * r, x_lr)  # not-a-knot == splrep(k=3, s=0)
+    p0, p1 = start // r, min(m - 1, -(-stop // r))  # intervals [p*r, (p+1)*r) that hold wanted points
+    if p1 > p0:
+        offsets = np.arange(r, dtype=np.float64)
+        powers = np.stack([offsets**3, offsets**2, offsets, np.ones(r)])  # c[0] multiplies (x - x_p)^3
+        grid = (spline.c[:, p0:p1].T @ powers).ravel()  # HR indices p0*r .. p1*r - 1
+        lo, hi = start - p0 * r, min(stop, p1 * r) - p0 * r
+        out[: hi - lo] = grid[lo:hi]
+    done = max(start, p1 * r)  # the last knot and the extrapolated tail
+    if done < stop:
+        out[done - start:] = spline(np.arange(done, stop, dtype=np.float64))
     return out
 
 

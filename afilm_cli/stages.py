@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy import interpolate, signal
+from scipy import signal
 
-from afilm_cli.audio import DEGRADE_METHODS
+from afilm_cli.audio import DEGRADE_METHODS, spline_segment
 from afilm_cli.errors import AfilmError
 
 SPLINE_MARGIN = 64  # LR samples: a cubic spline's dependence decays ~0.27x per knot, 0.27**64 ~ 1e-37
@@ -158,9 +158,7 @@ class Splined(Stage):
         if l1 - l0 < 4:  # near the end of a short signal: widen to the left
             l0 = max(0, l1 - 4)
         lr = self.src.read(l0, l1)
-        knots = np.arange(l0, l1) * r
-        where = np.arange(start, stop)
-        return np.stack([interpolate.splev(where, interpolate.splrep(knots, lr[:, c]))
+        return np.stack([spline_segment(lr[:, c], r, start - l0 * r, stop - l0 * r)
                          for c in range(self.channels)], axis=1)
 
 

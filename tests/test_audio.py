@@ -126,6 +126,19 @@ def test_spline_fast_path_equals_splev_at_every_length(r, m):
                                    rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_spline_segment_equals_splev_on_any_range(r):
+    """Any slice start..stop (inside, across the ends, past the last knot) equals splev there."""
+    m = 23
+    lr = np.random.default_rng(r).standard_normal(m)
+    tck = interpolate.splrep(np.arange(m) * r, lr)
+    for start, stop in [(0, 1), (0, m * r + 2), (5, 6), (r - 1, 3 * r + 1), (7, 40), ((m - 2) * r, m * r + 3),
+                        ((m - 1) * r, (m - 1) * r + 1), (m * r, m * r + 5)]:
+        np.testing.assert_allclose(audio.spline_segment(lr, r, start, stop),
+                                   interpolate.splev(np.arange(start, stop), tck), rtol=1e-9, atol=1e-9)
+    assert audio.spline_segment(lr, r, 9, 9).shape == (0,)
+
+
 def test_find_audio_files_follows_folder_links_once_and_skips_hidden(tmp_path):
     from afilm_cli.audio import find_audio_files
 
