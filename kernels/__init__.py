@@ -3,11 +3,12 @@
 ``AFILM_KERNEL=triton`` selects the Triton kernels (``torch``, or unset, the reference); it is read at
 each call. Why the reference is the default, on CUDA too: on an H200 the Triton path ran the models
 at 0.81-1.06x the torch path's speed (inference and training, eager; benchmarks/results/
-bench-h200-2026-11-26*.json). Its kernels are 4.7-5.6x faster than the eager reference in GPU time
-(forward+backward of the down-path stages under CUDA graphs) but each op is a few tens of
-microseconds of GPU work, less than what calling it from Python costs, and it adds compile and
-autotune time on
-first use. Under ``torch.compile`` the reference is always used:
+bench-h200-2026-11-26*.json), on an H100 the paper AFiLM's inference at 1.01x under a CUDA graph
+(bench-h100-2026-11-27.json). Its kernels are 4.3-4.7x faster than the eager reference in GPU time
+on the down-path stages and 2.3x on the up path (forward+backward under CUDA graphs, H100), but
+each op is a few tens of microseconds of GPU work, less than what calling it from Python costs, and
+the pooling and modulation are a small part of a stage's time next to its convolution; it also adds
+compile and autotune time on first use. Under ``torch.compile`` the reference is always used:
 Inductor fuses it itself, and the autograd.Functions would break the graph. Without CUDA, the
 Triton path runs through the Triton interpreter (slow; for tests).
 
