@@ -28,7 +28,7 @@ import torch
 
 from kernels import reference
 
-OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat")
+OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat", "pool_film")
 
 
 def triton_ops():
@@ -78,6 +78,10 @@ def pool_act_block_max(h, block, slope=0.2):
 
 def block_film_concat(x, scale, shift, block, skip):
     return _impl(x).block_film_concat(x, scale, shift, block, skip)
+
+
+def pool_film(x, block, scale_fn, skip=None):
+    return _impl(x).pool_film(x, block, scale_fn, skip)
 
 
 class _Package(types.ModuleType):

@@ -64,8 +64,9 @@ LAYERS = (
 )
 QUICK_LAYERS = ("D1", "U1")
 MODES = ("fwd", "bwd", "fwd+bwd")
-# "layer": the memory-bound work of one stage as the model runs it. Down: pool_act_block_max then
-# block_film; up: block_max_pool then block_film_concat.
+# "layer": the memory-bound work of one stage as the model runs it, the scale computed from the block
+# maxima (mix_blocks stands in for the attention). Down: pool_act_block_max, then block_film; up:
+# pool_film (block_max_pool, then block_film_concat; with Triton, x's two gradients in one pass).
 OPS = ("layer", "block_max_pool", "block_film", "pool_act_block_max", "block_film_concat")
 
 # Peak DRAM bandwidth (GB/s) of common GPUs, matched on the device name, for "% of peak".
@@ -114,21 +115,28 @@ def make_inputs(op: str, path: str, B: int, C: int, T: int, block: int, dtype, d
         return [leaf(B, C, 2 * T), block, 0.2]
     if op == "block_film_concat":
         return [leaf(B, C, T), leaf(B, C, nb), None, block, leaf(B, C, T)]
-    if path == "down":  # layer: conv output (2T), scale
+    if path == "down":  # layer: conv output (2T), w (mix_blocks' weight)
         return [leaf(B, C, 2 * T), leaf(B, C, nb), block]
-    return [leaf(B, C, T), leaf(B, C, nb), block, leaf(B, C, T)]  # up layer: x, scale, skip
+    return [leaf(B, C, T), leaf(B, C, nb), block, leaf(B, C, T)]  # up layer: x, w, skip
+
+
+def mix_blocks(pooled: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Stand-in for a stage's normaliser (attention or LSTM over the blocks): block k's scale comes
+    from block k-1's max, so, as in the model, the modulation needs the whole pooling first and no
+    provider can fold the pooling into the modulation's pass. The same torch ops for every provider."""
+    return w * pooled.roll(1, -1)
 
 
 def _layer_fn(ns, path: str) -> Callable:
     """The stage's kernel work written against an ops namespace (reference or Triton module)."""
     if path == "down":
-        def down(h, scale, block):
+        def down(h, w, block):
             a, a_down = ns.pool_act_block_max(h, block, 0.2)
-            return ns.block_film(a, scale, None, block), a_down
+            return ns.block_film(a, mix_blocks(a_down, w), None, block)
         return down
 
-    def up(x, scale, block, skip):
-        return ns.block_film_concat(x, scale, None, block, skip), ns.block_max_pool(x, block)
+    def up(x, w, block, skip):
+        return ns.pool_film(x, block, lambda pooled: (mix_blocks(pooled, w), None), skip)
     return up
 
 
@@ -144,6 +152,11 @@ class _TritonUnfused:
 
     def block_film_concat(self, x, scale, shift, block, skip):
         return torch.cat([self.block_film(x, scale, shift, block), skip], dim=1)
+
+    def pool_film(self, x, block, scale_fn, skip):
+        scale, shift = scale_fn(self.block_max_pool(x, block))
+        return self.block_film(x, scale, shift, block) if skip is None else self.block_film_concat(
+            x, scale, shift, block, skip)
 
 
 def op_function(provider: str, op: str, path: str) -> Callable | None:
@@ -172,10 +185,12 @@ def bytes_moved(op: str, path: str, mode: str, B: int, C: int, T: int, block: in
         "pool_act_block_max": (3 * n * elem + n + idx, n * elem + n + idx + 2 * n * elem),
         # the skip is read and written once forward; its gradient is a view of dy (nothing moved)
         "block_film_concat": (4 * n * elem + nb * elem, 3 * n * elem + 2 * nb * elem),
+        # mix_blocks: read pooled and w, write the scale; backward: the two products' gradients
+        "mix": (3 * nb * elem, 5 * nb * elem),
     }
     if op == "layer":
-        parts = ("pool_act_block_max", "block_film") if path == "down" else ("block_max_pool",
-                                                                             "block_film_concat")
+        parts = ("pool_act_block_max", "block_film", "mix") if path == "down" else (
+            "block_max_pool", "block_film_concat", "mix")
         return sum(bytes_moved(p, path, mode, B, C, T, block, elem) for p in parts)
     fwd, bwd = table[op]
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]

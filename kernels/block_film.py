@@ -7,6 +7,13 @@ blocks, the last possibly partial. Every kernel walks a 1-D grid over the *globa
 ``CHUNK = next_pow2(block)`` (capped; longer blocks loop over chunks). A whole block therefore
 lives in one program, so per-block reductions (max, argmax, d(scale), d(shift)) need no atomics.
 
+``pool_film`` (block max -> the caller's normaliser -> modulation, the model's up-path stage) links
+two Functions so that x's two gradients are written in one pass: the modulation's backward computes
+d(scale)/d(shift) and hands its output gradient on unscaled (a view, no data moved) as x's gradient;
+the pooling's backward, which autograd runs after the normaliser's, then writes dx = g * scale + the
+block max's gradient at its argmax. Without that autograd would add a dense pooling gradient to the
+modulation's dx (3 more passes over x's size).
+
 Numerics: loads are upcast to fp32 right away, sums accumulate in fp32, stores cast to the output
 dtype. fp32, fp16 and bf16 inputs (mixed dtypes promote like torch).
 Ties: the argmax of a block (and of each MaxPool(2) pair) is the *first* maximum, as in torch, so
@@ -149,7 +156,7 @@ def _block_film_fwd_kernel(X, Scale, Shift, Y, n_total, T, nb, C, y_batch_stride
 @triton.jit
 def _block_film_bwd_kernel(X, Scale, DY, DX, DScale, DShift, n_total, T, nb, C, dy_batch_stride,
                            BLOCK_LEN: tl.constexpr, EVEN: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                           TILE: tl.constexpr, CHUNK: tl.constexpr):
+                           STORE_DX: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
     NBT: tl.constexpr = TILE // CHUNK
     g, gmask, row, start, end = _block_coords(tl.program_id(0), n_total, T, nb, BLOCK_LEN, EVEN, NBT)
     dy_shift = (row // C).to(tl.int64) * (dy_batch_stride - C * T)
@@ -162,13 +169,36 @@ def _block_film_bwd_kernel(X, Scale, DY, DX, DScale, DShift, n_total, T, nb, C, 
         m = _tile_mask(gmask, j, offs, end, BLOCK_LEN, EVEN, CHUNK)
         dy = tl.load(DY + dy_shift[:, None] + offs, mask=m, other=0.0).to(tl.float32)
         x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(DX + offs, dy * s[:, None], mask=m)
+        if STORE_DX:  # else the pooling's backward computes dx (pool_film)
+            tl.store(DX + offs, dy * s[:, None], mask=m)
         ds += tl.sum(dy * x, axis=1)  # one pass: dx and the per-block reductions together
         if HAS_SHIFT:
             db += tl.sum(dy, axis=1)
     tl.store(DScale + g, ds, mask=gmask)
     if HAS_SHIFT:
         tl.store(DShift + g, db, mask=gmask)
+
+
+@triton.autotune(configs=_CONFIGS, key=_KEY)
+@triton.jit
+def _pool_film_dx_kernel(G, Scale, DPool, Arg, DX, n_total, T, nb, C, g_batch_stride,
+                         BLOCK_LEN: tl.constexpr, EVEN: tl.constexpr,
+                         TILE: tl.constexpr, CHUNK: tl.constexpr):
+    """dx = g * scale + the block max's gradient at its argmax: x's two gradients in one pass (g: the
+    modulation's output gradient, in a concatenation buffer of batch stride g_batch_stride)."""
+    NBT: tl.constexpr = TILE // CHUNK
+    g, gmask, row, start, end = _block_coords(tl.program_id(0), n_total, T, nb, BLOCK_LEN, EVEN, NBT)
+    g_shift = (row // C).to(tl.int64) * (g_batch_stride - C * T)
+    s = tl.load(Scale + g, mask=gmask, other=0.0).to(tl.float32)
+    dp = tl.load(DPool + g, mask=gmask, other=0.0).to(tl.float32)
+    arg = tl.load(Arg + g, mask=gmask, other=-1)
+    for k0 in range(0, BLOCK_LEN, CHUNK):
+        j = k0 + tl.arange(0, CHUNK)
+        offs = start[:, None] + j[None, :]
+        m = _tile_mask(gmask, j, offs, end, BLOCK_LEN, EVEN, CHUNK)
+        gv = tl.load(G + g_shift[:, None] + offs, mask=m, other=0.0).to(tl.float32)
+        dx = gv * s[:, None] + tl.where(j[None, :] == arg[:, None], dp[:, None], 0.0)
+        tl.store(DX + offs, dx, mask=m)
 
 
 @triton.jit
@@ -327,20 +357,22 @@ def block_film_fwd(x, scale, shift, block: int, skip=None) -> torch.Tensor:
     return y
 
 
-def block_film_bwd(dy, x, scale, has_shift: bool, block: int, shift_dtype=None):
-    """dy (B, C_out >= C, T) -> dx, d(scale), d(shift) (None without shift), in one pass over dy and x."""
+def block_film_bwd(dy, x, scale, has_shift: bool, block: int, shift_dtype=None, store_dx: bool = True):
+    """dy (B, C_out >= C, T) -> dx, d(scale), d(shift) (None without shift), in one pass over dy and x.
+    ``store_dx=False``: dx is None (pool_film's pooling backward computes it)."""
     _contiguous(dy, x, scale)
     B, C, T = x.shape
     lay = _layout(T, block, B * C)
-    dx = torch.empty_like(x)
+    dx = torch.empty_like(x) if store_dx else None
     dscale = torch.empty_like(scale)
     dshift = None
     if has_shift:
         dshift = torch.empty(scale.shape, dtype=shift_dtype or scale.dtype, device=x.device)
     if lay["n_total"]:
-        _block_film_bwd_kernel[_grid(lay)](x, scale, dy, dx, dscale, dscale if dshift is None else dshift,
-                                      C=max(C, 1), dy_batch_stride=dy.shape[1] * T, HAS_SHIFT=has_shift,
-                                      **lay)
+        _block_film_bwd_kernel[_grid(lay)](x, scale, dy, x if dx is None else dx, dscale,
+                                      dscale if dshift is None else dshift, C=max(C, 1),
+                                      dy_batch_stride=dy.shape[1] * T, HAS_SHIFT=has_shift,
+                                      STORE_DX=store_dx, **lay)
     return dx, dscale, dshift
 
 
@@ -369,6 +401,22 @@ def pool_act_block_max_bwd(da, da_down, code, arg, t_in: int, dtype: torch.dtype
     if lay["n_total"]:
         _pool_act_block_max_bwd_kernel[_grid(lay)](da, da_down, code, arg, dh, T_in=t_in, slope=slope, **lay)
     return dh
+
+
+def pool_film_dx(g: torch.Tensor, scale: torch.Tensor, dpool: torch.Tensor, arg: torch.Tensor, block: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """g (B, C, T), a view into a (B, C_out >= C, T) buffer or contiguous -> dx = g * scale + the
+    pooling's gradient ``dpool`` at ``arg``."""
+    B, C, T = g.shape
+    if g.stride()[1:] != (T, 1):
+        g = g.contiguous()
+    _contiguous(scale, dpool, arg)
+    lay = _layout(T, block, B * C)
+    dx = torch.empty((B, C, T), dtype=dtype, device=g.device)
+    if lay["n_total"]:
+        _pool_film_dx_kernel[_grid(lay)](g, scale, dpool, arg, dx, C=max(C, 1),
+                                         g_batch_stride=g.stride(0) if B > 1 else C * T, **lay)
+    return dx
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,6 +480,58 @@ class PoolActBlockMaxFunction(torch.autograd.Function):
         return dh, None, None
 
 
+class _FiLMLink:
+    """What pool_film's modulation hands to its pooling's backward: the scale, set when the
+    modulation's backward passed on its output gradient unscaled."""
+
+    def __init__(self):
+        self.scale = None
+
+
+class PoolForFiLMFunction(torch.autograd.Function):
+    """x -> (x itself, for the modulation only, and its block max). The backward gets both gradients
+    of x in one call and writes dx in one pass (no dense pooling gradient for autograd to add)."""
+
+    @staticmethod
+    def forward(ctx, x, block, link):
+        y, arg = block_max_pool_fwd(x, block)
+        ctx.save_for_backward(arg)
+        ctx.block, ctx.t, ctx.dtype, ctx.link = block, x.shape[-1], x.dtype, link
+        return x.view_as(x), y
+
+    @staticmethod
+    def backward(ctx, g, dpool):
+        (arg,) = ctx.saved_tensors
+        scale, ctx.link.scale = ctx.link.scale, None
+        if scale is None:  # the modulation's gradient came already scaled (or never came: zeros)
+            return g + block_max_pool_bwd(dpool.contiguous(), arg, ctx.t, ctx.dtype, ctx.block), None, None
+        return pool_film_dx(g, scale, dpool.contiguous(), arg, ctx.block, ctx.dtype), None, None
+
+
+class FiLMForPoolFunction(torch.autograd.Function):
+    """BlockFiLMFunction whose backward leaves x's gradient unscaled for PoolForFiLMFunction: one pass
+    over dy and x for d(scale) / d(shift), no dx written here."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, block, skip, link):
+        y = block_film_fwd(x, scale, shift, block, skip)
+        ctx.save_for_backward(x, scale)
+        ctx.block, ctx.has_shift, ctx.c, ctx.link = block, shift is not None, x.shape[1], link
+        ctx.with_skip = skip is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, scale = ctx.saved_tensors
+        dy = dy.contiguous()
+        _, dscale, dshift = block_film_bwd(dy, x, scale, ctx.has_shift, ctx.block, scale.dtype,
+                                           store_dx=False)
+        ctx.link.scale = scale
+        g = dy[:, :ctx.c] if ctx.with_skip else dy  # a view: the pooling's backward applies the scale
+        dskip = dy[:, ctx.c:] if ctx.with_skip and ctx.needs_input_grad[4] else None
+        return g, dscale, dshift, None, dskip, None
+
+
 # ---------------------------------------------------------------------------------------------------
 # public ops: the names and signatures of kernels/reference.py
 
@@ -469,3 +569,23 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
         raise ValueError("block_film_concat needs a skip tensor")
     _check_film(x, scale, shift, block, skip)
     return BlockFiLMFunction.apply(x, scale, shift, int(block), skip)
+
+
+def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """block_max_pool -> scale_fn -> block_film (block_film_concat with ``skip``), as the reference's
+    pool_film. When x needs a gradient, x's two gradients (the modulation's and the pooling's) are
+    written in one pass by the pooling's backward, which the modulation's backward leaves dx to."""
+    _check(x, block)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        scale, shift = scale_fn(block_max_pool(x, block))
+        return block_film(x, scale, shift, block) if skip is None else block_film_concat(x, scale, shift,
+                                                                                         block, skip)
+    link = _FiLMLink()
+    x_link, pooled = PoolForFiLMFunction.apply(x.contiguous(), int(block), link)
+    scale, shift = scale_fn(pooled)
+    _check_film(x_link, scale, shift, block, skip)
+    scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
+    if any(t is not None and t.dtype != x.dtype for t in (scale, shift, skip)):
+        # promoted output: the plain modulation (its dx comes scaled; the link sees no scale)
+        return BlockFiLMFunction.apply(x_link, scale, shift, int(block), skip)
+    return FiLMForPoolFunction.apply(x_link, scale, shift, int(block), skip, link)

@@ -79,3 +79,13 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
     """Up-path epilogue: cat([block_film(x, scale, shift), skip], dim=1)."""
     check_film_args(x, scale, shift, block, skip)
     return torch.cat([block_film(x, scale, shift, block), skip], dim=1)
+
+
+def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """A modulation layer's memory-bound work around its normaliser: the block max of x, then
+    ``scale, shift = scale_fn(pooled)`` (the attention or LSTM over the blocks; shift may be None),
+    then x modulated per block, concatenated with ``skip`` when given."""
+    scale, shift = scale_fn(block_max_pool(x, block))
+    if skip is None:
+        return block_film(x, scale, shift, block)
+    return block_film_concat(x, scale, shift, block, skip)

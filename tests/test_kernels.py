@@ -136,6 +136,64 @@ def test_block_film_concat(B, C, T, block, dtype, atol, rtol, shift):
     _compare(K.block_film_concat, R.block_film_concat, [x, scale, b, block, skip], dtype, atol * 4, rtol)
 
 
+def _pool_film(ns, block, mix=True):
+    """ns.pool_film with a stand-in for the normaliser: with ``mix`` the scale of block k is built
+    from the max of block k-1 (it needs the whole pooling, like the attention), else it ignores x."""
+    def fn(x, w, b, skip):
+        def scale_fn(p):
+            scale = w * p.roll(1, -1) if mix else w * 1.5
+            return scale, None if b is None else b * p
+        return ns.pool_film(x, block, scale_fn, skip)
+    return fn
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["film", "concat"])
+@pytest.mark.parametrize("shift", [False, True], ids=["scale", "shift"])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("B, C, T, block", SHAPES[:4], ids=SHAPE_IDS[:4])
+def test_pool_film(B, C, T, block, dtype, atol, rtol, shift, skip):
+    gen = torch.Generator().manual_seed(0)
+    nb = -(-T // block)
+    x = _leaf(B, C, T, dtype=dtype, gen=gen)
+    w = _leaf(B, C, nb, dtype=dtype, gen=gen)
+    b = _leaf(B, C, nb, dtype=dtype, gen=gen) if shift else None
+    s = _leaf(B, C + 1, T, dtype=dtype, gen=gen) if skip else None
+    _compare(_pool_film(K, block), _pool_film(R, block), [x, w, b, s], dtype, atol * 8, rtol * 2)
+
+
+@pytest.mark.parametrize("mix", [True, False], ids=["scale-from-pool", "scale-ignores-pool"])
+def test_pool_film_backward_is_one_pass_and_exact(mix):
+    """The pooling's backward writes x's gradient (the modulation's backward leaves it unscaled), also
+    when the scale ignores the pooled values, and again on a second backward of the same graph."""
+    gen = torch.Generator().manual_seed(3)
+    x, w = _leaf(2, 3, 100, dtype=torch.float32, gen=gen), _leaf(2, 3, 13, dtype=torch.float32, gen=gen)
+    skip = _leaf(2, 2, 100, dtype=torch.float32, gen=gen)
+    y = _pool_film(K, 8, mix)(x, w, None, skip)
+    assert type(y.grad_fn).__name__ == "FiLMForPoolFunctionBackward"
+    dy = torch.randn(y.shape, generator=gen)
+    first = torch.autograd.grad(y, [x, w, skip], dy, retain_graph=True)
+    second = torch.autograd.grad(y, [x, w, skip], dy)
+    want = torch.autograd.grad(_pool_film(R, 8, mix)(x, w, None, skip), [x, w, skip], dy)
+    for got in (first, second):
+        for name, g, r in zip(("x", "w", "skip"), got, want, strict=True):
+            assert_close(g, r, 1e-5, 1e-5, f"grad of {name}")
+
+
+def test_pool_film_mixed_dtypes_and_no_grad():
+    gen = torch.Generator().manual_seed(4)
+    x = _leaf(1, 2, 64, dtype=torch.float16, gen=gen)
+    w = _leaf(1, 2, 8, dtype=torch.float32, gen=gen)  # promotes the output: the plain modulation runs
+    y = _pool_film(K, 8)(x, w, None, None)
+    assert y.dtype == torch.float32 and type(y.grad_fn).__name__ == "BlockFiLMFunctionBackward"
+    dy = torch.randn(y.shape, generator=gen)
+    got = torch.autograd.grad(y, [x, w], dy)
+    want = torch.autograd.grad(_pool_film(R, 8)(x, w, None, None), [x, w], dy)
+    for name, g, r in zip(("x", "w"), got, want, strict=True):
+        assert_close(g, r, 2e-3, 2e-3, f"grad of {name}")
+    with torch.no_grad():
+        assert_close(_pool_film(K, 8)(x, w, None, None), _pool_film(R, 8)(x, w, None, None), 1e-3, 1e-3, "y")
+
+
 @pytest.mark.parametrize("T, block", [(96, 8), (50, 7), (3000, 2500)])
 def test_ties_go_to_the_first_max(T, block):
     # few distinct values: many ties inside blocks, and (block 2500) across the 1024-sample chunks
@@ -261,11 +319,12 @@ def _model_outputs_and_grads(monkeypatch, backend, model, x):
     return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_model_agrees_between_backends(monkeypatch):
+@pytest.mark.parametrize("name", ["afilm_tiny", "tfilm_tiny"])
+def test_model_agrees_between_backends(monkeypatch, name):
     from afilm_cli.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("afilm_tiny").eval()  # eval: no dropout, so both passes see the same function
+    model = create_model(name).eval()  # eval: no dropout, so both passes see the same function
     x = torch.randn(2, 1, model.length_multiple, generator=torch.Generator().manual_seed(1))
     y_t, g_t = _model_outputs_and_grads(monkeypatch, "torch", model, x)
     y_k, g_k = _model_outputs_and_grads(monkeypatch, "triton", model, x)
@@ -289,7 +348,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
         sys.exit(77)
     K = importlib.import_module("kernels.block_film")
     assert not K.INTERPRET
-    ints = ("n_total", "T", "nb", "T_in", "C", "y_batch_stride", "dy_batch_stride")
+    ints = ("n_total", "T", "nb", "T_in", "C", "y_batch_stride", "dy_batch_stride", "g_batch_stride")
     def sig(dt, **ptrs):
         ptrs = {k: "*" + (v or dt) for k, v in ptrs.items()}
         return {**ptrs, "n_total": "i32", "T": "i32", "nb": "i32"}
@@ -304,7 +363,13 @@ _COMPILE_SCRIPT = textwrap.dedent("""
             (K._block_film_fwd_kernel, {**sig(dt, X=None, Scale="fp32", Shift=None, Y=None), "C": "i32",
                                         "y_batch_stride": "i32"}, film),
             (K._block_film_bwd_kernel, {**sig(dt, X=None, Scale=None, DY=None, DX=None, DScale=None,
-                                              DShift=None), "C": "i32", "dy_batch_stride": "i32"}, film),
+                                              DShift=None), "C": "i32", "dy_batch_stride": "i32"},
+             dict(film, STORE_DX=True)),
+            (K._block_film_bwd_kernel, {**sig(dt, X=None, Scale=None, DY=None, DX=None, DScale=None,
+                                              DShift=None), "C": "i32", "dy_batch_stride": "i32"},
+             dict(film, STORE_DX=False)),
+            (K._pool_film_dx_kernel, {**sig(dt, G=None, Scale=None, DPool=None, Arg="i32", DX=None),
+                                      "C": "i32", "g_batch_stride": "i32"}, cst),
             (K._pool_act_block_max_fwd_kernel, {**sig(dt, H=None, A=None, Code="i8", ADown=None, Arg="i32"),
                                                 "T_in": "i32", "slope": "fp32"}, cst),
             (K._pool_act_block_max_bwd_kernel, {**sig(dt, DA=None, DADown=None, Code="i8", Arg="i32",
@@ -331,7 +396,7 @@ def test_kernels_compile_for_sm90():
     if proc.returncode == 77:
         pytest.skip("the Triton wheel has no ptxas")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 24
+    assert proc.stdout.count("compiled") == 32  # 8 kernel variants x 4 (dtype, block) cases
 
 
 # ---------------------------------------------------------------------------------------------------

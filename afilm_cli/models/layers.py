@@ -130,15 +130,23 @@ class Modulation(nn.Module):
 
     def forward(self, x: torch.Tensor, x_down: torch.Tensor | None = None,
                 skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Modulate x by blocks; ``x_down``: its block max when the caller has it (the down path's
+        fused pooling), else pooled here; ``skip``: concatenated after the modulated channels."""
         if x_down is None:
-            x_down = kernels.block_max_pool(x, self.block)
-        g = self.normalise(x_down.transpose(1, 2))  # (B, n, C): the reference's scale, no activation
-        # under autocast LayerNorm/LSTM may return another dtype than x: give the kernels one dtype
-        scale = g.transpose(1, 2).to(x.dtype).contiguous()
-        shift = self.shift(g).transpose(1, 2).to(x.dtype).contiguous() if self.shift is not None else None
+            return kernels.pool_film(x, self.block, self.scale_shift, skip)
+        scale, shift = self.scale_shift(x_down)
         if skip is None:
             return kernels.block_film(x, scale, shift, self.block)
         return kernels.block_film_concat(x, scale, shift, self.block, skip)
+
+    def scale_shift(self, x_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C, n) block maxima -> per-block scale (and shift, with use_shift), in x_down's dtype."""
+        g = self.normalise(x_down.transpose(1, 2))  # (B, n, C): the reference's scale, no activation
+        # under autocast LayerNorm/LSTM may return another dtype than x: give the kernels one dtype
+        scale = g.transpose(1, 2).to(x_down.dtype).contiguous()
+        if self.shift is None:
+            return scale, None
+        return scale, self.shift(g).transpose(1, 2).to(x_down.dtype).contiguous()
 
 
 class AFiLM(Modulation):
