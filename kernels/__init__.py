@@ -28,7 +28,8 @@ import torch
 
 from kernels import reference
 
-OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat", "pool_film")
+OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat", "pool_film",
+       "pool_act_film")
 
 
 def triton_ops():
@@ -82,6 +83,10 @@ def block_film_concat(x, scale, shift, block, skip):
 
 def pool_film(x, block, scale_fn, skip=None):
     return _impl(x).pool_film(x, block, scale_fn, skip)
+
+
+def pool_act_film(h, block, slope, scale_fn):
+    return _impl(h).pool_act_film(h, block, slope, scale_fn)
 
 
 class _Package(types.ModuleType):

@@ -65,8 +65,9 @@ LAYERS = (
 QUICK_LAYERS = ("D1", "U1")
 MODES = ("fwd", "bwd", "fwd+bwd")
 # "layer": the memory-bound work of one stage as the model runs it, the scale computed from the block
-# maxima (mix_blocks stands in for the attention). Down: pool_act_block_max, then block_film; up:
-# pool_film (block_max_pool, then block_film_concat; with Triton, x's two gradients in one pass).
+# maxima (mix_blocks stands in for the attention). Down: pool_act_film (pool_act_block_max, then
+# block_film); up: pool_film (block_max_pool, then block_film_concat). With Triton both backwards write
+# the stage input's gradient in one pass (no dense intermediate gradient stored).
 OPS = ("layer", "block_max_pool", "block_film", "pool_act_block_max", "block_film_concat")
 
 # Peak DRAM bandwidth (GB/s) of common GPUs, matched on the device name, for "% of peak".
@@ -131,8 +132,7 @@ def _layer_fn(ns, path: str) -> Callable:
     """The stage's kernel work written against an ops namespace (reference or Triton module)."""
     if path == "down":
         def down(h, w, block):
-            a, a_down = ns.pool_act_block_max(h, block, 0.2)
-            return ns.block_film(a, mix_blocks(a_down, w), None, block)
+            return ns.pool_act_film(h, block, 0.2, lambda a_down: (mix_blocks(a_down, w), None))
         return down
 
     def up(x, w, block, skip):
@@ -152,6 +152,11 @@ class _TritonUnfused:
 
     def block_film_concat(self, x, scale, shift, block, skip):
         return torch.cat([self.block_film(x, scale, shift, block), skip], dim=1)
+
+    def pool_act_film(self, h, block, slope, scale_fn):
+        a, a_down = self.pool_act_block_max(h, block, slope)
+        scale, shift = scale_fn(a_down)
+        return self.block_film(a, scale, shift, block)
 
     def pool_film(self, x, block, scale_fn, skip):
         scale, shift = scale_fn(self.block_max_pool(x, block))

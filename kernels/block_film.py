@@ -12,7 +12,9 @@ two Functions so that x's two gradients are written in one pass: the modulation'
 d(scale)/d(shift) and hands its output gradient on unscaled (a view, no data moved) as x's gradient;
 the pooling's backward, which autograd runs after the normaliser's, then writes dx = g * scale + the
 block max's gradient at its argmax. Without that autograd would add a dense pooling gradient to the
-modulation's dx (3 more passes over x's size).
+modulation's dx (3 more passes over x's size). ``pool_act_film`` does the same on the down path: the
+fused MaxPool(2) + LeakyReLU backward scales the modulation's output gradient as it reads it, so the
+activation's gradient is never stored.
 
 Numerics: loads are upcast to fp32 right away, sums accumulate in fp32, stores cast to the output
 dtype. fp32, fp16 and bf16 inputs (mixed dtypes promote like torch).
@@ -249,19 +251,24 @@ def _pool_act_block_max_fwd_kernel(H, A, Code, ADown, Arg, n_total, T, nb, T_in,
 
 @triton.autotune(configs=_CONFIGS, key=_KEY)
 @triton.jit
-def _pool_act_block_max_bwd_kernel(DA, DADown, Code, Arg, DH, n_total, T, nb, T_in, slope,
-                                   BLOCK_LEN: tl.constexpr, EVEN: tl.constexpr,
+def _pool_act_block_max_bwd_kernel(DA, DADown, Code, Arg, DH, Scale, n_total, T, nb, T_in, slope,
+                                   BLOCK_LEN: tl.constexpr, EVEN: tl.constexpr, SCALED: tl.constexpr,
                                    TILE: tl.constexpr, CHUNK: tl.constexpr):
-    """dh: the pair winner gets (da + the block max's gradient) * leaky'(pre), the loser 0."""
+    """dh: the pair winner gets (da + the block max's gradient) * leaky'(pre), the loser 0. SCALED: DA
+    is the modulation's output gradient, da = DA * scale per block (pool_act_film)."""
     NBT: tl.constexpr = TILE // CHUNK
     g, gmask, row, start, end = _block_coords(tl.program_id(0), n_total, T, nb, BLOCK_LEN, EVEN, NBT)
     dd = tl.load(DADown + g, mask=gmask, other=0.0).to(tl.float32)
+    if SCALED:
+        s = tl.load(Scale + g, mask=gmask, other=0.0).to(tl.float32)
     arg = tl.load(Arg + g, mask=gmask, other=-1)
     for k0 in range(0, BLOCK_LEN, CHUNK):
         j = k0 + tl.arange(0, CHUNK)
         offs = start[:, None] + j[None, :]
         m = _tile_mask(gmask, j, offs, end, BLOCK_LEN, EVEN, CHUNK)
         da = tl.load(DA + offs, mask=m, other=0.0).to(tl.float32)
+        if SCALED:
+            da = da * s[:, None]
         code = tl.load(Code + offs, mask=m, other=0)
         grad = da + tl.where(j[None, :] == arg[:, None], dd[:, None], 0.0)
         grad = tl.where((code & 2) != 0, grad, grad * slope)
@@ -391,15 +398,20 @@ def pool_act_block_max_fwd(h: torch.Tensor, block: int, slope: float):
     return a, a_down, code, arg
 
 
-def pool_act_block_max_bwd(da, da_down, code, arg, t_in: int, dtype: torch.dtype, block: int, slope: float):
-    _contiguous(da, da_down, code, arg)
+def pool_act_block_max_bwd(da, da_down, code, arg, t_in: int, dtype: torch.dtype, block: int, slope: float,
+                           scale: torch.Tensor | None = None):
+    """dh from a's gradient ``da`` (with ``scale``: the modulation's output gradient, scaled here) and
+    a_down's gradient."""
+    _contiguous(da, da_down, code, arg, scale)
     B, C, t = da.shape
     lay = _layout(t, block, B * C)
     dh = torch.empty((B, C, t_in), dtype=dtype, device=da.device)
     if t_in % 2:
         dh[..., -1] = 0  # MaxPool(2) drops the odd last sample
     if lay["n_total"]:
-        _pool_act_block_max_bwd_kernel[_grid(lay)](da, da_down, code, arg, dh, T_in=t_in, slope=slope, **lay)
+        _pool_act_block_max_bwd_kernel[_grid(lay)](da, da_down, code, arg, dh,
+                                                   da_down if scale is None else scale, T_in=t_in,
+                                                   slope=slope, SCALED=scale is not None, **lay)
     return dh
 
 
@@ -481,8 +493,8 @@ class PoolActBlockMaxFunction(torch.autograd.Function):
 
 
 class _FiLMLink:
-    """What pool_film's modulation hands to its pooling's backward: the scale, set when the
-    modulation's backward passed on its output gradient unscaled."""
+    """What pool_film's (pool_act_film's) modulation hands to its pooling's backward: the scale, set
+    when the modulation's backward passed on its output gradient unscaled."""
 
     def __init__(self):
         self.scale = None
@@ -506,6 +518,26 @@ class PoolForFiLMFunction(torch.autograd.Function):
         if scale is None:  # the modulation's gradient came already scaled (or never came: zeros)
             return g + block_max_pool_bwd(dpool.contiguous(), arg, ctx.t, ctx.dtype, ctx.block), None, None
         return pool_film_dx(g, scale, dpool.contiguous(), arg, ctx.block, ctx.dtype), None, None
+
+
+class PoolActForFiLMFunction(torch.autograd.Function):
+    """PoolActBlockMaxFunction for pool_act_film: a goes to the modulation only, whose backward leaves
+    its gradient unscaled; the scale is applied here, in the pass that writes dh (da is never stored)."""
+
+    @staticmethod
+    def forward(ctx, h, block, slope, link):
+        a, a_down, code, arg = pool_act_block_max_fwd(h, block, slope)
+        ctx.save_for_backward(code, arg)
+        ctx.block, ctx.slope, ctx.t_in, ctx.dtype, ctx.link = block, slope, h.shape[-1], h.dtype, link
+        return a, a_down
+
+    @staticmethod
+    def backward(ctx, g, da_down):
+        code, arg = ctx.saved_tensors
+        scale, ctx.link.scale = ctx.link.scale, None
+        dh = pool_act_block_max_bwd(g.contiguous(), da_down.contiguous(), code, arg, ctx.t_in, ctx.dtype,
+                                    ctx.block, ctx.slope, scale)
+        return dh, None, None, None
 
 
 class FiLMForPoolFunction(torch.autograd.Function):
@@ -589,3 +621,25 @@ def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None =
         # promoted output: the plain modulation (its dx comes scaled; the link sees no scale)
         return BlockFiLMFunction.apply(x_link, scale, shift, int(block), skip)
     return FiLMForPoolFunction.apply(x_link, scale, shift, int(block), skip, link)
+
+
+def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.Tensor:
+    """pool_act_block_max -> scale_fn(a_down) -> block_film(a, ...), as the reference's pool_act_film.
+    When h needs a gradient, a's gradient is never stored: the modulation's backward passes its output
+    gradient on unscaled and the fused pooling backward scales it while writing dh."""
+    _check(h, block, "h")
+    if h.shape[-1] < 2:
+        raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
+    if not (torch.is_grad_enabled() and h.requires_grad):
+        a, a_down = pool_act_block_max(h, block, slope)
+        scale, shift = scale_fn(a_down)
+        return block_film(a, scale, shift, block)
+    link = _FiLMLink()
+    a, a_down = PoolActForFiLMFunction.apply(h.contiguous(), int(block), float(slope), link)
+    scale, shift = scale_fn(a_down)
+    _check_film(a, scale, shift, block)
+    scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
+    if any(t is not None and t.dtype != a.dtype for t in (scale, shift)):
+        # promoted output: the plain modulation (its da comes scaled; the link sees no scale)
+        return BlockFiLMFunction.apply(a, scale, shift, int(block), None)
+    return FiLMForPoolFunction.apply(a, scale, shift, int(block), None, link)

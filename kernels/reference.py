@@ -89,3 +89,10 @@ def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None =
     if skip is None:
         return block_film(x, scale, shift, block)
     return block_film_concat(x, scale, shift, block, skip)
+
+
+def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.Tensor:
+    """The down path's stage: pool_act_block_max, ``scale, shift = scale_fn(a_down)``, then a modulated."""
+    a, a_down = pool_act_block_max(h, block, slope)
+    scale, shift = scale_fn(a_down)
+    return block_film(a, scale, shift, block)

@@ -161,6 +161,29 @@ def test_pool_film(B, C, T, block, dtype, atol, rtol, shift, skip):
     _compare(_pool_film(K, block), _pool_film(R, block), [x, w, b, s], dtype, atol * 8, rtol * 2)
 
 
+def _pool_act_film(ns, block):
+    def fn(h, w, b):
+        return ns.pool_act_film(h, block, 0.2, lambda a_down: (w * a_down.roll(1, -1),
+                                                                None if b is None else b * a_down))
+    return fn
+
+
+@pytest.mark.parametrize("odd", [False, True], ids=["even", "odd"])
+@pytest.mark.parametrize("shift", [False, True], ids=["scale", "shift"])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("B, C, T, block", SHAPES[:4], ids=SHAPE_IDS[:4])
+def test_pool_act_film(B, C, T, block, dtype, atol, rtol, shift, odd):
+    gen = torch.Generator().manual_seed(0)
+    nb = -(-T // block)
+    h = _leaf(B, C, 2 * T + odd, dtype=dtype, gen=gen)
+    w = _leaf(B, C, nb, dtype=dtype, gen=gen)
+    b = _leaf(B, C, nb, dtype=dtype, gen=gen) if shift else None
+    fn = _pool_act_film(K, block)
+    if dtype == torch.float32:
+        assert type(fn(h, w, b).grad_fn).__name__ == "FiLMForPoolFunctionBackward"
+    _compare(fn, _pool_act_film(R, block), [h, w, b], dtype, atol * 8, rtol * 2)
+
+
 @pytest.mark.parametrize("mix", [True, False], ids=["scale-from-pool", "scale-ignores-pool"])
 def test_pool_film_backward_is_one_pass_and_exact(mix):
     """The pooling's backward writes x's gradient (the modulation's backward leaves it unscaled), also
@@ -373,7 +396,11 @@ _COMPILE_SCRIPT = textwrap.dedent("""
             (K._pool_act_block_max_fwd_kernel, {**sig(dt, H=None, A=None, Code="i8", ADown=None, Arg="i32"),
                                                 "T_in": "i32", "slope": "fp32"}, cst),
             (K._pool_act_block_max_bwd_kernel, {**sig(dt, DA=None, DADown=None, Code="i8", Arg="i32",
-                                                    DH=None), "T_in": "i32", "slope": "fp32"}, cst),
+                                                    DH=None, Scale=None), "T_in": "i32", "slope": "fp32"},
+             dict(cst, SCALED=False)),
+            (K._pool_act_block_max_bwd_kernel, {**sig(dt, DA=None, DADown=None, Code="i8", Arg="i32",
+                                                    DH=None, Scale=None), "T_in": "i32", "slope": "fp32"},
+             dict(cst, SCALED=True)),
         ]
         for kern, s, c in cases:
             fn = kern.fn
@@ -396,7 +423,7 @@ def test_kernels_compile_for_sm90():
     if proc.returncode == 77:
         pytest.skip("the Triton wheel has no ptxas")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 32  # 8 kernel variants x 4 (dtype, block) cases
+    assert proc.stdout.count("compiled") == 36  # 9 kernel variants x 4 (dtype, block) cases
 
 
 # ---------------------------------------------------------------------------------------------------

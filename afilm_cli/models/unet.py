@@ -114,7 +114,8 @@ def _conv(c_in: int, c_out: int, k: int, dilation: int) -> nn.Conv1d:
 
 
 class DownStage(nn.Module):
-    """Conv -> MaxPool(2) -> [Dropout] -> LeakyReLU -> mod. Pool + activation + block max are one fused op."""
+    """Conv -> MaxPool(2) -> [Dropout] -> LeakyReLU -> mod. Pool + activation + block max are one fused op,
+    and (without dropout in training) one with the modulation: kernels.pool_act_film."""
 
     def __init__(self, conv: nn.Conv1d, film: Modulation, slope: float, dropout: float):
         super().__init__()
@@ -124,15 +125,15 @@ class DownStage(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, a_down = kernels.pool_act_block_max(self.conv(x), self.film.block, self.slope)
-        if self.dropout is not None and self.training:
-            # The bottleneck's order is pool -> dropout -> LeakyReLU. LeakyReLU is positively
-            # homogeneous (f(s*x) = s*f(x) for s >= 0) and a dropout mask is s in {0, 1/(1-p)}, so
-            # dropout after the activation is the same function. The block max must then be taken of
-            # the dropped-out activation, so it is recomputed (in eval mode dropout is the identity).
-            a = self.dropout(a)
-            a_down = kernels.block_max_pool(a, self.film.block)
-        return self.film(a, a_down)
+        if self.dropout is None or not self.training:
+            return kernels.pool_act_film(self.conv(x), self.film.block, self.slope, self.film.scale_shift)
+        # The bottleneck's order is pool -> dropout -> LeakyReLU. LeakyReLU is positively homogeneous
+        # (f(s*x) = s*f(x) for s >= 0) and a dropout mask is s in {0, 1/(1-p)}, so dropout after the
+        # activation is the same function. The block max must then be taken of the dropped-out
+        # activation, so it is recomputed (in eval mode dropout is the identity: the fused path above).
+        a, _ = kernels.pool_act_block_max(self.conv(x), self.film.block, self.slope)
+        a = self.dropout(a)
+        return self.film(a, kernels.block_max_pool(a, self.film.block))
 
 
 class UpStage(nn.Module):
