@@ -136,6 +136,12 @@ def test_block_film_concat(B, C, T, block, dtype, atol, rtol, shift):
     _compare(K.block_film_concat, R.block_film_concat, [x, scale, b, block, skip], dtype, atol * 4, rtol)
 
 
+def _normaliser_leaves(B, C, T, block, dtype, shift, gen):
+    """The stand-in normaliser's weights: w for the scale, b (with ``shift``) for the shift."""
+    nb = -(-T // block)
+    return _leaf(B, C, nb, dtype=dtype, gen=gen), _leaf(B, C, nb, dtype=dtype, gen=gen) if shift else None
+
+
 def _pool_film(ns, block, mix=True):
     """ns.pool_film with a stand-in for the normaliser: with ``mix`` the scale of block k is built
     from the max of block k-1 (it needs the whole pooling, like the attention), else it ignores x."""
@@ -153,10 +159,8 @@ def _pool_film(ns, block, mix=True):
 @pytest.mark.parametrize("B, C, T, block", SHAPES[:4], ids=SHAPE_IDS[:4])
 def test_pool_film(B, C, T, block, dtype, atol, rtol, shift, skip):
     gen = torch.Generator().manual_seed(0)
-    nb = -(-T // block)
     x = _leaf(B, C, T, dtype=dtype, gen=gen)
-    w = _leaf(B, C, nb, dtype=dtype, gen=gen)
-    b = _leaf(B, C, nb, dtype=dtype, gen=gen) if shift else None
+    w, b = _normaliser_leaves(B, C, T, block, dtype, shift, gen)
     s = _leaf(B, C + 1, T, dtype=dtype, gen=gen) if skip else None
     _compare(_pool_film(K, block), _pool_film(R, block), [x, w, b, s], dtype, atol * 8, rtol * 2)
 
@@ -174,10 +178,8 @@ def _pool_act_film(ns, block):
 @pytest.mark.parametrize("B, C, T, block", SHAPES[:4], ids=SHAPE_IDS[:4])
 def test_pool_act_film(B, C, T, block, dtype, atol, rtol, shift, odd):
     gen = torch.Generator().manual_seed(0)
-    nb = -(-T // block)
     h = _leaf(B, C, 2 * T + odd, dtype=dtype, gen=gen)
-    w = _leaf(B, C, nb, dtype=dtype, gen=gen)
-    b = _leaf(B, C, nb, dtype=dtype, gen=gen) if shift else None
+    w, b = _normaliser_leaves(B, C, T, block, dtype, shift, gen)
     fn = _pool_act_film(K, block)
     if dtype == torch.float32:
         assert type(fn(h, w, b).grad_fn).__name__ == "FiLMForPoolFunctionBackward"
