@@ -154,14 +154,10 @@ class _TritonUnfused:
         return torch.cat([self.block_film(x, scale, shift, block), skip], dim=1)
 
     def pool_act_film(self, h, block, slope, scale_fn):
-        a, a_down = self.pool_act_block_max(h, block, slope)
-        scale, shift = scale_fn(a_down)
-        return self.block_film(a, scale, shift, block)
+        return reference.compose_pool_act_film(self, h, block, slope, scale_fn)
 
     def pool_film(self, x, block, scale_fn, skip):
-        scale, shift = scale_fn(self.block_max_pool(x, block))
-        return self.block_film(x, scale, shift, block) if skip is None else self.block_film_concat(
-            x, scale, shift, block, skip)
+        return reference.compose_pool_film(self, x, block, scale_fn, skip)
 
 
 def op_function(provider: str, op: str, path: str) -> Callable | None:

@@ -603,24 +603,27 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
     return BlockFiLMFunction.apply(x, scale, shift, int(block), skip)
 
 
+
+def _linked_film(x, scale, shift, block: int, skip, link) -> torch.Tensor:
+    """The modulation of pool_film / pool_act_film, after their pooling Function made ``link``."""
+    _check_film(x, scale, shift, block, skip)
+    scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
+    if any(t is not None and t.dtype != x.dtype for t in (scale, shift, skip)):
+        # promoted output: the plain modulation (its gradient comes scaled; the link sees no scale)
+        return BlockFiLMFunction.apply(x, scale, shift, int(block), skip)
+    return FiLMForPoolFunction.apply(x, scale, shift, int(block), skip, link)
+
+
 def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None = None) -> torch.Tensor:
     """block_max_pool -> scale_fn -> block_film (block_film_concat with ``skip``), as the reference's
     pool_film. When x needs a gradient, x's two gradients (the modulation's and the pooling's) are
     written in one pass by the pooling's backward, which the modulation's backward leaves dx to."""
     _check(x, block)
     if not (torch.is_grad_enabled() and x.requires_grad):
-        scale, shift = scale_fn(block_max_pool(x, block))
-        return block_film(x, scale, shift, block) if skip is None else block_film_concat(x, scale, shift,
-                                                                                         block, skip)
+        return reference.compose_pool_film(sys.modules[__name__], x, block, scale_fn, skip)
     link = _FiLMLink()
     x_link, pooled = PoolForFiLMFunction.apply(x.contiguous(), int(block), link)
-    scale, shift = scale_fn(pooled)
-    _check_film(x_link, scale, shift, block, skip)
-    scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
-    if any(t is not None and t.dtype != x.dtype for t in (scale, shift, skip)):
-        # promoted output: the plain modulation (its dx comes scaled; the link sees no scale)
-        return BlockFiLMFunction.apply(x_link, scale, shift, int(block), skip)
-    return FiLMForPoolFunction.apply(x_link, scale, shift, int(block), skip, link)
+    return _linked_film(x_link, *scale_fn(pooled), block, skip, link)
 
 
 def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.Tensor:
@@ -631,15 +634,7 @@ def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
     if not (torch.is_grad_enabled() and h.requires_grad):
-        a, a_down = pool_act_block_max(h, block, slope)
-        scale, shift = scale_fn(a_down)
-        return block_film(a, scale, shift, block)
+        return reference.compose_pool_act_film(sys.modules[__name__], h, block, slope, scale_fn)
     link = _FiLMLink()
     a, a_down = PoolActForFiLMFunction.apply(h.contiguous(), int(block), float(slope), link)
-    scale, shift = scale_fn(a_down)
-    _check_film(a, scale, shift, block)
-    scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
-    if any(t is not None and t.dtype != a.dtype for t in (scale, shift)):
-        # promoted output: the plain modulation (its da comes scaled; the link sees no scale)
-        return BlockFiLMFunction.apply(a, scale, shift, int(block), None)
-    return FiLMForPoolFunction.apply(a, scale, shift, int(block), None, link)
+    return _linked_film(a, *scale_fn(a_down), block, None, link)

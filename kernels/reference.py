@@ -7,6 +7,7 @@ Shapes are channels-first: x (B, C, T). Blocks are ``block`` consecutive samples
 from __future__ import annotations
 
 import numbers
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -81,18 +82,30 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
     return torch.cat([block_film(x, scale, shift, block), skip], dim=1)
 
 
+
+def compose_pool_film(ops, x, block: int, scale_fn, skip=None):
+    """block max -> ``scale, shift = scale_fn(pooled)`` -> modulation (concatenated with ``skip``),
+    written against an ops namespace (this module, the Triton module, or an unfused variant)."""
+    scale, shift = scale_fn(ops.block_max_pool(x, block))
+    if skip is None:
+        return ops.block_film(x, scale, shift, block)
+    return ops.block_film_concat(x, scale, shift, block, skip)
+
+
+def compose_pool_act_film(ops, h, block: int, slope: float, scale_fn):
+    """pool_act_block_max -> ``scale, shift = scale_fn(a_down)`` -> a modulated, against ``ops``."""
+    a, a_down = ops.pool_act_block_max(h, block, slope)
+    scale, shift = scale_fn(a_down)
+    return ops.block_film(a, scale, shift, block)
+
+
 def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None = None) -> torch.Tensor:
     """A modulation layer's memory-bound work around its normaliser: the block max of x, then
     ``scale, shift = scale_fn(pooled)`` (the attention or LSTM over the blocks; shift may be None),
     then x modulated per block, concatenated with ``skip`` when given."""
-    scale, shift = scale_fn(block_max_pool(x, block))
-    if skip is None:
-        return block_film(x, scale, shift, block)
-    return block_film_concat(x, scale, shift, block, skip)
+    return compose_pool_film(sys.modules[__name__], x, block, scale_fn, skip)
 
 
 def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.Tensor:
     """The down path's stage: pool_act_block_max, ``scale, shift = scale_fn(a_down)``, then a modulated."""
-    a, a_down = pool_act_block_max(h, block, slope)
-    scale, shift = scale_fn(a_down)
-    return block_film(a, scale, shift, block)
+    return compose_pool_act_film(sys.modules[__name__], h, block, slope, scale_fn)

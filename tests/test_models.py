@@ -261,10 +261,16 @@ def test_block_sizes_and_tokens_seen_at_run_time(name, monkeypatch):
         return orig(self, x_down)
 
     monkeypatch.setattr(Modulation, "scale_shift", spy)
+    import kernels
+
+    fused = []
+    pool_act_film = kernels.pool_act_film
+    monkeypatch.setattr(kernels, "pool_act_film", lambda *a: fused.append(a[1]) or pool_act_film(*a))
     with torch.no_grad():
         model(_signal(8192))
     assert [s[0] for s in seen] == PAPER_BLOCKS
     assert [s[1] for s in seen] == PAPER_TOKENS
+    assert fused == PAPER_BLOCKS[:5]  # the down path and bottleneck pool through the fused op
 
 
 def test_subpixel_order_on_a_hand_made_example():
