@@ -59,6 +59,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 16              # per process under torchrun
     lr: float = 3e-4
+    lr_schedule: str = "constant"     # constant (the reference) | cosine: to 0 at the run's last step
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7                 # Keras' Adam default, as the reference (PyTorch's is 1e-8)
     loss: str = "mse"                 # mse (AFiLM code) | rmse (TFiLM code: mean per-patch RMSE)
@@ -85,6 +86,7 @@ class TrainConfig:
 
 
 LOSSES = ("mse", "rmse")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -97,6 +99,18 @@ class TrainResult:
     step: int                         # optimizer steps in total
     metrics: dict[str, Any]           # of the last validation (or training) pass
     interrupted: bool = False
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based). Cosine runs from --lr down to 0 over
+    the run's planned steps (--epochs, or --max-steps when that ends it sooner), so it depends on
+    the planned length: raising --epochs on --resume stretches the rest of the curve."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 def loss_fn(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -145,6 +159,9 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
     """Train as ``cfg`` says; returns where the checkpoints are. ``on_step(step)`` is a test hook."""
     if cfg.loss not in LOSSES:
         raise AfilmError(f"unknown loss {cfg.loss!r}; known: {', '.join(LOSSES)}")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise AfilmError(f"unknown learning-rate schedule {cfg.lr_schedule!r}; "
+                         f"known: {', '.join(LR_SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise AfilmError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -265,6 +282,8 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 loss = loss_fn(pred.float(), y, cfg.loss)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in run.optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, step, n_batches)
                 run.optimizer.step()
                 step, epoch_step, seen = step + 1, epoch_step + 1, seen + len(x) * cfg.world_size
                 lv = loss.item()
@@ -273,7 +292,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 bar.advance(lv, rate)
                 if step % cfg.log_every == 0:
                     run.log(type="step", epoch=epoch + 1, step=step, loss=lv, patches_per_s=rate,
-                            elapsed=time.perf_counter() - t0)
+                            lr=run.optimizer.param_groups[0]["lr"], elapsed=time.perf_counter() - t0)
                 if on_step is not None:
                     on_step(step)
                 interrupted = stop.requested(device)

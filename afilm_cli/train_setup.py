@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from afilm_cli.train import TrainConfig
 
 # settings a resumed run must keep, or it would not be the same run
-RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "betas", "eps", "loss", "seed", "world_size")
+RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "lr_schedule", "betas", "eps", "loss", "seed",
+                "world_size")
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -68,7 +69,8 @@ def load_resume(cfg: TrainConfig) -> dict[str, Any]:
         raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
                          f"start a new run from it with --init {path}")
     stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1),
-              "model_args": stored.get("model_args", {})}
+              "model_args": stored.get("model_args", {}),
+              "lr_schedule": stored.get("lr_schedule", "constant")}  # runs from before the option
     mine = {**cfg.to_dict(), "betas": tuple(cfg.betas)}
     differ = [f"{k} {mine[k]!r} (was {stored[k]!r})" for k in RUN_IDENTITY
               if k != "world_size" and mine[k] != stored[k]]

@@ -221,6 +221,40 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
     _assert_same(_weights(full.last), _weights(done.last))
 
 
+def test_cosine_schedule_decays_to_zero_and_resumes_exactly(data, tmp_path):
+    """--lr-schedule cosine: step s (0-based) of N planned steps uses lr * (1 + cos(pi s / N)) / 2,
+    as logged; a resumed run continues the same curve bit-exactly; the schedule is part of the run."""
+    kw = dict(lr=1e-3, lr_schedule="cosine")
+    full = train(_cfg(data, tmp_path, out=str(tmp_path / "full"), **kw))  # 3 epochs of 3 steps
+    lines = _log(full.out)
+    got = [x["lr"] for x in lines if x["type"] == "step"]
+    want = [1e-3 * 0.5 * (1 + np.cos(np.pi * s / 9)) for s in range(9)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] == 1e-3 and got[-1] < 0.04 * 1e-3
+    assert lines[0]["config"]["lr_schedule"] == "cosine"
+
+    def interrupt(step):
+        if step == 5:  # mid epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+
+    part = train(_cfg(data, tmp_path, out=str(tmp_path / "part"), **kw), on_step=interrupt)
+    assert part.interrupted and part.step == 5
+    resumed = train(_cfg(data, tmp_path, out=None, resume=str(part.out), **kw))
+    _assert_same(_weights(full.last), _weights(resumed.last))
+    with pytest.raises(AfilmError, match=r"keeps its settings.*lr_schedule 'constant' \(was 'cosine'\)"):
+        train(_cfg(data, tmp_path, out=None, resume=str(part.out), lr=1e-3))
+    # max_steps, when it ends the run first, is the curve's end; constant (the default) stays put
+    short = train(_cfg(data, tmp_path, out=str(tmp_path / "short"), max_steps=4, **kw))
+    got = [x["lr"] for x in _log(short.out) if x["type"] == "step"]
+    np.testing.assert_allclose(got, [1e-3 * 0.5 * (1 + np.cos(np.pi * s / 4)) for s in range(4)], rtol=1e-12)
+    plain = train(_cfg(data, tmp_path, out=str(tmp_path / "plain"), max_steps=2))
+    assert {x["lr"] for x in _log(plain.out) if x["type"] == "step"} == {3e-4}
+
+
+def _log(run):
+    return [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
+
+
 def test_max_steps_and_no_validation_with_reference_file(data, tmp_path):
     """A reference-style file: only data/label, no attributes, so the recipe comes from options."""
     ref = tmp_path / "ref-train.h5"
@@ -260,6 +294,7 @@ def _bad_files(tmp_path, data):
     ("spline", "no trainable parameters"),
     ("loss", "unknown loss 'l1'"),
     ("precision", "unknown precision 'fp16'"),
+    ("schedule", "unknown learning-rate schedule 'step'"),
     ("val_r", "has r=2, but .* has r=4"),
     ("missing", "no such HDF5 file"),
 ])
@@ -272,6 +307,7 @@ def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
            "spline": replace(cfg, model="spline"),
            "loss": replace(cfg, loss="l1"),
            "precision": replace(cfg, precision="fp16"),
+           "schedule": replace(cfg, lr_schedule="step"),
            "val_r": replace(cfg, val=str(tmp_path / "r2.h5")),
            "missing": replace(cfg, train=str(tmp_path / "nope.h5"))}[case]
     with pytest.raises(AfilmError, match=match) as err:
@@ -401,10 +437,11 @@ def test_init_starts_a_new_run_from_weights(data, tmp_path):
 def test_cli_init_from_the_bundled_model_takes_its_architecture(data, tmp_path):
     p = _afilm("train", "--init", "afilm_speech_r4", "--train", data["train"], "--val", data["val"],
                "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", "ft",
-               cwd=tmp_path)
+               "--lr-schedule", "cosine", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "afilm_small" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
-    assert load_checkpoint(tmp_path / "ft" / "last.pt")["model_name"] == "afilm_small"
+    ckpt = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert ckpt["model_name"] == "afilm_small" and ckpt["train_config"]["lr_schedule"] == "cosine"
 
 
 def test_cli_model_arg_changes_the_architecture_and_resume_keeps_it(data, tmp_path):

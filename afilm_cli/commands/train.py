@@ -47,6 +47,9 @@ def command(
                                           help="Patches per step (per process under torchrun). "
                                           "(default 16)")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Adam learning rate (default 3e-4).")] = None,
+    lr_schedule: Annotated[str | None, Opt("--lr-schedule", help="constant (the reference) or cosine: "
+                                           "from --lr down to 0 at the run's last step. (default "
+                                           "constant)")] = None,
     loss: Annotated[str | None, Opt("--loss", help="mse (AFiLM) or rmse (TFiLM: mean per-patch RMSE). "
                                     "(default mse)")] = None,
     max_steps: Annotated[int | None, Opt("--max-steps", min=1, help="Stop after N steps in all.")] = None,
@@ -78,8 +81,8 @@ def command(
     from afilm_cli import train as training
     from afilm_cli.threads import parse_threads
 
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "max_steps": max_steps,
-             "r": r, "sr": sr, "degrade": degrade}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "loss": loss,
+             "max_steps": max_steps, "r": r, "sr": sr, "degrade": degrade}
     given = {k: v for k, v in given.items() if v is not None}
     if model_arg:
         given["model_args"] = parse_model_args(model_arg)
