@@ -33,7 +33,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="c793b95ae386ae213b68588b93e65d7053d9d2841be4da082db69d8b48ef04ef",
+        sha256="213a6112e6e56ac23c62467a3b868ec1de468761469dade248dbc51efed6bb1e",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
     ),
