@@ -9,7 +9,9 @@ Two sources of ground truth:
 
 Metrics per row, for both the model and the spline: ``snr`` (whole signal), ``segsnr`` (the
 reference's per-8192-patch SNR), ``lsd`` (log10 power, the later literature's convention) and
-``lsd_ref`` (the reference code's convention). The summary is the mean over rows.
+``lsd_ref`` (the reference code's convention). The summary is the mean over rows. Beside them, the
+SNRs of the truth ideally low-passed at the low rate's Nyquist (``lowpass_truth``): what perfect
+restoration of the input band scores without inventing anything above it.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from afilm_cli.infer import (
     simulate_pipeline,
     window_plan_for,
 )
-from afilm_cli.metrics import ALL, band_edges, band_energy
+from afilm_cli.metrics import ALL, band_edges, band_energy, lowpass_truth, segmental_snr, snr
 from afilm_cli.plots import save_spectrograms
 
 SYSTEMS = ("model", "spline")
 METRICS = tuple(ALL)
+LOWPASS = "lowpass_truth"  # the truth low-passed at the low rate's Nyquist; SNRs only (its LSD: the floor's)
+LOWPASS_METRICS = ("snr", "segsnr")
 
 
 class BandTotals:
@@ -89,8 +93,9 @@ class EvalResult:
     @property
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean of every metric over the rows, per system (NaN-free: metrics are always finite)."""
-        return {s: {m: float(np.mean([row[f"{s}_{m}"] for row in self.rows])) for m in METRICS}
-                for s in SYSTEMS}
+        def mean(system: str, metrics: tuple[str, ...]) -> dict[str, float]:
+            return {m: float(np.mean([row[f"{system}_{m}"] for row in self.rows])) for m in metrics}
+        return {**{s: mean(s, METRICS) for s in SYSTEMS}, LOWPASS: mean(LOWPASS, LOWPASS_METRICS)}
 
     def to_json(self) -> dict[str, Any]:
         out = {"summary": self.summary, "n_items": len(self.rows), "protocol": self.protocol}
@@ -99,11 +104,14 @@ class EvalResult:
         return out
 
 
-def _row(name: str, pred: np.ndarray, spline: np.ndarray, hr: np.ndarray, patch: int) -> dict[str, Any]:
+def _row(name: str, pred: np.ndarray, spline: np.ndarray, hr: np.ndarray, loaded: Loaded,
+         patch: int) -> dict[str, Any]:
     row: dict[str, Any] = {"item": name, "frames": len(hr)}
     for system, x in (("model", pred), ("spline", spline)):
         values = {m: (fn(x, hr, patch=patch) if m == "segsnr" else fn(x, hr)) for m, fn in ALL.items()}
         row.update({f"{system}_{m}": values[m] for m in METRICS})
+    low = lowpass_truth(hr, loaded.sr, float(loaded.low_rate) / 2)
+    row.update({f"{LOWPASS}_snr": snr(low, hr), f"{LOWPASS}_segsnr": segmental_snr(low, hr, patch=patch)})
     return row
 
 
@@ -125,6 +133,8 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                            "(reflect); RMS over frequency, mean over frames",
                     "lsd_ref": "reference: natural-log power + 1e-8, same STFT; RMS over frames, mean over "
                                "frequency, capped at 10",
+                    "lowpass_truth": "the truth with every DFT bin at or above the low rate's Nyquist "
+                                     "zeroed: perfect restoration of the input band, nothing invented above",
                     "summary": "mean over items",
                     "bands": "energy per band (DFT of each item, Parseval-scaled), summed over items; dB "
                              "relative to the signal's total energy; model_gain_db = spline error / model "
@@ -160,7 +170,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 pred = loaded.model(x).float().cpu().numpy()[:, 0, : pf.patch]
             for i in range(len(data)):
                 name = f"patch_{a + i:06d}"
-                rows.append(_row(name, pred[i], data[i], label[i], pf.patch))
+                rows.append(_row(name, pred[i], data[i], label[i], loaded, pf.patch))
                 bands.add(label[i], model=pred[i], spline=data[i])
                 if plots_dir is not None and len(plots) < max_plots:
                     lr = data[i][:: loaded.r]  # the spline passes through the LR samples at k*r
@@ -206,7 +216,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
                        device=device)[:, 0]
         name = str(path.relative_to(folder))
-        rows.append(_row(name, pred, spline, hr, int(loaded.recipe["patch"])))
+        rows.append(_row(name, pred, spline, hr, loaded, int(loaded.recipe["patch"])))
         bands.add(hr, model=pred, spline=spline)
         if plots_dir is not None and len(plots) < max_plots:
             lr = lr_stage.read(0, lr_stage.length)[:, 0]
@@ -238,7 +248,8 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, *,
     existing = [p for p in (csv_path, json_path) if p.exists()]
     if existing and not force:
         raise AfilmError(f"{existing[0]} exists; pass --force to overwrite or --out for another folder")
-    columns = ["item", "frames"] + [f"{s}_{m}" for s in SYSTEMS for m in METRICS]
+    columns = (["item", "frames"] + [f"{s}_{m}" for s in SYSTEMS for m in METRICS]
+               + [f"{LOWPASS}_{m}" for m in LOWPASS_METRICS])
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -99,6 +99,18 @@ def band_energy(x, sr: int, edges: list[float]) -> np.ndarray:
     return np.bincount(which, weights=power, minlength=len(edges) - 1)
 
 
+def lowpass_truth(ref, sr: int, cutoff_hz: float) -> np.ndarray:
+    """``ref`` with every DFT bin at or above ``cutoff_hz`` zeroed (an ideal, zero-phase low-pass).
+
+    At the low rate's Nyquist this is what a method scores that restores the input band perfectly
+    and invents nothing above it: the line between the gain any good interpolator could make and
+    the gain that takes predicting the missing band."""
+    x = np.asarray(ref, dtype=np.float64).ravel()
+    spectrum = np.fft.rfft(x)
+    spectrum[np.fft.rfftfreq(len(x), 1.0 / sr) >= cutoff_hz] = 0.0
+    return np.fft.irfft(spectrum, len(x))
+
+
 ALL = {"snr": snr, "segsnr": segmental_snr, "lsd": lsd, "lsd_ref": lsd_reference}
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.fft
 import soundfile as sf
 import torch
 
@@ -159,6 +160,18 @@ def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
     assert summary["summary"]["model"]["snr"] == pytest.approx(mean_snr, abs=1e-5)
     assert "error by frequency band" in out.stdout and "4000-8000" in out.stdout
     assert [b["hi_hz"] for b in summary["bands"]] == [1600, 2000, 4000, 8000]
+    # the truth low-passed at 2 kHz: recomputed here from the file through scipy's FFT
+    assert "truth below 2000 Hz" in out.stdout
+    x, sr = read_audio(wavs / "p225" / "p225_001.wav", mono=True)
+    hr = resample(x, sr, 16000)
+    spectrum = scipy.fft.rfft(hr)
+    spectrum[scipy.fft.rfftfreq(len(hr), 1 / 16000) >= 2000] = 0
+    expected = metrics.snr(scipy.fft.irfft(spectrum, len(hr)), hr)
+    assert float(rows[0]["lowpass_truth_snr"]) == pytest.approx(expected, abs=1e-4)
+    lows = [float(r["lowpass_truth_snr"]) for r in rows]
+    assert summary["summary"]["lowpass_truth"]["snr"] == pytest.approx(np.mean(lows), abs=1e-5)
+    # a spline that restores nothing above 2 kHz scores at most the band-limited truth (+ rounding)
+    assert all(float(r["spline_snr"]) <= lo + 0.05 for r, lo in zip(rows, lows, strict=True))
     names = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert names == ["p225__p225_001.png", "p226__p226_002.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in (tmp_path / "png").iterdir())

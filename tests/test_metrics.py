@@ -172,3 +172,22 @@ def test_band_energy_puts_a_tone_in_its_band():
     # sum x^2 = n/2 * a^2 for a tone of amplitude a
     assert e[2] == pytest.approx(8000, rel=1e-9) and e[0] == pytest.approx(80, rel=1e-9)
     assert e[1] < 1e-12 and e[3] < 1e-12
+
+
+@pytest.mark.parametrize("n", [16000, 4000])
+def test_lowpass_truth_keeps_the_band_below_the_cutoff_only(n):
+    t = np.arange(n) / 16000
+    low, high = 0.5 * np.sin(2 * np.pi * 500 * t), np.sin(2 * np.pi * 3000 * t)
+    kept = metrics.lowpass_truth(low + high, 16000, 2000.0)
+    # tones on exact DFT bins: the one below the cutoff survives, the one above is gone
+    assert np.max(np.abs(kept - low)) < 1e-3
+    # so its SNR is the ratio of the tones' energies, 10 log10((0.25 + 1) / 1)
+    assert metrics.snr(kept, low + high) == pytest.approx(10 * np.log10(1.25), abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [4096, 4095])  # odd lengths have no Nyquist bin
+def test_lowpass_truth_of_a_signal_inside_the_band_is_itself(n):
+    x = metrics.lowpass_truth(np.random.default_rng(0).standard_normal(n), 16000, 2000.0)
+    assert len(x) == n
+    assert np.allclose(metrics.lowpass_truth(x, 16000, 2000.0), x, atol=1e-12)
+    assert metrics.band_energy(x, 16000, metrics.band_edges(16000, 4))[2:].sum() < 1e-20

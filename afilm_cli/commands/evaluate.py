@@ -19,16 +19,25 @@ LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR
 
 
 def summary_table(result, title: str) -> Table:
-    """Model and spline side by side, mean over items; shared with `afilm demo`."""
-    table = Table(title=title)
+    """Model and spline side by side, mean over items, and the SNRs of the truth low-passed at the
+    low rate's Nyquist (what restoring the input band alone can reach); shared with `afilm demo`."""
+    from afilm_cli.evaluate import LOWPASS  # lazy: it imports torch
+
+    cutoff = result.protocol["sr"] / (2 * result.protocol["r"])
+    caption = (f"truth below {cutoff:g} Hz: the truth ideally low-passed at the input's Nyquist, i.e. the "
+               "input band restored perfectly and nothing invented above it")
+    table = Table(title=title, caption=caption)
     table.add_column("metric (mean over items)")
     table.add_column("model", justify="right")
     table.add_column("spline", justify="right")
     table.add_column("model better", justify="center")
+    table.add_column(f"truth below {cutoff:g} Hz", justify="right")
     summary = result.summary
+    low = summary[LOWPASS]
     for key, (label, higher) in LABELS.items():
         m, s = summary["model"][key], summary["spline"][key]
-        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no")
+        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no",
+                      f"{low[key]:.3f}" if key in low else "-")
     return table
 
 
