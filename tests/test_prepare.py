@@ -388,3 +388,61 @@ def test_plugin_dataset_becomes_a_subcommand(tmp_path):
         assert res.exit_code == 0 and "toy r=8" in res.output
     finally:
         DATASETS.unregister("toy_corpus")
+
+
+def test_speed_perturbation_multiplies_the_training_split_only(vctk_mini, tmp_path):
+    src = tmp_path / "src"
+    (src / "held").mkdir(parents=True)
+    for name in ("p225_001.wav", "p225_002.wav"):
+        shutil.copy(vctk_mini / "wav48" / "p225" / name, src / name)
+    shutil.copy(vctk_mini / "wav48" / "p226" / "p226_003.wav", src / "held" / "c.wav")
+    kw = dict(r=4, stride=8192, multiple=1)
+    plain = prepare_folder(src, Recipe(**kw), val_dir=src / "held", out=tmp_path / "plain")
+    fast = prepare_folder(src, Recipe(**kw, speed="0.9,1,1.1"), val_dir=src / "held", out=tmp_path / "fast")
+    by_part = {res.part: res for res in fast}
+    [plain_val] = [res for res in plain if res.part == "val"]
+    assert by_part["val"].patches == plain_val.patches  # validation is never perturbed
+    with h5py.File(by_part["val"].out, "r") as f:
+        assert f.attrs["speed"] == "1"
+    with h5py.File(by_part["train"].out, "r") as f:
+        assert f.attrs["speed"] == "0.9,1,1.1"
+        # per file: the 0.9x version (resampled to 16000 / 0.9 ~ 17780 Hz, played at 16 kHz), then 1x, 1.1x
+        counts, lengths = [], []
+        for rate in (17780, 16000, 14550):
+            up, hr = expected_signals(src / "p225_001.wav", 4, "decimate", sr=rate)
+            np.testing.assert_allclose(f["label"][sum(counts), :, 0], hr[:8192], atol=1e-5)
+            np.testing.assert_allclose(f["data"][sum(counts), :, 0], up[:8192], atol=3e-5)
+            counts.append(len(hr) // 8192)
+            lengths.append(len(hr))
+        assert lengths[0] > lengths[1] > lengths[2]  # slower is longer
+    # a rerun with other factors is refused rather than reusing the file
+    with pytest.raises(AfilmError, match=r"different recipe: speed='0.9,1,1.1' \(asked '1'\)"):
+        prepare_folder(src, Recipe(**kw), val_dir=src / "held", out=tmp_path / "fast")
+
+
+def test_speed_factor_scales_the_pitch(tmp_path):
+    t = np.arange(32000) / 16000
+    sf.write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 16000)
+    for factor, expected_hz in (("1.1", 1100), ("0.8", 800), ("1", 1000)):
+        [(_, hr)] = recipe_mod.file_signals(tmp_path / "tone.wav", Recipe(r=4, speed=factor))
+        peak = np.fft.rfftfreq(len(hr), 1 / 16000)[np.argmax(np.abs(np.fft.rfft(hr)))]
+        assert peak == pytest.approx(expected_hz, abs=2)
+        assert len(hr) == pytest.approx(32000 / float(factor), rel=5e-4)  # sr / f rounded to 10 Hz
+
+
+def test_outputs_written_before_speed_existed_still_count_as_speed_1(vctk_mini, tmp_path):
+    (first,) = prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
+    with h5py.File(first.out, "a") as f:
+        del f.attrs["speed"]
+    (again,) = prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
+    assert again.status == "exists"
+
+
+@pytest.mark.parametrize(("speed", "match"), [
+    ("fast", "comma-separated factors"), ("0.9,,1.1", "comma-separated factors"),
+    ("0.3", "between 0.5 and 2"), ("1,1.0", "repeats a factor")])
+def test_bad_speed_is_one_clear_error(speed, match, tmp_path):
+    with pytest.raises(AfilmError, match=match):
+        Recipe(r=4, speed=speed).validate()
+    proc = run_cli("prepare", "folder", str(tmp_path), "--r", "4", "--speed", speed, cwd=tmp_path)
+    assert proc.returncode != 0 and match in proc.stderr and "Traceback" not in proc.stderr

@@ -43,6 +43,10 @@ Sam = Annotated[float | None, typer.Option("--sam", min=0.0, max=1.0, help="Prob
 Seed = Annotated[int, typer.Option("--seed", help="Seed for patch sampling and validation picks.")]
 Multiple = Annotated[int, typer.Option("--multiple", min=1, help="Crop the patch count to a multiple of "
                                        "this (reference: 128, its batch multiple).")]
+Speed = Annotated[str, typer.Option(
+    "--speed", metavar="F[,F...]", help="Speed perturbation of the training split: every training file "
+    "once per factor, resampled to play that much faster (0.9,1,1.1: three voices per speaker, as "
+    "Kaldi and lhotse do; pitch and formants move with it). Validation is never perturbed.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .h5 files.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Rebuild outputs that already exist.")]
 ValFraction = Annotated[float | None, typer.Option(
@@ -60,11 +64,10 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
     """Write every plan's output (skipping finished ones unless ``force``), then print a summary."""
     recipe.validate()
     extra = {"split": split_info}
-    attrs = {**recipe.attrs(), **extra}
     results: list[SplitResult] = []
     todo: list[SplitPlan] = []
     for plan in plans:
-        if not force and existing_output_ok(plan.out, attrs):
+        if not force and existing_output_ok(plan.out, {**recipe.attrs(plan.part), **extra}):
             err.print(f"{escape(str(plan.out))} already exists with this recipe: skipped "
                       "(--force rebuilds it)", soft_wrap=True)
             results.append(_existing(plan))

@@ -97,6 +97,7 @@ def folder(
     sam: cli.Sam = None,
     seed: cli.Seed = 0,
     multiple: cli.Multiple = 128,
+    speed: cli.Speed = "1",
     val_fraction: cli.ValFraction = None,
     by_subfolder: Annotated[bool, typer.Option("--by-subfolder", help="Hold out whole top-level "
                             "subfolders (speakers) instead of files.")] = False,
@@ -109,6 +110,6 @@ def folder(
 ) -> None:
     """Any folder of audio files: same recipe as VCTK, validation by fraction, subfolder or folder."""
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or 4096, sam=1.0 if sam is None else sam,
-                    degrade=degrade or "decimate", seed=seed, multiple=multiple).validate()
+                    degrade=degrade or "decimate", seed=seed, multiple=multiple, speed=speed).validate()
     prepare_folder(root, recipe, name=name, val_fraction=0.1 if val_fraction is None else val_fraction,
                    by_subfolder=by_subfolder, val_dir=val_dir, out=out, force=force)

@@ -1,6 +1,7 @@
 """The reference data recipe (REFERENCE.md section 1) as a streaming file -> patches pipeline.
 
-Per file: read (mono float32) -> resample to ``sr`` (scipy resample_poly) -> crop to a multiple of
+Per file: read (mono float32) -> resample to ``sr`` (scipy resample_poly; with ``speed`` factors,
+training files once per factor, played that much faster: see :func:`speed_rates`) -> crop to a multiple of
 ``r`` -> degrade (``decimate`` | ``resample`` | ``subsample``, or several joined by ``+``: the file's
 patches once per method) -> cubic spline back to the high rate -> patches of
 ``patch`` samples every ``stride`` samples, each kept with probability ``sam`` (seeded). After all
@@ -27,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ DEFAULT_SR = 16000
 TRAIN_GLOB = "*-train.h5"
 VAL_GLOB = "*-val.h5"
 # Recipe fields a rerun compares with an existing output before skipping it.
-CHECKED_ATTRS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed", "multiple", "split")
+CHECKED_ATTRS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed", "multiple", "split", "speed")
+# Values of recipe fields added after outputs were first written: a file without the attribute had it.
+ATTR_DEFAULTS = {"speed": "1"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Recipe:
     sam: float = 1.0
     seed: int = 0
     multiple: int = 128
+    speed: str = "1"  # comma-separated factors for the training split (see speed_rates)
 
     def validate(self) -> Recipe:
         if self.r < 2:
@@ -74,27 +78,55 @@ class Recipe:
         audio.degrade_methods(self.degrade)
         if self.multiple < 1:
             raise AfilmError(f"--multiple must be >= 1, got {self.multiple}")
+        speed_rates(self.speed, self.sr)
         return self
 
-    def attrs(self) -> dict[str, Any]:
-        return asdict(self)
+    def attrs(self, part: str = "train") -> dict[str, Any]:
+        """The recipe as stored in a split's HDF5 attributes; validation is never speed-perturbed."""
+        return {**asdict(self), "speed": self.speed if part == "train" else "1"}
+
+    def for_part(self, part: str) -> Recipe:
+        return self if part == "train" else replace(self, speed="1")
+
+
+def speed_rates(speed: str, sr: int) -> list[int]:
+    """The rates a file is resampled to, one per speed factor, before it is taken as ``sr`` audio.
+
+    Speed perturbation (Ko et al., Interspeech 2015; Kaldi's and lhotse's 0.9,1.0,1.1): resampling
+    to sr/f and playing at sr makes the file f times faster, pitch and formants scaled by f: new
+    voices from the same speech, for corpora too small to generalise from. sr/f is rounded to 10 Hz
+    (a factor off by at most 0.03%) so the polyphase filter stays short."""
+    try:
+        factors = [float(f) for f in str(speed).split(",")]
+    except ValueError:
+        raise AfilmError(f"--speed takes comma-separated factors such as 0.9,1,1.1, got {speed!r}") from None
+    if not factors or any(not 0.5 <= f <= 2.0 for f in factors):
+        raise AfilmError(f"--speed factors must be between 0.5 and 2, got {speed!r}")
+    rates = [sr if f == 1.0 else max(10, round(sr / f / 10) * 10) for f in factors]
+    if len(set(rates)) < len(rates):
+        raise AfilmError(f"--speed {speed!r} repeats a factor")
+    return rates
 
 
 def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarray, np.ndarray]]:
     """Steps 1-4 on one file: (spline-upsampled LR, HR) pairs, float32 of the same length, one per
-    method of ``recipe.degrade`` (``decimate+resample``: the same HR degraded both ways).
+    speed factor of ``recipe.speed`` and method of ``recipe.degrade`` (``decimate+resample``: the
+    same HR degraded both ways).
 
     Raises AfilmError for unreadable/empty/non-finite files and files shorter than one patch.
     """
     x, sr_in = audio.read_audio(path, mono=True)
-    hr = audio.resample(x, sr_in, recipe.sr)
-    if len(hr) < recipe.patch:
-        raise AfilmError(f"{path}: {len(hr) / recipe.sr:.2f} s is shorter than one patch "
-                         f"({recipe.patch} samples at {recipe.sr} Hz)")
     pairs = []
-    for method in audio.degrade_methods(recipe.degrade):
-        hr_m, _, up = audio.simulate_lr(hr, recipe.r, method)
-        pairs.append((up, hr_m))
+    for rate in speed_rates(recipe.speed, recipe.sr):
+        hr = audio.resample(x, sr_in, rate)  # taken as recipe.sr audio from here on
+        if len(hr) < recipe.patch:
+            continue  # a sped-up version can fall short where the others do not
+        for method in audio.degrade_methods(recipe.degrade):
+            hr_m, _, up = audio.simulate_lr(hr, recipe.r, method)
+            pairs.append((up, hr_m))
+    if not pairs:
+        raise AfilmError(f"{path}: {len(x) / sr_in:.2f} s is shorter than one patch "
+                         f"({recipe.patch} samples at {recipe.sr} Hz)")
     return pairs
 
 
@@ -154,7 +186,8 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
     speakers: set[str] = set()
     used: list[str] = []
     t0 = time.perf_counter()
-    attrs = {**recipe.attrs(), **(extra_attrs or {}), "part": plan.part}
+    attrs = {**recipe.attrs(plan.part), **(extra_attrs or {}), "part": plan.part}
+    recipe = recipe.for_part(plan.part)
     if root is not None:
         attrs["source_root"] = str(Path(root).resolve())
     try:
@@ -169,7 +202,9 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
                     for up, hr in pairs:
                         writer.append(*extract_patches(up, hr, recipe, rng))
                     result.files += 1
-                    result.seconds_audio += len(hr) / recipe.sr
+                    # high-rate audio the patches come from: each speed version once, not per method
+                    methods = len(audio.degrade_methods(recipe.degrade))
+                    result.seconds_audio += sum(len(hr) for _, hr in pairs) / methods / recipe.sr
                     speakers.add(speaker)
                     used.append(_rel(path, root))
                 if advance:
@@ -210,7 +245,7 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
         return False
     try:
         with h5py.File(out, "r") as f:
-            found = {k: _plain(f.attrs[k]) for k in CHECKED_ATTRS if k in f.attrs}
+            found = {k: _plain(f.attrs[k]) if k in f.attrs else ATTR_DEFAULTS.get(k) for k in CHECKED_ATTRS}
     except OSError:
         raise AfilmError(f"{out}: exists but is not a readable HDF5 file; "
                          "use --force to rebuild it") from None

@@ -172,6 +172,7 @@ def vctk(
     sam: cli.Sam = None,
     seed: cli.Seed = 0,
     multiple: cli.Multiple = 128,
+    speed: cli.Speed = "1",
     mic: Annotated[Literal["mic1", "mic2"], typer.Option("--mic", help="Microphone of VCTK 0.92.")] = "mic1",
     val_speakers: Annotated[str | None, typer.Option("--val-speakers", help="Comma-separated validation "
                             "speakers for --split multi (e.g. p226,p227).")] = None,
@@ -194,7 +195,7 @@ def vctk(
         root = Path("data") / "VCTK"
     s_stride, s_sam, s_degrade = SPLIT_DEFAULTS[split]
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
-                    degrade=degrade or s_degrade, seed=seed, multiple=multiple).validate()
+                    degrade=degrade or s_degrade, seed=seed, multiple=multiple, speed=speed).validate()
     if fetch:
         archive = download.VCTK_ARCHIVES[release]
         if url:
