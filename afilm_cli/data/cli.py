@@ -67,7 +67,7 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
     results: list[SplitResult] = []
     todo: list[SplitPlan] = []
     for plan in plans:
-        if not force and existing_output_ok(plan.out, {**recipe.attrs(plan.part), **extra}):
+        if not force and existing_output_ok(plan.out, {**recipe.for_part(plan.part).attrs(), **extra}):
             err.print(f"{escape(str(plan.out))} already exists with this recipe: skipped "
                       "(--force rebuilds it)", soft_wrap=True)
             results.append(_existing(plan))

@@ -81,11 +81,11 @@ class Recipe:
         speed_rates(self.speed, self.sr)
         return self
 
-    def attrs(self, part: str = "train") -> dict[str, Any]:
-        """The recipe as stored in a split's HDF5 attributes; validation is never speed-perturbed."""
-        return {**asdict(self), "speed": self.speed if part == "train" else "1"}
+    def attrs(self) -> dict[str, Any]:
+        return asdict(self)
 
     def for_part(self, part: str) -> Recipe:
+        """The recipe one split is made with: validation is never speed-perturbed."""
         return self if part == "train" else replace(self, speed="1")
 
 
@@ -186,8 +186,9 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
     speakers: set[str] = set()
     used: list[str] = []
     t0 = time.perf_counter()
-    attrs = {**recipe.attrs(plan.part), **(extra_attrs or {}), "part": plan.part}
     recipe = recipe.for_part(plan.part)
+    attrs = {**recipe.attrs(), **(extra_attrs or {}), "part": plan.part}
+    methods = len(audio.degrade_methods(recipe.degrade))
     if root is not None:
         attrs["source_root"] = str(Path(root).resolve())
     try:
@@ -203,7 +204,6 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
                         writer.append(*extract_patches(up, hr, recipe, rng))
                     result.files += 1
                     # high-rate audio the patches come from: each speed version once, not per method
-                    methods = len(audio.degrade_methods(recipe.degrade))
                     result.seconds_audio += sum(len(hr) for _, hr in pairs) / methods / recipe.sr
                     speakers.add(speaker)
                     used.append(_rel(path, root))
