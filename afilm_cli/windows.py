@@ -16,7 +16,8 @@ Speed (measured by ``afilm bench --model``; see README "Benchmarks"):
   is all of them, on inputs of four batches or more, it times a batch at all cores and one at one
   thread and keeps the faster. On a busy machine OpenMP threads that wait for each other at every
   op's barrier make two threads far slower than one (measured 5-40x on a loaded 2-core VM); on an
-  idle one all cores win;
+  idle one all cores win. Thread counts agree to float rounding, not bit for bit (a 16-bit output
+  can differ by one step in a sample): pass a number for byte-identical reruns;
 - CUDA graphs (on CUDA, default on; ``graphs="off"`` to disable): the forward is captured once per
   batch shape and replayed (afilm_cli/cuda_graphs.py); batches are padded to that shape. Batches are
   also pipelined: the CPU reads and splines batch k+1 while the GPU runs batch k;

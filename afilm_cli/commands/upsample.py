@@ -37,7 +37,8 @@ def command(
     threads: Annotated[str, typer.Option(
         "--threads", metavar="N|auto", help="CPU threads for torch: a number, or auto: the cores no other "
         "process is busy on (at least 1); when that is all of them and the input is long, one batch at "
-        "all cores is timed against one at a single thread and the faster is kept.")] = "auto",
+        "all cores is timed against one at a single thread and the faster is kept. Thread counts agree "
+        "to float rounding: pass a number for byte-identical reruns.")] = "auto",
     precision: Annotated[str, typer.Option(
         "--precision", metavar="fp32|bf16", help="bf16: autocast (on CUDA; measured slower than fp32 "
         "for these models on an H200, and emulated on a CPU).")] = "fp32",
