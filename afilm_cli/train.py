@@ -6,7 +6,8 @@ Resume is exact: the checkpoint holds the weights, the optimizer, the global ste
 number of batches already done in it, and the torch RNG states (dropout) of every rank. The batch
 order is a pure function of (seed, epoch) (see data/loader.py), so a run stopped anywhere - at an
 epoch's end, by --max-steps, or by Ctrl-C between two steps - continues with the very batches and
-dropout masks an uninterrupted run would have used.
+dropout masks an uninterrupted run would have used. Bit for bit at the same CPU thread count (give
+--threads a number: ``auto`` follows the machine's load, and another count reorders float sums).
 
 Multi-GPU: ``torchrun --nproc-per-node N -m afilm_cli train ...`` (DistributedDataParallel, nccl on
 CUDA, gloo on CPU). --batch-size is per process; rank 0 alone prints, logs and writes checkpoints.

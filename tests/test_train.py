@@ -66,7 +66,8 @@ def data(vctk_mini, tmp_path_factory):
 
 def _cfg(data, tmp_path, **kw) -> TrainConfig:
     base = dict(model="afilm_tiny", train=str(data["train"]), val=str(data["val"]), out=str(tmp_path / "run"),
-                epochs=3, batch_size=8, device="cpu", progress=False, log_every=1)
+                epochs=3, batch_size=8, device="cpu", progress=False, log_every=1,
+                threads=1)  # bit-exact comparisons need one thread count; "auto" follows the machine's load
     return TrainConfig(**{**base, **kw})
 
 
