@@ -232,11 +232,13 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
                                    for k, v in init["state_dict"].items()})
     raw_model.to(device)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    state = (0, 0, 0, math.inf)  # completed epochs, batches done in the next one, steps, best score
+    # completed epochs, batches done in the next one, steps, best score, (loss sum, patches) of those batches
+    state = (0, 0, 0, math.inf, None)
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        state = (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt.get("best", math.inf))
+        state = (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt.get("best", math.inf),
+                 ckpt.get("epoch_loss"))
 
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -261,7 +263,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
 
 def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     """The training loop proper: epochs of steps, validation and checkpoints at each epoch's end."""
-    (model, eval_model), (epoch, epoch_step, step, best) = models, state
+    (model, eval_model), (epoch, epoch_step, step, best, carried) = models, state
     stop = StopFlag()
     metrics_: dict[str, Any] = {}
     spline: dict[str, float] = {}
@@ -274,7 +276,12 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     with stop, run.progress() as bar:
         while epoch < cfg.epochs and not _done(cfg, step):
             bar.begin(epoch, epoch_step, n_batches)
+            # the epoch's loss so far: an epoch resumed midway counts the batches done before the stop
+            # (added once, on rank 0: every rank's sum is all-reduced at the epoch's end)
             tot, t0, seen, rate = torch.zeros(2, dtype=torch.float64), time.perf_counter(), 0, 0.0
+            if carried is not None and epoch_step and run.master:
+                tot += torch.tensor(carried, dtype=torch.float64)
+            carried = None
             interrupted = False
             for x, y in loader.batches(epoch, start=epoch_step):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -300,11 +307,14 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if interrupted or _done(cfg, step):
                     break
             if interrupted:
-                ckpt = run.save(epoch, epoch_step, step, best, metrics_, interrupted=True)
+                ckpt = run.save(epoch, epoch_step, step, best, metrics_, interrupted=True,
+                                epoch_loss=_all_sum(tot, device).tolist())
                 return TrainResult(run.out, ckpt, run.best_path(), epoch, step, metrics_, interrupted=True)
+            tot = _all_sum(tot, device)
             if epoch_step >= n_batches:
                 epoch, epoch_step = epoch + 1, 0
-            train_loss = _all_mean(tot, device)
+            total, count = tot.tolist()
+            train_loss = total / count if count else math.nan  # nan: no batch of this epoch was run
             metrics_ = {"epoch": epoch, "epoch_step": epoch_step, "step": step, "train_loss": train_loss,
                         "patches_per_s": rate}
             if val_loader is not None:
@@ -316,9 +326,10 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if gates:
                     metrics_["relu_open"] = gates
             score = metrics_.get("val_loss", train_loss)
-            is_best = score < best
-            best = min(best, score)
-            run.save(epoch, epoch_step, step, best, metrics_, is_best=is_best)
+            is_best = score < best  # False for nan
+            best = score if is_best else best
+            run.save(epoch, epoch_step, step, best, metrics_, is_best=is_best,
+                     epoch_loss=tot.tolist() if epoch_step else None)
             run.log(type="epoch", **metrics_, best=is_best, time=time.perf_counter() - t0)
             run.summary(metrics_, is_best)
     return TrainResult(run.out, run.last_path(), run.best_path(), epoch, step, metrics_)
@@ -351,9 +362,9 @@ def _snr(ref2: float, err2: float) -> float:
     return 10.0 * math.log10((ref2 + metrics.EPS) / (err2 + metrics.EPS))
 
 
-def _all_mean(tot: torch.Tensor, device: torch.device) -> float:
+def _all_sum(tot: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(loss sum, patches) over all ranks; a collective under torchrun."""
     if dist.is_initialized():
         tot = tot.to(device)
         dist.all_reduce(tot)
-    total, count = tot.tolist()
-    return total / max(count, 1)
+    return tot.cpu()

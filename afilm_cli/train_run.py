@@ -74,12 +74,13 @@ class Run:
     def best_path(self) -> Path | None:
         return self.out / "best.pt" if (self.out / "best.pt").exists() else None
 
-    def save(self, epoch, epoch_step, step, best, metrics_, *, is_best=False, interrupted=False) -> Path:
+    def save(self, epoch, epoch_step, step, best, metrics_, *, is_best=False, interrupted=False,
+             epoch_loss=None) -> Path:
         rng = get_rng(self.device)  # a collective under torchrun: every rank takes part
         if self.master:
             ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
                                    epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
-                                   metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
+                                   epoch_loss=epoch_loss, metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
             save_checkpoint(self.last_path(), ckpt)
             if is_best:
                 save_checkpoint(self.out / "best.pt", ckpt)

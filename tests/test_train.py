@@ -222,6 +222,27 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
     _assert_same(_weights(full.last), _weights(done.last))
 
 
+@pytest.mark.parametrize("stop_at", [2, 3])  # inside epoch 1, and its last step (no batch left after it)
+def test_resumed_epoch_keeps_its_training_loss_and_best(data, tmp_path, stop_at):
+    """The epoch's training loss counts the batches run before the stop; without validation it picks
+    best.pt, so a resumed run keeps the same best as an uninterrupted one."""
+    kw = dict(val=None, epochs=2)
+    full = train(_cfg(data, tmp_path, out=str(tmp_path / "full"), **kw))
+
+    def interrupt(step):
+        if step == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = train(_cfg(data, tmp_path, out=str(tmp_path / "cut"), **kw), on_step=interrupt)
+    assert cut.interrupted and load_checkpoint(cut.last)["epoch_step"] == stop_at
+    done = train(_cfg(data, tmp_path, out=None, resume=str(cut.last), **kw))
+    epochs = [[x for x in _log(run.out) if x["type"] == "epoch"] for run in (full, done)]
+    assert [x["train_loss"] for x in epochs[0]] == [x["train_loss"] for x in epochs[1]]
+    assert [x["best"] for x in epochs[0]] == [x["best"] for x in epochs[1]]
+    a, b = load_checkpoint(full.best), load_checkpoint(done.best)
+    assert (a["epoch"], a["best"]) == (b["epoch"], b["best"]) and a["best"] > 0
+
+
 def test_cosine_schedule_decays_to_zero_and_resumes_exactly(data, tmp_path):
     """--lr-schedule cosine: step s (0-based) of N planned steps uses lr * (1 + cos(pi s / N)) / 2,
     as logged; a resumed run continues the same curve bit-exactly; the schedule is part of the run."""
