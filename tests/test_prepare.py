@@ -20,7 +20,7 @@ from scipy import interpolate, signal
 
 from afilm_cli.data import recipe as recipe_mod
 from afilm_cli.data.folder import folder_splits, prepare_folder
-from afilm_cli.data.h5 import PatchFile
+from afilm_cli.data.h5 import PatchFile, PatchWriter
 from afilm_cli.data.recipe import (
     Recipe,
     default_output_paths,
@@ -209,6 +209,21 @@ def test_killed_run_leaves_no_output(vctk_mini, tmp_path, monkeypatch):
         prepare_vctk(vctk_mini, Recipe(r=4), out=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_patch_file_failing_at_its_attributes_is_not_left_in_place(tmp_path):
+    """Patches written but the recipe attributes failing (here a value JSON cannot write; a full disk
+    alike) leave no file: a file without its recipe would pass a rerun's check as finished."""
+    path = tmp_path / "x-train.h5"
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        with PatchWriter(path, 64, attrs={"r": 4, "sources": {"a.wav"}}) as w:
+            w.append(np.zeros((3, 64)), np.zeros((3, 64)))
+    assert list(tmp_path.iterdir()) == []
+    with PatchWriter(path, 64, attrs={"r": 4, "sources": ["a.wav"]}) as w:
+        w.append(np.zeros((3, 64)), np.zeros((3, 64)))
+    written = PatchFile(path)
+    assert len(written) == 3 and written.recipe["sources"] == ["a.wav"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"r": 3}, "does not divide the patch length 8192"),

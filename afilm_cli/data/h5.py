@@ -7,6 +7,7 @@ Files from the reference (no attributes) read fine; the recipe is then unknown (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -81,14 +82,20 @@ class PatchWriter:
         return keep
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # renamed into place only when the patches, the attributes and the close all succeeded: a file
+        # with patches but no recipe would pass a rerun's check as finished
         try:
             if exc_type is None:
                 attrs = {**self.attrs, "afilm_version": __version__, "n_patches": self.count}
                 for key, value in attrs.items():
                     self._f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-        finally:
             self._f.close()
-            self._atomic.__exit__(exc_type, exc, tb)
+        except BaseException as err:
+            with contextlib.suppress(Exception):
+                self._f.close()
+            self._atomic.__exit__(type(err), err, err.__traceback__)  # removes the temporary file
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 class PatchFile:
