@@ -113,9 +113,11 @@ def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarr
     speed factor of ``recipe.speed`` and method of ``recipe.degrade`` (``decimate+resample``: the
     same HR degraded both ways).
 
-    Raises AfilmError for unreadable/empty/non-finite files and files shorter than one patch.
+    Raises AfilmError for unreadable/empty/non-finite/silent files and files shorter than one patch.
     """
     x, sr_in = audio.read_audio(path, mono=True)
+    if not np.any(x):  # nothing to learn from, and all-zero patches score -160 dB segmental SNR
+        raise AfilmError(f"{path}: silent (every sample is zero)")
     pairs = []
     for rate in speed_rates(recipe.speed, recipe.sr):
         hr = audio.resample(x, sr_in, rate)  # taken as recipe.sr audio from here on
