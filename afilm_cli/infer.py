@@ -341,6 +341,9 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                 target = out / (item.stem if simulate else default_output(item).name)
             elif out is not None:
                 target = out.with_suffix("") if simulate and out.suffix == ".wav" else out
+                if not simulate and out.suffix.lower() not in (".wav", ".flac"):
+                    raise AfilmError(f"{out}: afilm writes WAV or FLAC; end the output name with .wav or "
+                                     ".flac (or with / for a folder)")
             else:
                 target = item.with_name(item.stem) if simulate else default_output(item)
             pairs.append((item, target))

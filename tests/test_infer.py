@@ -388,6 +388,10 @@ def test_plan_outputs_a_trailing_slash_names_a_folder(tmp_path):
     # without the slash a path that does not exist yet is the output file (or, simulating, its base name)
     assert infer.plan_outputs([src], new, simulate=True) == [(src, tmp_path / "new")]
     assert infer.plan_outputs([src], new + ".wav", simulate=False) == [(src, tmp_path / "new.wav")]
+    assert infer.plan_outputs([src], new + ".FLAC", simulate=False) == [(src, tmp_path / "new.FLAC")]
+    for name in (new, new + ".ogg"):  # anything else would be WAV data under a misleading name
+        with pytest.raises(AfilmError, match=r"writes WAV or FLAC; end the output name with \.wav or \.flac"):
+            infer.plan_outputs([src], name, simulate=False)
 
 
 # ------------------------------------------------------------------------------------------ the CLI

@@ -19,7 +19,7 @@ def command(
                                                  show_default=False)],
     ckpt: Ckpt = None,
     out: Annotated[str | None, typer.Option(
-        "--out", "-o", metavar="PATH", help="Output file (one input) or folder (several inputs, a folder "
+        "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several inputs, a folder "
         "input mirrored inside it, an existing folder, or a path ending in /). Default: IN.afilm.wav "
         "beside each input; a folder DIR goes to DIR.afilm/.")] = None,
     simulate: Annotated[bool, typer.Option(
