@@ -223,11 +223,15 @@ def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16,
     return np.concatenate(blocks) if blocks else np.zeros((0, spline.channels), np.float32)
 
 
+# the output keeps the input's sample format, or the nearest the output format has without losing
+# precision (FLAC has no 32-bit or float samples); 8-bit and unknown formats become 16-bit
+_SUBTYPES = {"PCM_16": ("PCM_16",), "PCM_24": ("PCM_24",), "PCM_32": ("PCM_32", "PCM_24"),
+             "FLOAT": ("FLOAT", "PCM_24"), "DOUBLE": ("FLOAT", "PCM_24")}
+
+
 def _subtype(fmt_path: Path, like: str | None) -> str:
     fmt = "FLAC" if fmt_path.suffix.lower() == ".flac" else "WAV"
-    if like and like in ("PCM_16", "PCM_24", "FLOAT") and sf.check_format(fmt, like):
-        return like
-    return "PCM_16"
+    return next((s for s in _SUBTYPES.get(like or "", ()) if sf.check_format(fmt, s)), "PCM_16")
 
 
 def _write_blocks(path: Path, blocks: Iterator[np.ndarray], sr: int, channels: int, subtype: str) -> None:

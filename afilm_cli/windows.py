@@ -88,18 +88,19 @@ class WindowPlan:
 
 def plan_windows(length: int, multiple: int = 1, window: int = 8192, context: int | None = None,
                  fade: int | None = None) -> WindowPlan:
-    """Round ``window`` up to the model's length multiple (shrunk to the signal when it is shorter);
-    context and fade default to window/16 each, and the hop is kept a multiple of ``multiple`` so
-    every window sees the same block grid as a whole-signal pass."""
+    """Round ``window`` up to the model's length multiple, and to at least two of them (shrunk to the
+    signal when it is shorter); context and fade default to window/16 each, and the hop is kept a
+    multiple of ``multiple`` so every window sees the same block grid as a whole-signal pass (one
+    multiple per window would leave no room for the overlap)."""
     multiple = max(int(multiple), 1)
-    window = -(-max(window, 1) // multiple) * multiple
+    window = max(-(-max(window, 1) // multiple), 2) * multiple
     window = min(window, max(multiple, -(-length // multiple) * multiple))
     context = window // 16 if context is None else context
     fade = window // 16 if fade is None else fade
     hop = window - 2 * context - fade
     if hop < 1:
         raise AfilmError(f"window {window} leaves no hop after 2 x context {context} and fade {fade}")
-    if hop >= multiple:
+    if hop >= multiple:  # always, but for a single window shrunk to a short signal (no hop used)
         fade += hop % multiple  # widen the fade to bring the hop down to a multiple
     return WindowPlan(window, context, fade, multiple)
 

@@ -32,7 +32,8 @@ def command(
     force: Force = False,
     batch_size: BatchSize = 16,
     window: Annotated[int | None, typer.Option(
-        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch).")] = None,
+        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch; at least twice the model's "
+        "length multiple).")] = None,
     device: Device = "auto",
     threads: Annotated[str, typer.Option(
         "--threads", metavar="N|auto", help="CPU threads for torch: a number, or auto: the cores no other "
