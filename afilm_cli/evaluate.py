@@ -9,7 +9,8 @@ Two sources of ground truth:
 
 Metrics per row, for both the model and the spline: ``snr`` (whole signal), ``segsnr`` (the
 reference's per-8192-patch SNR), ``lsd`` (log10 power, the later literature's convention) and
-``lsd_ref`` (the reference code's convention). The summary is the mean over rows. Beside them, the
+``lsd_ref`` (the reference code's convention). The summary is the mean over rows, but for an HDF5
+split's ``lsd_ref``: one value over all its patches joined, as the reference computes it. Beside them, the
 SNRs of the truth ideally low-passed at the low rate's Nyquist (``lowpass_truth``): what perfect
 restoration of the input band scores without inventing anything above it.
 """
@@ -42,7 +43,7 @@ from afilm_cli.infer import (
     simulate_pipeline,
     window_plan_for,
 )
-from afilm_cli.metrics import ALL, band_edges, band_energy, lowpass_truth, segmental_snr, snr
+from afilm_cli.metrics import ALL, band_edges, band_energy, lowpass_truth, lsd_reference, segmental_snr, snr
 from afilm_cli.plots import save_spectrograms
 
 SYSTEMS = ("model", "spline")
@@ -89,13 +90,16 @@ class EvalResult:
     protocol: dict[str, Any]
     plots: list[Path] = field(default_factory=list)
     bands: BandTotals | None = None
+    pooled: dict[str, dict[str, float]] = field(default_factory=dict)  # per system: taken over all rows
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
-        """Mean of every metric over the rows, per system (NaN-free: metrics are always finite)."""
+        """Mean of every metric over the rows, per system (NaN-free: metrics are always finite), but
+        for the values in ``pooled``, which are taken over all rows at once."""
         def mean(system: str, metrics: tuple[str, ...]) -> dict[str, float]:
             return {m: float(np.mean([row[f"{system}_{m}"] for row in self.rows])) for m in metrics}
-        return {**{s: mean(s, METRICS) for s in SYSTEMS}, LOWPASS: mean(LOWPASS, LOWPASS_METRICS)}
+        return {**{s: mean(s, METRICS) | self.pooled.get(s, {}) for s in SYSTEMS},
+                LOWPASS: mean(LOWPASS, LOWPASS_METRICS)}
 
     def to_json(self) -> dict[str, Any]:
         out = {"summary": self.summary, "n_items": len(self.rows), "protocol": self.protocol}
@@ -135,7 +139,8 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                                "frequency, capped at 10",
                     "lowpass_truth": "the truth with every DFT bin at or above the low rate's Nyquist "
                                      "zeroed: perfect restoration of the input band, nothing invented above",
-                    "summary": "mean over items",
+                    "summary": "mean over items; with --data, lsd_ref over all patches joined end to "
+                               "end, as the reference computes it",
                     "bands": "energy per band (DFT of each item, Parseval-scaled), summed over items; dB "
                              "relative to the signal's total energy; model_gain_db = spline error / model "
                              "error"},
@@ -163,6 +168,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
         bands = BandTotals(loaded.sr, loaded.r)
+        joined: dict[str, list[np.ndarray]] = {"model": [], "spline": [], "label": []}
         for a in range(0, n, batch_size):
             data, label = pf.read(slice(a, min(a + batch_size, n)))
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
@@ -175,15 +181,21 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 if plots_dir is not None and len(plots) < max_plots:
                     lr = data[i][:: loaded.r]  # the spline passes through the LR samples at k*r
                     plots.append(_plot(plots_dir / f"{name}.png", lr, pred[i], label[i], loaded, name))
+            for key, arr in (("model", pred), ("spline", data), ("label", label)):
+                joined[key].append(arr.astype(np.float32).ravel())
             if progress:
                 progress(len(data))
+        # the reference's LSD is one value over the split's patches joined end to end, not a mean of
+        # per-patch values (a root of a mean is not a mean of roots); the rows keep the per-patch value
+        label_all = np.concatenate(joined["label"])
+        pooled = {s: {"lsd_ref": lsd_reference(np.concatenate(joined[s]), label_all)} for s in SYSTEMS}
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
                   "n_items": len(rows)}
         if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
             source["note"] = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                               f"{loaded.recipe['degrade']!r}")
-    return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
+    return EvalResult(rows, _protocol(loaded, source, device), plots, bands, pooled)
 
 
 def find_audio(folder: Path) -> list[Path]:

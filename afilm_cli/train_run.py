@@ -80,7 +80,8 @@ class Run:
         if self.master:
             ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
                                    epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
-                                   epoch_loss=epoch_loss, metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
+                                   epoch_loss=epoch_loss,
+                                   metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
             save_checkpoint(self.last_path(), ckpt)
             if is_best:
                 save_checkpoint(self.out / "best.pt", ckpt)

@@ -101,6 +101,23 @@ def test_h5_rows_match_metrics_by_hand(ckpts, h5):
     assert row["spline_segsnr"] == pytest.approx(metrics.segmental_snr(data[0], label[0]), abs=1e-9)
 
 
+def test_h5_summary_takes_the_reference_lsd_over_the_joined_patches(ckpts, h5):
+    """As the reference: one LSD over the split's patches end to end, not the mean of per-patch LSDs."""
+    from afilm_cli.data.h5 import PatchFile
+
+    lo = infer.load_model(ckpts["afilm_tiny"])
+    result = evaluate.evaluate_h5(lo, h5, batch_size=2, limit=5)
+    with PatchFile(h5) as pf:
+        data, label = pf.read(slice(0, 5))
+    with torch.inference_mode():
+        pred = lo.model(torch.from_numpy(data[:, None, :])).numpy()[:, 0]
+    for system, x in (("model", pred), ("spline", data)):
+        got = result.summary[system]["lsd_ref"]
+        assert got == pytest.approx(metrics.lsd_reference(x.ravel(), label.ravel()), rel=1e-5)
+        assert abs(got - np.mean([row[f"{system}_lsd_ref"] for row in result.rows])) > 1e-3
+    assert result.summary["model"]["lsd"] == pytest.approx(np.mean([r["model_lsd"] for r in result.rows]))
+
+
 def test_h5_with_another_r_is_refused(tmp_path, h5):
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "r2.pt", make_checkpoint(create_model("spline"), {**RECIPE, "r": 2}))

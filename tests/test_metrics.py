@@ -125,6 +125,15 @@ def test_lsd_reference_matches_a_direct_transcription(vctk_mini):
     assert abs(metrics.lsd(sp, hr) - got) > 0.5
 
 
+def test_stft_in_blocks_is_the_stft():
+    x = noise(50_000, seed=7)
+    whole = metrics.stft(x)
+    blocks = list(metrics.stft_blocks(x.astype(np.float32), frames=7))
+    assert len(blocks) == -(-whole.shape[1] // 7)
+    assert np.array_equal(np.concatenate(blocks, axis=1), metrics.stft(x.astype(np.float32)))
+    np.testing.assert_allclose(np.concatenate(blocks, axis=1), whole, atol=1e-4)
+
+
 def test_stft_frame_count_and_layout():
     S = metrics.stft(np.ones(5000))
     assert S.shape == (1025, 1 + 5000 // 512)

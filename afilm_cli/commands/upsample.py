@@ -19,9 +19,10 @@ def command(
                                                  show_default=False)],
     ckpt: Ckpt = None,
     out: Annotated[str | None, typer.Option(
-        "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several inputs, a folder "
-        "input mirrored inside it, an existing folder, or a path ending in /). Default: IN.afilm.wav "
-        "beside each input; a folder DIR goes to DIR.afilm/.")] = None,
+        "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several "
+        "inputs, a folder input mirrored inside it, an existing folder, or a path ending in /). With "
+        "--simulate, the base name of the .lr/.hr/.pr.wav files (x.wav -> x.lr.wav ...). Default: "
+        "IN.afilm.wav beside each input; a folder DIR goes to DIR.afilm/.")] = None,
     simulate: Annotated[bool, typer.Option(
         "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
         "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
@@ -32,8 +33,8 @@ def command(
     force: Force = False,
     batch_size: BatchSize = 16,
     window: Annotated[int | None, typer.Option(
-        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch; at least twice the model's "
-        "length multiple).")] = None,
+        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch; at "
+        "least twice the model's length multiple).")] = None,
     device: Device = "auto",
     threads: Annotated[str, typer.Option(
         "--threads", metavar="N|auto", help="CPU threads for torch: a number, or auto: the cores no other "
