@@ -49,14 +49,21 @@ app.add_typer(convert.app, name="convert")
 app.command("demo")(demo.command)
 
 
+def _user_error(exc: Exception) -> bool:
+    """AfilmError, or the kernels package's error for a bad AFILM_KERNEL (looked up, not imported:
+    the kernels package loads torch, which most commands' --help need not)."""
+    kernels = sys.modules.get("kernels")
+    return isinstance(exc, AfilmError) or (kernels is not None and isinstance(exc, kernels.KernelChoiceError))
+
+
 def main() -> None:
     try:
         app()
-    except AfilmError as exc:
-        if os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
+    except Exception as exc:
+        if not _user_error(exc) or os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
             raise
         print(f"afilm: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("afilm: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -46,6 +46,12 @@ def _triton_import_error() -> str | None:
     return None
 
 
+class KernelChoiceError(ValueError):
+    """AFILM_KERNEL names no backend, or one that cannot run here (the CLI shows it as one line)."""
+
+    exit_code = 2
+
+
 def backend_for(x) -> str:
     """'triton' or 'torch' for a tensor: 'triton' only when AFILM_KERNEL=triton and not compiling."""
     if torch.compiler.is_compiling():
@@ -56,9 +62,9 @@ def backend_for(x) -> str:
     if chosen == "triton":
         error = _triton_import_error()
         if error:
-            raise RuntimeError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported ({error})")
+            raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported ({error})")
         return "triton"
-    raise ValueError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
+    raise KernelChoiceError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 
 
 def _impl(x):

@@ -54,3 +54,16 @@ def test_debug_env_shows_traceback(tmp_path):
                   env={"AFILM_DEBUG": "1"})
     assert out.returncode != 0
     assert "Traceback" in out.stderr
+
+
+def test_bad_kernel_choice_is_one_line_without_traceback(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "speech_4k.wav"
+    sf.write(wav, np.zeros(4000, np.float32) + 0.01 * np.sin(np.arange(4000)), 4000)
+    out = run_cli("upsample", str(wav), env={"AFILM_KERNEL": "bogus"})  # the bundled model
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == ["afilm: error: AFILM_KERNEL must be 'triton' or 'torch', got 'bogus'"]
+    assert not (tmp_path / "speech_4k.afilm.wav").exists()

@@ -10,13 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from afilm_cli.commands.evaluate import summary_table
-from afilm_cli.commands.options import Ckpt, Device, Force
+from afilm_cli.commands.options import Device, Force
 
 
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the wavs, the PNG and the metrics.")
                    ] = Path("afilm-demo"),
-    ckpt: Ckpt = None,
+    ckpt: Annotated[Path | None, typer.Option(
+        "--ckpt", help="Checkpoint (.pt) to demonstrate instead of the bundled pretrained model (the "
+        "default, whatever runs/ holds).")] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:
