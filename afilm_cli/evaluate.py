@@ -39,6 +39,7 @@ from afilm_cli.infer import (
     Loaded,
     check_degrade,
     check_simulate_rate,
+    naming,
     predict,
     simulate_pipeline,
     window_plan_for,
@@ -222,7 +223,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     for path in files:
         x, sr_in = read_audio(path, mono=True)
         check_simulate_rate(path, sr_in, loaded)
-        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
+        with naming(path):  # a signal too short for the spline says which file
+            hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded,
+                                                                         degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,

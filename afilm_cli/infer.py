@@ -12,6 +12,7 @@ Speed settings (precision, threads, compile, CUDA graphs) are documented in afil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -249,6 +250,17 @@ def _stage_blocks(stage: Stage) -> Iterator[np.ndarray]:
         yield stage.read(a, min(a + BLOCK, stage.length)).astype(np.float32)
 
 
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Prefix an error about a file's signal (too short for a spline, ...) with the file's name."""
+    try:
+        yield
+    except AfilmError as exc:
+        if str(path) in str(exc):
+            raise
+        raise AfilmError(f"{path}: {exc}") from None
+
+
 def count_windows(path: Path, loaded: Loaded, window: int | None = None) -> int:
     src = FileSource(path)  # also the first check that the file is readable: one clear line if not
     src.close()
@@ -261,8 +273,7 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
                   progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None,
                   **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel."""
-    src = FileSource(path)
-    try:
+    with naming(path), contextlib.closing(FileSource(path)) as src:
         message = low_rate_warning(src.path, src.sr, loaded)
         if message:
             (warn or (lambda m: print(f"afilm: warning: {m}", file=sys.stderr)))(message)
@@ -273,8 +284,6 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
         _write_blocks(Path(out), blocks, loaded.sr, src.channels, _subtype(Path(out), src.subtype))
         return {"input": str(src.path), "output": str(out), "sr_in": src.sr, "sr_out": loaded.sr,
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
-    finally:
-        src.close()
 
 
 def simulate_paths(out_base: Path) -> dict[str, Path]:
@@ -288,8 +297,7 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
                   **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
     the low rate made by ``degrade`` (default: the checkpoint's recipe)."""
-    src = FileSource(path)
-    try:
+    with naming(path), contextlib.closing(FileSource(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
         hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
         paths = simulate_paths(Path(out_base))
@@ -306,8 +314,6 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
         _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
         return {"input": str(src.path), "outputs": {k: str(v) for k, v in paths.items()},
                 "frames_hr": length, "frames_lr": lr.length, "channels": src.channels}
-    finally:
-        src.close()
 
 
 # -------------------------------------------------------------------------------------- output paths

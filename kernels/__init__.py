@@ -62,7 +62,8 @@ def backend_for(x) -> str:
     if chosen == "triton":
         error = _triton_import_error()
         if error:
-            raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported ({error})")
+            raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported "
+                                    f"({error})")
         return "triton"
     raise KernelChoiceError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 

@@ -360,6 +360,16 @@ def test_simulate_refuses_input_below_the_model_rate(tmp_path, ckpts):
         infer.simulate_file(path, tmp_path / "low", loaded(ckpts))
 
 
+def test_a_file_too_short_for_the_spline_is_named(tmp_path, ckpts):
+    path = write(tmp_path / "click.wav", np.full(3, 0.1), 4000)  # 3 low-rate samples; a spline needs 4
+    with pytest.raises(AfilmError, match=r"click\.wav: signal of 3 low-rate samples is too short"):
+        infer.upsample_file(path, tmp_path / "click.afilm.wav", loaded(ckpts))
+    hr = write(tmp_path / "hr.wav", np.full(12, 0.1), 16000)
+    with pytest.raises(AfilmError, match=r"hr\.wav: signal of 3 low-rate samples is too short"):
+        infer.simulate_file(hr, tmp_path / "hr", loaded(ckpts), degrade="subsample")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["click.wav", "hr.wav"]
+
+
 def test_default_checkpoint_prefers_newest_run(tmp_path, monkeypatch, ckpts):
     from afilm_cli import pretrained
 
