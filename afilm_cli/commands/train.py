@@ -68,8 +68,8 @@ def command(
                                   "than fp32 for these models on an H200; ignored on CPU).")] = "fp32",
     r: Annotated[int | None, Opt("--r", help="Upsampling ratio (for HDF5 files without a recipe).")] = None,
     sr: Annotated[int | None, Opt("--sr", help="High sample rate (for HDF5 files without a recipe).")] = None,
-    degrade: Annotated[str | None, Opt("--degrade", help="decimate|subsample (for HDF5 files without a "
-                                       "recipe).")] = None,
+    degrade: Annotated[str | None, Opt("--degrade", help="decimate|resample|subsample, or two joined by + "
+                                       "(for HDF5 files without a recipe).")] = None,
     log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Show a progress bar.")] = True,
     force: Force = False,

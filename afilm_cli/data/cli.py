@@ -38,8 +38,8 @@ Degrade = Annotated[str | None, typer.Option(
     "filter); several joined by + degrade every file each way (decimate+resample: a model for both "
     "kinds of low-rate input). "
     "Default: decimate single / folder, subsample multi.")]
-Sam = Annotated[float | None, typer.Option("--sam", min=0.0, max=1.0, help="Probability of keeping each "
-                                           "patch (default: 1.0 single / folder, 0.25 multi).")]
+Sam = Annotated[float | None, typer.Option("--sam", help="Probability of keeping each patch, in (0, 1] "
+                                           "(default: 1.0 single / folder, 0.25 multi).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for patch sampling and validation picks.")]
 Multiple = Annotated[int, typer.Option("--multiple", min=1, help="Crop the patch count to a multiple of "
                                        "this (reference: 128, its batch multiple).")]
