@@ -1,7 +1,7 @@
 """The `afilm` command line: a root Typer app, one module per command under afilm_cli/commands.
 
-Known user errors (AfilmError) print one line on stderr and exit non-zero; set AFILM_DEBUG=1 for
-the full traceback.
+Known user errors (AfilmError) print one line on stderr and exit 2, and errors of the file system
+(OSError) one line and exit 1; set AFILM_DEBUG=1 for the full traceback.
 """
 
 from __future__ import annotations
@@ -59,14 +59,20 @@ def _user_error(exc: Exception) -> bool:
 def main() -> None:
     try:
         app()
-    except Exception as exc:
-        if not _user_error(exc) or os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
-            raise
-        print(f"afilm: error: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("afilm: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
+            raise
+        if _user_error(exc):
+            print(f"afilm: error: {exc}", file=sys.stderr)
+            sys.exit(getattr(exc, "exit_code", 2))
+        if isinstance(exc, OSError):  # the file system refused: no space, no permission, a file in the way
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"afilm: error: {exc.strerror or exc}{where} (AFILM_DEBUG=1 shows where)", file=sys.stderr)
+            sys.exit(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -67,3 +67,22 @@ def test_bad_kernel_choice_is_one_line_without_traceback(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines == ["afilm: error: AFILM_KERNEL must be 'triton' or 'torch', got 'bogus'"]
     assert not (tmp_path / "speech_4k.afilm.wav").exists()
+
+
+def test_file_system_refusals_are_one_line(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "speech_4k.wav"
+    sf.write(wav, 0.1 * np.sin(np.arange(8000) / 3), 4000)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = run_cli("upsample", str(wav), "-o", str(blocker / "x.wav"), "-q")  # the bundled model
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"speech_4k.wav: cannot write {blocker / 'x.wav'}: {blocker} is a file, not a folder" in out.stderr
+    out = run_cli("upsample", str(wav), "-o", str(tmp_path), "-q")
+    assert out.returncode == 0 and (tmp_path / "speech_4k.afilm.wav").is_file()  # an existing folder
+    out = run_cli("demo", "-o", str(blocker / "demo"))  # an OSError from the library: one line, exit 1
+    lines = [line for line in out.stderr.splitlines() if line.startswith("afilm: error")]
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines == [f"afilm: error: Not a directory: {blocker / 'demo'} (AFILM_DEBUG=1 shows where)"]
