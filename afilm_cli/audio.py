@@ -156,7 +156,7 @@ def spline_segment(x_lr: np.ndarray, r: int, start: int, stop: int) -> np.ndarra
     x_lr = np.asarray(x_lr, dtype=np.float64).ravel()
     m = len(x_lr)
     if m < 4:
-        raise AfilmError(f"signal of {m} low-rate samples is too short for a cubic spline")
+        raise AfilmError(f"signal of {m} low-rate samples is too short for a cubic spline (it needs 4)")
     out = np.empty(max(0, stop - start))
     if stop <= start:
         return out

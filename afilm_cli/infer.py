@@ -261,11 +261,17 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         raise AfilmError(f"{path}: {exc}") from None
 
 
-def count_windows(path: Path, loaded: Loaded, window: int | None = None) -> int:
-    src = FileSource(path)  # also the first check that the file is readable: one clear line if not
-    src.close()
-    length = output_length(src.length, src.sr, loaded.sr)
-    return len(window_plan_for(loaded, max(length, 1), window).starts(length)) if length else 0
+def count_windows(path: Path, loaded: Loaded, window: int | None = None, *, simulate: bool = False,
+                  degrade: str | None = None) -> int:
+    """The model windows ``path`` will take; also the check, before any output is written, that it can
+    be upsampled (readable, long enough, at a usable rate): one clear line naming it if not."""
+    with naming(path), contextlib.closing(FileSource(path)) as src:
+        if simulate:
+            check_simulate_rate(src.path, src.sr, loaded)
+            length = simulate_pipeline(src, src.sr, loaded, degrade)[3]
+        else:
+            length = real_pipeline(src, src.sr, loaded)[1]
+    return len(window_plan_for(loaded, length, window).starts(length))
 
 
 def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loaded, *, batch_size: int = 16,
@@ -357,6 +363,11 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             else:
                 target = item.with_name(item.stem) if simulate else default_output(item)
             pairs.append((item, target))
+    seen: dict[Path, Path] = {}
+    for src, target in pairs:  # a.wav and a.flac in one folder would both be a.afilm.wav
+        if seen.setdefault(target, src) != src:
+            raise AfilmError(f"{seen[target]} and {src} would both be written to {target}; upsample one of "
+                             "them on its own with -o")
     return pairs
 
 

@@ -149,7 +149,8 @@ class Splined(Stage):
         self.src, self.r, self.channels = src, r, src.channels
         self.length = src.length * r if length is None else length
         if src.length < 4:
-            raise AfilmError(f"signal of {src.length} low-rate samples is too short for a cubic spline")
+            raise AfilmError(f"signal of {src.length} low-rate samples is too short for a cubic spline "
+                             "(it needs 4)")
 
     def _read(self, start, stop):
         r = self.r

@@ -370,6 +370,32 @@ def test_a_file_too_short_for_the_spline_is_named(tmp_path, ckpts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["click.wav", "hr.wav"]
 
 
+def test_a_bad_file_in_a_folder_stops_the_run_before_any_output(tmp_path, ckpts, capsys):
+    x = np.sin(np.arange(8000) / 3) * 0.1
+    for sub in ("mix", "sim"):
+        (tmp_path / sub).mkdir()
+    for name, n in (("a.wav", 8000), ("b.wav", 3), ("c.wav", 8000)):
+        write(tmp_path / "mix" / name, x[:n], 4000)
+    line = error_line(run_main(capsys, "upsample", tmp_path / "mix", "--ckpt", ckpts["spline"], "-q"))
+    assert line.endswith("b.wav: signal of 3 low-rate samples is too short for a cubic spline (it needs 4)")
+    assert not (tmp_path / "mix.afilm").exists()
+    write(tmp_path / "sim" / "a.wav", np.tile(x, 4), 16000)
+    write(tmp_path / "sim" / "b.wav", x[:10], 16000)
+    line = error_line(run_main(capsys, "upsample", tmp_path / "sim", "--simulate", "--ckpt", ckpts["spline"]))
+    assert line.endswith("b.wav: signal of 10 samples is too short to decimate")
+    assert not (tmp_path / "sim.afilm").exists()
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, ckpts, capsys):
+    x = np.sin(np.arange(8000) / 3) * 0.1
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in" / "a.wav", x, 4000)
+    sf.write(str(tmp_path / "in" / "a.ogg"), x, 4000)  # both would be in.afilm/a.afilm.wav
+    line = error_line(run_main(capsys, "upsample", tmp_path / "in", "--ckpt", ckpts["spline"]))
+    assert "a.ogg and " in line and "a.wav would both be written to " in line and "a.afilm.wav" in line
+    assert not (tmp_path / "in.afilm").exists()
+
+
 def test_default_checkpoint_prefers_newest_run(tmp_path, monkeypatch, ckpts):
     from afilm_cli import pretrained
 

@@ -81,7 +81,9 @@ def command(
     if clash and not force:
         raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
                          + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
-    totals = [infer.count_windows(src, loaded, window) for src, _ in pairs]
+    # every input checked before anything is written: a bad file stops the run before it starts
+    totals = [infer.count_windows(src, loaded, window, simulate=simulate, degrade=degrade)
+              for src, _ in pairs]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
         task = bar.add_task("upsampling", total=sum(totals))
