@@ -38,7 +38,7 @@ from afilm_cli.infer import (
     ArraySource,
     Loaded,
     check_degrade,
-    check_simulate_rate,
+    count_windows,
     naming,
     predict,
     simulate_pipeline,
@@ -218,11 +218,12 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         check_degrade(degrade)
     folder = Path(folder)
     files = find_audio(folder)[:limit]
+    for path in files:  # every file checked first: a bad one stops the run before the long part
+        count_windows(path, loaded, window, simulate=True, degrade=degrade)
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
     for path in files:
         x, sr_in = read_audio(path, mono=True)
-        check_simulate_rate(path, sr_in, loaded)
         with naming(path):  # a signal too short for the spline says which file
             hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded,
                                                                          degrade)

@@ -186,7 +186,7 @@ def check_degrade(method: str) -> None:
 def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
     if sr_in < loaded.sr:
         raise AfilmError(f"{path}: {sr_in} Hz is below the model's rate {loaded.sr} Hz, so it cannot serve "
-                         "as high-rate ground truth (drop --simulate to upsample it)")
+                         "as high-rate ground truth (to upsample it: afilm upsample without --simulate)")
 
 
 def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,

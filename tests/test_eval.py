@@ -152,7 +152,16 @@ def test_silent_and_short_files_give_finite_metrics(ckpts, tmp_path):
 
 def test_wav_below_model_rate_is_refused(ckpts, tmp_path):
     sf.write(str(tmp_path / "narrow.wav"), np.zeros(8000, np.float32), 8000)
-    with pytest.raises(AfilmError, match="narrow.wav: 8000 Hz is below the model's rate 16000 Hz"):
+    with pytest.raises(AfilmError, match="narrow.wav: 8000 Hz is below the model's rate 16000 Hz.*"
+                                         "afilm upsample without --simulate"):
+        evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
+
+
+def test_wavs_are_all_checked_before_the_first_is_evaluated(ckpts, tmp_path, monkeypatch):
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32) + 0.1, 16000)
+    (tmp_path / "b.wav").write_bytes(b"")
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: pytest.fail("evaluated before the check"))
+    with pytest.raises(AfilmError, match=r"b\.wav: cannot read audio"):
         evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
 
 
