@@ -192,7 +192,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         pooled = {s: {"lsd_ref": lsd_reference(np.concatenate(joined[s]), label_all)} for s in SYSTEMS}
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
-                  "n_items": len(rows)}
+                  "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"]}
         if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
             source["note"] = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                               f"{loaded.recipe['degrade']!r}")

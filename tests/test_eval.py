@@ -17,7 +17,7 @@ import torch
 from afilm_cli import evaluate, infer, metrics
 from afilm_cli.audio import read_audio, resample, simulate_lr
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
-from afilm_cli.data.h5 import PatchWriter
+from afilm_cli.data.h5 import PatchFile, PatchWriter
 from afilm_cli.errors import AfilmError
 from afilm_cli.models import create_model
 
@@ -65,7 +65,6 @@ def test_h5_spline_checkpoint_equals_baseline(ckpts, h5):
 
 
 def test_bands_pool_the_error_energy_and_put_the_spline_error_above_the_input_band(ckpts, h5):
-    from afilm_cli.data.h5 import PatchFile
 
     result = evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), h5, batch_size=2)
     bands = result.to_json()["bands"]
@@ -85,7 +84,6 @@ def test_bands_pool_the_error_energy_and_put_the_spline_error_above_the_input_ba
 
 
 def test_h5_rows_match_metrics_by_hand(ckpts, h5):
-    from afilm_cli.data.h5 import PatchFile
 
     lo = infer.load_model(ckpts["afilm_tiny"])
     result = evaluate.evaluate_h5(lo, h5, batch_size=3, limit=2)
@@ -103,7 +101,6 @@ def test_h5_rows_match_metrics_by_hand(ckpts, h5):
 
 def test_h5_summary_takes_the_reference_lsd_over_the_joined_patches(ckpts, h5):
     """As the reference: one LSD over the split's patches end to end, not the mean of per-patch LSDs."""
-    from afilm_cli.data.h5 import PatchFile
 
     lo = infer.load_model(ckpts["afilm_tiny"])
     result = evaluate.evaluate_h5(lo, h5, batch_size=2, limit=5)
@@ -230,6 +227,15 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     code, _ = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r", "--force", "--limit", "1")
     assert code == 0
     assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2
+    # data degraded another way than the checkpoint's training data: said on screen and in the title
+    other = tmp_path / "sub.h5"
+    with PatchFile(h5) as pf, PatchWriter(other, 8192, attrs={**pf.recipe, "degrade": "subsample"}) as w:
+        w.append(*pf.read(slice(0, 1)))
+    code, out = run("--ckpt", ckpts["spline"], "--data", other, "--out", tmp_path / "s")
+    assert code == 0
+    assert "warning: data degraded with 'subsample', checkpoint trained with 'decimate'" in out.err
+    assert "16000 Hz, subsample," in out.out
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["protocol"]["degrade"] == "subsample"
 
 
 def test_wavs_with_another_degradation(ckpts, wavs):

@@ -101,6 +101,8 @@ def command(
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol
+    if "note" in p:
+        err.print(f"afilm: warning: {escape(p['note'])}", soft_wrap=True)
     table = summary_table(result, f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
                                   f"{len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)
