@@ -317,6 +317,7 @@ def _bad_files(tmp_path, data):
     ("loss", "unknown loss 'l1'"),
     ("precision", "unknown precision 'fp16'"),
     ("schedule", "unknown learning-rate schedule 'step'"),
+    ("lr", "--lr must be above 0, got -1"),
     ("val_r", "has r=2, but .* has r=4"),
     ("missing", "no such HDF5 file"),
 ])
@@ -330,6 +331,7 @@ def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
            "loss": replace(cfg, loss="l1"),
            "precision": replace(cfg, precision="fp16"),
            "schedule": replace(cfg, lr_schedule="step"),
+           "lr": replace(cfg, lr=-1.0),
            "val_r": replace(cfg, val=str(tmp_path / "r2.h5")),
            "missing": replace(cfg, train=str(tmp_path / "nope.h5"))}[case]
     with pytest.raises(AfilmError, match=match) as err:
