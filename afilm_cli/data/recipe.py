@@ -113,11 +113,15 @@ def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarr
     speed factor of ``recipe.speed`` and method of ``recipe.degrade`` (``decimate+resample``: the
     same HR degraded both ways).
 
-    Raises AfilmError for unreadable/empty/non-finite/silent files and files shorter than one patch.
+    Raises AfilmError for unreadable/empty/non-finite/silent files, files below the high rate and
+    files shorter than one patch.
     """
     x, sr_in = audio.read_audio(path, mono=True)
     if not np.any(x):  # nothing to learn from, and all-zero patches score -160 dB segmental SNR
         raise AfilmError(f"{path}: silent (every sample is zero)")
+    if sr_in < recipe.sr:  # upsampled, its labels would be empty above sr_in / 2: a model learns silence
+        raise AfilmError(f"{path}: {sr_in} Hz is below the high rate --sr {recipe.sr} Hz, so it cannot give "
+                         f"labels (nothing above {sr_in / 2:g} Hz)")
     pairs = []
     for rate in speed_rates(recipe.speed, recipe.sr):
         hr = audio.resample(x, sr_in, rate)  # taken as recipe.sr audio from here on
