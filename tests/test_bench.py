@@ -36,6 +36,14 @@ def test_cli_quick_runs_every_section_and_prints_tables(report):
     assert {r["section"] for r in data["rows"]} == set(bench.SECTIONS)
 
 
+def test_an_existing_json_is_kept_without_force(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("{}")
+    proc = run_cli("bench", "--quick", "--prepare", "--json", out)
+    assert proc.returncode == 2 and f"{out} exists; pass --force to overwrite" in proc.stderr
+    assert out.read_text() == "{}"
+
+
 def test_json_has_hardware_versions_and_settings(report):
     data, _ = report
     system = data["system"]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from afilm_cli.commands.options import Device
+from afilm_cli.errors import AfilmError
 
 
 def command(
@@ -32,6 +33,7 @@ def command(
     layers: Annotated[str | None, typer.Option("--layers", metavar="NAMES", help="Layer shapes for "
                                                "--kernels, comma-separated: D1-D4, B, U4-U1 (default: all; "
                                                "--quick: D1, U1).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """Benchmark afilm. Without a section option every section runs. Each figure is the median of
     several timed runs after an untimed warm-up, with min and max; variants that are compared run
@@ -42,6 +44,8 @@ def command(
     from afilm_cli import bench, infer
 
     console, err = Console(), Console(stderr=True)
+    if json_out is not None and json_out.exists() and not force:  # checked before a long run, not after
+        raise AfilmError(f"{json_out} exists; pass --force to overwrite")
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
     report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models, layers=layers,
