@@ -117,10 +117,12 @@ class Loaded:
 
 
 def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Loaded:
-    """Load a checkpoint (default: :func:`default_checkpoint`) and rebuild its model in eval mode."""
+    """Load a checkpoint, a file or a bundled model's name (default: :func:`default_checkpoint`), and
+    rebuild its model in eval mode."""
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from afilm_cli.pretrained import checkpoint_path
 
-    path = default_checkpoint() if path is None else Path(path)
+    path = default_checkpoint() if path is None else checkpoint_path(path)
     ckpt = load_checkpoint(path)
     recipe = dict(ckpt["recipe"])
     if not isinstance(recipe.get("r"), int) or not isinstance(recipe.get("sr"), int) or recipe["r"] < 1:

@@ -165,8 +165,8 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
                          f"known: {', '.join(LR_SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise AfilmError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
-    if not cfg.lr > 0:  # Adam refuses a negative rate with a traceback, and 0 would train nothing
-        raise AfilmError(f"--lr must be above 0, got {cfg.lr:g}")
+    if not cfg.lr >= 0:  # Adam refuses a negative rate with a traceback (0 is allowed: weights kept)
+        raise AfilmError(f"--lr must be 0 or above, got {cfg.lr:g}")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))

@@ -80,23 +80,17 @@ def load_resume(cfg: TrainConfig) -> dict[str, Any]:
     return ckpt
 
 
-def init_path(spec: str) -> Path:
-    """--init's checkpoint: a file, or a bundled model's name."""
-    from afilm_cli import pretrained
-
-    path = Path(spec)
-    if not path.exists() and spec in pretrained.BUNDLED:
-        return pretrained.bundled_checkpoint_path(spec)
-    return path
-
-
 def init_model_name(spec: str) -> str:
-    return load_checkpoint(init_path(spec))["model_name"]
+    from afilm_cli.pretrained import checkpoint_path
+
+    return load_checkpoint(checkpoint_path(spec))["model_name"]
 
 
 def load_init(cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint --init names, checked against ``cfg``, to start a new run from."""
-    path = init_path(cfg.init)
+    from afilm_cli.pretrained import checkpoint_path
+
+    path = checkpoint_path(cfg.init)
     if cfg.model_args:
         raise AfilmError(f"--init {cfg.init}: the run takes the architecture of these weights, so "
                          f"--model-arg ({', '.join(cfg.model_args)}) cannot change it")

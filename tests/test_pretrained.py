@@ -83,6 +83,14 @@ def test_upsample_without_ckpt_uses_the_bundled_model(tmp_path, vctk_mini):
     assert out.returncode == 0, out.stderr
     info = sf.info(tmp_path / "call_4k.afilm.wav")
     assert (info.samplerate, info.frames) == (16000, 12345 * 4)
+    # --ckpt takes the bundled model's name too (as train --init does), also where runs/ holds others
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "best.pt").write_bytes(b"not a checkpoint")
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "upsample", "call_4k.wav", "-o", "named.wav",
+                          "--ckpt", pretrained.DEFAULT, "--device", "cpu", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"upsampled with {pretrained.bundled_checkpoint_path()}" in " ".join(out.stderr.split())
 
 
 @pytest.mark.parametrize("degrade", ["decimate", "resample"])

@@ -317,7 +317,7 @@ def _bad_files(tmp_path, data):
     ("loss", "unknown loss 'l1'"),
     ("precision", "unknown precision 'fp16'"),
     ("schedule", "unknown learning-rate schedule 'step'"),
-    ("lr", "--lr must be above 0, got -1"),
+    ("lr", "--lr must be 0 or above, got -1"),
     ("val_r", "has r=2, but .* has r=4"),
     ("missing", "no such HDF5 file"),
 ])

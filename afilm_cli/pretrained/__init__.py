@@ -8,6 +8,7 @@ swapped file fails loudly instead of producing quiet garbage.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ def bundled_checkpoint_path(name: str | None = None) -> Path:
     if digest != entry.sha256:
         raise AfilmError(f"{path}: SHA-256 {digest[:12]}... does not match the recorded "
                          f"{entry.sha256[:12]}...; the file is damaged, reinstall afilm")
+    return path
+
+
+def checkpoint_path(spec: str | os.PathLike) -> Path:
+    """A checkpoint given on the command line: a file, or a bundled model's name (no such file)."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in BUNDLED:
+        return bundled_checkpoint_path(str(spec))
     return path
 
 
