@@ -453,6 +453,9 @@ def test_models_cli_info_and_unknown():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown model 'nope'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "nomatch*"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and "no model matches 'nomatch*'; known: afilm," in proc.stderr
 
 
 def test_models_cli_shows_a_model_card():

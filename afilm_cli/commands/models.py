@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from afilm_cli.errors import AfilmError
+
 
 def command(
     info: Annotated[str | None, typer.Option(
@@ -28,7 +30,10 @@ def command(
     for col, just in (("name", "left"), ("parameters", "right"), ("length multiple", "right"),
                       ("description", "left")):
         table.add_column(col, justify=just)
-    for name in MODELS.names(pattern):
+    names = MODELS.names(pattern)
+    if not names:
+        raise AfilmError(f"no model matches {pattern!r}; known: {', '.join(MODELS.names())}")
+    for name in names:
         d = describe_model(name)
         params = "?" if d["parameters"] is None else f"{d['parameters']:,}"
         lm = "?" if d["length_multiple"] is None else str(d["length_multiple"])

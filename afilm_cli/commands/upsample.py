@@ -33,8 +33,8 @@ def command(
     force: Force = False,
     batch_size: BatchSize = 16,
     window: Annotated[int | None, typer.Option(
-        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch; at "
-        "least twice the model's length multiple).")] = None,
+        "--window", min=1, help="Window length in output samples (default: the checkpoint's patch), "
+        "rounded up to a multiple of the model's length multiple, and to at least two of them.")] = None,
     device: Device = "auto",
     threads: Annotated[str, typer.Option(
         "--threads", metavar="N|auto", help="CPU threads for torch: a number, or auto: the cores no other "
