@@ -300,8 +300,11 @@ def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int |
     with torch.device("meta"):  # no init: the weights come from the file
         net = create_model(model)
     net.load_state_dict(keras_state_dict(pairs, net), strict=True, assign=True)
+    recorded = {k: kf.attrs[f"afilm_{k}"] for k in ("sr", "degrade") if f"afilm_{k}" in kf.attrs}
     info = {"format": f"keras h5 ({kf.layout})", "file": kf.path.name, "model": model, "r": r_value,
-            "r_from": r_from}
+            "r_from": r_from,
+            "recorded": {k: int(v) if k == "sr" else (v.decode() if isinstance(v, bytes) else str(v))
+                         for k, v in recorded.items()}}
     return net.eval(), info
 
 
@@ -355,9 +358,11 @@ def keras_arrays(model: torch.nn.Module) -> list[tuple[KerasWeight, np.ndarray]]
     return out
 
 
-def write_keras_h5(path: str | os.PathLike, model: torch.nn.Module, r: int | None = None) -> Path:
+def write_keras_h5(path: str | os.PathLike, model: torch.nn.Module, r: int | None = None,
+                   sr: int | None = None, degrade: str | None = None) -> Path:
     """Write ``model`` as a Keras weights-only .h5 (save_weights layout): the original code loads it
-    with ``get_afilm().load_weights(path)`` (or get_tfilm). Records ``afilm_r`` when given."""
+    with ``get_afilm().load_weights(path)`` (or get_tfilm). Records ``afilm_r``, ``afilm_sr`` and
+    ``afilm_degrade`` when given, which an import reads back."""
     import h5py
 
     arrays = keras_arrays(model)
@@ -372,6 +377,10 @@ def write_keras_h5(path: str | os.PathLike, model: torch.nn.Module, r: int | Non
         f.attrs["keras_version"] = b"2.16.0"
         if r is not None:
             f.attrs["afilm_r"] = int(r)
+        if sr is not None:
+            f.attrs["afilm_sr"] = int(sr)
+        if degrade is not None:
+            f.attrs["afilm_degrade"] = str(degrade)
         f.attrs["afilm_model"] = model.config.modulation
         for name, items in layers.items():
             g = f.create_group(name)

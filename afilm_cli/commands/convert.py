@@ -33,11 +33,12 @@ def keras(
     r: Annotated[int | None, typer.Option(
         "--r", min=2, help="Upscaling ratio the model was trained for. Keras files do not store it: taken "
         "from a name hint (r4, x4, scale4) or an afilm_r attribute when present, else required.")] = None,
-    degrade: Annotated[str, typer.Option(
+    degrade: Annotated[str | None, typer.Option(
         "--degrade", help="How its training data made the low-rate input: subsample (x[::r], the "
-        "published VCTK-Multi models) or decimate (anti-aliased, the reference's single-speaker recipe).",
-    )] = "subsample",
-    sr: Annotated[int, typer.Option("--sr", min=1, help="High (output) sample rate of the model.")] = 16000,
+        "published VCTK-Multi models; the default) or decimate (anti-aliased, the reference's "
+        "single-speaker recipe). A file written by 'afilm convert to-keras' records it.")] = None,
+    sr: Annotated[int | None, typer.Option("--sr", min=1, help="High (output) sample rate of the model "
+                                           "(default 16000, or what the file records).")] = None,
     force: Force = False,
 ) -> None:
     """Import an original Keras AFiLM / TFiLM .h5 as an afilm checkpoint.
@@ -46,16 +47,23 @@ def keras(
     model (n_layers 4, 8192-sample input). The checkpoint then works with 'afilm upsample --ckpt'
     and 'afilm eval --ckpt'. Export back with 'afilm convert to-keras'.
     """
+    from afilm_cli.audio import degrade_methods
     from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
     from afilm_cli.keras_io import KERAS_INPUT_LENGTH, KERAS_MODELS, load_keras_model
 
     if model is not None and model not in KERAS_MODELS:
         raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
-    if degrade not in ("subsample", "decimate"):
-        raise AfilmError(f"--degrade must be subsample or decimate, got {degrade!r}")
     out = out or model_h5.with_suffix(".pt")
     _refuse_existing(out, force)
     net, info = load_keras_model(model_h5, model, r)
+    recorded = info.pop("recorded")  # sr / degrade of a file that afilm exported
+    for key, given in (("sr", sr), ("degrade", degrade)):
+        if given is not None and key in recorded and given != recorded[key]:
+            raise AfilmError(f"{model_h5}: the file records {key}={recorded[key]}, but --{key} {given} "
+                             "was given")
+    sr = sr or recorded.get("sr", 16000)
+    degrade = degrade or recorded.get("degrade", "subsample")
+    degrade_methods(degrade)  # a typo is one clear error
     recipe = {"r": info["r"], "sr": sr, "degrade": degrade, "patch": KERAS_INPUT_LENGTH}
     save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
     claim = f" (from the {info['r_from']})"
@@ -76,7 +84,8 @@ def to_keras(
     """Export an afilm checkpoint to the Keras weights-only layout (model.save_weights).
 
     The original code loads it with get_afilm().load_weights(path) (or get_tfilm). The file also
-    records r (attribute afilm_r), which 'afilm convert keras' reads back.
+    records r, sr and the degradation (attributes afilm_r, afilm_sr, afilm_degrade), which 'afilm
+    convert keras' reads back.
     """
     from afilm_cli.checkpoint import load_checkpoint
     from afilm_cli.keras_io import model_from_checkpoint_fast, write_keras_h5
@@ -85,6 +94,7 @@ def to_keras(
     _refuse_existing(out, force)
     data = load_checkpoint(ckpt)
     net = model_from_checkpoint_fast(data)
-    write_keras_h5(out, net, r=data["recipe"]["r"])
+    recipe = data["recipe"]
+    write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"])
     typer.echo(f"{ckpt} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "
                f"r={data['recipe']['r']}")
