@@ -17,17 +17,33 @@ import torch
 from afilm_cli.errors import AfilmError
 
 
+LOADAVG = Path("/proc/loadavg")  # 4th field: runnable tasks now / all tasks
+OWN_TASKS = Path("/proc/self/task")  # one folder per thread of this process
+
+
 def busy_elsewhere(samples: int = 5) -> int | None:
-    """Runnable tasks on the machine other than this thread (median of a few reads of /proc/loadavg's
-    instantaneous count; None where there is no such file)."""
+    """Runnable tasks of other processes (median of a few reads of /proc/loadavg's instantaneous
+    count, less this process's own running threads; None where there is no such file). Our own
+    threads do not count: OpenMP's workers spin for a while after each parallel op, and counting them
+    made ``auto`` pick one thread on an idle machine."""
     counts = []
     for _ in range(samples):
         try:
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
+            running = int(LOADAVG.read_text().split()[3].split("/")[0])
         except (OSError, IndexError, ValueError):
             return None
+        counts.append(max(0, running - _own_running()))
         time.sleep(0.002)
     return int(statistics.median(counts))
+
+
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable), this one included (at least 1)."""
+    n = 0
+    for stat in OWN_TASKS.glob("*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"  # the name may hold spaces
+    return max(n, 1)
 
 
 def free_cores(total: int, busy: int | None) -> int:

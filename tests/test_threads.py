@@ -42,6 +42,44 @@ def test_busy_elsewhere_reads_the_machine():
     assert busy is None or busy >= 0
 
 
+def test_busy_elsewhere_leaves_out_this_process_threads(tmp_path, monkeypatch):
+    """7 runnable tasks on the machine, 3 of them ours (a name with spaces and parentheses included):
+    4 elsewhere. Our own count once made auto pick 1 thread on an idle machine (OpenMP's workers spin
+    after every parallel op and are runnable while they do)."""
+    (tmp_path / "loadavg").write_text("1.20 0.90 0.70 7/312 4242\n")
+    for tid, name, state in ((1, "python", "R"), (2, "pt (main) x", "R"), (3, "omp", "S"), (4, "omp", "R")):
+        (tmp_path / "task" / str(tid)).mkdir(parents=True)
+        (tmp_path / "task" / str(tid) / "stat").write_text(f"{tid} ({name}) {state} 1 2 3 4 5\n")
+    monkeypatch.setattr(threads, "LOADAVG", tmp_path / "loadavg")
+    monkeypatch.setattr(threads, "OWN_TASKS", tmp_path / "task")
+    assert threads._own_running() == 3 and threads.busy_elsewhere(samples=3) == 4
+    monkeypatch.setattr(threads, "LOADAVG", tmp_path / "none")
+    assert threads.busy_elsewhere() is None
+
+
+def test_own_running_threads_are_counted_on_this_machine():
+    import threading
+
+    if not threads.OWN_TASKS.is_dir():
+        pytest.skip("no /proc/self/task here")
+    assert threads._own_running() >= 1  # the thread that reads is running
+    done = threading.Event()
+
+    def spin():  # numpy's sort releases the GIL: this thread stays runnable beside the reader
+        a = np.random.default_rng(0).random(2_000_000)
+        while not done.is_set():
+            np.sort(a)
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        counts = [threads._own_running() for _ in range(50)]
+    finally:
+        done.set()
+        worker.join()
+    assert max(counts) >= 2
+
+
 def test_train_sets_records_and_restores_threads(tmp_path):
     t = np.arange(2048) / 16000
     hr = np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in (220, 440, 880, 1760)]).astype(np.float32)
