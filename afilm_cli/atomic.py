@@ -1,6 +1,7 @@
 """Atomic file outputs: write to a temporary name in the same folder, rename when complete.
 
-A killed run leaves at most a hidden ``.NAME.tmp-*`` file, never a file that looks complete.
+A killed run leaves at most a hidden ``.NAME.tmp-*`` file, never a file that looks complete; the data is
+flushed to disk before the rename, so a power cut leaves the previous file rather than an empty one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        _fsync(tmp)  # the data on disk before the name: a crash then leaves the old file, not an empty one
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

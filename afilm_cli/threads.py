@@ -16,7 +16,6 @@ import torch
 
 from afilm_cli.errors import AfilmError
 
-
 LOADAVG = Path("/proc/loadavg")  # 4th field: runnable tasks now / all tasks
 OWN_TASKS = Path("/proc/self/task")  # one folder per thread of this process
 

@@ -115,6 +115,24 @@ def test_write_audio_is_atomic_and_clips(tmp_path):
     np.testing.assert_array_equal(sf.read(tmp_path / "f.wav", dtype="float32")[0], x)
 
 
+def test_atomic_outputs_reach_the_disk_before_their_name(tmp_path, monkeypatch):
+    import os
+
+    from afilm_cli import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
+    with atomic.atomic_path(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"data")
+    assert events == ["fsync", "replace"] and (tmp_path / "x.bin").read_bytes() == b"data"
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(AfilmError, match="a_file is a file, not a folder"):
+        with atomic.atomic_path(tmp_path / "a_file" / "y.bin"):
+            pass
+
+
 @pytest.mark.parametrize("r", [2, 3, 4, 8])
 @pytest.mark.parametrize("m", [4, 9, 11, 12, 50])
 def test_spline_fast_path_equals_splev_at_every_length(r, m):
