@@ -194,6 +194,30 @@ def test_rerun_skips_force_rebuilds_and_other_recipe_refused(vctk_mini, tmp_path
     assert forced.status == "written" and forced.patches > first.patches
 
 
+def test_a_kept_output_from_another_file_list_is_refused(libri_mini, tmp_path):
+    """Files added since the last run change the --val-fraction draw: rebuilding a deleted val file
+    beside the kept train file could put a file in both. The outputs record their run's file lists."""
+    files = sorted(libri_mini.rglob("*.flac"))[:10]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in files[:6]:
+        shutil.copy(f, corpus / f.name)
+    kw = dict(val_fraction=0.34, out=tmp_path / "out")
+    train, val = prepare_folder(corpus, Recipe(r=4, multiple=1), **kw)
+    again = prepare_folder(corpus, Recipe(r=4, multiple=1), **kw)  # same files: both kept
+    assert [res.status for res in again] == ["exists", "exists"]
+    for f in files[6:]:
+        shutil.copy(f, corpus / f.name)
+    val.out.unlink()
+    with pytest.raises(AfilmError, match="prepared from another list of files .* --force"):
+        prepare_folder(corpus, Recipe(r=4, multiple=1), **kw)
+    assert not val.out.exists()
+    rebuilt = prepare_folder(corpus, Recipe(r=4, multiple=1), force=True, **kw)
+    with PatchFile(rebuilt[0].out) as a, PatchFile(rebuilt[1].out) as b:
+        assert not set(a.recipe["sources"]) & set(b.recipe["sources"])
+        assert len(a.recipe["sources"]) + len(b.recipe["sources"]) == 10
+
+
 def test_killed_run_leaves_no_output(vctk_mini, tmp_path, monkeypatch):
     real = recipe_mod.file_signals
     calls = []

@@ -23,7 +23,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from afilm_cli.data.recipe import Recipe, SplitPlan, SplitResult, existing_output_ok, prepare_split
+from afilm_cli.data.recipe import (
+    Recipe,
+    SplitPlan,
+    SplitResult,
+    existing_output_ok,
+    prepare_split,
+    split_fingerprint,
+)
 from afilm_cli.errors import AfilmError
 
 R = Annotated[int, typer.Option("--r", min=2, help="Upsampling ratio: low rate = sr / r (paper: 2, 4, 8).")]
@@ -63,7 +70,7 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                 root: Path | None = None, force: bool = False) -> list[SplitResult]:
     """Write every plan's output (skipping finished ones unless ``force``), then print a summary."""
     recipe.validate()
-    extra = {"split": split_info}
+    extra = {"split": split_info, "split_sources": split_fingerprint(plans, root)}
     results: list[SplitResult] = []
     todo: list[SplitPlan] = []
     for plan in plans:

@@ -23,6 +23,7 @@ the other recipe fields (patch, stride, sam, seed, split rule) are checked on a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -252,6 +253,7 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
     try:
         with h5py.File(out, "r") as f:
             found = {k: _plain(f.attrs[k]) if k in f.attrs else ATTR_DEFAULTS.get(k) for k in CHECKED_ATTRS}
+            listed = _plain(f.attrs["split_sources"]) if "split_sources" in f.attrs else None
     except OSError:
         raise AfilmError(f"{out}: exists but is not a readable HDF5 file; "
                          "use --force to rebuild it") from None
@@ -260,7 +262,19 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
     if diff:
         raise AfilmError(f"{out} exists with a different recipe: {', '.join(diff)}; "
                          f"use --force to rebuild it or --out for another folder")
+    # outputs written before this attribute existed carry none: they are taken on their recipe alone
+    if listed is not None and "split_sources" in attrs and listed != attrs["split_sources"]:
+        raise AfilmError(f"{out} was prepared from another list of files (files added, removed or split "
+                         "otherwise since): reusing it beside a rebuilt split could put a file in both "
+                         "train and val; use --force to rebuild every split")
     return True
+
+
+def split_fingerprint(plans: list[SplitPlan], root: Path | None) -> str:
+    """SHA-256 of every split's file list: outputs of one run share it, so a rerun can tell whether a
+    kept output came from the same division of the same files as the one it is about to rebuild."""
+    lists = {plan.part: sorted(_rel(path, root) for path, _ in plan.sources) for plan in plans}
+    return hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()
 
 
 def _plain(value: Any) -> Any:
