@@ -40,6 +40,9 @@ class Server:
                 rng = self.headers.get("Range")
                 outer.ranges.append(rng)
                 start = 0
+                etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+                if self.headers.get("If-Range") not in (None, etag):
+                    rng = None  # the client's part is of another version of the file: send it whole
                 if rng and outer.honour_range:
                     start = int(rng.split("=")[1].split("-")[0])
                     if start >= len(body):
@@ -51,6 +54,7 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
+                self.send_header("ETag", etag)
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
                 outer.sent += len(body) - start  # before writing: the client may finish first
@@ -120,6 +124,35 @@ def test_server_without_range_restarts_and_checks_fail_clearly(server, tmp_path)
         download(f"{server.url}/missing.zip", tmp_path / "e.zip")
     with pytest.raises(AfilmError, match="cannot download"):
         download("http://127.0.0.1:1/x.zip", tmp_path / "f.zip", timeout=5)
+
+
+def test_resume_checks_that_the_part_belongs_to_the_file(server, tmp_path):
+    """With no size or checksum to check (VCTK 0.80, a bare --url) the server's answers must do it."""
+    body = os.urandom(200_000)
+    server.files["v.zip"] = body
+    url = f"{server.url}/v.zip"
+    # a stale part longer than the file: 416 names the file's size, which is not ours: start over
+    (tmp_path / "v.zip.part").write_bytes(os.urandom(300_000))
+    assert download(url, tmp_path / "v.zip").read_bytes() == body
+    assert server.ranges == ["bytes=300000-", None]
+    # a part that is the whole file: 416 with our size, nothing fetched
+    (tmp_path / "w.zip.part").write_bytes(body)
+    assert download(url, tmp_path / "w.zip").read_bytes() == body and server.ranges[-1] == "bytes=200000-"
+    # interrupted, then the file changed on the server: If-Range with the old ETag brings it whole
+    (tmp_path / "x.zip.part").write_bytes(body[:50_000])
+    (tmp_path / "x.zip.part.validator").write_text(f'"{hashlib.sha256(body).hexdigest()[:16]}"')
+    new = os.urandom(120_000)
+    server.files["v.zip"] = new
+    assert download(url, tmp_path / "x.zip").read_bytes() == new
+    assert not (tmp_path / "x.zip.part.validator").exists()
+    # and with the file unchanged it resumes: the validator written by the first request is sent back
+    server.files["y.zip"] = body
+    with pytest.raises(AfilmError, match="expected 200001"):
+        download(f"{server.url}/y.zip", tmp_path / "y.zip", size=200_001)
+    (tmp_path / "y.zip.part").write_bytes(body[:70_000])  # as if the first run had stopped there
+    server.sent = 0
+    assert download(f"{server.url}/y.zip", tmp_path / "y.zip").read_bytes() == body
+    assert server.sent == 130_000
 
 
 def test_extract_tar_and_refuse_escaping_members(tmp_path):

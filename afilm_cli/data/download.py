@@ -8,6 +8,7 @@ checksum match. Extraction writes a marker file so a rerun does not extract agai
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -54,6 +55,7 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start > size:  # not ours, or a different file: start over
         part.unlink()
+        _validator_path(part).unlink(missing_ok=True)
         start = 0
     if size is None or start < size:
         _fetch(url, part, start, progress, chunk, timeout)
@@ -65,28 +67,47 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
         digest = file_sha256(part)
         if digest != sha256.lower():
             part.unlink()
+            _validator_path(part).unlink(missing_ok=True)
             raise AfilmError(f"{url}: SHA-256 mismatch (got {digest}, expected {sha256}); the partial "
                              f"file was deleted, rerun to download again")
     os.replace(part, dest)
+    _validator_path(part).unlink(missing_ok=True)
     return dest
 
 
 def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: int, timeout: float) -> None:
     headers = {"User-Agent": f"afilm/{__version__}"}
+    validator = _validator_path(part)
     if start:
         headers["Range"] = f"bytes={start}-"
+        if validator.exists():  # the file changed on the server since: it comes whole (200), not resumed
+            headers["If-Range"] = validator.read_text()
     try:
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start:  # nothing left past what we have: let the size check decide
-            return
+        if exc.code == 416 and start:
+            if _range_total(exc.headers.get("Content-Range")) == start:
+                return  # we hold the whole file already
+            part.unlink()  # longer than the file on the server, or unverifiable: not ours, start over
+            validator.unlink(missing_ok=True)
+            return _fetch(url, part, 0, progress, chunk, timeout)
         raise AfilmError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise AfilmError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
     with resp:
         resumed = start > 0 and resp.status == 206
-        if start and not resumed:
-            start = 0  # the server ignored Range: the body is the whole file
+        if resumed and _range_start(resp.headers.get("Content-Range")) != start:
+            raise AfilmError(f"download of {url}: the server resumed at another byte than {start} "
+                             f"({resp.headers.get('Content-Range')}); delete {part} and rerun")
+        if not resumed:
+            start = 0  # a fresh download, or the server ignored Range / the file changed: the whole body
+            tag = resp.headers.get("ETag")
+            if not tag or tag.startswith("W/"):  # If-Range takes strong validators only
+                tag = resp.headers.get("Last-Modified")
+            if tag:
+                validator.write_text(tag)
+            else:
+                validator.unlink(missing_ok=True)
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         done = start
@@ -97,11 +118,28 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
                     done += len(block)
                     if progress:
                         progress(done, total)
-        except OSError as exc:
-            raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc}); "
+        except (OSError, http.client.HTTPException) as exc:
+            raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc!r}); "
                              "rerun to resume") from None
     if total is not None and done < total:
         raise AfilmError(f"download of {url} interrupted at {done} of {total} bytes; rerun to resume")
+
+
+def _validator_path(part: Path) -> Path:
+    """Beside ``NAME.part``: the ETag (or Last-Modified) of the file it is a part of."""
+    return part.with_name(part.name + ".validator")
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """N of "bytes */N" or "bytes a-b/N"; None when absent or unknown ("*")."""
+    tail = (content_range or "").rpartition("/")[2].strip()
+    return int(tail) if tail.isdigit() else None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """a of "bytes a-b/N"."""
+    head = (content_range or "").partition(" ")[2].partition("-")[0].strip()
+    return int(head) if head.isdigit() else None
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -129,7 +167,7 @@ def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
                     _check_member(member.name, target)
                     if member.issym() or member.islnk():
                         raise AfilmError(f"{archive}: refusing link member {member.name!r}")
-                tf.extractall(into)
+                tf.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         else:
             raise AfilmError(f"{archive}: not a zip or tar archive")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
