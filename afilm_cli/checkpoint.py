@@ -59,12 +59,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AfilmError(f"{path}: not an afilm checkpoint (no '{FORMAT}' marker); "
                          "Keras .h5 files can be imported with 'afilm convert keras'")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise AfilmError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this afilm "
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int):
+        raise AfilmError(f"{path}: damaged checkpoint (format_version {version!r} is not a number)")
+    if version > FORMAT_VERSION:
+        raise AfilmError(f"{path}: checkpoint format {version} is newer than this afilm "
                          f"({__version__}) understands; upgrade afilm")
-    for key in ("model_name", "model_config", "recipe", "state_dict"):
+    for key, kind in (("model_name", str), ("model_config", dict), ("recipe", dict), ("state_dict", dict)):
         if key not in ckpt:
             raise AfilmError(f"{path}: incomplete checkpoint (missing {key!r})")
+        if not isinstance(ckpt[key], kind):
+            raise AfilmError(f"{path}: damaged checkpoint ({key} is a {type(ckpt[key]).__name__}, "
+                             f"not a {kind.__name__})")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise AfilmError(f"{path}: damaged checkpoint (state_dict holds something other than tensors)")
     return ckpt
 
 
@@ -72,7 +80,11 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     """Rebuild the model the checkpoint describes, load its weights, put it in eval mode."""
     from afilm_cli.models import create_model
 
-    model = create_model(ckpt["model_name"], **ckpt["model_config"])
+    try:
+        model = create_model(ckpt["model_name"], **ckpt["model_config"])
+    except (TypeError, ValueError, ArithmeticError) as exc:  # a config this afilm's model cannot take
+        raise AfilmError(f"checkpoint config does not fit model {ckpt['model_name']!r}: "
+                         f"{str(exc).splitlines()[0]}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:

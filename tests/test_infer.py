@@ -521,6 +521,15 @@ def test_cli_bad_inputs_are_one_line(tmp_path, ckpts, capsys):
     ]
     if not torch.cuda.is_available():
         cases.append((("upsample", good, "--ckpt", ckpts["spline"], "--device", "cuda"), "no CUDA device"))
+    real = torch.load(ckpts["afilm_tiny"], weights_only=True)
+    for i, (key, value, message) in enumerate([
+            ("format_version", "2", "format_version '2' is not a number"),
+            ("model_config", [1, 2], "model_config is a list, not a dict"),
+            ("state_dict", [1], "state_dict is a list, not a dict"),
+            ("state_dict", {"w": 1.0}, "state_dict holds something other than tensors"),
+            ("model_config", {**real["model_config"], "n_layers": "four"}, "config does not fit model")]):
+        torch.save({**real, key: value}, tmp_path / f"damaged{i}.pt")
+        cases.append((("upsample", good, "--ckpt", tmp_path / f"damaged{i}.pt"), message))
     for args, message in cases:
         assert message in error_line(run_main(capsys, *args)), args
 
