@@ -204,7 +204,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
         if on_rows:  # before the sweep too: a run stopped during it keeps the preset's rows
             on_rows(list(rows))
-        if sweep if sweep is not None else not quick and name == names[0]:
+        if (not quick if sweep is None else sweep) and name == names[0]:
             rows += _sweep(name, run, seconds, repeats, batch_size, window, device)
         del model, loaded
         if on_rows:
@@ -291,7 +291,7 @@ def bench_loader(*, quick: bool = False, batch: int = 16, patch: int = 8192, rep
     from afilm_cli.data.h5 import PatchFile, PatchWriter
     from afilm_cli.data.loader import PatchLoader
 
-    n = 1024  # 64 MB per dataset: fewer patches sit in so few chunks that disk reads look ~20x faster
+    n = 1024  # 32 MiB per dataset: fewer patches sit in so few chunks that disk reads look ~20x faster
     with tempfile.TemporaryDirectory(prefix="afilm-bench-") as tmp:
         path = Path(tmp) / "patches.h5"
         rng = np.random.default_rng(0)

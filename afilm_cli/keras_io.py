@@ -326,8 +326,10 @@ def model_from_checkpoint_fast(ckpt: dict[str, Any]) -> torch.nn.Module:
 
     with torch.device("meta"):
         model = create_model(ckpt["model_name"], **ckpt["model_config"])
+    # assign=True keeps the tensors' dtype: a bundled (fp16) checkpoint becomes fp32 as on a normal load
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     try:
-        model.load_state_dict(ckpt["state_dict"], strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise AfilmError(f"checkpoint weights do not fit model {ckpt['model_name']!r}: "
                          f"{str(exc).splitlines()[0]}") from None

@@ -84,7 +84,11 @@ class Registry:
             return
         self._plugins_loaded = True  # set first: a plugin may query the registry while loading
         if self.builtins:
-            importlib.import_module(self.builtins)
+            try:
+                importlib.import_module(self.builtins)
+            except BaseException:
+                self._plugins_loaded = False  # a broken install fails the same way on every query
+                raise
         if self.group is None:
             return
         if os.environ.get("AFILM_DISABLE_PLUGINS", "") not in ("", "0"):

@@ -33,6 +33,20 @@ def test_compact_checkpoint_is_fp16_and_predicts_like_the_original(tmp_path):
     with torch.no_grad():
         ref, got = model(x), model_from_checkpoint(ckpt)(x)
     assert torch.allclose(got, ref, atol=2e-3), (got - ref).abs().max()
+    # the meta-device loader (afilm convert to-keras) restores fp32 too
+    from afilm_cli.keras_io import model_from_checkpoint_fast
+
+    fast = model_from_checkpoint_fast(ckpt)
+    assert all(p.dtype == torch.float32 for p in fast.parameters())
+    with torch.no_grad():
+        assert torch.equal(fast(x), got)
+    # weights fp16 cannot hold are refused, not written as inf
+    with torch.no_grad():
+        next(model.parameters()).mul_(1e6)
+    save_checkpoint(src, make_checkpoint(model, RECIPE))
+    with pytest.raises(AfilmError, match="beyond fp16's range"):
+        pretrained.compact_checkpoint(src, tmp_path / "inf.pt")
+    assert not (tmp_path / "inf.pt").exists()
 
 
 def test_damaged_bundled_file_is_refused(tmp_path, monkeypatch):

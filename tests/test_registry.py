@@ -119,3 +119,10 @@ def test_plugin_model_visible_in_cli(tmp_path):
 def test_plugin_package_declares_its_entry_point():
     text = (PLUGIN_SRC.parent / "pyproject.toml").read_text()
     assert textwrap.dedent('[project.entry-points."afilm.models"]') in text
+
+
+def test_a_failing_builtins_import_fails_the_same_way_every_time():
+    reg = Registry("widget", builtins="afilm_cli.no_such_module")
+    for _ in range(2):  # the second query must not answer "unknown widget; known: none"
+        with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+            reg.names()

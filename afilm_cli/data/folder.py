@@ -82,7 +82,7 @@ def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None 
     if val:
         plans.append(SplitPlan("val", paths["val"], val))
     else:
-        why = f"--val-fraction {val_fraction}" + (" of subfolders, and it has none" if by_subfolder else "")
+        why = f"--val-fraction {val_fraction}" + (" of the subfolders picked none" if by_subfolder else "")
         cli.warn(f"no validation files ({why}): writing {paths['train'].name} only")
     return cli.run_prepare(recipe, plans, split_info={"dataset": "folder", **info}, root=root, force=force)
 

@@ -84,6 +84,9 @@ def compact_checkpoint(src: str | Path, dst: str | Path) -> str:
     keep = {k: ckpt[k] for k in ("format", "format_version", "afilm_version", "model_name", "model_config",
                                  "recipe", "epoch", "step", "metrics") if k in ckpt}
     keep["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    beyond = [k for k, v in keep["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if beyond:  # fp16 tops out at 65504: such weights would load as inf
+        raise AfilmError(f"{src}: weights beyond fp16's range ({', '.join(beyond[:3])}); keep it in fp32")
     save_checkpoint(dst, keep)
     return sha256sum(Path(dst))
 
