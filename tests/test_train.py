@@ -34,7 +34,7 @@ PATCH = 2048
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _patches(files, r=4, patch=PATCH, limit=None):
+def _patches(files, r=4, patch=PATCH, limit=None, skip=0):
     data, label = [], []
     for f in files:
         x, sr = read_audio(f, mono=True)
@@ -42,7 +42,8 @@ def _patches(files, r=4, patch=PATCH, limit=None):
         n = len(hr) // patch
         data.append(sp[: n * patch].reshape(n, patch))
         label.append(hr[: n * patch].reshape(n, patch))
-    data, label = np.concatenate(data)[:limit], np.concatenate(label)[:limit]
+    end = None if limit is None else skip + limit
+    data, label = np.concatenate(data)[skip:end], np.concatenate(label)[skip:end]
     return data, label
 
 
@@ -59,7 +60,8 @@ def data(vctk_mini, tmp_path_factory):
     """data/vctk-mini-r4-{train,val}.h5 as 'afilm prepare' names them; val speaker unseen in train."""
     d = tmp_path_factory.mktemp("data") / "data"
     tr = _patches(sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:2], limit=24)
-    va = _patches(sorted((vctk_mini / "wav48" / "p226").glob("*.wav"))[:1], limit=8)
+    # the file's speech (patches 21-28), not its leading silence: validation decides best.pt in these tests
+    va = _patches(sorted((vctk_mini / "wav48" / "p226").glob("*.wav"))[:1], limit=8, skip=21)
     return {"train": _write(d / "vctk-mini-r4-train.h5", *tr), "val": _write(d / "vctk-mini-r4-val.h5", *va),
             "arrays": tr}
 
@@ -157,6 +159,9 @@ def test_train_writes_checkpoints_log_and_metrics(data, tmp_path):
     assert last["val_loss"] == pytest.approx(last["val_rmse"] ** 2, rel=1e-6)
     best = min((x for x in lines if x["type"] == "epoch"), key=lambda x: x["val_loss"])
     assert load_checkpoint(res.best)["metrics"]["val_loss"] == best["val_loss"]
+    # and it learns: the training loss falls from one epoch to the next
+    first, second = (x["train_loss"] for x in lines if x["type"] == "epoch")
+    assert second < 0.95 * first, (first, second)
     # the spline baseline as the metrics module computes it, independently of the loop
     x, y = _patches_of(data["val"])
     assert last["spline_snr"] == pytest.approx(metrics.snr(x.ravel(), y.ravel()), abs=1e-6)
@@ -365,6 +370,15 @@ def _afilm(*args, cwd, **kw):
                           text=True, timeout=300, **kw)
 
 
+def test_rmse_loss_is_the_mean_of_per_patch_rmses():
+    from afilm_cli.train import loss_fn
+
+    y = torch.zeros(2, 1, 64)
+    pred = torch.cat([torch.full((1, 1, 64), 0.1), torch.full((1, 1, 64), 0.3)])
+    assert loss_fn(pred, y, "rmse").item() == pytest.approx(0.2, rel=1e-6)  # (0.1 + 0.3) / 2
+    assert loss_fn(pred, y, "mse").item() == pytest.approx(0.05, rel=1e-6)  # (0.01 + 0.09) / 2, not 0.2^2
+
+
 def test_cli_finds_prepared_data_and_says_so(data, tmp_path):
     (tmp_path / "data").mkdir()
     for key in ("train", "val"):
@@ -377,6 +391,18 @@ def test_cli_finds_prepared_data_and_says_so(data, tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("afilm_tiny-")
     assert {"last.pt", "best.pt", "log.jsonl"} <= {f.name for f in run.iterdir()}
+    # --data-dir: the newest *-train.h5 there, with its -val.h5; --loss rmse kept in the run's config
+    other = tmp_path / "mine"
+    other.mkdir()
+    for i, stem in enumerate(("b-new", "a-old")):  # names in the other order than their times
+        for key in ("train", "val"):
+            (other / f"{stem}-{key}.h5").write_bytes(data[key].read_bytes())
+            os.utime(other / f"{stem}-{key}.h5", (2e9 - i, 2e9 - i))
+    p = _afilm("train", "--model", "afilm_tiny", "--data-dir", "mine", "--max-steps", "1", "--loss", "rmse",
+               "--device", "cpu", "--out", "r2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "mine/b-new-train.h5 (24 patches" in p.stdout and "mine/b-new-val.h5 (8" in p.stdout
+    assert load_checkpoint(tmp_path / "r2" / "last.pt")["train_config"]["loss"] == "rmse"
     # an empty folder: one line telling where data comes from
     empty = tmp_path / "empty"
     empty.mkdir()
