@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -114,18 +113,19 @@ def test_layers_option_picks_kernel_shapes():
     assert {r["name"].split()[0] for r in report["rows"]} == {"B"}
 
 
-def test_interleaved_excludes_warmup_and_reports_errors():
-    calls = []
+def test_interleaved_excludes_warmup_and_reports_errors(monkeypatch):
+    calls, clock = [], [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])  # a clock the test moves: exact
 
     def slow():
         calls.append("slow")
-        time.sleep(0.02 if len(calls) > 1 else 0.2)  # the first (warm-up) call is slow and not counted
+        clock[0] += 0.02 if len(calls) > 1 else 0.2  # the first (warm-up) call is slow and not counted
 
     def broken():
         raise RuntimeError("no compiler\nsecond line")
 
     res = bench.interleaved({"slow": slow, "broken": broken}, repeats=3)
-    assert len(calls) == 4 and len(res["slow"]) == 3 and max(res["slow"]) < 0.15
+    assert len(calls) == 4 and res["slow"] == pytest.approx([0.02] * 3)
     assert res["broken"] == "RuntimeError: no compiler"
     rows = bench.rate_rows("x", "n", {"a": [2.0, 1.0, 4.0], "b": [1.0, 1.0, 1.0], "broken": res["broken"]},
                            work=8.0, unit="u", baseline="a", settings={})

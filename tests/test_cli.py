@@ -14,9 +14,9 @@ from afilm_cli.main import app
 COMMANDS = ["prepare", "train", "upsample", "eval", "bench", "models", "convert", "demo"]
 
 
-def run_cli(*args, env=None, timeout=120):
+def run_cli(*args, env=None, timeout=120, cwd=None):
     return subprocess.run([sys.executable, "-m", "afilm_cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def test_help_lists_every_command():
@@ -42,7 +42,7 @@ def test_version_and_module_entry():
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
     out = run_cli("upsample", str(tmp_path / "missing.wav"), "--ckpt", str(tmp_path / "none.pt"))
-    assert out.returncode != 0
+    assert out.returncode == 2
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("afilm: error:")
@@ -62,7 +62,7 @@ def test_bad_kernel_choice_is_one_line_without_traceback(tmp_path):
 
     wav = tmp_path / "speech_4k.wav"
     sf.write(wav, np.zeros(4000, np.float32) + 0.01 * np.sin(np.arange(4000)), 4000)
-    out = run_cli("upsample", str(wav), env={"AFILM_KERNEL": "bogus"})  # the bundled model
+    out = run_cli("upsample", str(wav), env={"AFILM_KERNEL": "bogus"}, cwd=tmp_path)  # the bundled model
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines == ["afilm: error: AFILM_KERNEL must be 'triton' or 'torch', got 'bogus'"]
@@ -77,12 +77,13 @@ def test_file_system_refusals_are_one_line(tmp_path):
     sf.write(wav, 0.1 * np.sin(np.arange(8000) / 3), 4000)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    out = run_cli("upsample", str(wav), "-o", str(blocker / "x.wav"), "-q")  # the bundled model
+    out = run_cli("upsample", str(wav), "-o", str(blocker / "x.wav"), "-q", cwd=tmp_path)  # bundled model
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert f"speech_4k.wav: cannot write {blocker / 'x.wav'}: {blocker} is a file, not a folder" in out.stderr
-    out = run_cli("upsample", str(wav), "-o", str(tmp_path), "-q")
+    want = f"speech_4k.wav: cannot write {blocker / 'x.wav'}: {blocker} is a file, not a folder"
+    assert want in out.stderr
+    out = run_cli("upsample", str(wav), "-o", str(tmp_path), "-q", cwd=tmp_path)
     assert out.returncode == 0 and (tmp_path / "speech_4k.afilm.wav").is_file()  # an existing folder
-    out = run_cli("demo", "-o", str(blocker / "demo"))  # an OSError from the library: one line, exit 1
+    out = run_cli("demo", "-o", str(blocker / "demo"), cwd=tmp_path)  # an OSError from the library: exit 1
     lines = [line for line in out.stderr.splitlines() if line.startswith("afilm: error")]
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines == [f"afilm: error: Not a directory: {blocker / 'demo'} (AFILM_DEBUG=1 shows where)"]

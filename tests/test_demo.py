@@ -53,9 +53,14 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     summary = json.loads((d / "summary.json").read_text())
     assert summary["protocol"]["r"] == 4
     assert "SNR" in out.stdout and "spline" in out.stdout
-    # a rerun refreshes the demo's own folder without --force
+    # a rerun refreshes the demo's own folder without --force: every output written again
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    for p in d.iterdir():
+        os.utime(p, ns=(1, 1))
     again = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--device", "cpu", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+    assert {p.name for p in d.iterdir()} == set(before)
+    assert all(p.stat().st_mtime_ns > 1 for p in d.iterdir())
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, tiny_ckpt):
@@ -74,5 +79,5 @@ def test_default_demo_uses_the_bundled_model_and_beats_spline(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     model, spline = summary["summary"]["model"], summary["summary"]["spline"]
-    assert model["snr"] > spline["snr"]
-    assert model["lsd"] < spline["lsd"]
+    assert model["snr"] > spline["snr"] + 0.4  # measured +1.08 dB on this clip (decimate input)
+    assert model["lsd"] < 0.8 * spline["lsd"]  # measured 0.64x

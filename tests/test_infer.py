@@ -343,7 +343,7 @@ def test_silent_file_upsamples_to_silence(tmp_path, ckpts):
     path = write(tmp_path / "silent.wav", np.zeros(4000), 4000, "PCM_16")
     infer.upsample_file(path, tmp_path / "silent.out.wav", loaded(ckpts, "afilm_tiny"))
     y, sr = sf.read(str(tmp_path / "silent.out.wav"))
-    assert len(y) == 16000 and np.isfinite(y).all()
+    assert len(y) == 16000 and np.abs(y).max() < 1e-4
 
 
 def test_input_below_the_low_rate_warns_and_works(tmp_path, ckpts):

@@ -72,6 +72,9 @@ def test_bundled_default_model_loads_is_registered_and_has_a_card():
     assert MODELS.meta(name)["pretrained"] is True
     model = create_model(name)
     ckpt = load_checkpoint(path)
+    state = model.state_dict()  # the registered builder gives the bundled weights, not a fresh init
+    assert state.keys() == ckpt["state_dict"].keys()
+    assert all(torch.equal(state[k], v.float()) for k, v in ckpt["state_dict"].items())
     assert ckpt["recipe"] == {**RECIPE, "degrade": "decimate+resample", "patch": ckpt["recipe"]["patch"]}
     x = torch.randn(1, 1, 8192) * 0.1
     with torch.no_grad():
@@ -117,4 +120,6 @@ def test_bundled_model_beats_the_spline_whichever_low_pass_made_the_input(degrad
     loaded = infer.load_model(pretrained.bundled_checkpoint_path())
     result = evaluate.evaluate_wavs(loaded, ASSETS, degrade=degrade)
     model, spline = result.summary["model"], result.summary["spline"]
-    assert model["snr"] > spline["snr"] + 0.1 and model["lsd"] < 0.9 * spline["lsd"]
+    # measured: +1.08 / +0.67 dB and 0.64x / 0.66x the spline's LSD (decimate / resample); a model
+    # that lost most of its gain fails here
+    assert model["snr"] > spline["snr"] + 0.4 and model["lsd"] < 0.8 * spline["lsd"]
