@@ -198,6 +198,12 @@ def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
     names = sorted(p.name for p in (tmp_path / "png").iterdir())
     assert names == ["p225__p225_001.png", "p226__p226_002.png"]
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in (tmp_path / "png").iterdir())
+    # --max-plots caps them
+    one = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["afilm_tiny"]), "--wavs", str(wavs),
+           "--out", str(tmp_path / "res1"), "--plots", str(tmp_path / "one"), "--max-plots", "1"]
+    out = subprocess.run(one, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["p225__p225_001.png"]
 
 
 def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):

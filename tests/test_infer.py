@@ -34,7 +34,7 @@ def run_cli(*args, cwd=None, timeout=180):
 
 def run_main(capsys, *args):
     """The real entry point in-process (argument parsing, error mapping) without a subprocess's
-    start-up cost; returns (exit code, stdout, stderr)."""
+    start-up cost; returns a CompletedProcess (returncode, stdout, stderr)."""
     from afilm_cli.main import main
 
     argv = sys.argv
@@ -384,6 +384,24 @@ def test_a_bad_file_in_a_folder_stops_the_run_before_any_output(tmp_path, ckpts,
     line = error_line(run_main(capsys, "upsample", tmp_path / "sim", "--simulate", "--ckpt", ckpts["spline"]))
     assert line.endswith("b.wav: signal of 10 samples is too short to decimate")
     assert not (tmp_path / "sim.afilm").exists()
+
+
+def test_cli_window_reaches_the_windowed_path(tmp_path, ckpts, capsys):
+    """--window 300 is rounded up to two length multiples (512) for afilm_tiny (multiple 256): the same
+    output as --window 512, another one than the default 8192 (AFiLM's attention spans its window)."""
+    src = write(tmp_path / "a.wav", np.random.default_rng(3).standard_normal(6001) * 0.1, 4000)
+    outs = {}
+    for window in ("300", "512", None):
+        name = tmp_path / f"w{window}.wav"
+        extra = ["--window", window] if window else []
+        out = run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "-o", name, "--threads", "1",
+                       "-q", *extra)
+        assert out.returncode == 0, out.stderr
+        outs[window], sr = sf.read(str(name))
+    assert len(outs["300"]) == 24004 and sr == 16000
+    assert np.array_equal(outs["300"], outs["512"]) and not np.array_equal(outs["300"], outs[None])
+    lo = loaded(ckpts, "afilm_tiny")
+    assert infer.count_windows(src, lo, 300) == len(infer.plan_windows(24004, 256, 512).starts(24004)) > 1
 
 
 def test_two_inputs_with_one_output_name_are_refused(tmp_path, ckpts, capsys):

@@ -400,6 +400,24 @@ def test_folder_any_rate_val_dir_and_cli(vctk_mini, tmp_path):
         assert json.loads(f.attrs["sources"]) == ["held/c.wav"]
 
 
+def test_cli_recipe_options_reach_the_files(libri_mini, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted(libri_mini.rglob("*.flac"))[:4]:
+        shutil.copy(f, corpus / f.name)
+    proc = run_cli("prepare", "folder", str(corpus), "--r", "2", "--patch", "4096", "--stride", "2048",
+                   "--seed", "5", "--sam", "0.5", "--val-fraction", "0.5", "--multiple", "1",
+                   "--degrade", "subsample", "--name", "x", "--out", "o", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with PatchFile(tmp_path / "o" / "x-r2-subsample-train.h5") as tr, \
+            PatchFile(tmp_path / "o" / "x-r2-subsample-val.h5") as va:
+        assert tr.patch == 4096 and (tr.recipe["r"], tr.recipe["degrade"]) == (2, "subsample")
+        assert len(tr.recipe["sources"]) == len(va.recipe["sources"]) == 2  # half held out
+    with h5py.File(tmp_path / "o" / "x-r2-subsample-train.h5", "r") as f:
+        assert (f.attrs["stride"], f.attrs["sam"], f.attrs["seed"]) == (2048, 0.5, 5)
+        assert json.loads(f.attrs["split"])["val"].startswith("fraction 0.5")
+
+
 def test_registry_and_help(tmp_path):
     assert {"vctk", "folder"} <= set(DATASETS.names())
     assert callable(DATASETS.get("vctk")) and DATASETS.meta("folder")["help"]
