@@ -169,8 +169,13 @@ def test_extract_tar_and_refuse_escaping_members(tmp_path):
     with pytest.raises(AfilmError, match="outside"):
         extract(evil, tmp_path / "y")
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(AfilmError, match="corrupt archive|not a zip"):
+    with pytest.raises(AfilmError, match="(corrupt archive|not a zip).*delete it and rerun"):
         extract(tmp_path / "junk.zip", tmp_path / "z")
+    whole = good.read_bytes()  # a download cut in half: the gzip stream ends early
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AfilmError, match="delete it and rerun"):
+        extract(cut, tmp_path / "w")
 
 
 def test_fetch_and_extract_resumes_then_prepares_via_cli(server, vctk_mini, tmp_path):

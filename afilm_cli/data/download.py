@@ -169,9 +169,11 @@ def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
                         raise AfilmError(f"{archive}: refusing link member {member.name!r}")
                 tf.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         else:
-            raise AfilmError(f"{archive}: not a zip or tar archive")
+            raise AfilmError(f"{archive}: not a zip or tar archive (a damaged download? delete it and rerun "
+                             "to download it again)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise AfilmError(f"{archive}: corrupt archive ({exc})") from None
+        raise AfilmError(f"{archive}: corrupt archive ({exc}); delete it and rerun to download it "
+                         "again") from None
     return into
 
 
