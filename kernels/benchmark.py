@@ -192,7 +192,12 @@ def bytes_moved(op: str, path: str, mode: str, B: int, C: int, T: int, block: in
     if op == "layer":
         parts = ("pool_act_block_max", "block_film", "mix") if path == "down" else (
             "block_max_pool", "block_film_concat", "mix")
-        return sum(bytes_moved(p, path, mode, B, C, T, block, elem) for p in parts)
+        total = sum(bytes_moved(p, path, mode, B, C, T, block, elem) for p in parts)
+        if path == "down" and mode != "fwd":
+            # pool_act_film's linked backward never stores a's gradient: dy is read a second time (by
+            # the pass that writes dh) instead of da written and read back, and the scale read again
+            total -= (n - nb) * elem
+        return total
     fwd, bwd = table[op]
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 

@@ -284,8 +284,9 @@ def _pool_act_block_max_bwd_kernel(DA, DADown, Code, Arg, DH, Scale, n_total, T,
 
 def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
     reference._check(x, block, name)
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):  # the kernels compute in fp32
+        raise ValueError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got "
+                         f"{x.dtype} (kernels.reference takes any floating dtype)")
     if x.shape[-1] < 1:
         raise ValueError(f"{name} has no samples (T = 0)")
     if not (x.is_cuda or INTERPRET):

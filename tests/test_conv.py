@@ -48,6 +48,16 @@ def test_falls_back_where_it_does_not_apply():
         assert not used_custom_backward(Conv1d(2, 2, 3, stride=2, padding=1)(x))
         assert not used_custom_backward(Conv1d(2, 2, 3, padding=1, groups=2)(x))
         assert not used_custom_backward(Conv1d(2, 2, 3, padding=1, padding_mode="reflect")(x))
+        # nn.Conv1d's other inputs keep working: 'same' padding, unbatched input, CPU autocast
+        same = Conv1d(2, 2, 5, padding="same")
+        assert not used_custom_backward(same(x)) and same(x).shape == x.shape
+        y = plain(x[0])
+        y.sum().backward()
+        assert not used_custom_backward(y) and y.shape == (2, 32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = plain(x)
+        z.float().sum().backward()
+        assert not used_custom_backward(z) and z.dtype == torch.bfloat16
     with conv_backward("aten"):
         assert not used_custom_backward(plain(x))
 

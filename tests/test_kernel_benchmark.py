@@ -183,3 +183,19 @@ def test_cuda_graph_timer_runs_and_captured_triton_matches_the_reference():
                 results[provider] = fn() if provider == "eager" else _replayed(fn)
             for got, want in zip(results["triton"], results["eager"], strict=True):
                 torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=f"{op} {mode}")
+
+
+def test_layer_traffic_counts_each_stage_design():
+    """The minimum DRAM traffic the % of bandwidth is computed from: D1's shape, fp32, counted by hand."""
+    B, C, T, block, e = 16, 128, 4096, 128, 4
+    n, nb = B * C * T, B * C * (T // block)
+    idx = nb * (e + 4)
+    # down forward: read h (2n), write a (n), the mask byte, block max + argmax; FiLM: read a and the
+    # scale, write y; mix: read the maxima and w, write the scale
+    fwd = (3 * n * e + n + idx) + (2 * n * e + nb * e) + 3 * nb * e
+    # down backward, linked: d(scale) reads dy and a; the pass writing dh (2n) reads dy again, the
+    # scale, the mask and the maxima's gradient + argmax; mix backward
+    bwd = (2 * n * e + 2 * nb * e) + (n * e + nb * e + n + idx + 2 * n * e) + 5 * nb * e
+    assert kb.bytes_moved("layer", "down", "fwd", B, C, T, block, e) == fwd
+    assert kb.bytes_moved("layer", "down", "bwd", B, C, T, block, e) == bwd
+    assert kb.bytes_moved("layer", "down", "fwd+bwd", B, C, T, block, e) == fwd + bwd

@@ -293,8 +293,9 @@ def test_bad_shapes_raise_clear_errors(impl):
 
 
 def test_triton_specific_errors():
-    with pytest.raises(ValueError, match="floating-point"):
-        K.block_max_pool(torch.ones(1, 1, 8, dtype=torch.int64), 4)
+    for dtype in (torch.int64, torch.float64):  # the kernels compute in fp32: float64 would lose digits
+        with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+            K.block_max_pool(torch.ones(1, 1, 8, dtype=dtype), 4)
     with pytest.raises(ValueError, match="block must be"):
         K.block_film(torch.randn(1, 1, 8), torch.randn(1, 1, 2), None, 4.0)
 

@@ -80,9 +80,12 @@ class Conv1d(nn.Conv1d):
     :class:`_ConvInputGradAsConv` for stride-1, ungrouped, zero-padded, symmetric-padding layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (p,), (d,), (s,) = self.padding, self.dilation, self.stride
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and s == 1 and self.groups == 1
-                and self.padding_mode == "zeros" and d * (self.kernel_size[0] - 1) >= p
-                and cpu_conv_backward() == "conv"):
-            return _ConvInputGradAsConv.apply(x, self.weight, self.bias, p, d)
+        # the fast path's conditions; anything else ('same' padding, unbatched input, CPU autocast,
+        # whose backward would mix dtypes) is nn.Conv1d's own
+        if (x.device.type == "cpu" and torch.is_grad_enabled() and x.dim() == 3 and self.stride == (1,)
+                and isinstance(self.padding, tuple) and self.groups == 1 and self.padding_mode == "zeros"
+                and not torch.is_autocast_enabled("cpu") and cpu_conv_backward() == "conv"):
+            (p,), (d,) = self.padding, self.dilation
+            if d * (self.kernel_size[0] - 1) >= p:
+                return _ConvInputGradAsConv.apply(x, self.weight, self.bias, p, d)
         return super().forward(x)
