@@ -213,7 +213,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             if init["recipe"][key] != recipe[key]:
                 raise AfilmError(f"{init['path']}: was trained with {key}={init['recipe'][key]}, but "
                                  f"{train_pf.path} has {key}={recipe[key]}")
-    out = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous, so a refusal never hangs one
+    out, replaced = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous: a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     # a resumed or fine-tuned run keeps its checkpoint's architecture; a new one is the preset + --model-arg
@@ -258,6 +258,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
                   if val_pf else None)
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
     if run.master:
+        for path in replaced:  # --force: the other run goes only now, with the new one known to be valid
+            path.unlink()
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
                   resumed=ckpt, threads=threads, in_memory=train_pf.in_memory)
     return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)

@@ -4,7 +4,6 @@ folder, the resumed checkpoint, and the RNG states a checkpoint carries (see afi
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from pathlib import Path
@@ -156,21 +155,26 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
     return rec
 
 
-def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> Path:
-    """The run folder; refuses one that holds another run unless --force (or it is the resumed one)."""
+def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[Path]]:
+    """The run folder and the files of another run in it that --force replaces (removed by the caller
+    once every check has passed, not here); refuses a folder that holds another run unless --force,
+    and a resume in place from a checkpoint other than the folder's last.pt (it would overwrite the
+    run's later steps) unless --force."""
     if cfg.out:
         out = Path(cfg.out)
     elif ckpt is not None:
         out = Path(ckpt["path"]).parent
     else:
         out = Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    held = [n for n in ("last.pt", "best.pt", "log.jsonl") if (out / n).exists()]
+    held = [out / n for n in ("last.pt", "best.pt", "log.jsonl") if (out / n).exists()]
     continuing = ckpt is not None and Path(ckpt["path"]).parent.resolve() == out.resolve()
+    if continuing and not cfg.force and (out / "last.pt").exists() \
+            and Path(ckpt["path"]).resolve() != (out / "last.pt").resolve():
+        raise AfilmError(f"resuming {ckpt['path']} in its own folder would overwrite {out / 'last.pt'}, the "
+                         f"run's latest state; pass --out NEW_FOLDER to branch from it, or --force")
     if held and not continuing:
         if not cfg.force:
-            raise AfilmError(f"{out} already holds a training run ({held[0]}); pass --resume {out} to "
+            raise AfilmError(f"{out} already holds a training run ({held[0].name}); pass --resume {out} to "
                              "continue it, or --force to replace it")
-        if int(os.environ.get("RANK", 0)) == 0:
-            for n in held:
-                (out / n).unlink()
-    return out
+        return out, held
+    return out, []

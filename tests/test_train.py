@@ -356,9 +356,23 @@ def test_resume_refuses_other_r_other_settings_and_occupied_out(data, tmp_path):
         train(_cfg(data, tmp_path, val=None, lr=1e-3, resume=str(first.out), out=None))
     with pytest.raises(AfilmError, match="no such checkpoint"):
         train(_cfg(data, tmp_path, resume=str(tmp_path / "none.pt")))
+    # --force with settings that fail their checks leaves the run it would have replaced untouched
+    before = (first.out / "last.pt").read_bytes()
+    with pytest.raises(AfilmError, match="no trainable parameters"):
+        train(_cfg(data, tmp_path, max_steps=2, val=None, force=True, model="spline"))
+    assert (first.out / "last.pt").read_bytes() == before and (first.out / "log.jsonl").exists()
     forced = train(_cfg(data, tmp_path, max_steps=2, val=None, force=True))  # --force starts over
     lines = (forced.out / "log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["type"] == "start" and sum('"start"' in s for s in lines) == 1
+    # resuming an earlier checkpoint in place would overwrite the run's later steps: refused, or branched
+    (forced.out / "step2.pt").write_bytes((forced.out / "last.pt").read_bytes())
+    train(_cfg(data, tmp_path, max_steps=3, val=None, resume=str(forced.out), out=None))
+    with pytest.raises(AfilmError, match=r"would overwrite .*last\.pt.*--out NEW_FOLDER"):
+        train(_cfg(data, tmp_path, max_steps=4, val=None, resume=str(forced.out / "step2.pt"), out=None))
+    assert load_checkpoint(forced.out / "last.pt")["step"] == 3
+    branch = train(_cfg(data, tmp_path, max_steps=4, val=None, resume=str(forced.out / "step2.pt"),
+                        out=str(tmp_path / "branch")))
+    assert branch.step == 4 and load_checkpoint(forced.out / "last.pt")["step"] == 3
 
 
 # ---------------------------------------------------------------- the real CLI
@@ -500,7 +514,8 @@ def test_cli_model_arg_changes_the_architecture_and_resume_keeps_it(data, tmp_pa
     common = ("--train", data["train"], "--val", data["val"], "--batch-size", "8", "--device", "cpu",
               "--no-progress")
     p = _afilm("train", "--model", "afilm_tiny", "--model-arg", "final_init_std=1e-3", "--model-arg",
-               "channels=[4, 8, 16, 8]", "--epochs", "1", "--out", "run", *common, cwd=tmp_path)
+               "channels=[4, 8, 16, 8]", "--epochs", "1", "--out", "run", "--threads", "1", "--log-every", "1",
+               *common, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     config = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
     assert config["final_init_std"] == 1e-3 and config["channels"] == [4, 8, 16, 8]
@@ -508,7 +523,11 @@ def test_cli_model_arg_changes_the_architecture_and_resume_keeps_it(data, tmp_pa
     assert model.final.conv.weight.shape[1] == 8 and model.down[3].conv.weight.shape[0] == 8
     p = _afilm("train", "--resume", "run", "--epochs", "2", "--device", "cpu", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]["channels"] == [4, 8, 16, 8]
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert resumed["model_config"]["channels"] == [4, 8, 16, 8]
+    # and its run settings: options left out keep the run's values, not the CLI's defaults
+    assert (resumed["train_config"]["threads"], resumed["train_config"]["log_every"]) == (1, 1)
+    assert "1 CPU thread;" in p.stdout
     init = str(tmp_path / "run" / "last.pt")
     refused = [(("--model-arg", "channels=[4,4,4,4]", "--resume", "run"), "model_args"),
                (("--init", init, "--model-arg", "dropout=0", "--out", "x"), "cannot change it"),

@@ -31,6 +31,7 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def command(
+    ctx: typer.Context,
     model: Annotated[str | None, Opt("--model", "-m", help="Model to train ('afilm models' lists them). "
                                      "Default: afilm, or the --init checkpoint's model.")] = None,
     model_arg: Annotated[list[str] | None, Opt("--model-arg", metavar="KEY=VALUE", help="Change one setting "
@@ -91,8 +92,11 @@ def command(
               "compile": compile, "precision": precision, "log_every": log_every, "progress": progress,
               "force": force}
     if resume is not None:
-        # the run keeps its own settings; only what the user typed is passed on (and checked)
-        changes = {**given, **{k: v for k, v in common.items() if v is not None}}
+        # the run keeps its own settings (threads and precision included: resume is exact at the same
+        # ones); only what the user typed is passed on (and checked)
+        typed = {k: v for k, v in common.items()
+                 if v is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
+        changes = {**given, **typed}
         if model is not None:
             changes["model"] = model
         if init is not None:
