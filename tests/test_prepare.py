@@ -218,6 +218,30 @@ def test_a_kept_output_from_another_file_list_is_refused(libri_mini, tmp_path):
         assert len(a.recipe["sources"]) + len(b.recipe["sources"]) == 10
 
 
+def test_a_val_file_left_from_another_run_is_never_paired_with_a_new_train_file(libri_mini, tmp_path):
+    from afilm_cli.train import TrainConfig, find_data
+
+    files = sorted(libri_mini.rglob("*.flac"))[:6]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in files:
+        shutil.copy(f, corpus / f.name)
+    out = tmp_path / "out"
+    train, val = prepare_folder(corpus, Recipe(r=4, multiple=1), val_fraction=0.34, out=out)
+    old_val = tmp_path / "old-val.h5"
+    shutil.copy(val.out, old_val)
+    # a rerun without a validation split: the old val file would be paired with the new train file
+    with pytest.raises(AfilmError, match="left from an earlier run .* --force"):
+        prepare_folder(corpus, Recipe(r=4, multiple=1), val_fraction=0.0, out=out)
+    (only,) = prepare_folder(corpus, Recipe(r=4, multiple=1), val_fraction=0.0, out=out, force=True)
+    assert only.part == "train" and not val.out.exists()
+    # and train refuses a val file from another run that was put back beside it
+    shutil.copy(old_val, val.out)
+    with pytest.raises(AfilmError, match="was not prepared with .* --val FILE"):
+        find_data(TrainConfig(model="afilm_tiny", data_dir=str(out)))
+    assert find_data(TrainConfig(model="afilm_tiny", data_dir=str(out), val=str(old_val)))[1] == old_val
+
+
 def test_killed_run_leaves_no_output(vctk_mini, tmp_path, monkeypatch):
     real = recipe_mod.file_signals
     calls = []

@@ -514,8 +514,8 @@ def test_cli_model_arg_changes_the_architecture_and_resume_keeps_it(data, tmp_pa
     common = ("--train", data["train"], "--val", data["val"], "--batch-size", "8", "--device", "cpu",
               "--no-progress")
     p = _afilm("train", "--model", "afilm_tiny", "--model-arg", "final_init_std=1e-3", "--model-arg",
-               "channels=[4, 8, 16, 8]", "--epochs", "1", "--out", "run", "--threads", "1", "--log-every", "1",
-               *common, cwd=tmp_path)
+               "channels=[4, 8, 16, 8]", "--epochs", "1", "--out", "run", "--threads", "1",
+               "--log-every", "1", *common, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     config = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
     assert config["final_init_std"] == 1e-3 and config["channels"] == [4, 8, 16, 8]

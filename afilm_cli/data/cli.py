@@ -66,11 +66,28 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
+def _stale_val(train_out: Path, force: bool) -> None:
+    """This run has no validation split, but a -val.h5 beside its train file (from a run that had one)
+    would be paired with it by 'afilm train': --force removes it, otherwise the user is told."""
+    val = train_out.with_name(train_out.name.replace("-train.h5", "-val.h5"))
+    if val == train_out or not val.exists():
+        return
+    if force:
+        val.unlink()
+        warn(f"removed {val}: it came from an earlier run's validation split, which this run has none of")
+    else:
+        raise AfilmError(f"{val} is left from an earlier run with a validation split, and this run has "
+                         "none: 'afilm train' would pair it with the new train file (whose files it may "
+                         "share); pass --force to remove it")
+
+
 def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str, Any],
                 root: Path | None = None, force: bool = False) -> list[SplitResult]:
     """Write every plan's output (skipping finished ones unless ``force``), then print a summary."""
     recipe.validate()
     extra = {"split": split_info, "split_sources": split_fingerprint(plans, root)}
+    if not any(plan.part == "val" for plan in plans):
+        _stale_val(plans[0].out, force)
     results: list[SplitResult] = []
     todo: list[SplitPlan] = []
     for plan in plans:
