@@ -62,6 +62,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("afilm: interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as exc:  # Typer turns Ctrl-C into exit code 130 itself, silently
+        if exc.code == 130:
+            print("afilm: interrupted", file=sys.stderr)
+        raise
     except Exception as exc:
         if os.environ.get("AFILM_DEBUG", "") not in ("", "0"):
             raise

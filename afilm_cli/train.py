@@ -275,8 +275,8 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     if val_loader is None:
         run.warn("no validation data: best.pt follows the training loss")
     if epoch >= cfg.epochs or _done(cfg, step):
-        run.warn(f"nothing to do: the run has done {epoch} epochs and {step} steps; "
-                 "raise --epochs or --max-steps")
+        limit = "--epochs" if epoch >= cfg.epochs else "--max-steps"
+        run.warn(f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}")
     with stop, run.progress() as bar:
         while epoch < cfg.epochs and not _done(cfg, step):
             bar.begin(epoch, epoch_step, n_batches)
@@ -330,7 +330,10 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if gates:
                     metrics_["relu_open"] = gates
             score = metrics_.get("val_loss", train_loss)
-            is_best = score < best  # False for nan
+            # without validation, a stop inside an epoch (--max-steps) scores only its batches: that may
+            # stand in while no whole epoch has been scored, never replace one
+            partial = val_loader is None and epoch_step != 0 and best != math.inf
+            is_best = score < best and not partial  # False for nan
             best = score if is_best else best
             run.save(epoch, epoch_step, step, best, metrics_, is_best=is_best,
                      epoch_loss=tot.tolist() if epoch_step else None)

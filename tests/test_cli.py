@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from afilm_cli import __version__
@@ -87,3 +88,18 @@ def test_file_system_refusals_are_one_line(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.startswith("afilm: error")]
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert lines == [f"afilm: error: Not a directory: {blocker / 'demo'} (AFILM_DEBUG=1 shows where)"]
+
+
+def test_ctrl_c_in_any_command_says_interrupted(monkeypatch, capsys):
+    """Typer turns a KeyboardInterrupt inside a command into exit code 130 without a word."""
+    import afilm_cli.models
+    from afilm_cli.main import main
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(afilm_cli.models, "describe_model", ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["afilm", "models"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130 and "afilm: interrupted" in capsys.readouterr().err

@@ -221,6 +221,7 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
 
     code, out = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r")
     assert code == 0 and (tmp_path / "r" / "metrics.csv").is_file()
+    assert f"checkpoint: {ckpts['spline']}" in " ".join(out.err.split())  # which model, said on screen
     for args, message in [
         (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r"), "exists; pass --force"),
         (("--ckpt", ckpts["spline"]), "exactly one of --data"),

@@ -100,6 +100,11 @@ def test_upsample_without_ckpt_uses_the_bundled_model(tmp_path, vctk_mini):
     assert out.returncode == 0, out.stderr
     info = sf.info(tmp_path / "call_4k.afilm.wav")
     assert (info.samplerate, info.frames) == (16000, 12345 * 4)
+    # a run folder stands for its best.pt, else its last.pt
+    (tmp_path / "r").mkdir()
+    assert pretrained.checkpoint_path(tmp_path / "r") == tmp_path / "r" / "last.pt"
+    (tmp_path / "r" / "best.pt").write_bytes(b"")
+    assert pretrained.checkpoint_path(tmp_path / "r") == tmp_path / "r" / "best.pt"
     # --ckpt takes the bundled model's name too (as train --init does), also where runs/ holds others
     (tmp_path / "runs" / "x").mkdir(parents=True)
     (tmp_path / "runs" / "x" / "best.pt").write_bytes(b"not a checkpoint")

@@ -297,6 +297,9 @@ def test_max_steps_and_no_validation_with_reference_file(data, tmp_path):
     ckpt = load_checkpoint(res.last)
     assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
     assert ckpt["epoch_step"] == 2 and "val_loss" not in ckpt["metrics"]
+    # a whole epoch's loss is not replaced by a few batches' when a later run stops inside an epoch
+    more = train(replace(cfg, r=4, sr=16000, degrade="decimate", out=str(tmp_path / "more"), max_steps=4))
+    assert load_checkpoint(more.best)["step"] == 3 and load_checkpoint(more.last)["step"] == 4
     with pytest.raises(AfilmError, match="prepared with r=4, but --r 2"):
         train(replace(cfg, train=str(data["train"]), r=2, out=str(tmp_path / "x")))
 

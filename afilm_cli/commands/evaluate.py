@@ -107,5 +107,6 @@ def command(
                                   f"{len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)
     Console().print(bands_table(result))
+    err.print(f"checkpoint: {escape(str(p['checkpoint']))}", soft_wrap=True)  # the default may be runs/
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
     err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)

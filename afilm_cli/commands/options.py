@@ -10,8 +10,9 @@ import typer
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
 Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.pt) written by 'afilm train' or "
-                                          "'afilm convert', or a bundled model's name. Default: the newest "
-                                          "runs/*/best.pt, else the bundled pretrained model.")]
+                                          "'afilm convert', a run folder (its best.pt), or a bundled "
+                                          "model's name. Default: the newest runs/*/best.pt, else the "
+                                          "bundled pretrained model.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "

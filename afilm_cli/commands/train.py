@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,7 +63,8 @@ def command(
     resume: Annotated[Path | None, Opt("--resume", help="Continue the run in this folder (its last.pt) or "
                                        "from this checkpoint, exactly where it stopped.")] = None,
     init: Annotated[str | None, Opt("--init", metavar="CKPT|NAME", help="Start a new run from these "
-                                    "weights (a checkpoint, or a bundled model such as afilm_speech_r4) "
+                                    "weights (a checkpoint, a run folder's best.pt, or a bundled model "
+                                    "such as afilm_speech_r4) "
                                     "with a fresh optimizer: fine-tuning.")] = None,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
     precision: Annotated[str, Opt("--precision", help="fp32, or bf16: autocast on CUDA (measured slower "
@@ -112,7 +114,7 @@ def command(
     result = training.train(cfg)
     if result.interrupted:
         typer.echo(f"interrupted at step {result.step}; checkpoint {result.last}; continue with: "
-                   f"afilm train --resume {result.out}", err=True)
+                   f"afilm train --resume {shlex.quote(str(result.out))}", err=True)
         raise typer.Exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {result.best}; "

@@ -29,7 +29,8 @@ def list_audio(root: str | os.PathLike) -> list[Source]:
     """Sorted (file, speaker) pairs under ``root``; the speaker is the file's folder relative to root."""
     root = Path(root)
     if not root.is_dir():
-        raise AfilmError(f"{root}: no such folder")
+        raise AfilmError(f"{root}: is a file; afilm prepare folder takes a folder of audio files"
+                         if root.is_file() else f"{root}: no such folder")
     out = [(path, path.parent.relative_to(root).as_posix()) for path in audio.find_audio_files(root)]
     if not out:
         raise AfilmError(f"{root}: no audio files (looked for {', '.join(sorted(audio.AUDIO_SUFFIXES))})")

@@ -68,8 +68,11 @@ def bundled_checkpoint_path(name: str | None = None) -> Path:
 
 
 def checkpoint_path(spec: str | os.PathLike) -> Path:
-    """A checkpoint given on the command line: a file, or a bundled model's name (no such file)."""
+    """A checkpoint given on the command line: a file, a run folder (its best.pt, else its last.pt),
+    or a bundled model's name (no such file)."""
     path = Path(spec)
+    if path.is_dir():
+        return path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     if not path.exists() and str(spec) in BUNDLED:
         return bundled_checkpoint_path(str(spec))
     return path
