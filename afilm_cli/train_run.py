@@ -7,6 +7,7 @@ import json
 import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,22 @@ class Run:
 
 
 class EpochBar:
-    """A rich progress bar per epoch showing the loss and the throughput (patches/s)."""
+    """A rich progress bar per epoch showing the loss and the throughput (patches/s); where the output
+    is not a terminal (a log file, nohup), a plain line at most every ``every`` seconds instead, so a
+    long epoch does not pass in silence."""
 
-    def __init__(self, console, enabled: bool):
+    def __init__(self, console, enabled: bool, every: float = 60.0):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.console, self.every = console, every
+        self.lines = enabled and not console.is_terminal
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]:.4g}"),
                                  TextColumn("{task.fields[rate]:.1f} patches/s"), TimeRemainingColumn(),
-                                 console=console, disable=not enabled, transient=True)
+                                 console=console, disable=not enabled or self.lines, transient=True)
         self.task = None
+        self.epoch = self.done = self.total = 0
+        self.last_line = time.monotonic()
 
     def __enter__(self) -> EpochBar:
         self.progress.__enter__()
@@ -117,9 +124,15 @@ class EpochBar:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
                                            rate=0.0)
+        self.epoch, self.done, self.total = epoch + 1, done, total
 
     def advance(self, loss: float, rate: float) -> None:
         self.progress.update(self.task, advance=1, loss=loss, rate=rate)
+        self.done += 1
+        if self.lines and time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            self.console.print(f"epoch {self.epoch}: step {self.done}/{self.total}  loss {loss:.4g}  "
+                               f"{rate:.1f} patches/s", markup=False)
 
 
 class StopFlag:

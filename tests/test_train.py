@@ -559,3 +559,24 @@ def test_a_closed_relu_gate_is_logged_and_warned_about(data, tmp_path):
     out = " ".join((p.stdout + p.stderr).split())
     assert "up.0 0.00%" in out and "up_slope=0.2" in out
     assert "up.1" not in out.split("ReLU gate")[1].split("Start again")[0]  # only the closed one is named
+
+
+def test_progress_goes_to_plain_lines_where_the_output_is_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from afilm_cli.train_run import EpochBar
+
+    out = io.StringIO()
+    with EpochBar(Console(file=out, force_terminal=False), enabled=True, every=0.0) as bar:
+        bar.begin(0, 2, 5)  # resumed: 2 of 5 batches done
+        bar.advance(0.5, 12.0)
+        bar.advance(0.25, 13.0)
+    assert out.getvalue().splitlines() == ["epoch 1: step 3/5  loss 0.5  12.0 patches/s",
+                                           "epoch 1: step 4/5  loss 0.25  13.0 patches/s"]
+    quiet = io.StringIO()
+    with EpochBar(Console(file=quiet, force_terminal=False), enabled=False, every=0.0) as bar:
+        bar.begin(0, 0, 5)
+        bar.advance(0.5, 12.0)
+    assert quiet.getvalue() == ""  # --no-progress
