@@ -39,7 +39,6 @@ from afilm_cli.infer import (
     Loaded,
     check_degrade,
     count_windows,
-    naming,
     predict,
     simulate_pipeline,
     window_plan_for,
@@ -154,8 +153,10 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
 
 def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16,
                 device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
-                max_plots: int = 10, progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label."""
+                max_plots: int = 10, progress: Callable[[int], None] | None = None,
+                warn: Callable[[str], None] | None = None) -> EvalResult:
+    """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
+    ``warn`` hears, before the work, that the data was degraded otherwise than the checkpoint's."""
     from afilm_cli.data.h5 import PatchFile
 
     with PatchFile(path) as pf:
@@ -164,6 +165,12 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
             if rec.get(key) is not None and int(rec[key]) != int(loaded.recipe[key]):
                 raise AfilmError(f"{pf.path}: data has {key}={rec[key]} but the checkpoint was trained with "
                                  f"{key}={loaded.recipe[key]}")
+        note = None
+        if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
+            note = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
+                    f"{loaded.recipe['degrade']!r}")
+            if warn:
+                warn(note)
         n = len(pf) if limit is None else min(limit, len(pf))
         multiple = int(getattr(loaded.model, "length_multiple", 1))
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
@@ -193,9 +200,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
                   "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"]}
-        if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
-            source["note"] = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
-                              f"{loaded.recipe['degrade']!r}")
+        if note:
+            source["note"] = note
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands, pooled)
 
 
@@ -224,9 +230,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     bands = BandTotals(loaded.sr, loaded.r)
     for path in files:
         x, sr_in = read_audio(path, mono=True)
-        with naming(path):  # a signal too short for the spline says which file
-            hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded,
-                                                                         degrade)
+        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,

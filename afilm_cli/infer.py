@@ -117,8 +117,8 @@ class Loaded:
 
 
 def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Loaded:
-    """Load a checkpoint, a file or a bundled model's name (default: :func:`default_checkpoint`), and
-    rebuild its model in eval mode."""
+    """Load a checkpoint (a file, a run folder or a bundled model's name: pretrained.checkpoint_path;
+    default: :func:`default_checkpoint`) and rebuild its model in eval mode."""
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from afilm_cli.pretrained import checkpoint_path
 
@@ -226,8 +226,8 @@ def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16,
     return np.concatenate(blocks) if blocks else np.zeros((0, spline.channels), np.float32)
 
 
-# the output keeps the input's sample format, or the nearest the output format has without losing
-# precision (FLAC has no 32-bit or float samples); 8-bit and unknown formats become 16-bit
+# the output keeps the input's sample format, or the nearest the output format has that holds the
+# model's float32 output as well (FLAC has no 32-bit or float samples); 8-bit and unknown become 16-bit
 _SUBTYPES = {"PCM_16": ("PCM_16",), "PCM_24": ("PCM_24",), "PCM_32": ("PCM_32", "PCM_24"),
              "FLOAT": ("FLOAT", "PCM_24"), "DOUBLE": ("FLOAT", "PCM_24")}
 
@@ -281,11 +281,12 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
                   progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None,
                   **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel."""
-    with naming(path), contextlib.closing(FileSource(path)) as src:
+    with contextlib.closing(FileSource(path)) as src:
         message = low_rate_warning(src.path, src.sr, loaded)
         if message:
             (warn or (lambda m: print(f"afilm: warning: {m}", file=sys.stderr)))(message)
-        spline, length = real_pipeline(src, src.sr, loaded)
+        with naming(path):
+            spline, length = real_pipeline(src, src.sr, loaded)
         plan = window_plan_for(loaded, length, window)
         blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                progress=progress, **speed)
@@ -305,9 +306,10 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
                   **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
     the low rate made by ``degrade`` (default: the checkpoint's recipe)."""
-    with naming(path), contextlib.closing(FileSource(path)) as src:
+    with contextlib.closing(FileSource(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
-        hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
+        with naming(path):
+            hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
         paths = simulate_paths(Path(out_base))
         low = loaded.low_rate
         if low.denominator != 1:

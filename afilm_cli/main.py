@@ -56,6 +56,16 @@ def _user_error(exc: Exception) -> bool:
     return isinstance(exc, AfilmError) or (kernels is not None and isinstance(exc, kernels.KernelChoiceError))
 
 
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in the exception's chain (Typer raises Exit(130) from it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
@@ -63,7 +73,7 @@ def main() -> None:
         print("afilm: interrupted", file=sys.stderr)
         sys.exit(130)
     except SystemExit as exc:  # Typer turns Ctrl-C into exit code 130 itself, silently
-        if exc.code == 130:
+        if exc.code == 130 and _from_ctrl_c(exc):  # (train's own clean stop has said what to do)
             print("afilm: interrupted", file=sys.stderr)
         raise
     except Exception as exc:

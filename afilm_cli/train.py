@@ -330,8 +330,8 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if gates:
                     metrics_["relu_open"] = gates
             score = metrics_.get("val_loss", train_loss)
-            # without validation, a stop inside an epoch (--max-steps) scores only its batches: that may
-            # stand in while no whole epoch has been scored, never replace one
+            # without validation, a stop inside an epoch (--max-steps) scores only its batches: it may be
+            # best while no whole epoch has been scored, and never replaces a whole epoch's score
             partial = val_loader is None and epoch_step != 0 and best != math.inf
             is_best = score < best and not partial  # False for nan
             best = score if is_best else best

@@ -130,26 +130,16 @@ def find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
         train = found[-1]
     if cfg.val:
         return train, Path(cfg.val)
-    sibling = train.with_name(train.name.replace("-train.h5", "-val.h5"))
-    if sibling == train or not sibling.is_file():
+    from afilm_cli.data.recipe import read_split_sources, val_path_for
+
+    sibling = val_path_for(train) if train.name.endswith("-train.h5") else None
+    if sibling is None or not sibling.is_file():
         return train, None
-    runs = [_split_sources(p) for p in (train, sibling)]
+    runs = [read_split_sources(p) for p in (train, sibling)]
     if None not in runs and runs[0] != runs[1]:  # files from before this attribute carry none
         raise AfilmError(f"{sibling} was not prepared with {train} (another run's split: they may share "
                          "files); pass --val FILE, or prepare again with --force")
     return train, sibling
-
-
-def _split_sources(path: Path) -> str | None:
-    """The file-list fingerprint afilm prepare records (data/recipe.py: split_fingerprint)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            value = f.attrs.get("split_sources")
-    except OSError:
-        return None  # unreadable: PatchFile says so, with the path, when it opens it
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) -> dict[str, Any]:

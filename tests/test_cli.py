@@ -80,7 +80,7 @@ def test_file_system_refusals_are_one_line(tmp_path):
     blocker.write_text("not a folder")
     out = run_cli("upsample", str(wav), "-o", str(blocker / "x.wav"), "-q", cwd=tmp_path)  # bundled model
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    want = f"speech_4k.wav: cannot write {blocker / 'x.wav'}: {blocker} is a file, not a folder"
+    want = f"afilm: error: cannot write {blocker / 'x.wav'}: {blocker} is a file, not a folder"
     assert want in out.stderr
     out = run_cli("upsample", str(wav), "-o", str(tmp_path), "-q", cwd=tmp_path)
     assert out.returncode == 0 and (tmp_path / "speech_4k.afilm.wav").is_file()  # an existing folder

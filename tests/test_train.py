@@ -442,7 +442,7 @@ def test_cli_ctrl_c_saves_a_resumable_checkpoint(data, tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
-    assert "afilm train --resume run" in err
+    assert "afilm train --resume run" in err and "afilm: interrupted" not in err  # said once, with the hint
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["interrupted"] and ckpt["step"] >= 2
     p = _afilm("train", "--resume", "run", "--epochs", str(ckpt["epoch"] + 1), "--no-progress", cwd=tmp_path)

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from afilm_cli.commands.options import Device
-from afilm_cli.errors import AfilmError
+from afilm_cli.commands.options import Device, refuse_existing
 
 
 def command(
@@ -44,8 +43,8 @@ def command(
     from afilm_cli import bench, infer
 
     console, err = Console(), Console(stderr=True)
-    if json_out is not None and json_out.exists() and not force:  # checked before a long run, not after
-        raise AfilmError(f"{json_out} exists; pass --force to overwrite")
+    if json_out is not None:
+        refuse_existing(json_out, force)  # before a long run, not after
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
     report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models, layers=layers,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from afilm_cli.commands.options import Force
+from afilm_cli.commands.options import Force, refuse_existing
 from afilm_cli.errors import AfilmError
 
 app = typer.Typer(
@@ -15,11 +15,6 @@ app = typer.Typer(
          "'afilm convert keras MODEL.h5' imports; 'afilm convert to-keras CKPT.pt' exports.",
     no_args_is_help=True,
 )
-
-
-def _refuse_existing(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise AfilmError(f"{out} exists; pass --force to overwrite it")
 
 
 @app.command("keras")
@@ -53,8 +48,10 @@ def keras(
 
     if model is not None and model not in KERAS_MODELS:
         raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
+    if degrade is not None:
+        degrade_methods(degrade)  # a typo is one clear error, before the file is read
     out = out or model_h5.with_suffix(".pt")
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     net, info = load_keras_model(model_h5, model, r)
     recorded = info.pop("recorded")  # sr / degrade of a file that afilm exported
     for key, given in (("sr", sr), ("degrade", degrade)):
@@ -63,7 +60,7 @@ def keras(
                              "was given")
     sr = sr or recorded.get("sr", 16000)
     degrade = degrade or recorded.get("degrade", "subsample")
-    degrade_methods(degrade)  # a typo is one clear error
+    degrade_methods(degrade)  # what the file records, checked too
     recipe = {"r": info["r"], "sr": sr, "degrade": degrade, "patch": KERAS_INPUT_LENGTH}
     save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
     claim = f" (from the {info['r_from']})"
@@ -91,7 +88,7 @@ def to_keras(
     from afilm_cli.keras_io import model_from_checkpoint_fast, write_keras_h5
 
     out = out or ckpt.with_suffix(".h5")
-    _refuse_existing(out, force)
+    refuse_existing(out, force)
     data = load_checkpoint(ckpt)
     net = model_from_checkpoint_fast(data)
     recipe = data["recipe"]

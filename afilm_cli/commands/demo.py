@@ -17,8 +17,8 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the wavs, the PNG and the metrics.")
                    ] = Path("afilm-demo"),
     ckpt: Annotated[Path | None, typer.Option(
-        "--ckpt", help="Checkpoint (.pt) to demonstrate instead of the bundled pretrained model (the "
-        "default, whatever runs/ holds).")] = None,
+        "--ckpt", help="Checkpoint to demonstrate instead of the bundled pretrained model (the default, "
+        "whatever runs/ holds): a .pt file, a run folder or a bundled model's name.")] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:

@@ -95,14 +95,15 @@ def command(
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
                       progress=lambda n: bar.advance(task, n))
         if data is not None:
-            result = evaluate.evaluate_h5(loaded, data, **kwargs)
+            def warn(message: str) -> None:
+                err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
+
+            result = evaluate.evaluate_h5(loaded, data, **kwargs, warn=warn)
         else:
             result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs)
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol
-    if "note" in p:
-        err.print(f"afilm: warning: {escape(p['note'])}", soft_wrap=True)
     table = summary_table(result, f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
                                   f"{len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)

@@ -1,4 +1,4 @@
-"""Option aliases shared by several commands, so each is spelled and documented once."""
+"""Option aliases and checks shared by several commands, so each is spelled and documented once."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ from typing import Annotated
 
 import typer
 
+from afilm_cli.errors import AfilmError
+
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
 Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.pt) written by 'afilm train' or "
-                                          "'afilm convert', a run folder (its best.pt), or a bundled "
+                                          "'afilm convert', a run folder (its best.pt, else last.pt), or a "
+                                          "bundled "
                                           "model's name. Default: the newest runs/*/best.pt, else the "
                                           "bundled pretrained model.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "
                                       "or auto: the cores no other process is busy on (at least 1).")]
+
+
+def refuse_existing(out: Path, force: bool) -> None:
+    """Nothing is overwritten without --force; checked before the work that would write ``out``."""
+    if out.exists() and not force:
+        raise AfilmError(f"{out} exists; pass --force to overwrite it")

@@ -63,7 +63,8 @@ def command(
     resume: Annotated[Path | None, Opt("--resume", help="Continue the run in this folder (its last.pt) or "
                                        "from this checkpoint, exactly where it stopped.")] = None,
     init: Annotated[str | None, Opt("--init", metavar="CKPT|NAME", help="Start a new run from these "
-                                    "weights (a checkpoint, a run folder's best.pt, or a bundled model "
+                                    "weights (a checkpoint, a run folder's best.pt (else last.pt), or a "
+                                    "bundled model "
                                     "such as afilm_speech_r4) "
                                     "with a fresh optimizer: fine-tuning.")] = None,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
@@ -96,14 +97,13 @@ def command(
     if resume is not None:
         # the run keeps its own settings (threads and precision included: resume is exact at the same
         # ones); only what the user typed is passed on (and checked)
-        typed = {k: v for k, v in common.items()
-                 if v is not None and getattr(ctx.get_parameter_source(k), "name", "DEFAULT") != "DEFAULT"}
+        typed = {k: v for k, v in common.items() if v is not None and _typed(ctx, k)}
         changes = {**given, **typed}
         if model is not None:
             changes["model"] = model
         if init is not None:
             changes["init"] = init  # refused by train(): a resumed run keeps its weights
-        if seed != 0:
+        if _typed(ctx, "seed"):
             changes["seed"] = seed
         cfg = training.resume_config(str(resume), **changes)
     else:
@@ -119,3 +119,8 @@ def command(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {result.best}; "
                    f"last: {result.last}")
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (rather than it holding its default)."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"

@@ -30,6 +30,7 @@ from afilm_cli.data.recipe import (
     existing_output_ok,
     prepare_split,
     split_fingerprint,
+    val_path_for,
 )
 from afilm_cli.errors import AfilmError
 
@@ -69,8 +70,8 @@ def warn(message: str) -> None:
 def _stale_val(train_out: Path, force: bool) -> None:
     """This run has no validation split, but a -val.h5 beside its train file (from a run that had one)
     would be paired with it by 'afilm train': --force removes it, otherwise the user is told."""
-    val = train_out.with_name(train_out.name.replace("-train.h5", "-val.h5"))
-    if val == train_out or not val.exists():
+    val = val_path_for(train_out)
+    if not val.exists():
         return
     if force:
         val.unlink()

@@ -312,6 +312,16 @@ def val_path_for(train_path: str | os.PathLike) -> Path:
     return p.with_name(p.name[: -len("-train.h5")] + "-val.h5")
 
 
+def read_split_sources(path: str | os.PathLike) -> str | None:
+    """The file-list fingerprint of the run that wrote ``path`` (:func:`split_fingerprint`); None for an
+    output written before it was recorded, or an unreadable file (PatchFile says why when it opens it)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return _plain(f.attrs["split_sources"]) if "split_sources" in f.attrs else None
+    except OSError:
+        return None
+
+
 def find_prepared(out: str | os.PathLike = "data") -> list[tuple[Path, Path | None]]:
     """(train, val or None) pairs under ``out``, newest training file first."""
     trains = sorted(Path(out).glob(TRAIN_GLOB), key=lambda p: p.stat().st_mtime, reverse=True)
