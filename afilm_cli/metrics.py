@@ -14,9 +14,9 @@ EPS = 1e-10  # energy floor of snr()
 LSD_FLOOR = 1e-8  # power floor of lsd(), as torch.clamp(1e-8) in NU-Wave
 
 
-def _pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
+def _pair(pred, ref, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=dtype).ravel()
+    ref = np.asarray(ref, dtype=dtype).ravel()
     if pred.shape != ref.shape:
         raise ValueError(f"length mismatch: pred {pred.shape[0]} vs ref {ref.shape[0]} samples")
     return pred, ref
@@ -78,9 +78,7 @@ def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     the sqrt and over frequency outside, capped at 10. Not comparable with :func:`lsd`. The reference
     takes it over a whole split's patches joined end to end: pass them so (any length; the
     spectrogram is taken in blocks)."""
-    pred, ref = np.asarray(pred).ravel(), np.asarray(ref).ravel()
-    if pred.shape != ref.shape:
-        raise ValueError(f"length mismatch: pred {pred.shape[0]} vs ref {ref.shape[0]} samples")
+    pred, ref = _pair(pred, ref, dtype=None)  # as given: the blocks are made float64 one at a time
     total, frames = np.zeros(n_fft // 2 + 1), 0
     for p, r in zip(stft_blocks(pred, n_fft, hop), stft_blocks(ref, n_fft, hop), strict=True):
         total += np.sum((np.log(np.abs(r) ** 2 + 1e-8) - np.log(np.abs(p) ** 2 + 1e-8)) ** 2 + 1e-8, axis=1)

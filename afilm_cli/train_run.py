@@ -109,7 +109,6 @@ class EpochBar:
                                  TextColumn("{task.fields[rate]:.1f} patches/s"), TimeRemainingColumn(),
                                  console=console, disable=not enabled or self.lines, transient=True)
         self.task = None
-        self.epoch = self.done = self.total = 0
         self.last_line = time.monotonic()
 
     def __enter__(self) -> EpochBar:
@@ -124,15 +123,14 @@ class EpochBar:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
                                            rate=0.0)
-        self.epoch, self.done, self.total = epoch + 1, done, total
 
     def advance(self, loss: float, rate: float) -> None:
         self.progress.update(self.task, advance=1, loss=loss, rate=rate)
-        self.done += 1
         if self.lines and time.monotonic() - self.last_line >= self.every:
             self.last_line = time.monotonic()
-            self.console.print(f"epoch {self.epoch}: step {self.done}/{self.total}  loss {loss:.4g}  "
-                               f"{rate:.1f} patches/s", markup=False)
+            (task,) = self.progress.tasks  # begin() keeps one: the epoch's (rich counts even when disabled)
+            self.console.print(f"epoch {task.fields['epoch']}: step {task.completed:.0f}/{task.total:.0f}  "
+                               f"loss {loss:.4g}  {rate:.1f} patches/s", markup=False)
 
 
 class StopFlag:
