@@ -165,16 +165,16 @@ def simulate_pipeline(src: Stage, sr_in: int, loaded: Loaded, degrade: str | Non
     return hr, lr, Splined(lr, loaded.r, length), length
 
 
-def low_rate_warning(path: Path, sr_in: int, loaded: Loaded) -> str | None:
+def low_rate_warning(sr_in: int, loaded: Loaded) -> str | None:
     """Input below the model's low rate is accepted (resampled up) but the band between its Nyquist
     and the model's low-rate Nyquist is empty, which the model never saw in training. Input at or
     above the model's own rate loses its upper band to the resampling: probably --simulate was meant."""
     low = float(loaded.low_rate)
     if sr_in < low:
-        return (f"{path}: {sr_in} Hz is below the model's input rate {low:g} Hz; "
+        return (f"{sr_in} Hz is below the model's input rate {low:g} Hz; "
                 f"the band {sr_in / 2:g}-{low / 2:g} Hz stays empty")
     if sr_in >= loaded.sr:
-        return (f"{path}: {sr_in} Hz is already at or above the model's output rate {loaded.sr} Hz; it is "
+        return (f"{sr_in} Hz is already at or above the model's output rate {loaded.sr} Hz; it is "
                 f"band-limited to {low / 2:g} Hz and re-synthesised (use --simulate to compare with it)")
     return None
 
@@ -282,9 +282,9 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
                   **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel."""
     with contextlib.closing(FileSource(path)) as src:
-        message = low_rate_warning(src.path, src.sr, loaded)
+        message = low_rate_warning(src.sr, loaded)
         if message:
-            (warn or (lambda m: print(f"afilm: warning: {m}", file=sys.stderr)))(message)
+            (warn or _print_warning)(f"{src.path}: {message}")
         with naming(path):
             spline, length = real_pipeline(src, src.sr, loaded)
         plan = window_plan_for(loaded, length, window)
@@ -293,6 +293,38 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
         _write_blocks(Path(out), blocks, loaded.sr, src.channels, _subtype(Path(out), src.subtype))
         return {"input": str(src.path), "output": str(out), "sr_in": src.sr, "sr_out": loaded.sr,
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
+
+
+def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded, *, batch_size: int = 16,
+                   window: int | None = None, device: str | torch.device | None = None,
+                   warn: Callable[[str], None] | None = None, **speed: Any) -> np.ndarray:
+    """Real low-rate audio in memory -> the prediction at ``loaded.sr``, as :func:`upsample_file` makes
+    it: ``x`` of shape (frames,) or (frames, channels) at ``sr_in`` Hz in (float, or integer PCM scaled
+    as soundfile does), float32 of the same shape with round(frames * loaded.sr / sr_in) frames out.
+    ``device``: default, the one the model was loaded on. ``speed``: see :func:`model_windows`."""
+    x = np.asarray(x)
+    if x.ndim not in (1, 2) or x.dtype.kind not in "fi" or (x.ndim == 2 and x.shape[1] < 1):
+        raise AfilmError(f"audio must be a real array of shape (frames,) or (frames, channels), "
+                         f"not {x.dtype} {x.shape}")
+    if isinstance(sr_in, bool) or not isinstance(sr_in, (int, np.integer)) or sr_in < 1:
+        raise AfilmError(f"sample rate must be a positive integer, not {sr_in!r}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise AfilmError("audio holds NaN or infinite samples")
+    if x.dtype.kind == "i":  # integer PCM, as soundfile reads it with dtype='int16' / 'int32'
+        x = x / float(2 ** (8 * x.dtype.itemsize - 1))
+    message = low_rate_warning(int(sr_in), loaded)
+    if message:
+        (warn or _print_warning)(message)
+    spline, length = real_pipeline(ArraySource(x), int(sr_in), loaded)
+    if device is None:
+        tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+        device = tensors[0].device if tensors else "cpu"
+    y = predict(loaded, spline, length, batch_size=batch_size, window=window, device=device, **speed)
+    return y[:, 0] if x.ndim == 1 else y
+
+
+def _print_warning(message: str) -> None:
+    print(f"afilm: warning: {message}", file=sys.stderr)
 
 
 def simulate_paths(out_base: Path) -> dict[str, Path]:

@@ -350,7 +350,8 @@ def test_input_below_the_low_rate_warns_and_works(tmp_path, ckpts):
     path = write(tmp_path / "low.wav", np.random.default_rng(11).standard_normal(3000) * 0.1, 3000)
     warnings = []
     infer.upsample_file(path, tmp_path / "low.out.wav", loaded(ckpts), warn=warnings.append)
-    assert len(warnings) == 1 and "below the model's input rate 4000 Hz" in warnings[0]
+    assert warnings == [f"{path}: 3000 Hz is below the model's input rate 4000 Hz; the band 1500-2000 Hz "
+                        "stays empty"]
     assert sf.info(str(tmp_path / "low.out.wav")).frames == 16000
 
 
@@ -746,3 +747,56 @@ def test_cuda_graph_cache_keys_and_capture_failure(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "GraphedForward", broken)
     with pytest.warns(UserWarning, match="CUDA graph capture failed.*running eager"):
         assert cuda_graphs.graphed(model, cache, (4, 1, 8192), dev, None) is model
+
+
+# ------------------------------------------------------------------------------------ in memory (API)
+def test_upsample_array_equals_upsample_file(tmp_path, libri_mini):
+    """The Python API gives what `afilm upsample` writes, for the bundled model on real speech."""
+    lo = infer.load_model("afilm_speech_r4")
+    src = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    hr, sr = sf.read(str(src), dtype="float32")
+    x = signal.resample_poly(hr[: 3 * sr], 1, 4).astype(np.float32)  # 3 s of real 4 kHz input
+    path = write(tmp_path / "in.wav", x, 4000)
+    infer.upsample_file(path, tmp_path / "out.wav", lo, threads=1)
+    from_file, _ = sf.read(str(tmp_path / "out.wav"), dtype="float32")
+    y = infer.upsample_array(x, 4000, lo, threads=1)
+    assert y.dtype == np.float32 and y.shape == from_file.shape == (len(x) * 4,)
+    np.testing.assert_allclose(y, from_file, atol=1e-6)
+    stereo = infer.upsample_array(np.stack([x, x[::-1]], axis=1), 4000, lo, threads=1)
+    assert stereo.shape == (len(x) * 4, 2)
+    np.testing.assert_allclose(stereo[:, 0], y, atol=1e-5)
+    # integer PCM, as soundfile reads it with dtype="int16", is scaled as soundfile scales it
+    pcm = np.round(x * 32767).astype(np.int16)
+    np.testing.assert_allclose(infer.upsample_array(pcm, 4000, lo, threads=1),
+                               infer.upsample_array(pcm / 32768, 4000, lo, threads=1), atol=1e-6)
+
+
+def test_upsample_array_rates_and_bad_input(ckpts):
+    lo = loaded(ckpts, "spline")
+    x = np.random.default_rng(12).standard_normal(11025) * 0.1
+    assert infer.upsample_array(x, 11025, lo).shape == (16000,)
+    warnings = []
+    assert infer.upsample_array(x[:3000], 3000, lo, warn=warnings.append).shape == (16000,)
+    assert warnings == ["3000 Hz is below the model's input rate 4000 Hz; the band 1500-2000 Hz stays empty"]
+    for bad, match in [(np.zeros((2, 3, 4)), "shape"), (np.array(["a"] * 100), "real array"),
+                       (np.full(4000, np.nan), "NaN"), (np.zeros(2), "too short")]:
+        with pytest.raises(AfilmError, match=match):
+            infer.upsample_array(bad, 4000, lo)
+    for sr in (0, 4000.0, True):
+        with pytest.raises(AfilmError, match="sample rate"):
+            infer.upsample_array(x, sr, lo)
+
+
+def test_readme_python_example_runs(tmp_path, libri_mini):
+    """README's "Python API" snippet, as printed, on a real 4 kHz file."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    src = sorted((libri_mini / "test-other").rglob("*.flac"))[1]
+    hr, sr = sf.read(str(src), dtype="float32")
+    write(tmp_path / "speech_4k.wav", signal.resample_poly(hr, 1, 4), 4000, "PCM_16")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    y, sr_out = sf.read(str(tmp_path / "speech_16k.wav"))
+    assert sr_out == 16000 and len(y) == 4 * sf.info(str(tmp_path / "speech_4k.wav")).frames
