@@ -167,8 +167,10 @@ def simulate_pipeline(src: Stage, sr_in: int, loaded: Loaded, degrade: str | Non
 
 def low_rate_warning(sr_in: int, loaded: Loaded) -> str | None:
     """Input below the model's low rate is accepted (resampled up) but the band between its Nyquist
-    and the model's low-rate Nyquist is empty, which the model never saw in training. Input at or
-    above the model's own rate loses its upper band to the resampling: probably --simulate was meant."""
+    and the model's low-rate Nyquist is empty, which the model never saw in training. Input above the
+    low rate loses the band above the low rate's Nyquist to the resampling, and the model invents it
+    again: at or above the model's own rate probably --simulate was meant; between the two (8 kHz
+    telephone audio into a 4 kHz -> 16 kHz model) a model trained for that rate would keep it."""
     low = float(loaded.low_rate)
     if sr_in < low:
         return (f"{sr_in} Hz is below the model's input rate {low:g} Hz; "
@@ -176,6 +178,10 @@ def low_rate_warning(sr_in: int, loaded: Loaded) -> str | None:
     if sr_in >= loaded.sr:
         return (f"{sr_in} Hz is already at or above the model's output rate {loaded.sr} Hz; it is "
                 f"band-limited to {low / 2:g} Hz and re-synthesised (use --simulate to compare with it)")
+    if sr_in > low:
+        keeps = f"trained with --r {loaded.sr // sr_in}" if loaded.sr % sr_in == 0 else "for this rate"
+        return (f"{sr_in} Hz is above the model's input rate {low:g} Hz: the input's band "
+                f"{low / 2:g}-{sr_in / 2:g} Hz is dropped and predicted again (a model {keeps} keeps it)")
     return None
 
 

@@ -6,6 +6,7 @@ Known user errors (AfilmError) print one line on stderr and exit 2, and errors o
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -47,6 +48,31 @@ app.command("bench")(bench.command)
 app.command("models")(models.command)
 app.add_typer(convert.app, name="convert")
 app.command("demo")(demo.command)
+
+
+def _unwrap(text: str) -> str:
+    """A docstring's paragraphs as single lines (list items and indented lines kept on their own):
+    typer 0.29's rich help keeps every line break, which at 80 columns leaves ragged half-lines."""
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in para.splitlines():
+            if lines and not para.startswith("\b") and not line.startswith((" ", "- ", "* ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _unwrap_help(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        info.help = _unwrap(info.help or inspect.getdoc(info.callback) or "")
+    for sub in group.registered_groups:
+        _unwrap_help(sub.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def _user_error(exc: Exception) -> bool:

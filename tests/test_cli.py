@@ -35,6 +35,31 @@ def test_every_command_has_real_help():
         assert "Not implemented" not in result.output, name
 
 
+def test_help_paragraphs_are_rewrapped_to_the_terminal():
+    """typer 0.29 keeps a docstring's line breaks; afilm joins each paragraph so an 80-column help
+    reads as prose, not as half-lines (a first-paragraph-only check would miss it)."""
+    from afilm_cli.main import _unwrap
+
+    assert _unwrap("""One line.
+
+        Two lines
+        of prose.
+
+        List:
+        - item one
+          continued
+        - item two
+        """) == "One line.\n\nTwo lines of prose.\n\nList:\n- item one\n  continued\n- item two"
+    result = CliRunner().invoke(app, ["upsample", "--help"], terminal_width=80)
+    text = " ".join(result.output.split())
+    assert "resampled to the model's low rate (sr/r), spline-upsampled, and run through the model" in text
+    lines = [line.strip() for line in result.output.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("The input is taken"))
+    paragraph = lines[start:lines.index("", start)]
+    # rewrapped: every line but the last of the paragraph fills most of the width
+    assert len(paragraph) >= 4 and all(len(line) > 60 for line in paragraph[:-1]), paragraph
+
+
 def test_version_and_module_entry():
     out = run_cli("--version")
     assert out.returncode == 0

@@ -778,6 +778,17 @@ def test_upsample_array_rates_and_bad_input(ckpts):
     warnings = []
     assert infer.upsample_array(x[:3000], 3000, lo, warn=warnings.append).shape == (16000,)
     assert warnings == ["3000 Hz is below the model's input rate 4000 Hz; the band 1500-2000 Hz stays empty"]
+    # telephone-rate input into a 4 kHz -> 16 kHz model loses its 2-4 kHz band to the resampler: said
+    warnings.clear()
+    infer.upsample_array(x[:8000], 8000, lo, warn=warnings.append)
+    infer.upsample_array(x, 11025, lo, warn=warnings.append)
+    assert warnings == ["8000 Hz is above the model's input rate 4000 Hz: the input's band 2000-4000 Hz is "
+                        "dropped and predicted again (a model trained with --r 2 keeps it)",
+                        "11025 Hz is above the model's input rate 4000 Hz: the input's band 2000-5512.5 Hz "
+                        "is dropped and predicted again (a model for this rate keeps it)"]
+    warnings.clear()
+    infer.upsample_array(x[:4000], 4000, lo, warn=warnings.append)
+    assert warnings == []
     for bad, match in [(np.zeros((2, 3, 4)), "shape"), (np.array(["a"] * 100), "real array"),
                        (np.full(4000, np.nan), "NaN"), (np.zeros(2), "too short")]:
         with pytest.raises(AfilmError, match=match):

@@ -60,8 +60,9 @@ def command(
     The output is at the model's rate with exactly round(frames * sr / input rate) frames; every
     channel is processed. Memory does not grow with the file's length.
 
-    Input below sr/r is accepted with a warning (its missing band stays empty); --simulate needs
-    input at sr or above, since it is the ground truth.
+    Input below sr/r is accepted with a warning (its missing band stays empty); input above sr/r is
+    warned too (its band above (sr/r)/2 is resampled away and predicted again). --simulate needs input
+    at sr or above, since it is the ground truth.
     """
     from afilm_cli import infer  # lazy: torch and scipy load only when the command runs
     from afilm_cli.threads import parse_threads
