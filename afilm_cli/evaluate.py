@@ -43,7 +43,7 @@ from afilm_cli.infer import (
     simulate_pipeline,
     window_plan_for,
 )
-from afilm_cli.metrics import ALL, band_edges, band_energy, lowpass_truth, lsd_reference, segmental_snr, snr
+from afilm_cli.metrics import ALL, LsdReference, band_edges, band_energy, lowpass_truth, segmental_snr, snr
 from afilm_cli.plots import save_spectrograms
 
 SYSTEMS = ("model", "spline")
@@ -176,7 +176,9 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
         bands = BandTotals(loaded.sr, loaded.r)
-        joined: dict[str, list[np.ndarray]] = {"model": [], "spline": [], "label": []}
+        # the reference's LSD is one value over the split's patches joined end to end, not a mean of
+        # per-patch values (a root of a mean is not a mean of roots); the rows keep the per-patch value
+        joined = {s: LsdReference() for s in SYSTEMS}
         for a in range(0, n, batch_size):
             data, label = pf.read(slice(a, min(a + batch_size, n)))
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
@@ -189,14 +191,11 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 if plots_dir is not None and len(plots) < max_plots:
                     lr = data[i][:: loaded.r]  # the spline passes through the LR samples at k*r
                     plots.append(_plot(plots_dir / f"{name}.png", lr, pred[i], label[i], loaded, name))
-            for key, arr in (("model", pred), ("spline", data), ("label", label)):
-                joined[key].append(arr.astype(np.float32).ravel())
+            for system, arr in (("model", pred), ("spline", data)):
+                joined[system].add(arr.ravel(), label.ravel())
             if progress:
                 progress(len(data))
-        # the reference's LSD is one value over the split's patches joined end to end, not a mean of
-        # per-patch values (a root of a mean is not a mean of roots); the rows keep the per-patch value
-        label_all = np.concatenate(joined["label"])
-        pooled = {s: {"lsd_ref": lsd_reference(np.concatenate(joined[s]), label_all)} for s in SYSTEMS}
+        pooled = {s: {"lsd_ref": joined[s].value()} for s in SYSTEMS}
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
                   "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"]}

@@ -76,14 +76,66 @@ def lsd(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
 def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     """LSD as the reference code computes it: natural log of power + 1e-8, mean over *time* inside
     the sqrt and over frequency outside, capped at 10. Not comparable with :func:`lsd`. The reference
-    takes it over a whole split's patches joined end to end: pass them so (any length; the
-    spectrogram is taken in blocks)."""
-    pred, ref = _pair(pred, ref, dtype=None)  # as given: the blocks are made float64 one at a time
-    total, frames = np.zeros(n_fft // 2 + 1), 0
-    for p, r in zip(stft_blocks(pred, n_fft, hop), stft_blocks(ref, n_fft, hop), strict=True):
-        total += np.sum((np.log(np.abs(r) ** 2 + 1e-8) - np.log(np.abs(p) ** 2 + 1e-8)) ** 2 + 1e-8, axis=1)
-        frames += p.shape[1]
-    return float(min(np.mean(np.sqrt(total / frames)), 10.0))
+    takes it over a whole split's patches joined end to end: pass them so, or add them one by one to
+    a :class:`LsdReference` (the same value without holding the split)."""
+    acc = LsdReference(n_fft, hop)
+    acc.add(*_pair(pred, ref, dtype=None))  # as given: the frames are made float64 one block at a time
+    return acc.value()
+
+
+class LsdReference:
+    """:func:`lsd_reference` of a signal given in consecutive pieces (``add``), in memory that does
+    not grow: per-bin sums over the frames seen so far, and a frame's worth of samples kept between
+    pieces. Frames as :func:`stft`: centred, the ends padded by reflection."""
+
+    def __init__(self, n_fft: int = 2048, hop: int = 512):
+        self.n_fft, self.hop, self.half = n_fft, hop, n_fft // 2
+        self.total, self.frames = np.zeros(n_fft // 2 + 1), 0
+        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+        self.buf = np.zeros((2, 0))  # padded (pred, ref) samples from the next frame's start on
+        self.head: np.ndarray | None = None  # the first samples, until the start can be reflected
+        self.done = False
+
+    def add(self, pred, ref) -> None:
+        if self.done:
+            raise ValueError("LsdReference: value() was taken; start a new one")
+        pred, ref = _pair(pred, ref, dtype=None)
+        x = np.stack([pred, ref]).astype(np.float64)
+        if self.head is not None or self.frames == 0 and self.buf.shape[1] == 0:
+            x = x if self.head is None else np.concatenate([self.head, x], axis=1)
+            if x.shape[1] <= self.half:  # too short to reflect the start yet
+                self.head = x
+                return
+            self.head = None
+            x = np.concatenate([x[:, self.half:0:-1], x], axis=1)  # np.pad's "reflect"
+        self.buf = np.concatenate([self.buf, x], axis=1)
+        self._frames(final=False)
+
+    def value(self) -> float:
+        if not self.done:
+            self.done = True
+            if self.head is not None:  # shorter than half a frame in all: np.pad reflects repeatedly
+                x = np.pad(self.head, ((0, 0), (self.half, self.half)), mode="reflect")
+                self.buf, self.head = x, None
+            elif self.buf.shape[1] > 0:
+                self.buf = np.concatenate([self.buf, self.buf[:, -2 : -self.half - 2 : -1]], axis=1)
+            else:
+                raise ValueError("empty signal")
+            self._frames(final=True)
+        return float(min(np.mean(np.sqrt(self.total / self.frames)), 10.0))
+
+    def _frames(self, final: bool, block: int = 1024) -> None:
+        """Every whole frame in the buffer; then drop the samples no later frame needs. A frame
+        within half a frame of the (unknown) end waits, as it may need the reflected tail."""
+        keep = 0 if final else self.half + 1
+        count = max(0, 1 + (self.buf.shape[1] - keep - self.n_fft) // self.hop)
+        for a in range(0, count, block):
+            idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(a, min(a + block, count))[:, None]
+            p, r = np.fft.rfft(self.buf[:, idx] * self.window, axis=2)
+            self.total += np.sum((np.log(np.abs(r) ** 2 + 1e-8) - np.log(np.abs(p) ** 2 + 1e-8)) ** 2 + 1e-8,
+                                 axis=0)
+            self.frames += len(idx)
+        self.buf = self.buf[:, count * self.hop:]
 
 
 def band_edges(sr: int, r: int) -> list[float]:

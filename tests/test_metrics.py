@@ -125,6 +125,28 @@ def test_lsd_reference_matches_a_direct_transcription(vctk_mini):
     assert abs(metrics.lsd(sp, hr) - got) > 0.5
 
 
+@pytest.mark.parametrize("n", [700, 1024, 1025, 2048, 3 * 8192 + 1001])
+def test_lsd_reference_in_pieces_is_the_joined_value(vctk_mini, n):
+    """eval --data adds a split patch by patch: the value must be the one over the patches joined
+    (the direct transcription's), whatever the pieces, those shorter than half a frame and empty
+    ones included, so the ends' reflection and the frames across the joins are right."""
+    from afilm_cli.audio import read_audio, resample, simulate_lr
+
+    x, sr = read_audio(vctk_mini / "wav48" / "p226" / "p226_002.wav")
+    hr, _, sp = simulate_lr(resample(x, sr, SR)[SR : SR + n - n % 4], 4, "decimate")
+    expected = reference_lsd_transcription(hr.astype(np.float64), sp.astype(np.float64))
+    rng = np.random.default_rng(n)
+    for cuts in ([], [0, 0, 3, 10, 600], sorted(rng.integers(0, len(hr), 12)), list(range(0, len(hr), 8192))):
+        acc = metrics.LsdReference()
+        for a, b in zip([0, *cuts], [*cuts, len(hr)]):
+            acc.add(sp[a:b], hr[a:b])
+        assert acc.value() == pytest.approx(expected, rel=1e-9), cuts
+    with pytest.raises(ValueError, match="value"):
+        acc.add(sp, hr)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.LsdReference().value()
+
+
 def test_stft_in_blocks_is_the_stft():
     x = noise(50_000, seed=7)
     whole = metrics.stft(x)
