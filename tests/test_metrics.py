@@ -138,7 +138,7 @@ def test_lsd_reference_in_pieces_is_the_joined_value(vctk_mini, n):
     rng = np.random.default_rng(n)
     for cuts in ([], [0, 0, 3, 10, 600], sorted(rng.integers(0, len(hr), 12)), list(range(0, len(hr), 8192))):
         acc = metrics.LsdReference()
-        for a, b in zip([0, *cuts], [*cuts, len(hr)]):
+        for a, b in zip([0, *cuts], [*cuts, len(hr)], strict=True):
             acc.add(sp[a:b], hr[a:b])
         assert acc.value() == pytest.approx(expected, rel=1e-9), cuts
     with pytest.raises(ValueError, match="value"):
