@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from afilm_cli import __version__
+from afilm_cli import __version__, help_format
 from afilm_cli.commands import bench, convert, demo, evaluate, models, prepare, train, upsample
 from afilm_cli.errors import AfilmError
 
@@ -50,29 +50,7 @@ app.add_typer(convert.app, name="convert")
 app.command("demo")(demo.command)
 
 
-def _unwrap(text: str) -> str:
-    """A docstring's paragraphs as single lines (list items and indented lines kept on their own):
-    typer 0.29's rich help keeps every line break, which at 80 columns leaves ragged half-lines."""
-    out = []
-    for para in inspect.cleandoc(text).split("\n\n"):
-        lines: list[str] = []
-        for line in para.splitlines():
-            if lines and not para.startswith("\b") and not line.startswith((" ", "- ", "* ")):
-                lines[-1] += " " + line.strip()
-            else:
-                lines.append(line)
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
-
-
-def _unwrap_help(group: typer.Typer) -> None:
-    for info in group.registered_commands:
-        info.help = _unwrap(info.help or inspect.getdoc(info.callback) or "")
-    for sub in group.registered_groups:
-        _unwrap_help(sub.typer_instance)
-
-
-_unwrap_help(app)
+help_format.apply(app)
 
 
 def _user_error(exc: Exception) -> bool:

@@ -38,9 +38,9 @@ def test_every_command_has_real_help():
 def test_help_paragraphs_are_rewrapped_to_the_terminal():
     """typer 0.29 keeps a docstring's line breaks; afilm joins each paragraph so an 80-column help
     reads as prose, not as half-lines (a first-paragraph-only check would miss it)."""
-    from afilm_cli.main import _unwrap
+    from afilm_cli.help_format import unwrap
 
-    assert _unwrap("""One line.
+    assert unwrap("""One line.
 
         Two lines
         of prose.
@@ -50,7 +50,7 @@ def test_help_paragraphs_are_rewrapped_to_the_terminal():
           continued
         - item two
         """) == "One line.\n\nTwo lines of prose.\n\nList:\n- item one\n  continued\n- item two"
-    result = CliRunner().invoke(app, ["upsample", "--help"], terminal_width=80)
+    result = CliRunner().invoke(app, ["upsample", "--help"], env={"COLUMNS": "80"})
     text = " ".join(result.output.split())
     assert "resampled to the model's low rate (sr/r), spline-upsampled, and run through the model" in text
     lines = [line.strip() for line in result.output.splitlines()]
@@ -58,6 +58,15 @@ def test_help_paragraphs_are_rewrapped_to_the_terminal():
     paragraph = lines[start:lines.index("", start)]
     # rewrapped: every line but the last of the paragraph fills most of the width
     assert len(paragraph) >= 4 and all(len(line) > 60 for line in paragraph[:-1]), paragraph
+
+
+def test_help_shows_no_type_beside_a_flag():
+    result = CliRunner().invoke(app, ["upsample", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output and "range>" not in result.output
+    force = next(line for line in result.output.splitlines() if "--force" in line)
+    assert "Overwrite existing outputs." in force
+    assert "<int> [x>=1]" in next(line for line in result.output.splitlines() if "--batch-size" in line)
 
 
 def test_version_and_module_entry():

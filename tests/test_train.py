@@ -580,3 +580,26 @@ def test_progress_goes_to_plain_lines_where_the_output_is_not_a_terminal():
         bar.begin(0, 0, 5)
         bar.advance(0.5, 12.0)
     assert quiet.getvalue() == ""  # --no-progress
+
+
+def test_cli_resume_passes_on_only_the_options_typed_again(monkeypatch, tmp_path):
+    """--resume keeps the run's settings; what is typed again (--no-progress too, a negative flag
+    whose parameter is named otherwise) is passed on as a change."""
+    from typer.testing import CliRunner
+
+    import afilm_cli.train as training
+    from afilm_cli.main import app
+
+    seen = {}
+
+    def fake_resume_config(path, **changes):
+        seen.update(changes, path=path)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(training, "resume_config", fake_resume_config)
+    runner = CliRunner()
+    runner.invoke(app, ["train", "--resume", str(tmp_path), "--no-progress", "--threads", "1"])
+    assert seen == {"path": str(tmp_path), "progress": False, "threads": 1}
+    seen.clear()
+    runner.invoke(app, ["train", "--resume", str(tmp_path), "--epochs", "3"])
+    assert seen == {"path": str(tmp_path), "epochs": 3}

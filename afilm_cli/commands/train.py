@@ -75,7 +75,8 @@ def command(
     degrade: Annotated[str | None, Opt("--degrade", help="decimate|resample|subsample, or two joined by + "
                                        "(for HDF5 files without a recipe).")] = None,
     log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
-    progress: Annotated[bool, Opt("--progress/--no-progress", help="Show a progress bar.")] = True,
+    no_progress: Annotated[bool, Opt("--no-progress", help="No progress bar (nor, where the output is "
+                                     "not a terminal, the plain progress line).")] = False,
     force: Force = False,
 ) -> None:
     """Train a model on HDF5 patches: MSE, Adam, checkpoints every epoch, exact --resume.
@@ -92,12 +93,13 @@ def command(
         given["model_args"] = parse_model_args(model_arg)
     common = {"train": str(train) if train else None, "val": str(val) if val else None,
               "out": str(out) if out else None, "device": device, "threads": parse_threads(threads),
-              "compile": compile, "precision": precision, "log_every": log_every, "progress": progress,
+              "compile": compile, "precision": precision, "log_every": log_every, "progress": not no_progress,
               "force": force}
     if resume is not None:
         # the run keeps its own settings (threads and precision included: resume is exact at the same
         # ones); only what the user typed is passed on (and checked)
-        typed = {k: v for k, v in common.items() if v is not None and _typed(ctx, k)}
+        typed = {k: v for k, v in common.items()
+                 if v is not None and _typed(ctx, "no_progress" if k == "progress" else k)}
         changes = {**given, **typed}
         if model is not None:
             changes["model"] = model

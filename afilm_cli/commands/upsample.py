@@ -44,9 +44,9 @@ def command(
     precision: Annotated[str, typer.Option(
         "--precision", metavar="fp32|bf16", help="bf16: autocast (on CUDA; measured slower than fp32 "
         "for these models on an H200, and emulated on a CPU).")] = "fp32",
-    cuda_graph: Annotated[bool, typer.Option(
-        "--cuda-graph/--no-cuda-graph", help="On CUDA: capture the model's forward once as a CUDA graph "
-        "and replay it for every batch (the last one padded).")] = True,
+    no_cuda_graph: Annotated[bool, typer.Option(
+        "--no-cuda-graph", help="On CUDA, run the model eagerly batch by batch instead of capturing its "
+        "forward once as a CUDA graph and replaying it for every batch (the last one padded).")] = False,
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the model (on CUDA with its own CUDA graphs). For the paper "
         "AFiLM on an H100 it measured 214x realtime against the default CUDA graph's 221x, not counting "
@@ -70,7 +70,7 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     speed = {"threads": parse_threads(threads), "precision": precision,
-             "graphs": "auto" if cuda_graph else "off", "compile": compile}
+             "graphs": "off" if no_cuda_graph else "auto", "compile": compile}
     infer.resolve_precision(precision, dev)  # a typo fails here, before any file is read
     if degrade is not None:
         if not simulate:
