@@ -6,7 +6,6 @@ Known user errors (AfilmError) print one line on stderr and exit 2, and errors o
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 
