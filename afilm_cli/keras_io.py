@@ -55,7 +55,7 @@ KERAS_MODELS = ("afilm", "tfilm")
 # fields that define the architecture; the Keras code builds exactly the paper values
 _STRUCTURE = ("modulation", "n_layers", "channels", "kernel_sizes", "bottleneck_channels",
               "bottleneck_kernel", "final_kernel", "down_blocks", "bottleneck_block", "up_blocks", "dilation",
-              "slope", "use_shift", "transformer_layers", "heads", "ff_dim")
+              "slope", "up_slope", "use_shift", "transformer_layers", "heads", "ff_dim")
 
 
 @dataclass(frozen=True)

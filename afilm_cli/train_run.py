@@ -45,7 +45,8 @@ class Run:
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
                  threads=threads, data_in_memory=in_memory,
-                 metrics_note="val_snr: over all validation samples; val_lsd: mean of per-patch LSD (log10)")
+                 metrics_note="val_snr: pooled, over all validation samples at once (afilm eval's snr is the "
+                              "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)")
 
     def warn(self, message: str) -> None:
         if self.master:
@@ -65,7 +66,7 @@ class Run:
         line = f"{where}: train loss {m['train_loss']:.4g}"
         if "val_loss" in m:
             line += (f"  val loss {m['val_loss']:.4g}"
-                     f"  SNR {m['val_snr']:.2f} dB (spline {m['spline_snr']:.2f})"
+                     f"  SNR (pooled) {m['val_snr']:.2f} dB (spline {m['spline_snr']:.2f})"
                      f"  LSD {m['val_lsd']:.3f} (spline {m['spline_lsd']:.3f})")
         self.console.print(line + ("  *best*" if is_best else ""), markup=False)
 

@@ -287,6 +287,12 @@ def test_export_refuses_models_keras_cannot_build(tmp_path):
     with pytest.raises(AfilmError, match="only the paper AFILM; this model differs in channels"):
         write_keras_h5(tmp_path / "tiny.h5", create_model("afilm_tiny"))
     assert not (tmp_path / "tiny.h5").exists()
+    # the paper size with LeakyReLU up stages computes something else than the Keras code's ReLU
+    with torch.device("meta"):
+        leaky = create_model("tfilm", up_slope=0.2)
+    with pytest.raises(AfilmError, match="only the paper TFILM; this model differs in up_slope"):
+        write_keras_h5(tmp_path / "leaky.h5", leaky)
+    assert not (tmp_path / "leaky.h5").exists()
 
 
 # ---------------------------------------------------------------- Keras semantics, without TensorFlow

@@ -249,6 +249,14 @@ def test_paper_block_sizes_and_tokens():
     assert [r["samples"] for r in plan] == [4096, 2048, 1024, 512, 256, 512, 1024, 2048, 4096]
 
 
+@pytest.mark.parametrize("n_layers,block", [(3, 16), (4, 8), (5, 4), (8, 1)])
+def test_bottleneck_and_up_blocks_follow_the_reference_for_any_depth(n_layers, block):
+    """The reference's nb = int(128 / 2**n_layers), used by the bottleneck and (stale) every up stage."""
+    cfg = UNetConfig(n_layers=n_layers, channels=(8,) * n_layers, kernel_sizes=(3,) * n_layers)
+    assert cfg.bottleneck_block == block and cfg.up_blocks == (block,) * n_layers
+    assert cfg.down_blocks == tuple(max(1, 128 // 2**level) for level in range(n_layers))
+
+
 @pytest.mark.parametrize("name", ["afilm_tiny", "tfilm_tiny"])
 def test_block_sizes_and_tokens_seen_at_run_time(name, monkeypatch):
     # the presets keep the paper's blocks, so what the normalisers really see must be the paper's plan

@@ -55,7 +55,7 @@ class UNetConfig:
     bottleneck_kernel: int = 9
     final_kernel: int = 9
     down_blocks: tuple[int, ...] = ()  # reference 128 / 2**l
-    bottleneck_block: int = 8  # reference 128 / 2**n_layers
+    bottleneck_block: int = 0  # 0: as the reference, 128 / 2**n_layers (8 for the paper's 4 layers)
     up_blocks: tuple[int, ...] = ()  # per level; reference: all 8 (the stale variable)
     dilation: int = 2
     slope: float = 0.2
@@ -75,6 +75,7 @@ class UNetConfig:
         self.channels = tuple(self.channels) or _REF_CHANNELS[:n]
         self.kernel_sizes = tuple(self.kernel_sizes) or _REF_KERNELS[:n]
         self.down_blocks = tuple(self.down_blocks) or tuple(max(1, 128 // 2**level) for level in range(n))
+        self.bottleneck_block = self.bottleneck_block or max(1, 128 // 2**n)
         self.up_blocks = tuple(self.up_blocks) or (self.bottleneck_block,) * n
         for name in ("channels", "kernel_sizes", "down_blocks", "up_blocks"):
             if len(getattr(self, name)) != n:
