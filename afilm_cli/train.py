@@ -62,7 +62,7 @@ class TrainConfig:
     lr: float = 3e-4
     lr_schedule: str = "constant"     # constant (the reference) | cosine: to 0 at the run's last step
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-7                 # Keras' Adam default, as the reference, applied as Keras does (keras_eps)
+    eps: float = 1e-7                 # Keras' Adam default, applied as Keras applies it: keras_eps
     loss: str = "mse"                 # mse (AFiLM code) | rmse (TFiLM code: mean per-patch RMSE)
     max_steps: int | None = None      # stop after this many optimizer steps in total
     seed: int = 0
