@@ -383,7 +383,7 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         if item.is_dir():
-            root = out if out is not None else item.with_name(item.name + ".afilm")
+            root = out if out is not None else _folder_output(item)
             files = sorted(p for p in find_audio_files(item)
                            if ".afilm" not in p.name and not _is_sim_output(p))
             if not files:
@@ -398,7 +398,7 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             if out is not None and (len(inputs) > 1 or out_is_dir or out.is_dir()):
                 target = out / (item.stem if simulate else default_output(item).name)
             elif out is not None:
-                target = out.with_suffix("") if simulate and out.suffix == ".wav" else out
+                target = out.with_suffix("") if simulate and out.suffix.lower() in (".wav", ".flac") else out
                 if not simulate and out.suffix.lower() not in (".wav", ".flac"):
                     raise AfilmError(f"{out}: afilm writes WAV or FLAC; end the output name with .wav or "
                                      ".flac (or with / for a folder)")
@@ -411,6 +411,15 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             raise AfilmError(f"{seen[target]} and {src} would both be written to {target}; upsample one of "
                              "them on its own with -o")
     return pairs
+
+
+def _folder_output(folder: Path) -> Path:
+    """DIR -> DIR.afilm beside it; "." and ".." by the folder's real name (they have none to extend)."""
+    named = folder.resolve() if folder.name in ("", "..") else folder
+    if not named.name:
+        raise AfilmError(f"{folder}: name an output folder with -o (the root folder has no name to "
+                         "put .afilm after)")
+    return named.with_name(named.name + ".afilm")
 
 
 def _is_sim_output(p: Path) -> bool:

@@ -3,6 +3,7 @@ writes, the per-epoch progress bar, and the Ctrl-C flag that stops the loop betw
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -18,6 +19,19 @@ from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
 from afilm_cli.train_setup import get_rng
 
 
+def claim_new_folder(base: Path) -> Path:
+    """``base``, else ``base-2``, ``base-3``...: the first folder this process creates itself, so two
+    runs started in the same second (a sweep sent to the background) never share the default name."""
+    for i in itertools.count(1):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
 class Run:
     """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
 
@@ -30,6 +44,8 @@ class Run:
 
     def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False
               ) -> None:
+        if self.cfg.out is None and resumed is None:
+            self.out = claim_new_folder(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         params = sum(p.numel() for p in self.raw_model.parameters())
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
@@ -46,7 +62,9 @@ class Run:
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
                  threads=threads, data_in_memory=in_memory,
                  metrics_note="val_snr: pooled, over all validation samples at once (afilm eval's snr is the "
-                              "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)")
+                              "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)",
+                 epoch_note="step records: epoch = the epoch being run, from 1; epoch records (and "
+                            "checkpoints): epoch = epochs completed, epoch_step = steps into the next")
 
     def warn(self, message: str) -> None:
         if self.master:

@@ -172,8 +172,10 @@ def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[P
         out = Path(cfg.out)
     elif ckpt is not None:
         out = Path(ckpt["path"]).parent
-    else:
-        out = Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:  # a new name: the run claims a free variant of it when it starts (train_run.claim_new_folder)
+        return Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}", []
+    if out.exists() and not out.is_dir():
+        raise AfilmError(f"{out} is a file, not a folder; --out names the run's folder")
     held = [out / n for n in ("last.pt", "best.pt", "log.jsonl") if (out / n).exists()]
     continuing = ckpt is not None and Path(ckpt["path"]).parent.resolve() == out.resolve()
     if continuing and not cfg.force and (out / "last.pt").exists() \

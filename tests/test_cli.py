@@ -137,3 +137,10 @@ def test_ctrl_c_in_any_command_says_interrupted(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 130 and "afilm: interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["prepare", "vctk"], ["prepare", "folder", "."]])
+def test_a_negative_seed_is_refused_before_any_work(command, tmp_path):
+    out = run_cli(*command, "--seed", "-1", cwd=tmp_path)
+    assert out.returncode == 2 and "--seed" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == []

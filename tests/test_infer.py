@@ -811,3 +811,32 @@ def test_readme_python_example_runs(tmp_path, libri_mini):
     assert out.returncode == 0, out.stderr
     y, sr_out = sf.read(str(tmp_path / "speech_16k.wav"))
     assert sr_out == 16000 and len(y) == 4 * sf.info(str(tmp_path / "speech_4k.wav")).frames
+
+
+def test_plan_outputs_for_dot_folders_and_flac_simulate_names(tmp_path, monkeypatch):
+    """`afilm upsample .` (and ..) mirrors into the folder's real name + .afilm beside it (it crashed,
+    and '..' gave a folder named '...afilm'); `--simulate -o x.flac` names x.lr.wav, not x.flac.lr.wav."""
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "a.wav").write_bytes(b"")
+    monkeypatch.chdir(work)
+    assert infer.plan_outputs([Path(".")], None, simulate=False) == [
+        (Path("a.wav"), tmp_path / "work.afilm" / "a.afilm.wav")]
+    monkeypatch.chdir(work / "sub")
+    assert infer.plan_outputs([Path("..")], None, simulate=True) == [
+        (Path("../a.wav"), tmp_path / "work.afilm" / "a")]
+    src = work / "a.wav"
+    assert infer.plan_outputs([src], str(tmp_path / "x.FLAC"), simulate=True) == [(src, tmp_path / "x")]
+    assert infer.simulate_paths(tmp_path / "x")["lr"] == tmp_path / "x.lr.wav"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cli_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, ckpts, capsys, monkeypatch, native):
+    from afilm_cli.commands import upsample as command
+
+    monkeypatch.setattr(command, "_native_bf16", lambda: native)
+    src = write(tmp_path / "v.wav", np.random.default_rng(4).standard_normal(4000) * 0.1, 4000)
+    out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "--precision", "bf16",
+                   "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert ("no native bf16" in out.stderr) is not native

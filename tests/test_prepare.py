@@ -176,6 +176,10 @@ def test_val_speakers_and_fraction(vctk_mini, tmp_path):
     assert (train.speakers, val.speakers) == (11, 2) and val.files == 20
     with pytest.raises(AfilmError, match="p999 not in the corpus"):
         prepare_vctk(vctk_mini, rec, split="multi", val_speakers=["p999"], out=tmp_path / "x")
+    with pytest.raises(AfilmError, match="--val-speakers and --val-fraction both choose"):  # not one ignored
+        prepare_vctk(vctk_mini, rec, split="multi", val_speakers=["p226"], val_fraction=0.5,
+                     out=tmp_path / "y")
+    assert not (tmp_path / "y").exists()
     results = prepare_vctk(vctk_mini, Recipe(r=4, multiple=1), split="single", val_fraction=0.3,
                            out=tmp_path / "f")
     assert [(r.part, r.files) for r in results] == [("train", 7), ("val", 3)]

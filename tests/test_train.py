@@ -635,3 +635,38 @@ def test_training_sets_the_keras_epsilon(data, tmp_path):
     result = train(_cfg(data, tmp_path, max_steps=3))
     ckpt = load_checkpoint(result.last)
     assert ckpt["optimizer"]["param_groups"][0]["eps"] == pytest.approx(keras_eps(TrainConfig(model="x"), 2))
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(data, tmp_path, monkeypatch):
+    """The default runs/<model>-<time> is claimed by creating it: a second run in the same second
+    (a sweep sent to the background) gets runs/<model>-<time>-2, not the first run's files."""
+    import afilm_cli.train_setup as setup
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(setup.time, "strftime", lambda fmt, *a: "20261127-131628")
+    first = train(_cfg(data, tmp_path, out=None, max_steps=1, lr=1e-3))
+    second = train(_cfg(data, tmp_path, out=None, max_steps=1, lr=1e-4))
+    assert first.out == Path("runs/afilm_tiny-20261127-131628")
+    assert second.out == Path("runs/afilm_tiny-20261127-131628-2")
+    for result, lr in ((first, 1e-3), (second, 1e-4)):
+        starts = [json.loads(line) for line in (result.out / "log.jsonl").read_text().splitlines()]
+        assert [s["config"]["lr"] for s in starts if s["type"] == "start"] == [lr]
+        assert load_checkpoint(result.last)["train_config"]["lr"] == lr
+
+
+def test_out_naming_a_file_is_refused(data, tmp_path):
+    (tmp_path / "bench.json").write_text("{}")
+    with pytest.raises(AfilmError, match="bench.json is a file, not a folder"):
+        train(_cfg(data, tmp_path, out=str(tmp_path / "bench.json"), max_steps=1))
+    assert (tmp_path / "bench.json").read_text() == "{}"
+
+
+def test_log_says_how_its_two_epoch_counts_read(data, tmp_path):
+    result = train(_cfg(data, tmp_path, max_steps=4, epochs=2))  # 3 steps per epoch
+    records = [json.loads(line) for line in (result.out / "log.jsonl").read_text().splitlines()]
+    start = records[0]
+    assert start["type"] == "start" and "epoch = the epoch being run, from 1" in start["epoch_note"]
+    steps = {r["step"]: r["epoch"] for r in records if r["type"] == "step"}
+    assert steps == {1: 1, 2: 1, 3: 1, 4: 2}
+    epochs = [(r["epoch"], r["epoch_step"]) for r in records if r["type"] == "epoch"]
+    assert epochs == [(1, 0), (1, 1)]

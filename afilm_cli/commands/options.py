@@ -17,7 +17,7 @@ Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.pt) writ
                                           "model's name. Default: the newest runs/*/best.pt, else the "
                                           "bundled pretrained model.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "
                                       "or auto: the cores no other process is busy on (at least 1).")]
 

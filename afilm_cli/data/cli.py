@@ -48,7 +48,8 @@ Degrade = Annotated[str | None, typer.Option(
     "Default: decimate single / folder, subsample multi.")]
 Sam = Annotated[float | None, typer.Option("--sam", help="Probability of keeping each patch, in (0, 1] "
                                            "(default: 1.0 single / folder, 0.25 multi).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for patch sampling and validation picks.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1,
+                                   help="Seed for patch sampling and validation picks.")]
 Multiple = Annotated[int, typer.Option("--multiple", min=1, help="Crop the patch count to a multiple of "
                                        "this (reference: 128, its batch multiple).")]
 Speed = Annotated[str, typer.Option(

@@ -89,6 +89,8 @@ def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: li
                 val_fraction: float | None = None, seed: int = 0,
                 warn=cli.warn) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], dict]:
     """(train sources, val sources, description) for ``split`` "single" or "multi"."""
+    if val_speakers and val_fraction is not None:
+        raise AfilmError("--val-speakers and --val-fraction both choose the validation data; give one")
     if split == "single":
         if val_speakers:
             raise AfilmError("--val-speakers applies to --split multi; "
