@@ -40,6 +40,7 @@ from afilm_cli.infer import (
     check_degrade,
     count_windows,
     predict,
+    print_warning,
     simulate_pipeline,
     window_plan_for,
 )
@@ -181,6 +182,9 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         joined = {s: LsdReference() for s in SYSTEMS}
         for a in range(0, n, batch_size):
             data, label = pf.read(slice(a, min(a + batch_size, n)))
+            if not (np.isfinite(data).all() and np.isfinite(label).all()):
+                bad = a + int(np.flatnonzero(~(np.isfinite(data) & np.isfinite(label)).all(axis=1))[0])
+                raise AfilmError(f"{pf.path}: patch {bad} holds NaN or Inf samples")
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
             with torch.inference_mode():
                 pred = loaded.model(x).float().cpu().numpy()[:, 0, : pf.patch]
@@ -216,9 +220,11 @@ def find_audio(folder: Path) -> list[Path]:
 def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
                   plots_dir: Path | None = None, max_plots: int = 10,
-                  progress: Callable[[int], None] | None = None, degrade: str | None = None) -> EvalResult:
+                  progress: Callable[[int], None] | None = None, degrade: str | None = None,
+                  warn: Callable[[str], None] | None = None) -> EvalResult:
     """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
-    low rate made by ``degrade`` (default: the checkpoint's recipe)."""
+    low rate made by ``degrade`` (default: the checkpoint's recipe). A silent file is skipped and
+    ``warn`` told: any output scores about -80 dB SNR against silence, which would swamp the means."""
     if degrade is not None:
         check_degrade(degrade)
     folder = Path(folder)
@@ -227,8 +233,16 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         count_windows(path, loaded, window, simulate=True, degrade=degrade)
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
+    skipped = []
     for path in files:
         x, sr_in = read_audio(path, mono=True)
+        if not np.any(x):
+            skipped.append(str(path.relative_to(folder)))
+            (warn or print_warning)(f"{path}: silent (every sample is zero): skipped, since its SNR "
+                                     "would swamp the means")
+            if progress:
+                progress(1)
+            continue
         hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
@@ -243,8 +257,11 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
             plots.append(_plot(plots_dir / f"{stem}.png", lr, pred, hr, loaded, name))
         if progress:
             progress(1)
+    if not rows:
+        raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
     plan = window_plan_for(loaded, 1 << 30, window)
-    source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "mono": True,
+    source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "skipped_silent": skipped,
+              "mono": True,
               "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)"}

@@ -290,7 +290,7 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
     with contextlib.closing(FileSource(path)) as src:
         message = low_rate_warning(src.sr, loaded)
         if message:
-            (warn or _print_warning)(f"{src.path}: {message}")
+            (warn or print_warning)(f"{src.path}: {message}")
         with naming(path):
             spline, length = real_pipeline(src, src.sr, loaded)
         plan = window_plan_for(loaded, length, window)
@@ -320,7 +320,7 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded, *, batch_size: int
         x = x / float(2 ** (8 * x.dtype.itemsize - 1))
     message = low_rate_warning(int(sr_in), loaded)
     if message:
-        (warn or _print_warning)(message)
+        (warn or print_warning)(message)
     spline, length = real_pipeline(ArraySource(x), int(sr_in), loaded)
     if device is None:
         tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
@@ -329,7 +329,7 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded, *, batch_size: int
     return y[:, 0] if x.ndim == 1 else y
 
 
-def _print_warning(message: str) -> None:
+def print_warning(message: str) -> None:
     print(f"afilm: warning: {message}", file=sys.stderr)
 
 

@@ -122,6 +122,16 @@ def keras_eps(cfg: TrainConfig, step: int) -> float:
     return cfg.eps / math.sqrt(1.0 - cfg.betas[1] ** (step + 1))
 
 
+def _finite_everywhere(value: float, device: torch.device) -> bool:
+    """Whether the loss is finite on every rank (one rank's NaN reaches all gradients through DDP)."""
+    finite = math.isfinite(value)
+    if dist.is_initialized():
+        flag = torch.tensor([0.0 if finite else 1.0], device=device)
+        dist.all_reduce(flag)
+        finite = flag.item() == 0.0
+    return finite
+
+
 def loss_fn(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "mse":
         return torch.mean((pred - y) ** 2)
@@ -158,6 +168,8 @@ def evaluate(model: torch.nn.Module, loader: PatchLoader, cfg: TrainConfig, devi
         s = s.cpu()
     model.train()
     loss, n, err2, ref2, lsd_sum, s_err2, s_lsd, samples = s.tolist()
+    if not (math.isfinite(ref2) and math.isfinite(s_err2)):
+        raise AfilmError(f"{loader.patches.path}: the validation patches hold NaN or Inf samples")
     out = {"loss": loss / n, "rmse": math.sqrt(err2 / samples), "snr": _snr(ref2, err2), "lsd": lsd_sum / n}
     if with_spline:
         out |= {"spline_snr": _snr(ref2, s_err2), "spline_lsd": s_lsd / n}
@@ -302,11 +314,17 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 loss = loss_fn(pred.float(), y, cfg.loss)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lv = loss.item()
+                if not _finite_everywhere(lv, device):  # before the step: the weights stay as they were
+                    kept = (f"{run.last_path()} keeps the last saved state" if run.last_path().exists()
+                            else "nothing was saved")
+                    raise AfilmError(f"the training loss is not a number at step {step + 1} (epoch "
+                                     f"{epoch + 1}): the patches hold NaN or Inf samples, or the learning "
+                                     f"rate is too high; {kept}")
                 for group in run.optimizer.param_groups:
                     group["lr"], group["eps"] = lr_at(cfg, step, n_batches), keras_eps(cfg, step)
                 run.optimizer.step()
                 step, epoch_step, seen = step + 1, epoch_step + 1, seen + len(x) * cfg.world_size
-                lv = loss.item()
                 tot += torch.tensor([lv * len(x), len(x)], dtype=torch.float64)
                 rate = seen / (time.perf_counter() - t0)
                 bar.advance(lv, rate)

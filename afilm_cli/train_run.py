@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.interrupts import CtrlC
 from afilm_cli.train_setup import get_rng
 
 
@@ -152,27 +151,9 @@ class EpochBar:
                                f"loss {loss:.4g}  {rate:.1f} patches/s", markup=False)
 
 
-class StopFlag:
+class StopFlag(CtrlC):
     """Ctrl-C asks the loop to stop after the current step (a half-done optimizer step could not be
     resumed); a second Ctrl-C interrupts at once. Under torchrun the ranks agree on when to stop."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = None
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-    def _handle(self, signum, frame) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
 
     def requested(self, device: torch.device) -> bool:
         if not dist.is_initialized():

@@ -534,3 +534,32 @@ def test_bad_speed_is_one_clear_error(speed, match, tmp_path):
         Recipe(r=4, speed=speed).validate()
     proc = run_cli("prepare", "folder", str(tmp_path), "--r", "4", "--speed", speed, cwd=tmp_path)
     assert proc.returncode != 0 and match in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_stops_between_files_and_leaves_nothing(vctk_mini, tmp_path, monkeypatch):
+    """Ctrl-C is acted on between files (raised inside h5py's clean-up it was ignored and the run went
+    on to the end): the file in hand finishes, no later one starts, the partial output is removed."""
+    import os
+    import signal
+
+    from afilm_cli.data import recipe as recipe_mod
+
+    real, seen, done = recipe_mod.file_signals, [], []
+
+    def file_signals(path, rec):
+        seen.append(path)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second file is worked on
+        out = real(path, rec)
+        done.append(path)
+        return out
+
+    monkeypatch.setattr(recipe_mod, "file_signals", file_signals)
+    files = sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:5]
+    plan = recipe_mod.SplitPlan("train", tmp_path / "out" / "x-train.h5", [(f, "p225") for f in files])
+    with pytest.raises(KeyboardInterrupt):
+        recipe_mod.prepare_split(plan, Recipe(r=4, multiple=1))
+    assert len(seen) == len(done) == 2  # the second file finished; the third never started
+    leftovers = list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+    assert leftovers == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

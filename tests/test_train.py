@@ -670,3 +670,21 @@ def test_log_says_how_its_two_epoch_counts_read(data, tmp_path):
     assert steps == {1: 1, 2: 1, 3: 1, 4: 2}
     epochs = [(r["epoch"], r["epoch_step"]) for r in records if r["type"] == "epoch"]
     assert epochs == [(1, 0), (1, 1)]
+
+
+def test_nan_or_integer_patches_stop_with_one_clear_error(data, tmp_path):
+    """NaN in the patches made every loss NaN and the run 'finished' (best: None); int16 patches were
+    taken as samples of +-32768. Training stops before a NaN step changes the weights."""
+    d, l = (a.copy() for a in data["arrays"])
+    d[5, 100] = np.nan
+    bad = _write(tmp_path / "nan-train.h5", d, l)
+    with pytest.raises(AfilmError, match=r"training loss is not a number at step 1 .*nothing was saved"):
+        train(_cfg(data, tmp_path, train=str(bad), max_steps=3, batch_size=24))
+    with pytest.raises(AfilmError, match="validation patches hold NaN or Inf"):
+        train(_cfg(data, tmp_path, val=str(bad), max_steps=1, out=str(tmp_path / "v")))
+    with h5py.File(tmp_path / "int-train.h5", "w") as f:
+        for name, arr in (("data", data["arrays"][0]), ("label", data["arrays"][1])):
+            f.create_dataset(name, data=(arr * 32767).astype(np.int16)[..., None])
+    with pytest.raises(AfilmError, match="'data' is int16 .* must be floating-point samples"):
+        train(_cfg(data, tmp_path, train=str(tmp_path / "int-train.h5"), max_steps=1, r=4, sr=16000,
+                   degrade="decimate"))

@@ -94,13 +94,14 @@ def command(
         task = bar.add_task("evaluating", total=total)
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
                       progress=lambda n: bar.advance(task, n))
-        if data is not None:
-            def warn(message: str) -> None:
-                err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
 
+        def warn(message: str) -> None:
+            err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
+
+        if data is not None:
             result = evaluate.evaluate_h5(loaded, data, **kwargs, warn=warn)
         else:
-            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs)
+            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn)
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol

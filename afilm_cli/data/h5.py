@@ -126,6 +126,11 @@ class PatchFile:
         if d.shape[0] == 0:
             self.close()
             raise AfilmError(f"{self.path}: contains no patches")
+        if d.dtype.kind != "f" or l.dtype.kind != "f":  # int16 PCM would be taken as values of +-32768
+            message = (f"{self.path}: 'data' is {d.dtype} and 'label' {l.dtype}; patches must be "
+                       "floating-point samples in [-1, 1] (as 'afilm prepare' and the reference write)")
+            self.close()
+            raise AfilmError(message)
         self.data, self.label = d, l
         self.in_memory = False
 

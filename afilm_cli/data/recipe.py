@@ -39,6 +39,7 @@ import numpy as np
 from afilm_cli import audio
 from afilm_cli.data.h5 import PatchWriter
 from afilm_cli.errors import AfilmError
+from afilm_cli.interrupts import CtrlC
 
 DEFAULT_SR = 16000
 TRAIN_GLOB = "*-train.h5"
@@ -199,8 +200,10 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
     if root is not None:
         attrs["source_root"] = str(Path(root).resolve())
     try:
-        with PatchWriter(plan.out, recipe.patch, attrs) as writer:
+        with CtrlC() as stop, PatchWriter(plan.out, recipe.patch, attrs) as writer:
             for path, speaker in plan.sources:
+                if stop.flag:  # acted on between files (afilm_cli/interrupts.py says why)
+                    raise KeyboardInterrupt
                 try:
                     pairs = file_signals(path, recipe)
                 except AfilmError as exc:
