@@ -354,12 +354,20 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
             raise AfilmError(f"the model's low rate {float(low):g} Hz is not a whole number; "
                              "a .lr.wav cannot be written at it")
         sub = _subtype(paths["pr"], src.subtype)
-        _write_blocks(paths["lr"], _stage_blocks(lr), int(low), src.channels, sub)
-        _write_blocks(paths["hr"], _stage_blocks(hr), loaded.sr, src.channels, sub)
         plan = window_plan_for(loaded, length, window)
-        blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
-                               progress=progress, **speed)
-        _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
+        written = []
+        try:  # the three files are one result: a failure (disk full, Ctrl-C) removes those written
+            _write_blocks(paths["lr"], _stage_blocks(lr), int(low), src.channels, sub)
+            written.append(paths["lr"])
+            _write_blocks(paths["hr"], _stage_blocks(hr), loaded.sr, src.channels, sub)
+            written.append(paths["hr"])
+            blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
+                                   progress=progress, **speed)
+            _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
         return {"input": str(src.path), "outputs": {k: str(v) for k, v in paths.items()},
                 "frames_hr": length, "frames_lr": lr.length, "channels": src.channels}
 

@@ -840,3 +840,20 @@ def test_cli_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, ckpts, capsys, mo
                    "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert ("no native bf16" in out.stderr) is not native
+
+
+def test_simulate_failing_midway_leaves_no_partial_set(tmp_path, ckpts, monkeypatch):
+    """.lr/.hr/.pr.wav are one result: a failure writing the prediction (a full disk, Ctrl-C) removes
+    the two written before it (a rerun was refused: 'sim.lr.wav exists; pass --force')."""
+    src = write(tmp_path / "hr.wav", np.random.default_rng(6).standard_normal(16000) * 0.1, 16000)
+    real = infer._write_blocks
+
+    def failing(path, *args):
+        if path.name.endswith(".pr.wav"):
+            raise OSError(28, "No space left on device")
+        return real(path, *args)
+
+    monkeypatch.setattr(infer, "_write_blocks", failing)
+    with pytest.raises(OSError, match="No space left"):
+        infer.simulate_file(src, tmp_path / "sim", loaded(ckpts))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.wav"]
