@@ -8,6 +8,8 @@ metrics, train_config). ``upsample``/``eval`` need nothing but the checkpoint.
 from __future__ import annotations
 
 import os
+import pickle
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,10 @@ from afilm_cli.errors import AfilmError
 FORMAT = "afilm-checkpoint"
 FORMAT_VERSION = 1
 RECIPE_KEYS = ("r", "sr", "degrade", "patch")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_OTHER_FILES = ((b"RIFF", "a WAV audio file"), (b"fLaC", "a FLAC audio file"), (b"OggS", "an Ogg audio file"),
+                (b"ID3", "an MP3 audio file"))
 
 
 def make_checkpoint(model: torch.nn.Module, recipe: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -51,11 +57,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise AfilmError(f"{path}: no such checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head == HDF5_SIGNATURE:  # torch.load's own error here suggests an unsafe weights_only=False
+        raise AfilmError(f"{path}: not a loadable afilm checkpoint: {_hdf5_kind(path)}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AfilmError(f"{path}: not a loadable afilm checkpoint ({first[:200]})") from None
+        if not head.startswith((ZIP_SIGNATURE, b"\x80")):  # neither torch.save's zip nor its legacy pickle
+            kind = next((what for sig, what in _OTHER_FILES if head.startswith(sig)), None)
+            kind = "an empty file" if not head else kind or "not a PyTorch file"
+            raise AfilmError(f"{path}: not an afilm checkpoint ({kind})") from None  # torch's text is noise
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            # never relay PyTorch's advice to load with weights_only=False: that runs the file's code
+            raise AfilmError(f"{path}: not an afilm checkpoint (it holds Python objects beyond tensors and "
+                             "plain data, which afilm never loads)") from None
+        raise AfilmError(f"{path}: not a loadable afilm checkpoint ({_first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AfilmError(f"{path}: not an afilm checkpoint (no '{FORMAT}' marker); "
                          "Keras .h5 files can be imported with 'afilm convert keras'")
@@ -76,13 +93,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def _hdf5_kind(path: Path) -> str:
+    """What an HDF5 file given as a checkpoint is, and what to do with it."""
+    import h5py
+
+    convert = (f"import it first with 'afilm convert keras {shlex.quote(str(path))}' and pass the .pt it "
+               "writes")
+    try:
+        with h5py.File(path, "r") as f:
+            keras = "layer_names" in f.attrs or "model_weights" in f or "layers" in f  # Keras 2 / Keras 3
+            patches = "patch" in f.attrs and "r" in f.attrs
+    except OSError:
+        return f"a damaged HDF5 file (if it is a Keras model: {convert})"
+    if keras:
+        return f"a Keras .h5 (HDF5) file; {convert}"
+    if patches:
+        return "an HDF5 file of training patches (from 'afilm prepare'), not a model"
+    return f"an HDF5 file (if it is a Keras model: {convert})"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model the checkpoint describes, load its weights, put it in eval mode."""
     from afilm_cli.models import create_model
+    from afilm_cli.registry import UnknownNameError
 
     try:
         model = create_model(ckpt["model_name"], **ckpt["model_config"])
-    except (TypeError, ValueError, ArithmeticError) as exc:  # a config this afilm's model cannot take
+    except UnknownNameError:
+        raise
+    except (AfilmError, TypeError, ValueError, ArithmeticError) as exc:  # a config this model cannot take
         raise AfilmError(f"checkpoint config does not fit model {ckpt['model_name']!r}: "
                          f"{str(exc).splitlines()[0]}") from None
     try:

@@ -9,6 +9,7 @@ cubic-spline baseline. Outputs: ``<name>.lr.wav`` / ``.hr.wav`` / ``.pr.wav`` (a
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,32 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise AfilmError(f"{out} already holds files that the demo did not write; pass --force or --out")
 
 
+def load_demo_model(ckpt: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """The checkpoint to demonstrate (default: the bundled model), refused at once when the demo clips
+    are below its high rate: they are the ground truth its low-rate input is simulated from."""
+    import soundfile as sf
+
+    from afilm_cli import infer, pretrained
+
+    loaded = infer.load_model(ckpt if ckpt is not None else pretrained.bundled_checkpoint_path(), device)
+    clip_sr = min(sf.info(str(clip)).samplerate for clip in demo_clips())
+    if loaded.sr > clip_sr:
+        raise AfilmError(f"the demo clip is {clip_sr / 1000:g} kHz, but {loaded.path} is a {loaded.sr} Hz "
+                         f"model: it needs higher-rate input; try 'afilm upsample --ckpt "
+                         f"{shlex.quote(str(loaded.path))} --simulate FILE' on a recording of {loaded.sr} Hz "
+                         "or more")
+    return loaded
+
+
 def run_demo(out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
-             device: str | torch.device = "cpu", force: bool = False) -> dict[str, Any]:
-    """Run the demo into ``out``; return the eval result, the wav paths and the checkpoint used."""
-    from afilm_cli import evaluate, infer, pretrained
+             device: str | torch.device = "cpu", force: bool = False, loaded=None) -> dict[str, Any]:
+    """Run the demo into ``out`` with ``loaded`` (from :func:`load_demo_model`; loaded from ``ckpt``
+    when None); return the eval result, the wav paths and the checkpoint used."""
+    from afilm_cli import evaluate, infer
 
     out = Path(out)
     check_out_dir(out, force)
-    loaded = infer.load_model(ckpt if ckpt is not None else pretrained.bundled_checkpoint_path(), device)
+    loaded = loaded if loaded is not None else load_demo_model(ckpt, device)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by 'afilm demo'; the demo may overwrite this folder\n")
     wavs = [infer.simulate_file(clip, out / clip.stem, loaded, device=device) for clip in demo_clips()]

@@ -265,6 +265,32 @@ def resolve_r(kf: KerasFile, r: int | None) -> tuple[int, str]:
     return r, "user"
 
 
+def resolve_recipe(kf: KerasFile, r: int | None, sr: int | None = None, degrade: str | None = None
+                   ) -> tuple[dict[str, Any], str]:
+    """The checkpoint recipe (r, sr, degrade, patch) of a Keras file and where r came from: r as
+    :func:`resolve_r`; sr and degrade as given, else as the file records (a file afilm exported), else
+    16000 and subsample (the published VCTK-Multi models). The recipe must be one 'afilm prepare'
+    accepts (r dividing sr, so the low rate is a whole number of Hz): checked before any array is read."""
+    from afilm_cli.data.recipe import Recipe
+
+    r_value, r_from = resolve_r(kf, r)
+    recorded = {k: kf.attrs[f"afilm_{k}"] for k in ("sr", "degrade") if f"afilm_{k}" in kf.attrs}
+    recorded = {k: int(v) if k == "sr" else _text(v) for k, v in recorded.items()}
+    for key, given in (("sr", sr), ("degrade", degrade)):
+        if given is not None and key in recorded and given != recorded[key]:
+            raise AfilmError(f"{kf.path}: the file records {key}={recorded[key]}, but --{key} {given} "
+                             "was given")
+    recipe = Recipe(r=r_value, sr=sr or recorded.get("sr", 16000), patch=KERAS_INPUT_LENGTH,
+                    degrade=degrade or recorded.get("degrade", "subsample"))
+    try:
+        recipe.validate()  # prepare's own rules, so a converted checkpoint is one afilm could have trained
+    except AfilmError as exc:
+        origin = "" if r_from == "user" else f" (from the {r_from})"
+        raise AfilmError(f"{kf.path}: cannot import with r={r_value}{origin}, sr={recipe.sr}, as "
+                         f"'afilm prepare' would refuse that recipe: {exc}") from None
+    return {"r": recipe.r, "sr": recipe.sr, "degrade": recipe.degrade, "patch": recipe.patch}, r_from
+
+
 def keras_state_dict(pairs: list[tuple[KerasWeight, np.ndarray]], model: torch.nn.Module) -> dict:
     """The state_dict of ``model`` holding the Keras arrays (transposed to PyTorch layouts)."""
     target = model.state_dict()
@@ -284,8 +310,10 @@ def keras_state_dict(pairs: list[tuple[KerasWeight, np.ndarray]], model: torch.n
     return sd
 
 
-def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int | None = None):
-    """Read a Keras .h5 and return (afilm model, info) with info = {model, r, r_from, layout, file}."""
+def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int | None = None,
+                     sr: int | None = None, degrade: str | None = None):
+    """Read a Keras .h5 and return (afilm model, info) with info = {format, file, model, r, r_from,
+    recipe}; ``recipe`` is :func:`resolve_recipe`'s, checked before the arrays are read."""
     from afilm_cli.models import create_model
 
     kf = read_keras_h5(path, values=False)
@@ -295,16 +323,13 @@ def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int |
             raise AfilmError(f"{kf.path}: cannot tell AFiLM from TFiLM ({len(kf.entries)} arrays); "
                              "pass --model")
     expected = match_weights(kf, model)
-    r_value, r_from = resolve_r(kf, r)
+    recipe, r_from = resolve_recipe(kf, r, sr, degrade)
     pairs = list(zip(expected, kf.load().values, strict=True))
     with torch.device("meta"):  # no init: the weights come from the file
         net = create_model(model)
     net.load_state_dict(keras_state_dict(pairs, net), strict=True, assign=True)
-    recorded = {k: kf.attrs[f"afilm_{k}"] for k in ("sr", "degrade") if f"afilm_{k}" in kf.attrs}
-    info = {"format": f"keras h5 ({kf.layout})", "file": kf.path.name, "model": model, "r": r_value,
-            "r_from": r_from,
-            "recorded": {k: int(v) if k == "sr" else (v.decode() if isinstance(v, bytes) else str(v))
-                         for k, v in recorded.items()}}
+    info = {"format": f"keras h5 ({kf.layout})", "file": kf.path.name, "model": model, "r": recipe["r"],
+            "r_from": r_from, "recipe": recipe}
     return net.eval(), info
 
 

@@ -29,6 +29,7 @@ from afilm_cli.keras_io import (
     paper_config,
     read_keras_h5,
     resolve_r,
+    resolve_recipe,
     write_keras_h5,
 )
 
@@ -81,7 +82,10 @@ def _write_keras(path: Path, arrays, layout: str, model: str) -> Path:
             g = group.create_group(layer)
             g.attrs["weight_names"] = np.array([n for n, _ in items], dtype=h5py.string_dtype())
             for name, arr in items:
-                g.create_dataset(name, data=arr)
+                if isinstance(arr, tuple):  # a shape: the dataset is declared, never written
+                    g.create_dataset(name, shape=arr, dtype="f4")
+                else:
+                    g.create_dataset(name, data=arr)
     return path
 
 
@@ -191,13 +195,13 @@ def test_tfilm_cli_import_export_and_refusals(tfilm_files, tmp_path):
     _one_line_error(_cli("keras", back, "--degrade", "decimate", "--out", tmp_path / "x.pt"),
                     "records degrade=subsample", "--degrade decimate")
     # a model trained here with another recipe keeps it through the Keras file
-    ckpt["recipe"] = {**ckpt["recipe"], "degrade": "decimate+resample", "sr": 22050}
+    ckpt["recipe"] = {**ckpt["recipe"], "degrade": "decimate+resample", "sr": 24000}  # r must divide it
     torch.save(ckpt, tmp_path / "mixed.pt")
     assert _cli("to-keras", tmp_path / "mixed.pt", "--out", tmp_path / "mixed.h5").returncode == 0
     res = _cli("keras", tmp_path / "mixed.h5", "--out", tmp_path / "mixed_back.pt")
     assert res.returncode == 0, res.stderr
     assert load_checkpoint(tmp_path / "mixed_back.pt")["recipe"] == {
-        "r": 4, "sr": 22050, "degrade": "decimate+resample", "patch": 8192}
+        "r": 4, "sr": 24000, "degrade": "decimate+resample", "patch": 8192}
     # a TFiLM file is not an AFiLM
     _one_line_error(_cli("keras", src, "--model", "afilm", "--r", "4", "--out", tmp_path / "y.pt"),
                     "TFILM", "--model tfilm")
@@ -279,6 +283,40 @@ def test_r_contradictions_fail(tmp_path):
         resolve_r(KerasFile(tmp_path / "m.h5", "weights only", [], {"afilm_r": 8}, None), 4)
     with pytest.raises(AfilmError, match="do not store the upscaling ratio; pass --r"):
         resolve_r(KerasFile(tmp_path / "m.h5", "weights only", [], {}, None), None)
+
+
+def _shapes_only_keras(path: Path, model: str = "tfilm") -> Path:
+    """A weights-only .h5 with every array of the right shape but never written (HDF5 allocates
+    nothing): the checks that run before the arrays are read see a real file, in a few KB."""
+    return _write_keras(path, [(w.layer, w.name, w.shape) for w in keras_weight_list(paper_config(model))],
+                        "weights", model)
+
+
+def test_r_and_sr_must_make_a_recipe_prepare_accepts(tmp_path):
+    kf = KerasFile(tmp_path / "m.h5", "weights only", [], {}, None)
+    assert resolve_recipe(kf, 4) == ({"r": 4, "sr": 16000, "degrade": "subsample", "patch": 8192}, "user")
+    assert resolve_recipe(kf, 4, sr=48000)[0]["sr"] == 48000
+    # r=3 at 16 kHz: a 5333.33 Hz low rate; refused with prepare's own rule (first: the patch length)
+    with pytest.raises(AfilmError, match=r"m.h5: cannot import with r=3, sr=16000, .*does not divide"):
+        resolve_recipe(kf, 3)
+    with pytest.raises(AfilmError, match="does not divide the sample rate 22050"):
+        resolve_recipe(kf, 4, sr=22050)
+    hinted = KerasFile(tmp_path / "model_r14.h5", "weights only", [], {}, None)
+    with pytest.raises(AfilmError, match=r"r=14 \(from the file name\)"):
+        resolve_recipe(hinted, None)
+    recorded = KerasFile(tmp_path / "m.h5", "weights only", [], {"afilm_r": 4, "afilm_sr": 22050}, None)
+    with pytest.raises(AfilmError, match=r"r=4 \(from the file attribute\), sr=22050, .*sample rate 22050"):
+        resolve_recipe(recorded, None)
+
+
+def test_cli_refuses_an_r_that_does_not_divide_the_sample_rate(tmp_path):
+    src = _shapes_only_keras(tmp_path / "tfilm_weights.h5")
+    hinted = _shapes_only_keras(tmp_path / "model_r14.h5")
+    for args, needles in (((src, "--r", "3"), ("r=3", "does not divide")),
+                          ((hinted,), ("r=14 (from the file name)", "does not divide")),
+                          ((src, "--r", "4", "--sr", "22050"), ("does not divide the sample rate 22050",))):
+        _one_line_error(_cli("keras", *args, "--out", tmp_path / "x.pt"), *needles)
+        assert not (tmp_path / "x.pt").exists()
 
 
 def test_export_refuses_models_keras_cannot_build(tmp_path):

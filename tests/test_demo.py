@@ -81,3 +81,29 @@ def test_default_demo_uses_the_bundled_model_and_beats_spline(tmp_path):
     model, spline = summary["summary"]["model"], summary["summary"]["spline"]
     assert model["snr"] > spline["snr"] + 0.4  # measured +1.08 dB on this clip (decimate input)
     assert model["lsd"] < 0.8 * spline["lsd"]  # measured 0.64x
+
+
+def _ckpt(path, **recipe):
+    torch.manual_seed(0)
+    save_checkpoint(path, make_checkpoint(create_model("afilm_tiny"), {**RECIPE, **recipe}))
+    return path
+
+
+def test_demo_says_the_checkpoints_own_low_rate(tmp_path):
+    r2 = _ckpt(tmp_path / "r2.pt", r=2)
+    out = run_cli("demo", "--ckpt", str(r2), "--out", "d", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sf.info(tmp_path / "d" / f"{demo_clips()[0].stem}.lr.wav").samplerate == 8000
+    said = " ".join(out.stderr.split())
+    assert "listen: .lr.wav is the 8 kHz input" in said and "4 kHz" not in said
+    assert "8 kHz -> 16 kHz" in " ".join(out.stdout.split())
+
+
+def test_demo_refuses_a_checkpoint_above_the_clips_rate_at_once(tmp_path):
+    high = _ckpt(tmp_path / "k48.pt", sr=48000)
+    out = run_cli("demo", "--ckpt", str(high), "--out", "d", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"afilm: error: the demo clip is 16 kHz, but {high} is a 48000 Hz model: it needs higher-rate input; "
+        f"try 'afilm upsample --ckpt {high} --simulate FILE' on a recording of 48000 Hz or more"]
+    assert not (tmp_path / "d").exists()  # refused before any output

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,6 +208,79 @@ def test_unknown_config_option_is_a_clear_error():
         create_model("spline", r=4)
     with pytest.raises(AfilmError, match="not divisible by heads"):
         create_model("afilm_tiny", heads=3)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"channels": 3}, "channels must be a list of integers"),  # was TypeError: 'int' not iterable
+    ({"channels": [4, 8.5, 16, 16]}, "channels must be a list of integers"),
+    ({"channels": [4, 0, 16, 16]}, "channels entries must be integers >= 1"),
+    ({"up_slope": "abc"}, "up_slope must be a finite number, got 'abc'"),  # was a leaky_relu TypeError
+    ({"slope": float("nan")}, "slope must be a finite number"),
+    ({"dropout": 2}, r"dropout must be a number in \[0, 1\)"),  # was a ValueError from nn.Dropout
+    ({"transformer_dropout": 1.0}, r"transformer_dropout must be a number in \[0, 1\)"),
+    ({"final_init_std": -1}, "final_init_std must be a number >= 0"),  # was RuntimeError from init
+    ({"use_shift": "maybe"}, "use_shift must be true or false"),
+    ({"use_shift": 2}, "use_shift must be true or false"),
+    ({"n_layers": 4.0}, "n_layers must be an integer, got 4.0"),
+    ({"n_layers": True}, "n_layers must be an integer, got True"),
+    ({"n_layers": 0}, "n_layers must be an integer >= 1"),
+    ({"heads": 0}, "heads must be an integer >= 1"),  # was ZeroDivisionError
+    ({"ff_dim": "big"}, "ff_dim must be an integer"),
+    ({"modulation": 3}, "modulation must be a string"),
+])
+def test_config_values_are_checked_against_the_field_types(override, message):
+    for build in (lambda: create_model("afilm_tiny", **override), lambda: UNetConfig(**override)):
+        with pytest.raises(AfilmError, match=f"^model config: {message}") as err:
+            build()
+        assert "\n" not in str(err.value)
+
+
+def test_config_values_are_converted_to_the_field_types():
+    # a word from --model-arg such as 'no' is a bool, not a truthy string that turns the shift on
+    for given, stored in (("no", False), ("No", False), ("0", False), (0, False), (False, False),
+                          ("yes", True), ("TRUE", True), ("1", True), (1, True), (True, True)):
+        config = create_model("afilm_tiny", use_shift=given).config
+        assert config.use_shift is stored, given
+    config = UNetConfig(channels=[16, 32, 64, 64], slope=1, bottleneck_channels=np.int64(64))
+    assert config.channels == (16, 32, 64, 64) and isinstance(config.slope, float)
+    assert type(config.bottleneck_channels) is int and config.to_dict()["bottleneck_channels"] == 64
+
+
+def _patch_file(path: Path) -> Path:
+    from afilm_cli.data.h5 import PatchWriter
+
+    attrs = {"r": 4, "sr": 16000, "patch": 2048, "stride": 2048, "degrade": "decimate", "sam": 1.0, "seed": 0}
+    rng = np.random.default_rng(0)
+    with PatchWriter(path, 2048, attrs=attrs) as w:
+        w.append(*(0.1 * rng.standard_normal((2, 8, 2048), dtype=np.float32)))
+    return path
+
+
+def test_cli_model_arg_values_are_typed_by_the_config(tmp_path):
+    data = _patch_file(tmp_path / "x-train.h5")
+    common = ("train", "--model", "afilm_tiny", "--train", data, "--max-steps", "1", "--batch-size", "8",
+              "--device", "cpu", "--no-progress")
+
+    def afilm(*args):
+        return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+
+    for arg, message in (("channels=3", "channels must be a list of integers"),
+                         ("up_slope=abc", "up_slope must be a finite number"),
+                         ("dropout=2", "dropout must be a number in [0, 1)"),
+                         ("final_init_std=-1", "final_init_std must be a number >= 0"),
+                         ("use_shift=maybe", "use_shift must be true or false")):
+        p = afilm(*common, "--model-arg", arg, "--out", "bad")
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stderr
+        assert lines[0].startswith(f"afilm: error: model config: {message}"), p.stderr
+        assert not (tmp_path / "bad").exists()
+    p = afilm(*common, "--model-arg", "use_shift=no", "--model-arg", "slope=0", "--out", "run")
+    assert p.returncode == 0, p.stderr
+    from afilm_cli.checkpoint import load_checkpoint
+
+    config = load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]
+    assert config["use_shift"] is False and config["slope"] == 0.0
 
 
 # ---- the architecture ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,93 @@ def test_bundled_model_beats_the_spline_whichever_low_pass_made_the_input(degrad
     # measured: +1.08 / +0.67 dB and 0.64x / 0.66x the spline's LSD (decimate / resample); a model
     # that lost most of its gain fails here
     assert model["snr"] > spline["snr"] + 0.4 and model["lsd"] < 0.8 * spline["lsd"]
+
+
+def _afilm(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd, env={**os.environ, "AFILM_DISABLE_PLUGINS": "1"})
+
+
+def _one_line_error(res: subprocess.CompletedProcess) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("afilm: error: "), res.stderr
+    return lines[0]
+
+
+def _wrong_files(d):
+    """Files a user may pass as --ckpt / --init by mistake."""
+    import h5py
+    import numpy as np
+    import soundfile as sf
+
+    with h5py.File(d / "model_r4.h5", "w") as f:  # a Keras 2 .h5 (model.save_weights) is an HDF5 file
+        f.attrs["layer_names"] = [b"conv1d"]
+        f.create_group("conv1d").create_dataset("conv1d/kernel:0", data=np.zeros(3, dtype=np.float32))
+    sf.write(d / "clip.wav", np.zeros(1600, dtype=np.float32), 16000)
+    torch.save({"format": "afilm-checkpoint", "code": pretrained.Bundled}, d / "objects.pt")  # code, not data
+    (d / "empty.pt").write_bytes(b"")
+    return d / "model_r4.h5", d / "clip.wav", d / "objects.pt", d / "empty.pt"
+
+
+def test_wrong_kinds_of_file_are_named_not_relayed_from_torch(tmp_path):
+    import h5py
+
+    h5, wav, objects, empty = _wrong_files(tmp_path)
+    keras = (r"model_r4.h5: not a loadable afilm checkpoint: a Keras .h5 \(HDF5\) file; import it first "
+             r"with 'afilm convert keras .*model_r4.h5'")
+    with pytest.raises(AfilmError, match=keras) as err:
+        load_checkpoint(h5)
+    assert "weights_only" not in str(err.value)  # PyTorch's text suggests loading it unsafely
+    with h5py.File(tmp_path / "data-train.h5", "w") as f:  # patches from 'afilm prepare': no model at all
+        f.attrs.update({"r": 4, "sr": 16000, "patch": 8192})
+    with pytest.raises(AfilmError, match=r"data-train.h5: .*: an HDF5 file of training patches .*a model$"):
+        load_checkpoint(tmp_path / "data-train.h5")
+    with h5py.File(tmp_path / "other.h5", "w"):
+        pass
+    with pytest.raises(AfilmError, match=r"other.h5: .*an HDF5 file \(if it is a Keras model: import it"):
+        load_checkpoint(tmp_path / "other.h5")
+    with pytest.raises(AfilmError, match=r"clip.wav: not an afilm checkpoint \(a WAV audio file\)$"):
+        load_checkpoint(wav)  # was "(pop from empty list)"
+    with pytest.raises(AfilmError, match=r"objects.pt: not an afilm checkpoint \(it holds Python obj") as err:
+        load_checkpoint(objects)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(AfilmError, match=r"empty.pt: not an afilm checkpoint \(an empty file\)"):
+        load_checkpoint(empty)
+
+
+def test_a_preset_name_is_not_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bundled = ", ".join(sorted(pretrained.BUNDLED)) or "none in this build"
+    with pytest.raises(AfilmError) as err:
+        pretrained.checkpoint_path("afilm_tiny")
+    assert str(err.value) == ("afilm_tiny: no such checkpoint; afilm_tiny is an untrained model preset "
+                              "(train it with 'afilm train --model afilm_tiny'); bundled pretrained models: "
+                              f"{bundled}")
+    with pytest.raises(AfilmError, match="spline is the cubic-spline baseline, with no weights"):
+        pretrained.checkpoint_path("spline")
+    # a file of that name still wins, and other missing paths are left to load_checkpoint
+    (tmp_path / "afilm_tiny").write_bytes(b"")
+    assert pretrained.checkpoint_path("afilm_tiny") == Path("afilm_tiny")
+    assert pretrained.checkpoint_path("nope.pt") == Path("nope.pt")
+
+
+def test_cli_ckpt_and_init_name_the_wrong_file(tmp_path):
+    h5, wav, _, _ = _wrong_files(tmp_path)
+    line = _one_line_error(_afilm("upsample", "--ckpt", h5, wav, "-o", "out.wav", cwd=tmp_path))
+    assert "a Keras .h5 (HDF5) file" in line and f"afilm convert keras {h5}" in line
+    line = _one_line_error(_afilm("train", "--init", h5, cwd=tmp_path))
+    assert "a Keras .h5 (HDF5) file" in line and f"afilm convert keras {h5}" in line
+    line = _one_line_error(_afilm("upsample", "--ckpt", wav, wav, "-o", "out.wav", cwd=tmp_path))
+    assert line.endswith("clip.wav: not an afilm checkpoint (a WAV audio file)")
+    line = _one_line_error(_afilm("upsample", "--ckpt", "afilm_tiny", wav, "-o", "out.wav", cwd=tmp_path))
+    assert "untrained model preset" in line and "afilm train --model afilm_tiny" in line
+    assert all(name in line for name in pretrained.BUNDLED)
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_a_checkpoint_config_the_model_refuses_is_said_to_come_from_the_checkpoint():
+    ckpt = make_checkpoint(create_model("afilm_tiny"), RECIPE)
+    ckpt["model_config"]["use_shift"] = "maybe"  # the config's own check (UNetConfig), not a TypeError
+    with pytest.raises(AfilmError, match="^checkpoint config does not fit model 'afilm_tiny': model config: "
+                                         "use_shift must be true or false"):
+        model_from_checkpoint(ckpt)

@@ -27,7 +27,8 @@ def keras(
                                               "from the file.")] = None,
     r: Annotated[int | None, typer.Option(
         "--r", min=2, help="Upscaling ratio the model was trained for. Keras files do not store it: taken "
-        "from a name hint (r4, x4, scale4) or an afilm_r attribute when present, else required.")] = None,
+        "from a name hint (r4, x4, scale4) or an afilm_r attribute when present, else required. As for "
+        "'afilm prepare', it must divide the sample rate and the 8192-sample input.")] = None,
     degrade: Annotated[str | None, typer.Option(
         "--degrade", help="How its training data made the low-rate input: subsample (x[::r], the "
         "published VCTK-Multi models; the default) or decimate (anti-aliased, the reference's "
@@ -44,7 +45,7 @@ def keras(
     """
     from afilm_cli.audio import degrade_methods
     from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
-    from afilm_cli.keras_io import KERAS_INPUT_LENGTH, KERAS_MODELS, load_keras_model
+    from afilm_cli.keras_io import KERAS_MODELS, load_keras_model
 
     if model is not None and model not in KERAS_MODELS:
         raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
@@ -52,22 +53,14 @@ def keras(
         degrade_methods(degrade)  # a typo is one clear error, before the file is read
     out = out or model_h5.with_suffix(".pt")
     refuse_existing(out, force)
-    net, info = load_keras_model(model_h5, model, r)
-    recorded = info.pop("recorded")  # sr / degrade of a file that afilm exported
-    for key, given in (("sr", sr), ("degrade", degrade)):
-        if given is not None and key in recorded and given != recorded[key]:
-            raise AfilmError(f"{model_h5}: the file records {key}={recorded[key]}, but --{key} {given} "
-                             "was given")
-    sr = sr or recorded.get("sr", 16000)
-    degrade = degrade or recorded.get("degrade", "subsample")
-    degrade_methods(degrade)  # what the file records, checked too
-    recipe = {"r": info["r"], "sr": sr, "degrade": degrade, "patch": KERAS_INPUT_LENGTH}
+    net, info = load_keras_model(model_h5, model, r, sr=sr, degrade=degrade)
+    recipe = info.pop("recipe")  # r, sr and degrade resolved (given, recorded or default) and checked
     save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
     claim = f" (from the {info['r_from']})"
     if info["r_from"] == "user":
         claim = " (your claim: Keras files do not store r)"
     typer.echo(f"{model_h5} [{info['format']}] -> {out}: {info['model']}, r={info['r']}{claim}, "
-               f"sr={sr}, degrade={degrade}")
+               f"sr={recipe['sr']}, degrade={recipe['degrade']}")
 
 
 @app.command("to-keras")

@@ -23,24 +23,28 @@ def command(
     force: Force = False,
 ) -> None:
     """Simulate 4 kHz speech from a bundled 16 kHz clip, upsample it with the bundled pretrained model,
-    and compare with cubic-spline interpolation (table, wavs, spectrogram PNG).
+    and compare with cubic-spline interpolation (table, wavs, spectrogram PNG). With --ckpt, the low
+    rate is that checkpoint's (sr/r); its sr must be 16 kHz or less.
 
     Example: afilm demo --out afilm-demo
     """
     from afilm_cli import demo, infer  # lazy: torch loads only when the command runs
 
     demo.check_out_dir(out, force)
+    dev = infer.resolve_device(device)
+    loaded = demo.load_demo_model(ckpt, dev)  # a checkpoint the clip cannot serve fails before any output
     err = Console(stderr=True)
     err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
-    run = demo.run_demo(out, ckpt=ckpt, device=infer.resolve_device(device), force=force)
+    run = demo.run_demo(out, device=dev, force=force, loaded=loaded)
     result = run["result"]
     p = result.protocol
+    low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
     title = (f"{p['model_name']} vs cubic spline on {len(result.rows)} held-out clip(s), "
-             f"{p['sr'] // p['r']} Hz -> {p['sr']} Hz ({p['degrade']})")
+             f"{low} -> {p['sr'] / 1000:g} kHz ({p['degrade']})")
     table = summary_table(result, title)
     Console().print(table)
     files = [Path(w["outputs"][k]).name for w in run["wavs"] for k in ("lr", "pr", "hr")]
     err.print(f"checkpoint: {escape(str(run['checkpoint']))}", soft_wrap=True)
     err.print(f"wrote into {escape(str(out))}/: {', '.join(files)}, "
               f"{', '.join(pl.name for pl in result.plots)}, metrics.csv, summary.json", soft_wrap=True)
-    err.print("listen: .lr.wav is the 4 kHz input, .pr.wav the afilm output, .hr.wav the original")
+    err.print(f"listen: .lr.wav is the {low} input, .pr.wav the afilm output, .hr.wav the original")

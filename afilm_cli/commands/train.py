@@ -16,7 +16,9 @@ Opt = typer.Option
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; a VALUE that reads as a Python literal (1e-3, 4, [16, 32], true) is one."""
+    """KEY=VALUE pairs; a VALUE that reads as a Python literal (1e-3, 4, [16, 32], true) is one, any
+    other stays a word (tfilm, no). Types and ranges are the model config's to check (UNetConfig, when
+    the model is built): the model may only be known later, from --init or --resume."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -72,8 +74,8 @@ def command(
                                   "than fp32 for these models on an H200; ignored on CPU).")] = "fp32",
     r: Annotated[int | None, Opt("--r", help="Upsampling ratio (for HDF5 files without a recipe).")] = None,
     sr: Annotated[int | None, Opt("--sr", help="High sample rate (for HDF5 files without a recipe).")] = None,
-    degrade: Annotated[str | None, Opt("--degrade", help="decimate|resample|subsample, or two joined by + "
-                                       "(for HDF5 files without a recipe).")] = None,
+    degrade: Annotated[str | None, Opt("--degrade", help="decimate, resample or subsample, or two joined "
+                                       "by + (for HDF5 files without a recipe).")] = None,
     log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
     no_progress: Annotated[bool, Opt("--no-progress", help="No progress bar (nor, where the output is "
                                      "not a terminal, the plain progress line).")] = False,

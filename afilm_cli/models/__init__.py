@@ -17,7 +17,8 @@ from afilm_cli.registry import MODELS
 
 def create_model(name: str, **overrides: Any) -> torch.nn.Module:
     """Build a registered model. Overrides left at None are dropped, so CLI defaults never
-    override a preset's own values (as timm's create_model)."""
+    override a preset's own values (as timm's create_model); the rest are checked by the model's
+    config (UNetConfig: each field's type and range, one AfilmError line naming the field)."""
     builder = MODELS.get(name)
     return builder(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,9 @@ _REF_KERNELS = (65, 33, 17, 9, 9, 9, 9, 9)
 @dataclass
 class UNetConfig:
     """Everything that defines the architecture. Defaults are the paper's AFiLM; tuple fields left
-    empty are derived from ``n_layers`` as in the reference."""
+    empty are derived from ``n_layers`` as in the reference. Every value is checked against its
+    field's type and range on construction (:func:`_check_fields`), so ``create_model(name, **overrides)``
+    and ``--model-arg`` fail with one line naming the field."""
 
     modulation: str = "afilm"  # "afilm" (transformer) | "tfilm" (LSTM)
     n_layers: int = 4
@@ -69,9 +73,8 @@ class UNetConfig:
     final_init_std: float = 0.05
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         n = self.n_layers
-        if n < 1:
-            raise AfilmError(f"n_layers must be >= 1, got {n}")
         self.channels = tuple(self.channels) or _REF_CHANNELS[:n]
         self.kernel_sizes = tuple(self.kernel_sizes) or _REF_KERNELS[:n]
         self.down_blocks = tuple(self.down_blocks) or tuple(max(1, 128 // 2**level) for level in range(n))
@@ -81,11 +84,6 @@ class UNetConfig:
             if len(getattr(self, name)) != n:
                 raise AfilmError(f"model config: {name} has {len(getattr(self, name))} entries, "
                                  f"n_layers is {n}")
-        sizes = (*self.channels, *self.kernel_sizes, *self.down_blocks, *self.up_blocks,
-                 self.bottleneck_block, self.bottleneck_channels, self.bottleneck_kernel, self.final_kernel,
-                 self.dilation)
-        if min(sizes) < 1:
-            raise AfilmError("model config: channels, kernel sizes, blocks and dilation must be >= 1")
         if self.modulation not in ("afilm", "tfilm"):
             raise AfilmError(f"model config: modulation must be 'afilm' or 'tfilm', got {self.modulation!r}")
         if self.modulation == "afilm":
@@ -105,6 +103,76 @@ class UNetConfig:
         parts += [2 ** (level + 1) * self.down_blocks[level] for level in range(n)]
         parts += [2 ** (level + 1) * self.up_blocks[level] for level in range(n)]
         return math.lcm(*parts)
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+# Ranges the network needs (checked after the type). Tuple fields hold sizes: each entry >= 1.
+_AT_LEAST = {"n_layers": 1, "bottleneck_channels": 1, "bottleneck_kernel": 1, "final_kernel": 1,
+             "dilation": 1, "heads": 1, "ff_dim": 1, "transformer_layers": 0,
+             "bottleneck_block": 0}  # 0: derived from n_layers
+_PROBABILITIES = ("dropout", "transformer_dropout")  # in [0, 1): p = 1 would zero everything
+
+
+def _check_fields(cfg: UNetConfig) -> None:
+    """Convert each field to its declared type or raise one AfilmError line naming it.
+
+    Values come from --model-arg (parsed as Python literals, or left as words), from checkpoint JSON
+    (tuples as lists) or from Python. Accepted: int fields take integers only (not 4.0, not True);
+    float fields take any finite real number; tuple[int, ...] fields take a list or tuple of
+    integers; bool fields take True/False, 1/0, or the words true/false/yes/no (any case), since a
+    word such as 'no' would otherwise be stored as a truthy string."""
+    hints = typing.get_type_hints(UNetConfig)
+    for f in dataclasses.fields(cfg):
+        kind, value = hints[f.name], getattr(cfg, f.name)
+        if kind is bool:
+            out = _as_bool(value)
+            expected = "true or false (also yes/no, 1/0)"
+        elif kind is int:
+            out = int(value) if _is_int(value) else None
+            expected = "an integer"
+        elif kind is float:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            out = float(value) if ok else None
+            expected = "a finite number"
+        elif kind is str:
+            out = value if isinstance(value, str) else None
+            expected = "a string"
+        elif kind == tuple[int, ...]:
+            ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+            out = tuple(int(v) for v in value) if ok else None
+            expected = "a list of integers, e.g. [16, 32, 64, 64]"
+        else:  # a field added with a type this check does not know yet
+            raise TypeError(f"UNetConfig.{f.name}: no check for type {kind!r}")
+        if out is None:
+            raise AfilmError(f"model config: {f.name} must be {expected}, got {value!r}")
+        setattr(cfg, f.name, out)
+    for name, low in _AT_LEAST.items():
+        if getattr(cfg, name) < low:
+            raise AfilmError(f"model config: {name} must be an integer >= {low}, got {getattr(cfg, name)}")
+    for name in ("channels", "kernel_sizes", "down_blocks", "up_blocks"):
+        values = list(getattr(cfg, name))
+        if any(v < 1 for v in values):
+            raise AfilmError(f"model config: {name} entries must be integers >= 1, got {values}")
+    for name in _PROBABILITIES:
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise AfilmError(f"model config: {name} must be a number in [0, 1), got {getattr(cfg, name)}")
+    if cfg.final_init_std < 0:
+        raise AfilmError(f"model config: final_init_std must be a number >= 0, got {cfg.final_init_std}")
+
+
+def _is_int(value: Any) -> bool:
+    # numbers.Integral admits numpy integers; bool is an int subclass but never a size
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if _is_int(value) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        return _BOOL_WORDS.get(value.strip().lower())
+    return None
 
 
 def _conv(c_in: int, c_out: int, k: int, dilation: int) -> nn.Conv1d:

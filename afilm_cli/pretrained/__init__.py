@@ -69,12 +69,21 @@ def bundled_checkpoint_path(name: str | None = None) -> Path:
 
 def checkpoint_path(spec: str | os.PathLike) -> Path:
     """A checkpoint given on the command line: a file, a run folder (its best.pt, else its last.pt),
-    or a bundled model's name (no such file)."""
+    or a bundled model's name (no such file). Another model's name (a preset) is refused, naming the
+    bundled ones: it has no weights to load."""
     path = Path(spec)
     if path.is_dir():
         return path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
     if not path.exists() and str(spec) in BUNDLED:
         return bundled_checkpoint_path(str(spec))
+    if not path.exists() and str(spec) in MODELS:  # a model's name, but one without trained weights
+        name = str(spec)
+        if name == "spline":
+            what = "is the cubic-spline baseline, with no weights ('afilm eval' reports it beside any model)"
+        else:
+            what = f"is an untrained model preset (train it with 'afilm train --model {name}')"
+        bundled = ", ".join(sorted(BUNDLED)) or "none in this build"
+        raise AfilmError(f"{name}: no such checkpoint; {name} {what}; bundled pretrained models: {bundled}")
     return path
 
 
