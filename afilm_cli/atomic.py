@@ -39,6 +39,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)  # the data on disk before the name: a crash then leaves the old file, not an empty one
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # writers report a full disk in their own words (libsndfile "System error.", torch.save
+        # "unexpected pos"); checked before the temporary file is removed and frees its space
+        if _disk_full(path.parent):
+            raise AfilmError(f"cannot write {path}: the disk is full") from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -50,3 +56,11 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < margin

@@ -174,3 +174,22 @@ def test_find_audio_files_follows_folder_links_once_and_skips_hidden(tmp_path):
     found = [p.relative_to(tmp_path / "top").as_posix() for p in find_audio_files(tmp_path / "top")]
     # the folder's own files first, then its subfolders; the loop back to real/ is not walked again
     assert found == ["file_link.wav", "z.wav", "linked/a.wav", "linked/sub/b.FLAC"]
+
+
+@pytest.mark.parametrize("free", [0, 1 << 30])
+def test_a_write_failing_on_a_full_disk_is_one_clear_error(tmp_path, monkeypatch, free):
+    """libsndfile says 'System error.' and torch.save 'unexpected pos' when the disk fills: afilm says
+    the disk is full (checked before the temporary file is removed); other failures pass unchanged."""
+    import types
+
+    from afilm_cli import atomic
+    from afilm_cli.errors import AfilmError
+
+    monkeypatch.setattr(atomic.os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=free // 4096,
+                                                                            f_frsize=4096))
+    expected = (AfilmError, "out.pt: the disk is full") if free == 0 else (RuntimeError, "unexpected pos")
+    with pytest.raises(expected[0], match=expected[1]):
+        with atomic.atomic_path(tmp_path / "out.pt") as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
+    assert list(tmp_path.iterdir()) == []
