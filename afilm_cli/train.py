@@ -187,6 +187,13 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         raise AfilmError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
     if not cfg.lr >= 0:  # Adam refuses a negative rate with a traceback (0 is allowed: weights kept)
         raise AfilmError(f"--lr must be 0 or above, got {cfg.lr:g}")
+    if not cfg.resume and not cfg.init:  # a new model's name and config checked before any data is read
+        from afilm_cli.models import create_model
+        from afilm_cli.registry import MODELS
+
+        if not MODELS.meta(cfg.model).get("pretrained"):  # (weights cannot be loaded on the meta device)
+            with torch.device("meta"):
+                create_model(cfg.model, **cfg.model_args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))

@@ -688,3 +688,13 @@ def test_nan_or_integer_patches_stop_with_one_clear_error(data, tmp_path):
     with pytest.raises(AfilmError, match="'data' is int16 .* must be floating-point samples"):
         train(_cfg(data, tmp_path, train=str(tmp_path / "int-train.h5"), max_steps=1, r=4, sr=16000,
                    degrade="decimate"))
+
+
+def test_a_bad_model_setting_is_refused_before_the_data_is_read(tmp_path):
+    """The config is checked first: a typo is not reported after minutes of loading a large split."""
+    with pytest.raises(AfilmError, match="dropout"):
+        train(TrainConfig(model="afilm_tiny", model_args={"dropout": 2.0}, train=str(tmp_path / "none.h5"),
+                          out=str(tmp_path / "run")))
+    with pytest.raises(AfilmError, match="no_such_model"):
+        train(TrainConfig(model="no_such_model", train=str(tmp_path / "none.h5"), out=str(tmp_path / "r")))
+    assert list(tmp_path.iterdir()) == []
