@@ -46,6 +46,7 @@ from afilm_cli.train_setup import (
     resume_config,  # noqa: F401  (public here: afilm train --resume uses it)
     run_dir,
     set_rng,
+    steps_for_world,
 )
 
 
@@ -266,8 +267,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     if ckpt is not None:
         raw_model.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        state = (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt.get("best", math.inf),
-                 ckpt.get("epoch_loss"))
+        state = (ckpt["epoch"], steps_for_world(ckpt["epoch_step"], len(ckpt["rng"]["cpu"]), world),
+                 ckpt["step"], ckpt.get("best", math.inf), ckpt.get("epoch_loss"))
 
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -276,9 +277,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     if world > 1:  # evaluation bypasses DDP: its forward may sync buffers, and val shards are uneven
         model = torch.nn.parallel.DistributedDataParallel(
             eval_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if ckpt is not None:
-        set_rng(ckpt["rng"], rank, world, device)
-    elif rank > 0:
+    rng_note = set_rng(ckpt["rng"], rank, world, device) if ckpt is not None else None
+    if ckpt is None and rank > 0:
         torch.manual_seed(cfg.seed + rank)  # different dropout masks on different ranks
     loader = PatchLoader(train_pf, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     val_loader = (PatchLoader(val_pf, cfg.batch_size, shuffle=False, rank=rank, world_size=world)
@@ -288,7 +288,10 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         for path in replaced:  # --force: the other run goes only now, with the new one known to be valid
             path.unlink()
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
-                  resumed=ckpt, threads=threads, in_memory=train_pf.in_memory)
+                  resumed=ckpt and {**ckpt, "epoch_step": state[1]}, threads=threads,
+                  in_memory=train_pf.in_memory)
+        if rng_note:
+            run.warn(rng_note)
     return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,15 +45,24 @@ def get_rng(device: torch.device) -> dict[str, list[torch.Tensor]]:
     return {k: [g[k] for g in gathered] for k in mine}
 
 
-def set_rng(rng: dict[str, list[torch.Tensor]], rank: int, world: int, device: torch.device) -> None:
+def set_rng(rng: dict[str, list[torch.Tensor]], rank: int, world: int, device: torch.device) -> str | None:
+    """Restore each rank's random state; with another number of processes, say so (returned)."""
     if len(rng["cpu"]) != world:
-        warnings.warn(f"checkpoint was written by {len(rng['cpu'])} processes, this run has {world}: "
-                      "resuming, but not bit-exactly", stacklevel=2)
         torch.manual_seed(torch.initial_seed() + rank)
-        return
+        return (f"checkpoint was written by {len(rng['cpu'])} processes, this run has {world}: resuming "
+                "at the same patches of the epoch, but not bit-exactly")
     torch.set_rng_state(rng["cpu"][rank])
     if device.type == "cuda" and rng["cuda"][rank].numel():
         torch.cuda.set_rng_state(rng["cuda"][rank], device)
+    return None
+
+
+def steps_for_world(epoch_step: int, old_world: int, world: int) -> int:
+    """Batches per rank already done in an epoch, counted for ``world`` processes: the ranks take
+    interleaved positions of one order (loader.PatchLoader), so k batches on W ranks are the first
+    k*W batches' patches of the order: k*W/W' batches on W' ranks (rounded down: a few patches of an
+    uneven split are seen twice rather than skipped)."""
+    return epoch_step * old_world // world
 
 
 def load_resume(cfg: TrainConfig) -> dict[str, Any]:

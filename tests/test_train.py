@@ -470,6 +470,14 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["type"] == "step"] == [1, 2, 3, 4]  # one writer, no duplicates
     assert all(np.isfinite(x["val_snr"]) for x in lines if x["type"] == "epoch")
+    # resumed by one process: the 8 patches the two ranks did are its first 2 batches of 4 (the ranks
+    # take interleaved places of one order), so it goes on at batch 2 of 6, not 1 (4 patches twice)
+    p = _afilm("train", "--resume", str(tmp_path / "ddp"), "--max-steps", "20", "--no-progress",
+               cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "then 2 batches of the next" in p.stdout and "written by 2 processes, this run has 1" in p.stdout
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (2, 0, 8)
 
 
 def test_init_starts_a_new_run_from_weights(data, tmp_path):
