@@ -50,7 +50,8 @@ class Run:
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
         cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"
         where = "in memory" if in_memory else "read from disk per batch"
-        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']}, {where})")
+        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']}, {where}; "
+                           f"r={self.recipe['r']}, {self.recipe['sr']} Hz, {self.recipe['degrade']})")
         self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")

@@ -283,7 +283,7 @@ def _log(run):
     return [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_max_steps_and_no_validation_with_reference_file(data, tmp_path):
+def test_max_steps_and_no_validation_with_reference_file(data, tmp_path, capsys):
     """A reference-style file: only data/label, no attributes, so the recipe comes from options."""
     ref = tmp_path / "ref-train.h5"
     x, y = data["arrays"]
@@ -295,6 +295,7 @@ def test_max_steps_and_no_validation_with_reference_file(data, tmp_path):
         train(cfg)
     res = train(replace(cfg, r=4, sr=16000, degrade="decimate"))
     assert (res.step, res.epoch) == (2, 0) and res.best is not None  # best.pt follows the training loss
+    assert "r=4, 16000 Hz, decimate" in capsys.readouterr().out  # the recipe it takes is shown
     ckpt = load_checkpoint(res.last)
     assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
     assert ckpt["epoch_step"] == 2 and "val_loss" not in ckpt["metrics"]
