@@ -229,25 +229,25 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         check_degrade(degrade)
     folder = Path(folder)
     files = find_audio(folder)[:limit]
-    for path in files:  # every file checked first: a bad one stops the run before the long part
-        count_windows(path, loaded, window, simulate=True, degrade=degrade)
+    # every file checked first: a bad one stops the run before the long part
+    windows = [count_windows(path, loaded, window, simulate=True, degrade=degrade) for path in files]
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
     skipped = []
-    for path in files:
+    for path, n_windows in zip(files, windows, strict=True):
         x, sr_in = read_audio(path, mono=True)
         if not np.any(x):
             skipped.append(str(path.relative_to(folder)))
             (warn or print_warning)(f"{path}: silent (every sample is zero): skipped, since its SNR "
-                                     "would swamp the means")
+                                    "would swamp the means")
             if progress:
-                progress(1)
+                progress(n_windows)
             continue
         hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
-                       device=device)[:, 0]
+                       device=device, progress=progress)[:, 0]  # per window: a long file moves the bar
         name = str(path.relative_to(folder))
         rows.append(_row(name, pred, spline, hr, loaded, int(loaded.recipe["patch"])))
         bands.add(hr, model=pred, spline=spline)
@@ -255,8 +255,6 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
             lr = lr_stage.read(0, lr_stage.length)[:, 0]
             stem = name.replace(os.sep, "__").rsplit(".", 1)[0]
             plots.append(_plot(plots_dir / f"{stem}.png", lr, pred, hr, loaded, name))
-        if progress:
-            progress(1)
     if not rows:
         raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
     plan = window_plan_for(loaded, 1 << 30, window)
@@ -296,15 +294,18 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, *,
     return csv_path, json_path
 
 
-def count_items(data: Path | None, wavs: Path | None, limit: int | None) -> int:
+def progress_total(loaded: Loaded, data: Path | None, wavs: Path | None, limit: int | None,
+                   degrade: str | None = None) -> int:
+    """What the progress of :func:`evaluate_h5` (patches) or :func:`evaluate_wavs` (model windows, so
+    that a long file moves the bar) adds up to."""
     if data is not None:
         from afilm_cli.data.h5 import PatchFile
 
         with PatchFile(data) as pf:
             n = len(pf)
-    else:
-        n = len(find_audio(Path(wavs)))
-    return n if limit is None else min(n, limit)
+        return n if limit is None else min(n, limit)
+    files = find_audio(Path(wavs))[:limit]
+    return sum(count_windows(path, loaded, simulate=True, degrade=degrade) for path in files)
 
 
-__all__ = ["EvalResult", "evaluate_h5", "evaluate_wavs", "write_results", "count_items"]
+__all__ = ["EvalResult", "evaluate_h5", "evaluate_wavs", "write_results", "progress_total"]

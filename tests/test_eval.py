@@ -294,3 +294,16 @@ def test_a_silent_file_is_skipped_with_a_warning(ckpts, wavs, tmp_path):
     sf.write(str(only / "silent.wav"), np.zeros(48000), 48000)
     with pytest.raises(AfilmError, match="every file is silent"):
         evaluate.evaluate_wavs(lo, only, warn=warnings.append)
+
+
+def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
+    """The bar moves per model window (a one-hour file showed nothing for minutes), and its steps add
+    up to the total the command sets, silent files (skipped) included."""
+    folder = tmp_path / "mix"
+    shutil.copytree(wavs, folder)
+    sf.write(str(folder / "silent.wav"), np.zeros(48000), 48000)
+    lo = infer.load_model(ckpts["afilm_tiny"])
+    steps = []
+    evaluate.evaluate_wavs(lo, folder, progress=steps.append, warn=lambda m: None, batch_size=2)
+    total = evaluate.progress_total(lo, None, folder, None)
+    assert sum(steps) == total == 20 and len(steps) > 3  # a step per batch of windows, not per file

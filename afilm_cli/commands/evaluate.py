@@ -88,7 +88,9 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     loaded = infer.load_model(ckpt, dev)
-    total = evaluate.count_items(data, wavs, limit)
+    if degrade is not None:
+        infer.check_degrade(degrade)  # before the files are counted with it
+    total = evaluate.progress_total(loaded, data, wavs, limit, degrade)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("evaluating", total=total)
