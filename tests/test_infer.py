@@ -857,3 +857,22 @@ def test_simulate_failing_midway_leaves_no_partial_set(tmp_path, ckpts, monkeypa
     with pytest.raises(OSError, match="No space left"):
         infer.simulate_file(src, tmp_path / "sim", loaded(ckpts))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.wav"]
+
+
+def test_cli_folder_run_goes_on_past_a_file_that_fails_while_streaming(tmp_path, ckpts, capsys):
+    """NaN samples are found only while a file streams: the other files are still written, the
+    failure is named, and the run exits non-zero (it had stopped half-way, blocking the rerun)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(9)
+    for name in ("a", "m", "z"):
+        x = rng.standard_normal(8000) * 0.1
+        if name == "m":
+            x[6000] = np.nan
+        write(folder / f"{name}.wav", x, 4000)
+    out = run_main(capsys, "upsample", folder, "--ckpt", ckpts["spline"], "-o", tmp_path / "out")
+    assert out.returncode == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.afilm.wav", "z.afilm.wav"]
+    assert "m.wav" in out.stderr and "NaN" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == ("afilm: error: 1 of 3 files failed (said above); the "
+                                                   "others were written")

@@ -90,6 +90,7 @@ def command(
     totals = [infer.count_windows(src, loaded, window, simulate=simulate, degrade=degrade)
               for src, _ in pairs]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    failed = []
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
         task = bar.add_task("upsampling", total=sum(totals))
         for src, target in pairs:
@@ -99,15 +100,25 @@ def command(
                 bar.advance(task, n)
 
             kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, **speed)
-            if simulate:
-                info = infer.simulate_file(src, target, loaded, degrade=degrade, **kwargs)
-                written = ", ".join(info["outputs"].values())
-            else:
-                info = infer.upsample_file(src, target, loaded,
-                                           warn=lambda m: err.print(f"afilm: warning: {escape(m)}"), **kwargs)
-                written = info["output"]
+            try:
+                if simulate:
+                    info = infer.simulate_file(src, target, loaded, degrade=degrade, **kwargs)
+                    written = ", ".join(info["outputs"].values())
+                else:
+                    info = infer.upsample_file(src, target, loaded,
+                                               warn=lambda m: err.print(f"afilm: warning: {escape(m)}"),
+                                               **kwargs)
+                    written = info["output"]
+            except AfilmError as exc:  # found only while streaming (NaN samples): the other files go on
+                if len(pairs) == 1:
+                    raise
+                failed.append(src)
+                err.print(f"afilm: error: {escape(str(exc))}", soft_wrap=True)
+                continue
             if not quiet:
                 err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
+    if failed:
+        raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); the others were written")
     if not quiet:
         err.print(f"{len(pairs)} file(s) upsampled with {escape(str(loaded.path))} "
                   f"({loaded.ckpt['model_name']}, r={loaded.r}, {loaded.sr} Hz) on {dev}", soft_wrap=True)
