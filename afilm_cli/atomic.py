@@ -42,7 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except (OSError, RuntimeError) as exc:
         # writers report a full disk in their own words (libsndfile "System error.", torch.save
         # "unexpected pos"); checked before the temporary file is removed and frees its space
-        if _disk_full(path.parent):
+        if disk_full(path.parent):
             raise AfilmError(f"cannot write {path}: the disk is full") from exc
         raise
     finally:
@@ -58,7 +58,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether ``folder``'s file system has less than ``margin`` bytes left for this user."""
     try:
         st = os.statvfs(folder)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)

@@ -563,3 +563,26 @@ def test_ctrl_c_stops_between_files_and_leaves_nothing(vctk_mini, tmp_path, monk
     leftovers = list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
     assert leftovers == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+@pytest.mark.parametrize("free_mb", [10, 1000])
+def test_patch_writer_stops_before_the_disk_fills(tmp_path, monkeypatch, free_mb):
+    """h5py failing to flush on a full disk crashed prepare (a segfault, a temporary file left): the
+    writer refuses to append once under 64 MB would be left, and leaves nothing behind."""
+    import types
+
+    from afilm_cli import atomic
+    from afilm_cli.data.h5 import PatchWriter
+
+    monkeypatch.setattr(atomic.os, "statvfs", lambda p: types.SimpleNamespace(f_bavail=free_mb * 256,
+                                                                            f_frsize=4096))
+    patches = np.zeros((4, 8192), np.float32)
+    if free_mb < 64:
+        with pytest.raises(AfilmError, match="x.h5: the disk is full"):
+            with PatchWriter(tmp_path / "x.h5", 8192) as writer:
+                writer.append(patches, patches)
+        assert list(tmp_path.iterdir()) == []
+    else:
+        with PatchWriter(tmp_path / "x.h5", 8192) as writer:
+            writer.append(patches, patches)
+        assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]

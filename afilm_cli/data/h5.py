@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from afilm_cli import __version__
-from afilm_cli.atomic import atomic_path
+from afilm_cli.atomic import atomic_path, disk_full
 from afilm_cli.errors import AfilmError
 
 RECIPE_KEYS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed")
@@ -67,6 +67,9 @@ class PatchWriter:
         n = len(data)
         if n == 0:
             return
+        # stopped before the disk fills: h5py failing to flush on a full disk can crash the interpreter
+        if disk_full(self.path.parent, margin=data.nbytes + label.nbytes + (64 << 20)):
+            raise AfilmError(f"cannot write {self.path}: the disk is full (or has under 64 MB left)")
         for name, arr in (("data", data), ("label", label)):
             ds = self._f[name]
             ds.resize(self.count + n, axis=0)
