@@ -259,8 +259,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "skipped_silent": skipped,
-              "mono": True,
-              "degrade": degrade or loaded.degrade,
+              "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)"}
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands)

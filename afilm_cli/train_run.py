@@ -3,7 +3,6 @@ writes, the per-epoch progress bar, and the Ctrl-C flag that stops the loop betw
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -21,14 +20,14 @@ from afilm_cli.train_setup import get_rng
 def claim_new_folder(base: Path) -> Path:
     """``base``, else ``base-2``, ``base-3``...: the first folder this process creates itself, so two
     runs started in the same second (a sweep sent to the background) never share the default name."""
-    for i in itertools.count(1):
-        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+    path, i = base, 1
+    while True:
         try:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
 
 
 class Run:
