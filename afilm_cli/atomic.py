@@ -58,6 +58,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def file_size_limit() -> int | None:
+    """This process's largest allowed file size in bytes (``ulimit -f``), None where unlimited or
+    unknown. A write past it fails with EFBIG, which ``statvfs`` cannot foresee."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
 def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
     """Whether ``folder``'s file system has less than ``margin`` bytes left for this user."""
     try:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from afilm_cli import __version__
-from afilm_cli.atomic import atomic_path, disk_full
+from afilm_cli.atomic import atomic_path, disk_full, file_size_limit
 from afilm_cli.errors import AfilmError
 
 RECIPE_KEYS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed")
@@ -67,14 +67,25 @@ class PatchWriter:
         n = len(data)
         if n == 0:
             return
-        # stopped before the disk fills: h5py failing to flush on a full disk can crash the interpreter
+        # stopped before the disk or the file size limit is reached: h5py failing to flush there can
+        # crash the interpreter
         if disk_full(self.path.parent, margin=data.nbytes + label.nbytes + (64 << 20)):
             raise AfilmError(f"cannot write {self.path}: the disk is full (or has under 64 MB left)")
+        limit = file_size_limit()
+        if limit is not None and self._size_after(self.count + n) > limit:
+            raise AfilmError(f"cannot write {self.path}: it would pass this shell's file size limit of "
+                             f"{limit / 1e6:.0f} MB (ulimit -f)")
         for name, arr in (("data", data), ("label", label)):
             ds = self._f[name]
             ds.resize(self.count + n, axis=0)
             ds[self.count : self.count + n] = arr
         self.count += n
+
+    def _size_after(self, count: int) -> int:
+        """A bound on the file's size holding ``count`` patches: whole chunks of both datasets, and a
+        megabyte for HDF5's own structures."""
+        chunks = -(-count // self.chunk)
+        return 2 * chunks * self.chunk * self.patch * 4 + (1 << 20)
 
     def finish(self, multiple: int = 1) -> int:
         """Crop the patch count to a multiple of ``multiple``; return the final count."""
