@@ -155,9 +155,11 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
 def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16,
                 device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
                 max_plots: int = 10, progress: Callable[[int], None] | None = None,
+                total: Callable[[int], None] | None = None,
                 warn: Callable[[str], None] | None = None) -> EvalResult:
     """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
-    ``warn`` hears, before the work, that the data was degraded otherwise than the checkpoint's."""
+    Before the work, ``total`` hears the number of patches that ``progress`` will add up to, and
+    ``warn`` that the data was degraded otherwise than the checkpoint's."""
     from afilm_cli.data.h5 import PatchFile
 
     with PatchFile(path) as pf:
@@ -173,6 +175,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
             if warn:
                 warn(note)
         n = len(pf) if limit is None else min(limit, len(pf))
+        if total:
+            total(n)
         multiple = int(getattr(loaded.model, "length_multiple", 1))
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
@@ -220,17 +224,21 @@ def find_audio(folder: Path) -> list[Path]:
 def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
                   plots_dir: Path | None = None, max_plots: int = 10,
-                  progress: Callable[[int], None] | None = None, degrade: str | None = None,
-                  warn: Callable[[str], None] | None = None) -> EvalResult:
+                  progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
+                  degrade: str | None = None, warn: Callable[[str], None] | None = None) -> EvalResult:
     """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
-    low rate made by ``degrade`` (default: the checkpoint's recipe). A silent file is skipped and
-    ``warn`` told: any output scores about -80 dB SNR against silence, which would swamp the means."""
+    low rate made by ``degrade`` (default: the checkpoint's recipe). Before the work, every file is
+    checked and ``total`` hears the number of model windows that ``progress`` will add up to (per
+    window, so that a long file moves a bar). A silent file is skipped and ``warn`` told: any output
+    scores about -80 dB SNR against silence, which would swamp the means."""
     if degrade is not None:
         check_degrade(degrade)
     folder = Path(folder)
     files = find_audio(folder)[:limit]
     # every file checked first: a bad one stops the run before the long part
     windows = [count_windows(path, loaded, window, simulate=True, degrade=degrade) for path in files]
+    if total:
+        total(sum(windows))
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
     skipped = []
@@ -293,18 +301,4 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, *,
     return csv_path, json_path
 
 
-def progress_total(loaded: Loaded, data: Path | None, wavs: Path | None, limit: int | None,
-                   degrade: str | None = None) -> int:
-    """What the progress of :func:`evaluate_h5` (patches) or :func:`evaluate_wavs` (model windows, so
-    that a long file moves the bar) adds up to."""
-    if data is not None:
-        from afilm_cli.data.h5 import PatchFile
-
-        with PatchFile(data) as pf:
-            n = len(pf)
-        return n if limit is None else min(n, limit)
-    files = find_audio(Path(wavs))[:limit]
-    return sum(count_windows(path, loaded, simulate=True, degrade=degrade) for path in files)
-
-
-__all__ = ["EvalResult", "evaluate_h5", "evaluate_wavs", "write_results", "progress_total"]
+__all__ = ["EvalResult", "evaluate_h5", "evaluate_wavs", "write_results"]

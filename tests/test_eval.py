@@ -86,8 +86,9 @@ def test_bands_pool_the_error_energy_and_put_the_spline_error_above_the_input_ba
 def test_h5_rows_match_metrics_by_hand(ckpts, h5):
 
     lo = infer.load_model(ckpts["afilm_tiny"])
-    result = evaluate.evaluate_h5(lo, h5, batch_size=3, limit=2)
-    assert len(result.rows) == 2
+    steps, totals = [], []
+    result = evaluate.evaluate_h5(lo, h5, batch_size=3, limit=2, progress=steps.append, total=totals.append)
+    assert len(result.rows) == 2 and totals == [2] and steps == [2]
     with PatchFile(h5) as pf:
         data, label = pf.read(slice(1, 2))
     with torch.inference_mode():
@@ -303,7 +304,7 @@ def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
     shutil.copytree(wavs, folder)
     sf.write(str(folder / "silent.wav"), np.zeros(48000), 48000)
     lo = infer.load_model(ckpts["afilm_tiny"])
-    steps = []
-    evaluate.evaluate_wavs(lo, folder, progress=steps.append, warn=lambda m: None, batch_size=2)
-    total = evaluate.progress_total(lo, None, folder, None)
-    assert sum(steps) == total == 20 and len(steps) > 3  # a step per batch of windows, not per file
+    steps, totals = [], []
+    evaluate.evaluate_wavs(lo, folder, progress=steps.append, total=totals.append, warn=lambda m: None,
+                           batch_size=2)
+    assert totals == [20] and sum(steps) == 20 and len(steps) > 3  # a step per batch of windows

@@ -88,14 +88,11 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     loaded = infer.load_model(ckpt, dev)
-    if degrade is not None:
-        infer.check_degrade(degrade)  # before the files are counted with it
-    total = evaluate.progress_total(loaded, data, wavs, limit, degrade)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("evaluating", total=total)
+        task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
-                      progress=lambda n: bar.advance(task, n))
+                      progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n))
 
         def warn(message: str) -> None:
             err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
