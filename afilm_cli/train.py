@@ -236,11 +236,13 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             if val_recipe[key] != recipe[key]:
                 raise AfilmError(f"{val_pf.path} has {key}={val_recipe[key]}, "
                                  f"but {train_pf.path} has {key}={recipe[key]}")
-    if init is not None:  # the degradation may change: fine-tuning to another low-pass is a use of --init
-        for key in ("r", "sr"):
-            if init["recipe"][key] != recipe[key]:
-                raise AfilmError(f"{init['path']}: was trained with {key}={init['recipe'][key]}, but "
-                                 f"{train_pf.path} has {key}={recipe[key]}")
+    init_note = None
+    if init is not None:  # fine-tuning to another ratio or low-pass is a use of --init
+        changed = [f"{key}={init['recipe'][key]} -> {recipe[key]}" for key in ("r", "sr")
+                   if init["recipe"][key] != recipe[key]]
+        if changed:  # the models take the spline-upsampled signal at the high rate, whatever the ratio
+            init_note = (f"{init['path']} was trained for another recipe ({', '.join(changed)}); the new run "
+                         "is fine-tuned for its data's")
     out, replaced = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous: a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -290,8 +292,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
                   resumed=ckpt and {**ckpt, "epoch_step": state[1]}, threads=threads,
                   in_memory=train_pf.in_memory)
-        if rng_note:
-            run.warn(rng_note)
+        for note in (rng_note, init_note):
+            if note:
+                run.warn(note)
     return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
 
 

@@ -481,9 +481,10 @@ def test_torchrun_two_processes_gloo(data, tmp_path):
     assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (2, 0, 8)
 
 
-def test_init_starts_a_new_run_from_weights(data, tmp_path):
+def test_init_starts_a_new_run_from_weights(data, tmp_path, capsys):
     """--init: the given weights with a fresh optimizer (lr 0 keeps them, so the run's last.pt must
-    equal them exactly); a weights-only (bundled-style) file works; mismatches are one clear error."""
+    equal them exactly); a weights-only (bundled-style) file works; mismatches are one clear error;
+    another ratio or degradation is fine-tuning, and the new run records its data's recipe."""
     from afilm_cli.pretrained import compact_checkpoint
 
     first = train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "first")))
@@ -497,10 +498,14 @@ def test_init_starts_a_new_run_from_weights(data, tmp_path):
     assert load_checkpoint(res.last)["train_config"]["init"] == str(weights)
     _bad_files(tmp_path, data)
     for bad, match in ((dict(model="tfilm_tiny"), "holds 'afilm_tiny' weights.*--model afilm_tiny"),
-                       (dict(train=str(tmp_path / "r2.h5"), val=None), "was trained with r=4, but .* r=2"),
                        (dict(resume=str(first.out)), "use one")):
         with pytest.raises(AfilmError, match=match):
             train(_cfg(data, tmp_path, init=str(weights), out=str(tmp_path / "bad"), **bad))
+    capsys.readouterr()
+    res = train(_cfg(data, tmp_path, max_steps=1, val=None, train=str(tmp_path / "r2.h5"), init=str(weights),
+                     out=str(tmp_path / "r2run")))
+    assert load_checkpoint(res.last)["recipe"]["r"] == 2
+    assert "was trained for another recipe (r=4 -> 2)" in capsys.readouterr().out
     # another degradation is what fine-tuning may be for: allowed, and the new run records the data's
     mixed = tmp_path / "mixed.h5"
     shutil.copy(data["train"], mixed)
