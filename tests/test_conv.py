@@ -15,6 +15,19 @@ def used_custom_backward(y: torch.Tensor) -> bool:
     return y.grad_fn is not None and "ConvInputGradAsConv" in type(y.grad_fn).__name__
 
 
+def custom_backward_nodes(y: torch.Tensor) -> int:
+    """How many nodes of y's autograd graph are the custom convolution backward."""
+    seen, stack, n = set(), [y.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        n += "ConvInputGradAsConv" in type(node).__name__
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return n
+
+
 @pytest.mark.parametrize(("c_in", "c_out", "k", "d", "pad", "bias", "t"), [
     (3, 5, 9, 2, 8, True, 40),     # the models' case: odd kernel, dilation 2, 'same' padding
     (4, 2, 65, 2, 64, False, 150),  # the widest kernel of the presets, no bias
@@ -67,13 +80,18 @@ def test_model_gradients_are_the_same_either_way(name):
     torch.manual_seed(0)
     model = create_model(name).train()
     x = torch.randn(2, 1, model.length_multiple * 2) * 0.1
-    grads = {}
+    grads, custom = {}, {}
     for mode in ("aten", "conv"):
         torch.manual_seed(1)  # the same dropout masks
         model.zero_grad()
         with conv_backward(mode):
-            (model(x) ** 2).mean().backward()
+            loss = (model(x) ** 2).mean()
+            custom[mode] = custom_backward_nodes(loss)
+            loss.backward()
         grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    # "either way" holds only if the model's convolutions do take the custom backward in "conv" mode
+    n_convs = sum(isinstance(m, Conv1d) for m in model.modules())
+    assert custom == {"aten": 0, "conv": n_convs} and n_convs >= 10, (custom, n_convs)
     assert grads["aten"].keys() == grads["conv"].keys() and len(grads["conv"]) > 10
     for n in grads["conv"]:
         torch.testing.assert_close(grads["conv"][n], grads["aten"][n], rtol=1e-4, atol=1e-7, msg=n)

@@ -26,6 +26,10 @@ K = importlib.import_module("kernels.block_film")  # the module, not the dispatc
 
 pytestmark = pytest.mark.kernels
 
+# the backward nodes of the Triton autograd.Functions: a graph holding none never reached the kernels
+TRITON_NODES = {f"{c.__name__}Backward" for c in vars(K).values()
+                if isinstance(c, type) and issubclass(c, torch.autograd.Function)}
+
 CUDA = torch.cuda.is_available()
 
 # (B, C, T, block): T not a multiple of block, primes, block 1, block > T, blocks longer than one chunk
@@ -323,11 +327,14 @@ def test_reference_gradcheck(op, args):
 
 def test_dispatch(monkeypatch):
     x = torch.randn(1, 2, 64)
+    xg = x.clone().requires_grad_()
     monkeypatch.setenv("AFILM_KERNEL", "torch")
     assert kernels.backend_for(x) == "torch"
+    assert type(kernels.block_max_pool(xg, 8).grad_fn).__name__ not in TRITON_NODES  # the reference ran
     monkeypatch.setenv("AFILM_KERNEL", "triton")
     assert kernels.backend_for(x) == "triton"
     assert_close(kernels.block_max_pool(x, 8), R.block_max_pool(x, 8), 0, 0, "dispatched")
+    assert type(kernels.block_max_pool(xg, 8).grad_fn).__name__ == "BlockMaxPoolFunctionBackward"  # Triton
     monkeypatch.setenv("AFILM_KERNEL", "cuda")
     with pytest.raises(ValueError, match="AFILM_KERNEL"):
         kernels.backend_for(x)
@@ -337,10 +344,26 @@ def test_dispatch(monkeypatch):
     assert callable(kernels.block_film) and kernels.triton_ops() is K
 
 
+def _triton_nodes(y: torch.Tensor) -> set[str]:
+    """The Triton autograd.Functions in y's graph (none: the model never reached the kernels)."""
+    seen, stack, found = set(), [y.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in TRITON_NODES:
+            found.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return found
+
+
 def _model_outputs_and_grads(monkeypatch, backend, model, x):
     monkeypatch.setenv("AFILM_KERNEL", backend)
     model.zero_grad()
     y = model(x)
+    # the two backends must really differ: the Triton path puts its own Functions in the graph
+    assert bool(_triton_nodes(y)) is (backend == "triton"), (backend, _triton_nodes(y))
     y.square().mean().backward()
     return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -84,6 +84,14 @@ def _assert_same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def _steps_after_resume(run) -> list[int]:
+    """The steps logged by the last resumed run into ``run``'s log: a resume that started over
+    (from step 1, with the same seed) would end on the same weights as an uninterrupted run."""
+    records = [json.loads(s) for s in (Path(run) / "log.jsonl").read_text().splitlines()]
+    last = max(i for i, r in enumerate(records) if r["type"] == "resume")
+    return [r["step"] for r in records[last:] if r["type"] == "step"]
+
+
 # ---------------------------------------------------------------- loader
 
 
@@ -201,6 +209,7 @@ def test_resume_after_epoch_is_bit_exact(data, tmp_path):
     assert part.epoch == 1
     resumed = train(_cfg(data, tmp_path, out=None, epochs=3, resume=str(part.out)))
     assert resumed.out == part.out and (resumed.epoch, resumed.step) == (3, 9)
+    assert _steps_after_resume(part.out) == list(range(4, 10))  # only the two epochs left
     _assert_same(_weights(full.last), _weights(resumed.last))
     a, b = load_checkpoint(full.last), load_checkpoint(resumed.last)
     assert a["metrics"]["val_loss"] == b["metrics"]["val_loss"]
@@ -225,6 +234,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     done = train(_cfg(data, tmp_path, out=None, resume=str(cut.last), **kw))
     assert (done.epoch, done.step, done.interrupted) == (2, 6, False)
+    assert _steps_after_resume(cut.out) == [5, 6]  # on from the saved step, not from the start
     _assert_same(_weights(full.last), _weights(done.last))
 
 
@@ -242,6 +252,7 @@ def test_resumed_epoch_keeps_its_training_loss_and_best(data, tmp_path, stop_at)
     cut = train(_cfg(data, tmp_path, out=str(tmp_path / "cut"), **kw), on_step=interrupt)
     assert cut.interrupted and load_checkpoint(cut.last)["epoch_step"] == stop_at
     done = train(_cfg(data, tmp_path, out=None, resume=str(cut.last), **kw))
+    assert _steps_after_resume(done.out) == list(range(stop_at + 1, 7))
     epochs = [[x for x in _log(run.out) if x["type"] == "epoch"] for run in (full, done)]
     assert [x["train_loss"] for x in epochs[0]] == [x["train_loss"] for x in epochs[1]]
     assert [x["best"] for x in epochs[0]] == [x["best"] for x in epochs[1]]
@@ -268,6 +279,7 @@ def test_cosine_schedule_decays_to_zero_and_resumes_exactly(data, tmp_path):
     part = train(_cfg(data, tmp_path, out=str(tmp_path / "part"), **kw), on_step=interrupt)
     assert part.interrupted and part.step == 5
     resumed = train(_cfg(data, tmp_path, out=None, resume=str(part.out), **kw))
+    assert _steps_after_resume(part.out) == list(range(6, 10))
     _assert_same(_weights(full.last), _weights(resumed.last))
     with pytest.raises(AfilmError, match=r"keeps its settings.*lr_schedule 'constant' \(was 'cosine'\)"):
         train(_cfg(data, tmp_path, out=None, resume=str(part.out), lr=1e-3))
