@@ -35,6 +35,12 @@ def _bench(benchmark, provider, op, layer):
 
     benchmark.extra_info.update(layer=layer, op=op, batch=BATCH, C=C, T=T, block=block, device=DEVICE.type)
     benchmark(run)
+    # what was timed did the work: a gradient for every input that needs one, finite and not all zero
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    grads = step()
+    assert len(grads) == len(leaves) > 0
+    for g, leaf in zip(grads, leaves, strict=True):
+        assert g.shape == leaf.shape and torch.isfinite(g).all() and g.abs().sum() > 0
     if CUDA:
         try:
             benchmark.extra_info["graph_ms"] = graph_time_ms(step)[0]

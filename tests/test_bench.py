@@ -99,8 +99,9 @@ def test_json_rows_are_complete_and_ratios_consistent(report):
 def test_unknown_model_pattern_is_one_line():
     proc = run_cli("bench", "--model", "--models", "nosuch*", "--device", "cpu")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and lines[-1].startswith("afilm: error: --models 'nosuch*' matches no model")
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # one line: nothing before the error
+    assert lines[0].startswith("afilm: error: --models 'nosuch*' matches no model; known: afilm,")
+    assert proc.stdout == ""  # refused before any section ran
 
 
 def test_layers_option_picks_kernel_shapes():

@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from afilm_cli import pretrained
+from afilm_cli import metrics, pretrained
+from afilm_cli.audio import spline_up
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
 from afilm_cli.demo import ASSETS, demo_clips
 from afilm_cli.models import create_model
@@ -53,6 +54,13 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     summary = json.loads((d / "summary.json").read_text())
     assert summary["protocol"]["r"] == 4
     assert "SNR" in out.stdout and "spline" in out.stdout
+    # the metrics are those of the wavs written beside them: the prediction and the spline of the
+    # written low-rate input against the written truth (16-bit files: within rounding)
+    (x_lr, _), (x_hr, _), (x_pr, _) = (sf.read(d / f"{stem}.{k}.wav") for k in ("lr", "hr", "pr"))
+    model, spline = summary["summary"]["model"], summary["summary"]["spline"]
+    assert model["snr"] == pytest.approx(metrics.snr(x_pr, x_hr), abs=0.01)
+    assert spline["snr"] == pytest.approx(metrics.snr(spline_up(x_lr, 4, len(x_hr)), x_hr), abs=0.01)
+    assert abs(model["snr"] - spline["snr"]) > 0.5  # the untrained model's output is not the spline
     # a rerun refreshes the demo's own folder without --force: every output written again
     before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
     for p in d.iterdir():

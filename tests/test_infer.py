@@ -486,20 +486,31 @@ def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
 def test_cli_upsample_compile_uses_the_compiled_model(tmp_path, ckpts, capsys, monkeypatch):
     """--compile reaches model_windows: the model is compiled once (compile_model stubbed here: a
     real inductor compile takes minutes on this CPU) and the run pads its batches to one shape."""
-    calls = []
+    calls, shapes = [], []
+
+    class Compiled(nn.Module):  # what compile_model returns: the run must call it, not the plain model
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            shapes.append(tuple(x.shape))
+            return self.inner(x)
 
     def fake_compile(model, device):
         calls.append(device)
-        return model
+        return Compiled(model)
 
     monkeypatch.setattr(infer, "compile_model", fake_compile)
     src = write(tmp_path / "v.wav", np.random.default_rng(3).standard_normal(8000) * 0.1, 8000, "PCM_16")
     out = run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--device", "cpu", "--compile",
-                   "--out", tmp_path / "c.wav")
+                   "--batch-size", "4", "--out", tmp_path / "c.wav")
     assert out.returncode == 0 and calls == [torch.device("cpu")]
+    # 16000 output samples: 3 windows of 8192, one batch of 4 with a padding window (one shape throughout)
+    assert shapes == [(4, 1, 8192)], shapes
     plain = run_main(capsys, "upsample", src, "--ckpt", ckpts["afilm_tiny"], "--device", "cpu",
                      "--out", tmp_path / "p.wav")
-    assert plain.returncode == 0 and len(calls) == 1
+    assert plain.returncode == 0 and len(calls) == 1 and len(shapes) == 1
     np.testing.assert_allclose(sf.read(tmp_path / "c.wav")[0], sf.read(tmp_path / "p.wav")[0], atol=1e-4)
 
 
