@@ -115,6 +115,19 @@ def test_output_sample_format_keeps_the_input_precision(like, wav, flac):
     assert (infer._subtype(Path("o.wav"), like), infer._subtype(Path("o.flac"), like)) == (wav, flac)
 
 
+@pytest.mark.parametrize("like", ["PCM_16", "PCM_24", "FLOAT"])
+def test_upsampled_files_are_written_in_the_input_precision(tmp_path, ckpts, like):
+    """The mapping above, as upsample_file and simulate_file write the files."""
+    x = np.random.default_rng(1).standard_normal(4000) * 0.1
+    lo = loaded(ckpts)
+    infer.upsample_file(write(tmp_path / "in.wav", x, 4000, like), tmp_path / "out.wav", lo)
+    infer.upsample_file(tmp_path / "in.wav", tmp_path / "out.flac", lo)
+    assert sf.info(str(tmp_path / "out.wav")).subtype == infer._subtype(Path("o.wav"), like) == like
+    assert sf.info(str(tmp_path / "out.flac")).subtype == infer._subtype(Path("o.flac"), like)
+    info = infer.simulate_file(write(tmp_path / "hr.wav", np.tile(x, 4), 16000, like), tmp_path / "sim", lo)
+    assert sf.info(str(info["outputs"]["pr"])).subtype == like
+
+
 @pytest.mark.parametrize("n,sr_in,sr_out,expected", [
     (3 * 44100 + 1, 44100, 16000, 48000), (11025, 11025, 16000, 16000), (7, 3, 2, 5), (1, 2, 1, 1)])
 def test_output_length_rounds(n, sr_in, sr_out, expected):

@@ -183,8 +183,10 @@ def test_val_speakers_and_fraction(vctk_mini, tmp_path):
     results = prepare_vctk(vctk_mini, Recipe(r=4, multiple=1), split="single", val_fraction=0.3,
                            out=tmp_path / "f")
     assert [(r.part, r.files) for r in results] == [("train", 7), ("val", 3)]
-    assert pick_fraction(list(range(10)), 0.3, 0) == pick_fraction(list(range(10)), 0.3, 0)
-    assert len(pick_fraction(list(range(10)), 0.3, 1)) == 3
+    picks = [pick_fraction(list(range(10)), 0.3, seed) for seed in (0, 0, 1, 2)]
+    assert picks[0] == picks[1]  # deterministic by seed ...
+    assert len({frozenset(p) for p in picks}) == 3  # ... and the seed does choose (not the first 30 %)
+    assert all(len(p) == 3 and p <= set(range(10)) for p in picks)
 
 
 def test_rerun_skips_force_rebuilds_and_other_recipe_refused(vctk_mini, tmp_path):

@@ -464,6 +464,7 @@ def test_cli_ctrl_c_saves_a_resumable_checkpoint(data, tmp_path):
     assert "resuming" in p.stdout and f"done: {ckpt['epoch'] + 1} epochs" in p.stdout
     again = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not again["interrupted"] and again["step"] == 6 * (ckpt["epoch"] + 1)
+    assert _steps_after_resume(tmp_path / "run") == list(range(ckpt["step"] + 1, again["step"] + 1))
 
 
 @pytest.mark.slow
