@@ -47,11 +47,11 @@ def kernels(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark) under benchmarks/."""
     _install(session)
-    session.run("python", "-m", "pytest", "benchmarks", "--benchmark-only", *session.posargs)
+    _pytest(session, "benchmarks", "--benchmark-only")
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The quick-start demo with the bundled model."""
+    """The quick-start demo with the bundled model (writes afilm-demo/)."""
     session.install("-e", ".", *CONSTRAINTS)
     session.run("afilm", "demo", *session.posargs)
