@@ -227,6 +227,9 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
         (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r"), "exists; pass --force"),
         (("--ckpt", ckpts["spline"]), "exactly one of --data"),
         (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "x"), "no such HDF5"),
+        # the missing input is said even where the outputs exist
+        (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "r"), "no such HDF5"),
+        (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "none", "--out", tmp_path / "r"), "not a folder"),
         (("--ckpt", h5, "--data", h5, "--out", tmp_path / "x"), "not a loadable afilm checkpoint"),
     ]:
         code, out = run(*args)

@@ -81,6 +81,10 @@ def command(
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
     if data is not None and degrade is not None:
         raise AfilmError("--degrade goes with --wavs: an HDF5 split holds its low-rate input already")
+    if data is not None and not data.is_file():  # the missing input first, before the outputs
+        raise AfilmError(f"{data}: no such HDF5 file")
+    if wavs is not None and not wavs.is_dir():
+        raise AfilmError(f"{wavs}: not a folder")
     csv_path, json_path = evaluate.result_paths(out)
     if not force and (csv_path.exists() or json_path.exists()):
         raise AfilmError(f"{csv_path if csv_path.exists() else json_path} exists; pass --force to overwrite "

@@ -59,7 +59,8 @@ Speed = Annotated[str, typer.Option(
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder for the .h5 files.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Rebuild outputs that already exist.")]
 ValFraction = Annotated[float | None, typer.Option(
-    "--val-fraction", min=0.0, max=0.99, help="Hold out this fraction for validation, picked by --seed.")]
+    "--val-fraction", min=0.0, max=0.99, help="Hold out this fraction for validation, picked by --seed "
+    "(default: 0.1 of the files for folder; the reference's files or speakers for vctk).")]
 
 err = Console(stderr=True, highlight=False)
 

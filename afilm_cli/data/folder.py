@@ -88,7 +88,7 @@ def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None 
     return cli.run_prepare(recipe, plans, split_info={"dataset": "folder", **info}, root=root, force=force)
 
 
-@DATASETS.register("folder", help="Any folder tree of audio files, at any sample rate.")
+@DATASETS.register("folder", help="Any folder tree of audio files at or above the high rate (--sr).")
 def folder(
     root: Annotated[Path, typer.Argument(help="Folder of audio files (searched recursively).")],
     r: cli.R = 4,
