@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 VCTK_MINI = SHARED_DATA / "vctk-mini"
 LIBRI_MINI = SHARED_DATA / "librispeech-mini"
+KERAS_LAYOUT = ROOT.parent / "shared" / "keras-weights-layout.txt"
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +27,14 @@ def vctk_mini() -> Path:
     if not VCTK_MINI.is_dir():
         pytest.fail(f"test data missing: {VCTK_MINI} (see ../shared/data/SOURCES.md)")
     return VCTK_MINI
+
+
+@pytest.fixture(scope="session")
+def keras_layout() -> str:
+    """The original Keras models' weights, in order, with shapes (../shared/keras-weights-layout.txt)."""
+    if not KERAS_LAYOUT.is_file():
+        pytest.fail(f"test data missing: {KERAS_LAYOUT}")
+    return KERAS_LAYOUT.read_text()
 
 
 @pytest.fixture(scope="session")

@@ -565,13 +565,12 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", ["afilm", "tfilm"])
-def test_keras_weight_layout_maps_onto_the_state_dict(name):
+def test_keras_weight_layout_maps_onto_the_state_dict(name, keras_layout):
     # every array of the original Keras model has a state_dict entry of the right shape, and the
     # state_dict has nothing else (but PyTorch's second LSTM bias)
     from afilm_cli.models.keras_layout import torch_key, torch_value
 
-    text = (Path(__file__).resolve().parents[2] / "shared" / "keras-weights-layout.txt").read_text()
-    layout = text.split(f"## {name.upper()} ")[1]
+    layout = keras_layout.split(f"## {name.upper()} ")[1]
     rows = re.findall(r"^w\d{4} \| (\S+) \| \S+ \| \S+ \| \(([\d, ]+)\)", layout.split("\n## ")[0], re.M)
     assert rows, "layout file not parsed"
     with torch.device("meta"):
