@@ -55,8 +55,9 @@ help_format.apply(app)
 def _user_error(exc: Exception) -> bool:
     """AfilmError, or the kernels package's error for a bad AFILM_KERNEL (looked up, not imported:
     the kernels package loads torch, which most commands' --help need not)."""
-    kernels = sys.modules.get("kernels")
-    return isinstance(exc, AfilmError) or (kernels is not None and isinstance(exc, kernels.KernelChoiceError))
+    # getattr: another distribution's top-level "kernels" (Hugging Face's) has no such class
+    choice_error = getattr(sys.modules.get("kernels"), "KernelChoiceError", None)
+    return isinstance(exc, AfilmError) or (choice_error is not None and isinstance(exc, choice_error))
 
 
 def _from_ctrl_c(exc: BaseException) -> bool:

@@ -148,3 +148,15 @@ def test_a_negative_seed_is_refused_before_any_work(command, tmp_path):
     out = run_cli(*command, "--seed", "-1", cwd=tmp_path)
     assert out.returncode == 2 and "--seed" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_user_error_check_survives_a_foreign_kernels_module(monkeypatch):
+    """Hugging Face's `kernels` distribution has the same top-level name: with it loaded, telling a
+    user error from a bug must not raise AttributeError."""
+    import types
+
+    from afilm_cli.errors import AfilmError
+    from afilm_cli.main import _user_error
+
+    monkeypatch.setitem(sys.modules, "kernels", types.ModuleType("kernels"))
+    assert _user_error(AfilmError("x")) and not _user_error(ValueError("x"))
