@@ -67,8 +67,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise AfilmError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
 
 
-def default_checkpoint() -> Path:
-    """The newest runs/*/best.pt under the current folder, else the bundled pretrained model."""
+def default_checkpoint(sr_in: int | None = None) -> Path:
+    """The newest runs/*/best.pt under the current folder, else the bundled pretrained model: the one
+    made for real input at ``sr_in`` Hz where given (pretrained.for_input_rate), else the default."""
     found = sorted(Path("runs").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     if found:
         return found[-1]
@@ -78,7 +79,8 @@ def default_checkpoint() -> Path:
         from afilm_cli import pretrained
 
         try:
-            path = pretrained.bundled_checkpoint_path()
+            name = None if sr_in is None else pretrained.for_input_rate(sr_in)
+            path = pretrained.bundled_checkpoint_path(name)
         except AfilmError:
             if getattr(pretrained, "DEFAULT", "unknown"):  # a default exists but is damaged: say so
                 raise
@@ -179,10 +181,21 @@ def low_rate_warning(sr_in: int, loaded: Loaded) -> str | None:
         return (f"{sr_in} Hz is already at or above the model's output rate {loaded.sr} Hz; it is "
                 f"band-limited to {low / 2:g} Hz and re-synthesised (use --simulate to compare with it)")
     if sr_in > low:
-        keeps = f"trained with --r {loaded.sr // sr_in}" if loaded.sr % sr_in == 0 else "for this rate"
+        keeps = (f"a model trained with --r {loaded.sr // sr_in}" if loaded.sr % sr_in == 0
+                 else "a model for this rate")
+        bundled = _bundled_for(sr_in, loaded.sr)
+        if bundled is not None:
+            keeps = f"the bundled {bundled}, made for {sr_in} Hz input (--ckpt {bundled}),"
         return (f"{sr_in} Hz is above the model's input rate {low:g} Hz: the input's band "
-                f"{low / 2:g}-{sr_in / 2:g} Hz is dropped and predicted again (a model {keeps} keeps it)")
+                f"{low / 2:g}-{sr_in / 2:g} Hz is dropped and predicted again ({keeps} keeps it)")
     return None
+
+
+def _bundled_for(sr_in: int, sr: int) -> str | None:
+    """The bundled model made for input at exactly ``sr_in`` Hz and output at ``sr``, if any."""
+    from afilm_cli.pretrained import BUNDLED
+
+    return next((b.name for b in BUNDLED.values() if b.low_rate == sr_in and b.sr == sr), None)
 
 
 def check_degrade(method: str) -> None:
@@ -267,6 +280,12 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         if str(path) in str(exc):
             raise
         raise AfilmError(f"{path}: {exc}") from None
+
+
+def input_rate(path: Path) -> int:
+    """The sample rate of an audio file (one clear line naming it if it cannot be read)."""
+    with contextlib.closing(FileSource(path)) as src:
+        return int(src.sr)
 
 
 def count_windows(path: Path, loaded: Loaded, window: int | None = None, *, simulate: bool = False,

@@ -807,7 +807,8 @@ def test_upsample_array_rates_and_bad_input(ckpts):
     infer.upsample_array(x[:8000], 8000, lo, warn=warnings.append)
     infer.upsample_array(x, 11025, lo, warn=warnings.append)
     assert warnings == ["8000 Hz is above the model's input rate 4000 Hz: the input's band 2000-4000 Hz is "
-                        "dropped and predicted again (a model trained with --r 2 keeps it)",
+                        "dropped and predicted again (the bundled afilm_speech_r2, made for 8000 Hz input "
+                        "(--ckpt afilm_speech_r2), keeps it)",
                         "11025 Hz is above the model's input rate 4000 Hz: the input's band 2000-5512.5 Hz "
                         "is dropped and predicted again (a model for this rate keeps it)"]
     warnings.clear()

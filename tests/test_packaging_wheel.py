@@ -24,6 +24,8 @@ PACKAGES = ("afilm_cli", "kernels")
 RUNTIME_DATA = (
     "afilm_cli/pretrained/afilm_speech_r4.pt",
     "afilm_cli/pretrained/afilm_speech_r4.md",
+    "afilm_cli/pretrained/afilm_speech_r2.pt",
+    "afilm_cli/pretrained/afilm_speech_r2.md",
     "afilm_cli/assets/ATTRIBUTION.md",
     "afilm_cli/assets/demo/1998-15444-0001.flac",
     "kernels/__init__.py",

@@ -14,8 +14,9 @@ Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing o
 Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.pt) written by 'afilm train' or "
                                           "'afilm convert', a run folder (its best.pt, else last.pt), or a "
                                           "bundled "
-                                          "model's name. Default: the newest runs/*/best.pt, else the "
-                                          "bundled pretrained model.")]
+                                          "model's name. Default: the newest runs/*/best.pt, else a "
+                                          "bundled pretrained model: for upsample of real input, the one "
+                                          "made for each file's rate; otherwise afilm_speech_r4.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "

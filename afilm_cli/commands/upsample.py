@@ -61,6 +61,10 @@ def command(
     The output is at the model's rate with exactly round(frames * sr / input rate) frames; every
     channel is processed. Memory does not grow with the file's length.
 
+    Without --ckpt (and no runs/*/best.pt of yours here), each file goes to the bundled model made for
+    its rate: afilm_speech_r2 (8 kHz -> 16 kHz) from 8 kHz up, afilm_speech_r4 (4 kHz -> 16 kHz)
+    below; --simulate uses afilm_speech_r4.
+
     Input below sr/r is accepted with a warning (its missing band stays empty); input above sr/r is
     warned too (its band above (sr/r)/2 is resampled away and predicted again). --simulate needs input
     at sr or above, since it is the ground truth.
@@ -80,14 +84,21 @@ def command(
         if not simulate:
             raise AfilmError("--degrade goes with --simulate (real low-rate input is taken as it is)")
         infer.check_degrade(degrade)
-    loaded = infer.load_model(ckpt, dev)
+    if ckpt is not None or simulate:  # a bad --ckpt is said before the inputs are looked at
+        loaded = infer.load_model(ckpt, dev)
     pairs = infer.plan_outputs(inputs, out, simulate)
     clash = infer.existing_outputs(pairs, simulate)
     if clash and not force:
         raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
                          + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
+    if ckpt is not None or simulate:
+        models = {src: loaded for src, _ in pairs}
+    else:  # real input: the bundled model made for each file's rate, unless runs/ holds one of yours
+        paths = {src: infer.default_checkpoint(infer.input_rate(src)) for src, _ in pairs}
+        by_path = {path: infer.load_model(path, dev) for path in dict.fromkeys(paths.values())}
+        models = {src: by_path[path] for src, path in paths.items()}
     # every input checked before anything is written: a bad file stops the run before it starts
-    totals = [infer.count_windows(src, loaded, window, simulate=simulate, degrade=degrade)
+    totals = [infer.count_windows(src, models[src], window, simulate=simulate, degrade=degrade)
               for src, _ in pairs]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     failed = []
@@ -102,10 +113,10 @@ def command(
             kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, **speed)
             try:
                 if simulate:
-                    info = infer.simulate_file(src, target, loaded, degrade=degrade, **kwargs)
+                    info = infer.simulate_file(src, target, models[src], degrade=degrade, **kwargs)
                     written = ", ".join(info["outputs"].values())
                 else:
-                    info = infer.upsample_file(src, target, loaded,
+                    info = infer.upsample_file(src, target, models[src],
                                                warn=lambda m: err.print(f"afilm: warning: {escape(m)}"),
                                                **kwargs)
                     written = info["output"]
@@ -120,8 +131,11 @@ def command(
     if failed:
         raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); the others were written")
     if not quiet:
-        err.print(f"{len(pairs)} file(s) upsampled with {escape(str(loaded.path))} "
-                  f"({loaded.ckpt['model_name']}, r={loaded.r}, {loaded.sr} Hz) on {dev}", soft_wrap=True)
+        used = {id(m): m for m in models.values()}.values()
+        names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
+                          + (f" for {sum(v is m for v in models.values())}" if len(used) > 1 else "")
+                          for m in used)
+        err.print(f"{len(pairs)} file(s) upsampled with {names} on {dev}", soft_wrap=True)
 
 
 def _native_bf16() -> bool:

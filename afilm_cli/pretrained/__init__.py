@@ -28,6 +28,12 @@ class Bundled:
     sha256: str
     card: str
     description: str
+    r: int  # the recipe it was trained for (checked against the file's by the tests):
+    sr: int  # real input near sr / r Hz is what it is made for
+
+    @property
+    def low_rate(self) -> float:
+        return self.sr / self.r
 
 
 BUNDLED: dict[str, Bundled] = {
@@ -37,9 +43,30 @@ BUNDLED: dict[str, Bundled] = {
         sha256="213a6112e6e56ac23c62467a3b868ec1de468761469dade248dbc51efed6bb1e",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
+        r=4, sr=16000,
+    ),
+    "afilm_speech_r2": Bundled(
+        name="afilm_speech_r2",
+        file="afilm_speech_r2.pt",
+        sha256="9dfe0129c662c37d40401d8e44e5a8547dd448d1f882673a18b2a66481e91926",
+        card="afilm_speech_r2.md",
+        description="pretrained: speech 8 kHz -> 16 kHz (afilm_small, fine-tuned from afilm_speech_r4)",
+        r=2, sr=16000,
     ),
 }
-DEFAULT = "afilm_speech_r4"  # the model `upsample`, `eval` and `demo` use when no --ckpt is given
+# the model `eval`, `demo` and `upsample --simulate` use when no --ckpt is given; `upsample` of real
+# input takes the bundled model made for the input's rate (for_input_rate)
+DEFAULT = "afilm_speech_r4"
+
+
+def for_input_rate(sr_in: int) -> str:
+    """The bundled model for real input at ``sr_in`` Hz: of those made for an input rate at or below
+    it, the highest (it resamples away the least of the input's band); below them all, the lowest."""
+    if not BUNDLED:
+        return DEFAULT
+    entries = sorted(BUNDLED.values(), key=lambda b: (b.low_rate, b.name != DEFAULT))
+    fits = [b for b in entries if b.low_rate <= sr_in]
+    return (fits[-1] if fits else entries[0]).name
 
 
 def sha256sum(path: Path) -> str:
