@@ -133,7 +133,7 @@ def command(
     if not quiet:
         used = {id(m): m for m in models.values()}.values()
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
-                          + (f" for {sum(v is m for v in models.values())}" if len(used) > 1 else "")
+                          + (f" for {sum(v is m for v in models.values())} of them" if len(used) > 1 else "")
                           for m in used)
         err.print(f"{len(pairs)} file(s) upsampled with {names} on {dev}", soft_wrap=True)
 
