@@ -901,3 +901,13 @@ def test_cli_folder_run_goes_on_past_a_file_that_fails_while_streaming(tmp_path,
     assert "m.wav" in out.stderr and "NaN" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == ("afilm: error: 1 of 3 files failed (said above); the "
                                                    "others were written")
+
+
+def test_low_rate_warning_names_the_ratio_where_no_bundled_model_fits():
+    """Above the model's input rate, with no bundled model made for that rate: the ratio to train."""
+    import types
+
+    model_48k = types.SimpleNamespace(sr=48000, low_rate=12000)  # r = 4 at 48 kHz
+    assert infer.low_rate_warning(24000, model_48k).endswith("(a model trained with --r 2 keeps it)")
+    assert infer.low_rate_warning(16000, model_48k).endswith("(a model trained with --r 3 keeps it)")
+    assert infer.low_rate_warning(12000, model_48k) is None
