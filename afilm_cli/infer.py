@@ -183,19 +183,14 @@ def low_rate_warning(sr_in: int, loaded: Loaded) -> str | None:
     if sr_in > low:
         keeps = (f"a model trained with --r {loaded.sr // sr_in}" if loaded.sr % sr_in == 0
                  else "a model for this rate")
-        bundled = _bundled_for(sr_in, loaded.sr)
+        from afilm_cli.pretrained import made_for
+
+        bundled = made_for(sr_in, loaded.sr)
         if bundled is not None:
             keeps = f"the bundled {bundled}, made for {sr_in} Hz input (--ckpt {bundled}),"
         return (f"{sr_in} Hz is above the model's input rate {low:g} Hz: the input's band "
                 f"{low / 2:g}-{sr_in / 2:g} Hz is dropped and predicted again ({keeps} keeps it)")
     return None
-
-
-def _bundled_for(sr_in: int, sr: int) -> str | None:
-    """The bundled model made for input at exactly ``sr_in`` Hz and output at ``sr``, if any."""
-    from afilm_cli.pretrained import BUNDLED
-
-    return next((b.name for b in BUNDLED.values() if b.low_rate == sr_in and b.sr == sr), None)
 
 
 def check_degrade(method: str) -> None:

@@ -84,15 +84,15 @@ def command(
         if not simulate:
             raise AfilmError("--degrade goes with --simulate (real low-rate input is taken as it is)")
         infer.check_degrade(degrade)
-    if ckpt is not None or simulate:  # a bad --ckpt is said before the inputs are looked at
-        loaded = infer.load_model(ckpt, dev)
+    # one model for every file, loaded first so that a bad --ckpt is said before the inputs are looked at
+    fixed = infer.load_model(ckpt, dev) if ckpt is not None or simulate else None
     pairs = infer.plan_outputs(inputs, out, simulate)
     clash = infer.existing_outputs(pairs, simulate)
     if clash and not force:
         raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
                          + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
-    if ckpt is not None or simulate:
-        models = {src: loaded for src, _ in pairs}
+    if fixed is not None:
+        models = {src: fixed for src, _ in pairs}
     else:  # real input: the bundled model made for each file's rate, unless runs/ holds one of yours
         paths = {src: infer.default_checkpoint(infer.input_rate(src)) for src, _ in pairs}
         by_path = {path: infer.load_model(path, dev) for path in dict.fromkeys(paths.values())}

@@ -69,6 +69,11 @@ def for_input_rate(sr_in: int) -> str:
     return (fits[-1] if fits else entries[0]).name
 
 
+def made_for(sr_in: int, sr: int) -> str | None:
+    """The bundled model made for input at exactly ``sr_in`` Hz and output at ``sr``, if any."""
+    return next((b.name for b in BUNDLED.values() if b.low_rate == sr_in and b.sr == sr), None)
+
+
 def sha256sum(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
