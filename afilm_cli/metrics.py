@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 EPS = 1e-10  # energy floor of snr()
 LSD_FLOOR = 1e-8  # power floor of lsd(), as torch.clamp(1e-8) in NU-Wave
@@ -49,28 +50,30 @@ def stft(x, n_fft: int = 2048, hop: int = 512, pad_mode: str = "reflect") -> np.
 
 
 def stft_blocks(x, n_fft: int = 2048, hop: int = 512, pad_mode: str = "reflect",
-                frames: int = 4096) -> Iterator[np.ndarray]:
+                frames: int = 256) -> Iterator[np.ndarray]:
     """:func:`stft` in consecutive blocks of up to ``frames`` frames, so that a long signal's
-    spectrogram (16 bytes per bin) need not be held whole."""
+    spectrogram (16 bytes per bin, 32 per sample at the default hop) need not be held whole: a
+    block takes about 12 MB at the defaults, whatever the signal's length."""
     x = np.asarray(x).ravel()
     if len(x) == 0:
         raise ValueError("empty signal")
-    x = np.pad(x, n_fft // 2, mode=pad_mode)
-    total = 1 + (len(x) - n_fft) // hop
+    framed = sliding_window_view(np.pad(x, n_fft // 2, mode=pad_mode), n_fft)[::hop]  # a view: no copy
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
-    for a in range(0, total, frames):
-        idx = np.arange(n_fft)[None, :] + hop * np.arange(a, min(a + frames, total))[:, None]
-        yield np.fft.rfft(x[idx].astype(np.float64) * window, axis=1).T
+    for a in range(0, len(framed), frames):
+        yield np.fft.rfft(framed[a : a + frames] * window, axis=1).T  # float64, as the window is
 
 
 def lsd(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     """Log-spectral distance as in the later literature (NU-Wave's code, also AERO, AP-BWE): log10 of
     the power spectrum clamped below at 1e-8; per frame the root mean square difference over
     frequency, then the mean over frames."""
-    pred, ref = _pair(pred, ref)
-    p = np.log10(np.maximum(np.abs(stft(pred, n_fft, hop)) ** 2, LSD_FLOOR))
-    r = np.log10(np.maximum(np.abs(stft(ref, n_fft, hop)) ** 2, LSD_FLOOR))
-    return float(np.mean(np.sqrt(np.mean((p - r) ** 2, axis=0))))
+    pred, ref = _pair(pred, ref, dtype=None)  # as given: the frames are made float64 block by block
+    per_frame = []  # block by block: a whole spectrogram takes 16 bytes per bin, 32 per sample
+    for p, r in zip(stft_blocks(pred, n_fft, hop), stft_blocks(ref, n_fft, hop), strict=True):
+        p = np.log10(np.maximum(np.abs(p) ** 2, LSD_FLOOR))
+        r = np.log10(np.maximum(np.abs(r) ** 2, LSD_FLOOR))
+        per_frame.append(np.sqrt(np.mean((p - r) ** 2, axis=0)))
+    return float(np.mean(np.concatenate(per_frame)))
 
 
 def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
@@ -79,7 +82,9 @@ def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     takes it over a whole split's patches joined end to end: pass them so, or add them one by one to
     a :class:`LsdReference` (the same value without holding the split)."""
     acc = LsdReference(n_fft, hop)
-    acc.add(*_pair(pred, ref, dtype=None))  # as given: the frames are made float64 one block at a time
+    pred, ref = _pair(pred, ref, dtype=None)  # as given: the frames are made float64 one block at a time
+    for a in range(0, len(ref), 1 << 18):  # in pieces: the accumulator copies what it is given
+        acc.add(pred[a : a + (1 << 18)], ref[a : a + (1 << 18)])
     return acc.value()
 
 
@@ -124,17 +129,18 @@ class LsdReference:
             self._frames(final=True)
         return float(min(np.mean(np.sqrt(self.total / self.frames)), 10.0))
 
-    def _frames(self, final: bool, block: int = 1024) -> None:
+    def _frames(self, final: bool, block: int = 256) -> None:
         """Every whole frame in the buffer; then drop the samples no later frame needs. A frame
         within half a frame of the (unknown) end waits, as it may need the reflected tail."""
         keep = 0 if final else self.half + 1
         count = max(0, 1 + (self.buf.shape[1] - keep - self.n_fft) // self.hop)
+        if count:
+            framed = sliding_window_view(self.buf, self.n_fft, axis=1)[:, : count * self.hop : self.hop]
         for a in range(0, count, block):
-            idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(a, min(a + block, count))[:, None]
-            p, r = np.fft.rfft(self.buf[:, idx] * self.window, axis=2)
+            p, r = np.fft.rfft(framed[:, a : a + block] * self.window, axis=2)
             self.total += np.sum((np.log(np.abs(r) ** 2 + 1e-8) - np.log(np.abs(p) ** 2 + 1e-8)) ** 2 + 1e-8,
                                  axis=0)
-            self.frames += len(idx)
+            self.frames += p.shape[0]
         self.buf = self.buf[:, count * self.hop:]
 
 

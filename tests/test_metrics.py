@@ -156,6 +156,37 @@ def test_stft_in_blocks_is_the_stft():
     np.testing.assert_allclose(np.concatenate(blocks, axis=1), whole, atol=1e-4)
 
 
+def test_lsd_over_several_blocks_is_the_direct_value():
+    """lsd() takes the spectrogram block by block: the value must be the one over all frames at once."""
+    ref = noise(300 * 512, seed=11)  # 301 frames: two blocks
+    pred = ref + 0.3 * noise(len(ref), seed=12)
+
+    def log_power(x):
+        frames = sliding_window_view(np.pad(x, 1024, mode="reflect"), 2048)[::512]
+        return np.log10(np.maximum(np.abs(np.fft.rfft(frames * get_window("hann", 2048), axis=1)) ** 2, 1e-8))
+
+    expected = np.mean(np.sqrt(np.mean((log_power(pred) - log_power(ref)) ** 2, axis=1)))
+    assert metrics.lsd(pred, ref) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lsd_memory_does_not_grow_with_the_spectrogram():
+    """eval --wavs scores whole files: the whole spectrograms took about 120 bytes per sample (a
+    minute of 16 kHz audio: 115 MB); block by block, what grows is the signal's padded copies."""
+    import tracemalloc
+
+    def peak(seconds):
+        ref = noise(SR * seconds, seed=1)
+        pred = ref + 0.1 * noise(len(ref), seed=2)
+        tracemalloc.start()
+        metrics.lsd(pred, ref)
+        used = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return used
+
+    per_sample = (peak(80) - peak(20)) / (SR * 60)
+    assert per_sample < 32, f"{per_sample:.0f} bytes per sample"
+
+
 def test_stft_frame_count_and_layout():
     S = metrics.stft(np.ones(5000))
     assert S.shape == (1025, 1 + 5000 // 512)
