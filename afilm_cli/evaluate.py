@@ -156,11 +156,16 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
                 max_plots: int = 10, progress: Callable[[int], None] | None = None,
                 total: Callable[[int], None] | None = None,
-                warn: Callable[[str], None] | None = None) -> EvalResult:
+                warn: Callable[[str], None] | None = None, threads: int | str = "auto") -> EvalResult:
     """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
     Before the work, ``total`` hears the number of patches that ``progress`` will add up to, and
-    ``warn`` that the data was degraded otherwise than the checkpoint's."""
+    ``warn`` that the data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for
+    torch, a number or "auto" (afilm_cli/threads.py)."""
     from afilm_cli.data.h5 import PatchFile
+    from afilm_cli.threads import num_threads, resolve_threads
+
+    device = torch.device(device)
+    n_threads = resolve_threads(threads, device)
 
     with PatchFile(path) as pf:
         rec = pf.recipe
@@ -190,7 +195,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 bad = a + int(np.flatnonzero(~(np.isfinite(data) & np.isfinite(label)).all(axis=1))[0])
                 raise AfilmError(f"{pf.path}: patch {bad} holds NaN or Inf samples")
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
-            with torch.inference_mode():
+            with torch.inference_mode(), num_threads(n_threads):
                 pred = loaded.model(x).float().cpu().numpy()[:, 0, : pf.patch]
             for i in range(len(data)):
                 name = f"patch_{a + i:06d}"
@@ -206,7 +211,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         pooled = {s: {"lsd_ref": joined[s].value()} for s in SYSTEMS}
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
-                  "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"]}
+                  "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"],
+                  "threads": threads}
         if note:
             source["note"] = note
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands, pooled)
@@ -225,12 +231,14 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
                   device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
                   plots_dir: Path | None = None, max_plots: int = 10,
                   progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
-                  degrade: str | None = None, warn: Callable[[str], None] | None = None) -> EvalResult:
+                  degrade: str | None = None, warn: Callable[[str], None] | None = None,
+                  threads: int | str = "auto") -> EvalResult:
     """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
     low rate made by ``degrade`` (default: the checkpoint's recipe). Before the work, every file is
     checked and ``total`` hears the number of model windows that ``progress`` will add up to (per
     window, so that a long file moves a bar). A silent file is skipped and ``warn`` told: any output
-    scores about -80 dB SNR against silence, which would swamp the means."""
+    scores about -80 dB SNR against silence, which would swamp the means. ``threads``: as
+    ``afilm upsample --threads`` (afilm_cli/windows.py)."""
     if degrade is not None:
         check_degrade(degrade)
     folder = Path(folder)
@@ -254,8 +262,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
+        # progress per window: a long file moves the bar
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
-                       device=device, progress=progress)[:, 0]  # per window: a long file moves the bar
+                       device=device, progress=progress, threads=threads)[:, 0]
         name = str(path.relative_to(folder))
         rows.append(_row(name, pred, spline, hr, loaded, int(loaded.recipe["patch"])))
         bands.add(hr, model=pred, spline=spline)
@@ -269,7 +278,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "skipped_silent": skipped,
               "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
-              "resampler": "scipy.signal.resample_poly (Kaiser 5.0)"}
+              "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
 
 

@@ -231,6 +231,8 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
         (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "r"), "no such HDF5"),
         (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "none", "--out", tmp_path / "r"), "not a folder"),
         (("--ckpt", h5, "--data", h5, "--out", tmp_path / "x"), "not a loadable afilm checkpoint"),
+        (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "x", "--threads", "0"),
+         "--threads takes"),
     ]:
         code, out = run(*args)
         lines = [l for l in out.err.splitlines() if l.strip()]
@@ -311,3 +313,27 @@ def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
     evaluate.evaluate_wavs(lo, folder, progress=steps.append, total=totals.append, warn=lambda m: None,
                            batch_size=2)
     assert totals == [20] and sum(steps) == 20 and len(steps) > 3  # a step per batch of windows
+
+
+def test_threads_set_what_the_model_runs_on(ckpts, h5, wavs):
+    """eval --threads, like upsample's: the model runs at that many CPU threads, for both sources,
+    and torch's setting is given back afterwards."""
+    loaded = infer.load_model(ckpts["afilm_tiny"])
+    forward, seen = loaded.model.forward, []
+
+    def spy(x):
+        seen.append(torch.get_num_threads())
+        return forward(x)
+
+    loaded.model.forward = spy
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        result = evaluate.evaluate_h5(loaded, h5, limit=2, threads=1)
+        assert seen and set(seen) == {1} and result.protocol["threads"] == 1
+        seen.clear()
+        result = evaluate.evaluate_wavs(loaded, wavs, limit=1, threads=2)
+        assert seen and set(seen) == {2} and result.protocol["threads"] == 2
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force
+from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, Threads
 from afilm_cli.errors import AfilmError
 
 LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR, reference (dB)", True),
@@ -71,12 +71,16 @@ def command(
         "copes with input low-passed another way.")] = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
+    threads: Threads = "auto",
     force: Force = False,
 ) -> None:
     """Evaluate a checkpoint and the cubic-spline baseline: SNR, segmental SNR (reference), LSD, and
     LSD as the reference code computes it; per-item CSV, JSON summary with the protocol, a table, and
     the error per frequency band (which band the model's gain comes from)."""
     from afilm_cli import evaluate, infer  # lazy: torch and scipy load only when the command runs
+    from afilm_cli.threads import parse_threads
+
+    n_threads = parse_threads(threads)
     if (data is None) == (wavs is None):
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
     if data is not None and degrade is not None:
@@ -96,7 +100,8 @@ def command(
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
-                      progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n))
+                      progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n),
+                      threads=n_threads)
 
         def warn(message: str) -> None:
             err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
