@@ -67,8 +67,8 @@ def lsd(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     """Log-spectral distance as in the later literature (NU-Wave's code, also AERO, AP-BWE): log10 of
     the power spectrum clamped below at 1e-8; per frame the root mean square difference over
     frequency, then the mean over frames."""
-    pred, ref = _pair(pred, ref, dtype=None)  # as given: the frames are made float64 block by block
-    per_frame = []  # block by block: a whole spectrogram takes 16 bytes per bin, 32 per sample
+    pred, ref = _pair(pred, ref, dtype=None)  # as given: stft_blocks makes each block float64
+    per_frame = []
     for p, r in zip(stft_blocks(pred, n_fft, hop), stft_blocks(ref, n_fft, hop), strict=True):
         p = np.log10(np.maximum(np.abs(p) ** 2, LSD_FLOOR))
         r = np.log10(np.maximum(np.abs(r) ** 2, LSD_FLOOR))
@@ -83,8 +83,9 @@ def lsd_reference(pred, ref, n_fft: int = 2048, hop: int = 512) -> float:
     a :class:`LsdReference` (the same value without holding the split)."""
     acc = LsdReference(n_fft, hop)
     pred, ref = _pair(pred, ref, dtype=None)  # as given: the frames are made float64 one block at a time
-    for a in range(0, len(ref), 1 << 18):  # in pieces: the accumulator copies what it is given
-        acc.add(pred[a : a + (1 << 18)], ref[a : a + (1 << 18)])
+    piece = 1 << 18  # samples per add(): the accumulator copies what it is given
+    for a in range(0, len(ref), piece):
+        acc.add(pred[a : a + piece], ref[a : a + piece])
     return acc.value()
 
 
