@@ -19,8 +19,9 @@ def command(
                                         "the real windowed upsampling path.")] = False,
     train: Annotated[bool, typer.Option("--train", help="Training step throughput (patches/s).")] = False,
     prepare: Annotated[bool, typer.Option("--prepare", help="Data preparation throughput.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", help="Short clips, few repeats, tiny presets: "
-                                        "a smoke run in about a minute on a CPU.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Short clips, few repeats, tiny presets "
+                                        "(on CUDA also afilm): a smoke run in about a minute on a "
+                                        "CPU.")] = False,
     device: Device = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", metavar="FILE", help="Also write every row "
                                                   "with the hardware, versions and settings (rewritten "
@@ -28,7 +29,8 @@ def command(
                                                   )] = None,
     models: Annotated[str | None, typer.Option("--models", metavar="PATTERN", help="Models for --model "
                                                "and --train: comma-separated shell patterns (default: "
-                                               "tiny and small presets; on CUDA also afilm, tfilm).")] = None,
+                                               "tiny and small presets, on CUDA also afilm, tfilm; "
+                                               "--quick: tiny, on CUDA also afilm).")] = None,
     layers: Annotated[str | None, typer.Option("--layers", metavar="NAMES", help="Layer shapes for "
                                                "--kernels, comma-separated: D1-D4, B, U4-U1 (default: all; "
                                                "--quick: D1, U1).")] = None,

@@ -11,12 +11,13 @@ from afilm_cli.errors import AfilmError
 
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
-Ckpt = Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint (.pt) written by 'afilm train' or "
-                                          "'afilm convert', a run folder (its best.pt, else last.pt), or a "
-                                          "bundled "
-                                          "model's name. Default: the newest runs/*/best.pt, else a "
-                                          "bundled pretrained model: for upsample of real input, the one "
-                                          "made for each file's rate; otherwise afilm_speech_r4.")]
+_CKPT = ("Checkpoint (.pt) written by 'afilm train' or 'afilm convert', a run folder (its best.pt, else "
+         "last.pt), or a bundled model's name. Default: the newest runs/*/best.pt, else ")
+Ckpt = Annotated[Path | None, typer.Option("--ckpt", help=_CKPT + "the bundled afilm_speech_r4.")]
+UpsampleCkpt = Annotated[Path | None, typer.Option("--ckpt", help=_CKPT + "for real input the bundled model "
+                                                   "made for each file's rate (afilm_speech_r2 from 8 kHz "
+                                                   "up, afilm_speech_r4 below); with --simulate "
+                                                   "afilm_speech_r4.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "

@@ -10,14 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force
+from afilm_cli.commands.options import BatchSize, Device, Force, UpsampleCkpt
 from afilm_cli.errors import AfilmError
 
 
 def command(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).",
                                                  show_default=False)],
-    ckpt: Ckpt = None,
+    ckpt: UpsampleCkpt = None,
     out: Annotated[str | None, typer.Option(
         "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several "
         "inputs, a folder input mirrored inside it, an existing folder, or a path ending in /). With "

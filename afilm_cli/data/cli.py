@@ -38,16 +38,16 @@ R = Annotated[int, typer.Option("--r", min=2, help="Upsampling ratio: low rate =
 SR = Annotated[int, typer.Option("--sr", min=1, help="High sample rate (Hz); files are resampled to it.")]
 Patch = Annotated[int, typer.Option("--patch", min=1, help="Patch length in samples (reference: 8192).")]
 Stride = Annotated[int | None, typer.Option("--stride", min=1, help="Hop between patches in samples "
-                                            "(default: 4096 single speaker / folder, 8192 multi speaker).")]
+                                            "(default: 4096; vctk --split multi: 8192).")]
 Degrade = Annotated[str | None, typer.Option(
     "--degrade", metavar="METHOD[+METHOD]", help="Low-res recipe: decimate (Chebyshev-I order 8, zero-phase, "
     "then every r-th sample: flat to 0.8 of the low-rate Nyquist), resample (resample_poly, Kaiser FIR: "
     "flat to about 0.9, the resampler afilm upsample applies to real input) or subsample (x[::r], no "
     "filter); several joined by + degrade every file each way (decimate+resample: a model for both "
     "kinds of low-rate input). "
-    "Default: decimate single / folder, subsample multi.")]
+    "Default: decimate; vctk --split multi: subsample, as the reference's multi-speaker data.")]
 Sam = Annotated[float | None, typer.Option("--sam", help="Probability of keeping each patch, in (0, 1] "
-                                           "(default: 1.0 single / folder, 0.25 multi).")]
+                                           "(default: 1.0; vctk --split multi: 0.25).")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1,
                                    help="Seed for patch sampling and validation picks.")]
 Multiple = Annotated[int, typer.Option("--multiple", min=1, help="Crop the patch count to a multiple of "
