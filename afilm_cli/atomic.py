@@ -50,6 +50,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) for outputs, or say in one line why it cannot be:
+    called before long work, so that a run never ends by failing to write what it computed."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise AfilmError(f"cannot create folder {path}: {blocker} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AfilmError(f"cannot create folder {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise AfilmError(f"cannot write in folder {path}: permission denied")
+    return path
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -193,3 +196,29 @@ def test_a_write_failing_on_a_full_disk_is_one_clear_error(tmp_path, monkeypatch
             tmp.write_bytes(b"partial")
             raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
     assert list(tmp_path.iterdir()) == []
+
+
+
+def test_make_output_dir_creates_or_says_why_not(tmp_path):
+    from afilm_cli.atomic import make_output_dir
+
+    made = make_output_dir(tmp_path / "a" / "b")
+    assert made.is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(AfilmError, match=r"cannot create folder .*f/sub: .*f is a file"):
+        make_output_dir(tmp_path / "f" / "sub")
+    # a file system that refuses new folders, even to root (Linux's /proc)
+    if Path("/proc/self").is_dir():
+        with pytest.raises(AfilmError, match="cannot create folder /proc/afilm-x: "):
+            make_output_dir("/proc/afilm-x")
+
+
+def test_make_output_dir_needs_write_permission(tmp_path):
+    from afilm_cli.atomic import make_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as root: folder permissions are not enforced")
+    with pytest.raises(AfilmError, match="cannot write in folder"):
+        make_output_dir(locked)
