@@ -134,7 +134,11 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     except AfilmError:
         raise AfilmError(f"{path}: checkpoint recipe has unknown degradation "
                          f"{recipe.get('degrade')!r}") from None
-    return Loaded(model_from_checkpoint(ckpt, device), recipe, path, ckpt)
+    try:
+        model = model_from_checkpoint(ckpt, device)
+    except AfilmError as exc:  # weights that do not fit: said with the file they came from
+        raise AfilmError(f"{path}: {exc}") from None
+    return Loaded(model, recipe, path, ckpt)
 
 
 def window_plan_for(loaded: Loaded, length: int, window: int | None = None) -> WindowPlan:
@@ -251,14 +255,37 @@ def _subtype(fmt_path: Path, like: str | None) -> str:
     return next((s for s in _SUBTYPES.get(like or "", ()) if sf.check_format(fmt, s)), "PCM_16")
 
 
-def _write_blocks(path: Path, blocks: Iterator[np.ndarray], sr: int, channels: int, subtype: str) -> None:
-    """Stream blocks into ``path`` atomically; PCM output is clipped (libsndfile would wrap)."""
+def _write_blocks(path: Path, blocks: Iterator[np.ndarray], sr: int, channels: int, subtype: str
+                  ) -> tuple[int, float]:
+    """Stream blocks into ``path`` atomically; PCM output is clipped (libsndfile would wrap). Returns
+    the number of samples clipped (all channels) and the largest magnitude among them (0 if none)."""
     clip = subtype.startswith("PCM")
+    clipped, peak = 0, 0.0
     with atomic_path(path) as tmp:
         with sf.SoundFile(str(tmp), "w", samplerate=int(sr), channels=channels, subtype=subtype,
                           format="FLAC" if path.suffix.lower() == ".flac" else "WAV") as f:
             for block in blocks:
-                f.write(np.clip(block, -1.0, 1.0) if clip else block)
+                if clip:
+                    over = np.abs(block) > 1.0  # counted per block: the file never exists in memory
+                    if over.any():
+                        clipped += int(over.sum())
+                        peak = max(peak, float(np.abs(block[over]).max()))
+                    block = np.clip(block, -1.0, 1.0)
+                f.write(block)
+    return clipped, peak
+
+
+def clip_warning(path: Path, clipped: int, peak: float, like: str | None, subtype: str) -> str | None:
+    """The warning for PCM samples clipped while writing ``path`` (None if none were): how many, and
+    what would have kept them, as :func:`_subtype` chooses the output's sample format."""
+    if not clipped:
+        return None
+    if like in ("FLOAT", "DOUBLE"):  # float input: only FLAC, which has no float samples, clips it
+        hint = "FLAC has no float samples: -o NAME.wav writes float, as the input, and keeps them"
+    else:
+        hint = (f"the output keeps the input's sample format ({like or 'unknown'} -> {subtype}): "
+                "a float WAV input, written to .wav, keeps them")
+    return f"{path}: {clipped} samples clipped to [-1, 1] (peak {peak:.5g}); {hint}"
 
 
 def _stage_blocks(stage: Stage) -> Iterator[np.ndarray]:
@@ -310,7 +337,11 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
         plan = window_plan_for(loaded, length, window)
         blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                progress=progress, **speed)
-        _write_blocks(Path(out), blocks, loaded.sr, src.channels, _subtype(Path(out), src.subtype))
+        sub = _subtype(Path(out), src.subtype)
+        message = clip_warning(Path(out), *_write_blocks(Path(out), blocks, loaded.sr, src.channels, sub),
+                               src.subtype, sub)
+        if message:
+            (warn or print_warning)(message)
         return {"input": str(src.path), "output": str(out), "sr_in": src.sr, "sr_out": loaded.sr,
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
 
@@ -355,9 +386,9 @@ def simulate_paths(out_base: Path) -> dict[str, Path]:
 def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded, *,
                   batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
                   progress: Callable[[int], None] | None = None, degrade: str | None = None,
-                  **speed: Any) -> dict[str, Any]:
+                  warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
-    the low rate made by ``degrade`` (default: the checkpoint's recipe)."""
+    the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples."""
     with contextlib.closing(FileSource(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
         with naming(path):
@@ -369,19 +400,23 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
                              "a .lr.wav cannot be written at it")
         sub = _subtype(paths["pr"], src.subtype)
         plan = window_plan_for(loaded, length, window)
-        written = []
+        written, clips = [], {}
         try:  # the three files are one result: a failure (disk full, Ctrl-C) removes those written
-            _write_blocks(paths["lr"], _stage_blocks(lr), int(low), src.channels, sub)
+            clips["lr"] = _write_blocks(paths["lr"], _stage_blocks(lr), int(low), src.channels, sub)
             written.append(paths["lr"])
-            _write_blocks(paths["hr"], _stage_blocks(hr), loaded.sr, src.channels, sub)
+            clips["hr"] = _write_blocks(paths["hr"], _stage_blocks(hr), loaded.sr, src.channels, sub)
             written.append(paths["hr"])
             blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                    progress=progress, **speed)
-            _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
+            clips["pr"] = _write_blocks(paths["pr"], blocks, loaded.sr, src.channels, sub)
         except BaseException:
             for p in written:
                 p.unlink(missing_ok=True)
             raise
+        for key, found in clips.items():  # said once the set is complete (a failure removes it all)
+            message = clip_warning(paths[key], *found, src.subtype, sub)
+            if message:
+                (warn or print_warning)(message)
         return {"input": str(src.path), "outputs": {k: str(v) for k, v in paths.items()},
                 "frames_hr": length, "frames_lr": lr.length, "channels": src.channels}
 
@@ -398,10 +433,19 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     A folder input is searched recursively and mirrored into ``out`` (default ``<folder>.afilm``).
     ``out`` is a folder when it exists as one or, given as a string, ends with a path separator
     (``-o new_dir/``: Path() would drop the slash that says so)."""
-    from afilm_cli.audio import find_audio_files
+    from afilm_cli.audio import find_audio_files, is_audio_file
 
     out_is_dir = isinstance(out, str) and out.endswith(("/", os.sep))
     out = Path(out) if out is not None else None
+    if out is not None and not out_is_dir and not out.is_dir():
+        # several outputs go into a folder: one named x.wav would be made and hold them all
+        if (len(inputs) > 1 or any(item.is_dir() for item in inputs)) and is_audio_file(out):
+            raise AfilmError(f"{out}: several inputs (or a folder) need a folder for -o, not an audio file "
+                             "name (end it with / to make a new folder)")
+        # the three outputs are WAV at their own rates: a .flac name would not be honoured
+        if simulate and is_audio_file(out) and out.suffix.lower() != ".wav":
+            raise AfilmError(f"{out}: --simulate writes WAV files (NAME.lr.wav, NAME.hr.wav, NAME.pr.wav); "
+                             "give -o NAME or NAME.wav")
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         if item.is_dir():
@@ -420,7 +464,7 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             if out is not None and (len(inputs) > 1 or out_is_dir or out.is_dir()):
                 target = out / (item.stem if simulate else default_output(item).name)
             elif out is not None:
-                target = out.with_suffix("") if simulate and out.suffix.lower() in (".wav", ".flac") else out
+                target = out.with_suffix("") if simulate and out.suffix.lower() == ".wav" else out
                 if not simulate and out.suffix.lower() not in (".wav", ".flac"):
                     raise AfilmError(f"{out}: afilm writes WAV or FLAC; end the output name with .wav or "
                                      ".flac (or with / for a folder)")

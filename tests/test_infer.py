@@ -384,20 +384,73 @@ def test_a_file_too_short_for_the_spline_is_named(tmp_path, ckpts):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["click.wav", "hr.wav"]
 
 
-def test_a_bad_file_in_a_folder_stops_the_run_before_any_output(tmp_path, ckpts, capsys):
-    x = np.sin(np.arange(8000) / 3) * 0.1
-    for sub in ("mix", "sim"):
-        (tmp_path / sub).mkdir()
-    for name, n in (("a.wav", 8000), ("b.wav", 3), ("c.wav", 8000)):
-        write(tmp_path / "mix" / name, x[:n], 4000)
-    line = error_line(run_main(capsys, "upsample", tmp_path / "mix", "--ckpt", ckpts["spline"], "-q"))
-    assert line.endswith("b.wav: signal of 3 low-rate samples is too short for a cubic spline (it needs 4)")
-    assert not (tmp_path / "mix.afilm").exists()
-    write(tmp_path / "sim" / "a.wav", np.tile(x, 4), 16000)
+def speech(libri_mini, sr, seconds=2.0, k=0) -> np.ndarray:
+    """The start of a real LibriSpeech utterance (16 kHz FLAC), resampled to ``sr``."""
+    src = sorted((libri_mini / "test-other").rglob("*.flac"))[k]
+    x, sr0 = sf.read(str(src), dtype="float64", frames=int(seconds * 16000))
+    assert sr0 == 16000
+    return signal.resample_poly(x, sr, sr0) if sr != sr0 else x
+
+
+def test_bad_files_among_several_are_named_and_the_others_written(tmp_path, ckpts, capsys, libri_mini):
+    """An unreadable or too-short file among several is named on its own line and the others are
+    written, as a file that fails while streaming (NaN) is; it had stopped the whole batch."""
+    x = speech(libri_mini, 4000)
+    (tmp_path / "mix" / "sub").mkdir(parents=True)
+    write(tmp_path / "mix" / "a.wav", x, 4000, "PCM_16")
+    (tmp_path / "mix" / "b.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
+    write(tmp_path / "mix" / "sub" / "short2.wav", x[:2], 4000, "PCM_16")
+    write(tmp_path / "mix" / "z.wav", x[::-1], 4000, "PCM_16")
+    args = ("upsample", tmp_path / "mix", "--ckpt", ckpts["spline"], "-q")
+    out = run_main(capsys, *args)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("afilm: error: ") and "b.wav: cannot read audio" in lines[0]
+    assert lines[1].startswith("afilm: error: ") and lines[1].endswith(
+        "short2.wav: signal of 2 low-rate samples is too short for a cubic spline (it needs 4)")
+    assert lines[-1] == "afilm: error: 2 of 4 files failed (said above); the others were written"
+    written = sorted(str(p.relative_to(tmp_path / "mix.afilm")) for p in (tmp_path / "mix.afilm").rglob("*")
+                     if p.is_file())
+    assert written == ["a.afilm.wav", "z.afilm.wav"]
+    assert sf.info(str(tmp_path / "mix.afilm" / "a.afilm.wav")).frames == 4 * len(x)
+    # a rerun without --force: the clash is the one error, said before any file is looked at again
+    assert "a.afilm.wav exists; pass --force" in error_line(run_main(capsys, *args))
+    # one input alone: its error is the run's one line
+    line = error_line(run_main(capsys, "upsample", tmp_path / "mix" / "sub" / "short2.wav",
+                               "--ckpt", ckpts["spline"]))
+    assert line.endswith("short2.wav: signal of 2 low-rate samples is too short for a cubic spline "
+                         "(it needs 4)")
+    # only bad files: nothing is written and the summary does not say otherwise
+    out = run_main(capsys, "upsample", tmp_path / "mix" / "b.wav", tmp_path / "mix" / "sub" / "short2.wav",
+                   "--ckpt", ckpts["spline"], "-o", tmp_path / "none/")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == ("afilm: error: 2 of 2 files failed (said above); nothing "
+                                                   "was written")
+    assert not (tmp_path / "none").exists()
+    # --simulate: a file too short to decimate is left out the same way
+    (tmp_path / "sim").mkdir()
+    write(tmp_path / "sim" / "a.wav", speech(libri_mini, 16000, 1.0), 16000)
     write(tmp_path / "sim" / "b.wav", x[:10], 16000)
-    line = error_line(run_main(capsys, "upsample", tmp_path / "sim", "--simulate", "--ckpt", ckpts["spline"]))
-    assert line.endswith("b.wav: signal of 10 samples is too short to decimate")
-    assert not (tmp_path / "sim.afilm").exists()
+    out = run_main(capsys, "upsample", tmp_path / "sim", "--simulate", "--ckpt", ckpts["spline"], "-q")
+    assert out.returncode == 2
+    assert "b.wav: signal of 10 samples is too short to decimate" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "sim.afilm").iterdir()) == ["a.hr.wav", "a.lr.wav", "a.pr.wav"]
+
+
+def test_an_unreadable_file_among_several_without_ckpt(tmp_path, capsys, monkeypatch, libri_mini):
+    """Without --ckpt each file's rate picks the bundled model: a file whose rate cannot be read is
+    named there, and the others still go to their models."""
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the bundled models
+    good = write(tmp_path / "good.wav", speech(libri_mini, 8000, 1.0), 8000, "PCM_16")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"\x00" * 64)
+    out = run_main(capsys, "upsample", bad, good, "-q", "--threads", "1")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 2, out.stderr
+    assert lines[0].startswith("afilm: error: ") and "bad.wav: cannot read audio" in lines[0]
+    assert lines[1] == "afilm: error: 1 of 2 files failed (said above); the others were written"
+    assert sf.info(str(tmp_path / "good.afilm.wav")).frames == 2 * sf.info(str(good)).frames
+    assert not (tmp_path / "bad.afilm.wav").exists()
 
 
 def test_cli_window_reaches_the_windowed_path(tmp_path, ckpts, capsys):
@@ -840,7 +893,7 @@ def test_readme_python_example_runs(tmp_path, libri_mini):
 
 def test_plan_outputs_for_dot_folders_and_flac_simulate_names(tmp_path, monkeypatch):
     """`afilm upsample .` (and ..) mirrors into the folder's real name + .afilm beside it (it crashed,
-    and '..' gave a folder named '...afilm'); `--simulate -o x.flac` names x.lr.wav, not x.flac.lr.wav."""
+    and '..' gave a folder named '...afilm'); `--simulate -o x.wav` names x.lr.wav, not x.wav.lr.wav."""
     work = tmp_path / "work"
     (work / "sub").mkdir(parents=True)
     (work / "a.wav").write_bytes(b"")
@@ -851,8 +904,10 @@ def test_plan_outputs_for_dot_folders_and_flac_simulate_names(tmp_path, monkeypa
     assert infer.plan_outputs([Path("..")], None, simulate=True) == [
         (Path("../a.wav"), tmp_path / "work.afilm" / "a")]
     src = work / "a.wav"
-    assert infer.plan_outputs([src], str(tmp_path / "x.FLAC"), simulate=True) == [(src, tmp_path / "x")]
+    assert infer.plan_outputs([src], str(tmp_path / "x.WAV"), simulate=True) == [(src, tmp_path / "x")]
     assert infer.simulate_paths(tmp_path / "x")["lr"] == tmp_path / "x.lr.wav"
+    with pytest.raises(AfilmError, match=r"x\.FLAC: --simulate writes WAV files"):  # it wrote x.lr.wav
+        infer.plan_outputs([src], str(tmp_path / "x.FLAC"), simulate=True)
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -911,3 +966,95 @@ def test_low_rate_warning_names_the_ratio_where_no_bundled_model_fits():
     assert infer.low_rate_warning(24000, model_48k).endswith("(a model trained with --r 2 keeps it)")
     assert infer.low_rate_warning(16000, model_48k).endswith("(a model trained with --r 3 keeps it)")
     assert infer.low_rate_warning(12000, model_48k) is None
+
+
+def clip_counts(path) -> tuple[int, float]:
+    """Samples beyond +-1 in a float file (all channels) and the largest magnitude among them."""
+    y, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    over = np.abs(y) > 1.0
+    return int(over.sum()), float(np.abs(y[over]).max()) if over.any() else 0.0
+
+
+def test_clipped_pcm_output_is_counted_and_warned(tmp_path, ckpts, capsys, libri_mini):
+    """PCM output clips samples beyond +-1; that was silent. The count (over every streamed block:
+    --batch-size 1 makes one block per window) is the one the float output of the same run shows."""
+    x = speech(libri_mini, 4000, 4.0)
+    loud = write(tmp_path / "loud.wav", x * (3.0 / np.abs(x).max()), 4000)  # float, peak 3.0
+    common = ("--ckpt", ckpts["spline"], "--batch-size", "1", "--window", "4096", "--threads", "1")
+    out = run_main(capsys, "upsample", loud, *common, "-o", tmp_path / "loud.float.wav")
+    assert out.returncode == 0 and "warning" not in out.stderr, out.stderr  # float .wav keeps them
+    assert sf.info(str(tmp_path / "loud.float.wav")).subtype == "FLOAT"
+    count, peak = clip_counts(tmp_path / "loud.float.wav")
+    assert count > 1000 and peak > 2.5
+    assert infer.count_windows(loud, loaded(ckpts), 4096) > 2  # several blocks are counted
+    out = run_main(capsys, "upsample", loud, *common, "-o", tmp_path / "loud.flac")
+    warnings = [l for l in out.stderr.splitlines() if "warning" in l]
+    assert out.returncode == 0 and warnings == [
+        f"afilm: warning: {tmp_path / 'loud.flac'}: {count} samples clipped to [-1, 1] (peak {peak:.5g}); "
+        "FLAC has no float samples: -o NAME.wav writes float, as the input, and keeps them"], out.stderr
+    assert np.abs(sf.read(str(tmp_path / "loud.flac"))[0]).max() <= 1.0
+    # a 16-bit input at full scale: the spline overshoots it; the output stays 16-bit
+    pcm = np.round(x / np.abs(x).max() * 32767).astype(np.int16)
+    sf.write(str(tmp_path / "full.wav"), pcm, 4000, subtype="PCM_16")
+    sf.write(str(tmp_path / "full.float.wav"), pcm / 32768.0, 4000, subtype="FLOAT")  # the same values
+    assert run_main(capsys, "upsample", tmp_path / "full.float.wav", *common).returncode == 0
+    count, peak = clip_counts(tmp_path / "full.float.afilm.wav")
+    assert count > 0
+    out = run_main(capsys, "upsample", tmp_path / "full.wav", *common)
+    warnings = [l for l in out.stderr.splitlines() if "warning" in l]
+    assert out.returncode == 0 and warnings == [
+        f"afilm: warning: {tmp_path / 'full.afilm.wav'}: {count} samples clipped to [-1, 1] "
+        f"(peak {peak:.5g}); the output keeps the input's sample format (PCM_16 -> PCM_16): a float WAV "
+        "input, written to .wav, keeps them"], out.stderr
+    assert sf.info(str(tmp_path / "full.afilm.wav")).subtype == "PCM_16"
+
+
+def test_simulate_warns_of_each_clipped_output(tmp_path, ckpts, vctk_mini):
+    """--simulate's three files are clipped the same way when the input is PCM; each is counted."""
+    src = sorted((vctk_mini / "wav48").rglob("*.wav"))[0]
+    x, sr = sf.read(str(src), dtype="float64", frames=48000 * 2)
+    # recorded too loud (clipped at full scale): its square edges overshoot once low-passed
+    pcm = np.round(np.clip(x / np.abs(x).max() * 4, -1, 1) * 32767).astype(np.int16)
+    sf.write(str(tmp_path / "hr.wav"), pcm, sr, subtype="PCM_16")
+    sf.write(str(tmp_path / "hrf.wav"), pcm / 32768.0, sr, subtype="FLOAT")
+    floats = infer.simulate_file(tmp_path / "hrf.wav", tmp_path / "f", loaded(ckpts), warn=pytest.fail)
+    expected = [(k, *clip_counts(p)) for k, p in floats["outputs"].items()]
+    assert any(n for _, n, _ in expected)
+    warnings = []
+    infer.simulate_file(tmp_path / "hr.wav", tmp_path / "p", loaded(ckpts), warn=warnings.append)
+    assert warnings == [f"{tmp_path / f'p.{k}.wav'}: {n} samples clipped to [-1, 1] (peak {peak:.5g}); the "
+                        "output keeps the input's sample format (PCM_16 -> PCM_16): a float WAV input, "
+                        "written to .wav, keeps them" for k, n, peak in expected if n]
+
+
+def test_several_inputs_refuse_an_audio_file_name_for_out(tmp_path, ckpts, capsys, libri_mini):
+    """`a.wav b.wav -o two.wav` made a folder named two.wav; an existing folder of that name is used."""
+    x = speech(libri_mini, 4000, 1.0)
+    a, b = write(tmp_path / "a.wav", x, 4000), write(tmp_path / "b.wav", x[::-1], 4000)
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "c.wav", x, 4000)
+    for inputs, name in (((a, b), "two.wav"), ((tmp_path / "d",), "d.flac"), ((a, b), "two.FLAC")):
+        line = error_line(run_main(capsys, "upsample", *inputs, "--ckpt", ckpts["spline"],
+                                   "-o", tmp_path / name))
+        assert line == (f"afilm: error: {tmp_path / name}: several inputs (or a folder) need a folder for "
+                        "-o, not an audio file name (end it with / to make a new folder)")
+        assert not (tmp_path / name).exists()
+    (tmp_path / "two.wav").mkdir()
+    assert run_main(capsys, "upsample", a, b, "--ckpt", ckpts["spline"], "-o", tmp_path / "two.wav",
+                    "-q").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "two.wav").iterdir()) == ["a.afilm.wav", "b.afilm.wav"]
+
+
+def test_simulate_refuses_a_flac_output_name(tmp_path, ckpts, capsys, libri_mini):
+    """`--simulate -o sim.flac` wrote sim.lr.wav, .hr.wav, .pr.wav: the .flac was silently dropped."""
+    src = write(tmp_path / "hr.wav", speech(libri_mini, 16000, 1.0), 16000)
+    line = error_line(run_main(capsys, "upsample", src, "--simulate", "--ckpt", ckpts["spline"],
+                               "-o", tmp_path / "sim.flac"))
+    assert line == (f"afilm: error: {tmp_path / 'sim.flac'}: --simulate writes WAV files (NAME.lr.wav, "
+                    "NAME.hr.wav, NAME.pr.wav); give -o NAME or NAME.wav")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.wav"]
+    out = run_cli("upsample", src, "--simulate", "--ckpt", ckpts["spline"], "-o", tmp_path / "sim.wav")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.wav", "sim.hr.wav", "sim.lr.wav", "sim.pr.wav"]
+    help_text = run_cli("upsample", "--help").stdout.replace("\u2502", " ")  # the option box's sides
+    assert "they are always WAV, so .flac is refused" in " ".join(help_text.split())

@@ -21,7 +21,8 @@ def command(
     out: Annotated[str | None, typer.Option(
         "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several "
         "inputs, a folder input mirrored inside it, an existing folder, or a path ending in /). With "
-        "--simulate, the base name of the .lr/.hr/.pr.wav files (x.wav -> x.lr.wav ...). Default: "
+        "--simulate, the base name of the .lr/.hr/.pr.wav files (x.wav -> x.lr.wav ...; they are always "
+        "WAV, so .flac is refused). Default: "
         "IN.afilm.wav beside each input (.flac for a FLAC input); a folder DIR goes to DIR.afilm/ "
         "beside it.")] = None,
     simulate: Annotated[bool, typer.Option(
@@ -91,45 +92,68 @@ def command(
     if clash and not force:
         raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
                          + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
+    failed: list[Path] = []
+
+    def fail(src: Path, exc: AfilmError) -> None:
+        """One input is the whole run: its error is the error. Of several, a bad one is named and the
+        others go on (the run still ends non-zero)."""
+        if len(pairs) == 1:
+            raise exc
+        failed.append(src)
+        err.print(f"afilm: error: {escape(str(exc))}", soft_wrap=True)
+
+    # every input checked (readable, long enough, usable rate) before anything is written
     if fixed is not None:
         models = {src: fixed for src, _ in pairs}
     else:  # real input: the bundled model made for each file's rate, unless runs/ holds one of yours
-        paths = {src: infer.default_checkpoint(infer.input_rate(src)) for src, _ in pairs}
+        paths = {}
+        for src, _ in pairs:
+            try:
+                rate = infer.input_rate(src)
+            except AfilmError as exc:
+                fail(src, exc)
+                continue
+            paths[src] = infer.default_checkpoint(rate)  # no model at all is no one file's fault
         by_path = {path: infer.load_model(path, dev) for path in dict.fromkeys(paths.values())}
         models = {src: by_path[path] for src, path in paths.items()}
-    # every input checked before anything is written: a bad file stops the run before it starts
-    totals = [infer.count_windows(src, models[src], window, simulate=simulate, degrade=degrade)
-              for src, _ in pairs]
+    totals = {}
+    for src, model in models.items():
+        try:
+            totals[src] = infer.count_windows(src, model, window, simulate=simulate, degrade=degrade)
+        except AfilmError as exc:
+            fail(src, exc)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    failed = []
+
+    def warn(message: str) -> None:
+        err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
+
     with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
-        task = bar.add_task("upsampling", total=sum(totals))
+        task = bar.add_task("upsampling", total=sum(totals.values()))
         for src, target in pairs:
+            if src not in totals:  # said above
+                continue
             bar.update(task, description=escape(src.name))
 
             def advance(n: int) -> None:
                 bar.advance(task, n)
 
-            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, **speed)
+            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, warn=warn,
+                          **speed)
             try:
                 if simulate:
                     info = infer.simulate_file(src, target, models[src], degrade=degrade, **kwargs)
                     written = ", ".join(info["outputs"].values())
                 else:
-                    info = infer.upsample_file(src, target, models[src],
-                                               warn=lambda m: err.print(f"afilm: warning: {escape(m)}"),
-                                               **kwargs)
+                    info = infer.upsample_file(src, target, models[src], **kwargs)
                     written = info["output"]
             except AfilmError as exc:  # found only while streaming (NaN samples): the other files go on
-                if len(pairs) == 1:
-                    raise
-                failed.append(src)
-                err.print(f"afilm: error: {escape(str(exc))}", soft_wrap=True)
+                fail(src, exc)
                 continue
             if not quiet:
                 err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
     if failed:
-        raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); the others were written")
+        raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); "
+                         + ("the others were written" if len(failed) < len(pairs) else "nothing was written"))
     if not quiet:
         used = {id(m): m for m in models.values()}.values()
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
