@@ -17,6 +17,7 @@ restoration of the input band scores without inventing anything above it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -32,7 +33,7 @@ import torch
 
 from afilm_cli import __version__
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import find_audio_files, read_audio
+from afilm_cli.audio import find_audio_files, read_audio, to_mono
 from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
     ArraySource,
@@ -46,6 +47,7 @@ from afilm_cli.infer import (
 )
 from afilm_cli.metrics import ALL, LsdReference, band_edges, band_energy, lowpass_truth, segmental_snr, snr
 from afilm_cli.plots import save_spectrograms
+from afilm_cli.stages import FileSource
 
 SYSTEMS = ("model", "spline")
 METRICS = tuple(ALL)
@@ -140,11 +142,11 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                                "frequency, capped at 10",
                     "lowpass_truth": "the truth with every DFT bin at or above the low rate's Nyquist "
                                      "zeroed: perfect restoration of the input band, nothing invented above",
-                    "summary": "mean over items; with --data, lsd_ref over all patches joined end to "
-                               "end, as the reference computes it",
-                    "bands": "energy per band (DFT of each item, Parseval-scaled), summed over items; dB "
-                             "relative to the signal's total energy; model_gain_db = spline error / model "
-                             "error"},
+                    "summary": "mean over items, silent ones (truth all zero) skipped; with --data, "
+                               "lsd_ref over all patches joined end to end, as the reference computes it",
+                    "bands": "energy per band (DFT of each item, Parseval-scaled), summed over the items "
+                             "evaluated; dB relative to the signal's total energy; model_gain_db = spline "
+                             "error / model error"},
         "device": str(device),
         "versions": {"afilm": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__, "python": platform.python_version()},
@@ -152,15 +154,27 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
     }
 
 
+def silent_patches(pf, n: int, chunk: int = 256) -> np.ndarray:
+    """Whether each of the first ``n`` patches of ``pf`` has an all-zero label (read in chunks)."""
+    silent = np.zeros(n, dtype=bool)
+    for a in range(0, n, chunk):
+        label = np.asarray(pf.label[a : min(a + chunk, n)]).reshape(min(chunk, n - a), -1)
+        silent[a : a + len(label)] = ~np.any(label, axis=1)
+    return silent
+
+
 def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16,
                 device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
                 max_plots: int = 10, progress: Callable[[int], None] | None = None,
                 total: Callable[[int], None] | None = None,
-                warn: Callable[[str], None] | None = None, threads: int | str = "auto") -> EvalResult:
+                warn: Callable[[str], None] | None = None, threads: int | str = "auto",
+                outputs: Callable[[list[Path]], None] | None = None) -> EvalResult:
     """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
-    Before the work, ``total`` hears the number of patches that ``progress`` will add up to, and
-    ``warn`` that the data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for
-    torch, a number or "auto" (afilm_cli/threads.py)."""
+    A patch whose label is all zero is skipped (as a silent file in :func:`evaluate_wavs`), with one
+    warning giving their count. Before the work, ``total`` hears the number of patches that
+    ``progress`` will add up to, ``outputs`` the plot paths the run will write, and ``warn`` that the
+    data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for torch, a number or
+    "auto" (afilm_cli/threads.py)."""
     from afilm_cli.data.h5 import PatchFile
     from afilm_cli.threads import num_threads, resolve_threads
 
@@ -177,11 +191,23 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
             note = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                     f"{loaded.recipe['degrade']!r}")
-            if warn:
-                warn(note)
         n = len(pf) if limit is None else min(limit, len(pf))
+        # found before the work (labels only): the count is said, the total and plot names known
+        silent = silent_patches(pf, n)
+        n_silent = int(silent.sum())
+        if n_silent == n:
+            raise AfilmError(f"{pf.path}: every one of the {n} patches evaluated is silent (label all zero); "
+                             "nothing to evaluate")
+        plotted = np.flatnonzero(~silent)[:max_plots] if plots_dir is not None else []
+        if outputs and plots_dir is not None:
+            outputs([plots_dir / f"patch_{i:06d}.png" for i in plotted])
+        if note and warn:  # said once no error can follow before the work
+            warn(note)
+        if n_silent:
+            (warn or print_warning)(f"{pf.path}: {n_silent} of {n} patches are silent (label all zero): "
+                                    "skipped, since their SNR would swamp the means")
         if total:
-            total(n)
+            total(n - n_silent)
         multiple = int(getattr(loaded.model, "length_multiple", 1))
         pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
@@ -190,18 +216,22 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         # per-patch values (a root of a mean is not a mean of roots); the rows keep the per-patch value
         joined = {s: LsdReference() for s in SYSTEMS}
         for a in range(0, n, batch_size):
-            data, label = pf.read(slice(a, min(a + batch_size, n)))
+            keep = np.flatnonzero(~silent[a : min(a + batch_size, n)])
+            if not len(keep):
+                continue
+            data, label = pf.read(slice(a, min(a + batch_size, n)))  # one slice: faster than a selection
+            data, label = data[keep], label[keep]
             if not (np.isfinite(data).all() and np.isfinite(label).all()):
-                bad = a + int(np.flatnonzero(~(np.isfinite(data) & np.isfinite(label)).all(axis=1))[0])
+                bad = a + int(keep[np.flatnonzero(~(np.isfinite(data) & np.isfinite(label)).all(axis=1))[0]])
                 raise AfilmError(f"{pf.path}: patch {bad} holds NaN or Inf samples")
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
             with torch.inference_mode(), num_threads(n_threads):
                 pred = loaded.model(x).float().cpu().numpy()[:, 0, : pf.patch]
-            for i in range(len(data)):
-                name = f"patch_{a + i:06d}"
+            for i, index in enumerate(a + keep):
+                name = f"patch_{index:06d}"
                 rows.append(_row(name, pred[i], data[i], label[i], loaded, pf.patch))
                 bands.add(label[i], model=pred[i], spline=data[i])
-                if plots_dir is not None and len(plots) < max_plots:
+                if index in plotted:
                     lr = data[i][:: loaded.r]  # the spline passes through the LR samples at k*r
                     plots.append(_plot(plots_dir / f"{name}.png", lr, pred[i], label[i], loaded, name))
             for system, arr in (("model", pred), ("spline", data)):
@@ -211,8 +241,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         pooled = {s: {"lsd_ref": joined[s].value()} for s in SYSTEMS}
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
-                  "n_items": len(rows), "degrade": rec.get("degrade") or loaded.recipe["degrade"],
-                  "threads": threads}
+                  "n_items": len(rows), "n_skipped_silent": n_silent,
+                  "degrade": rec.get("degrade") or loaded.recipe["degrade"], "threads": threads}
         if note:
             source["note"] = note
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands, pooled)
@@ -227,55 +257,101 @@ def find_audio(folder: Path) -> list[Path]:
     return files
 
 
+SILENT = "silent (every sample is zero)"
+SCAN_BLOCK = 1 << 18  # frames per read of the check's pass over a file
+
+
+def check_wav(path: Path, loaded: Loaded, window: int | None = None, degrade: str | None = None
+              ) -> tuple[int, bool]:
+    """(model windows, silent) of a high-rate file, or an AfilmError naming it and why it cannot be
+    evaluated. Read through once: opening it says nothing of a truncated body, NaN samples or silence,
+    which would otherwise show only when its turn came, after the files before it."""
+    windows = count_windows(path, loaded, window, simulate=True, degrade=degrade)
+    loud = False
+    with contextlib.closing(FileSource(path)) as src:
+        for a in range(0, src.length, SCAN_BLOCK):
+            block = src.read(a, min(a + SCAN_BLOCK, src.length)).astype(np.float32)
+            loud = loud or bool(np.any(to_mono(block)))  # as read_audio(mono=True) will see it
+    return windows, not loud
+
+
+def plot_name(item: str) -> str:
+    """The PNG of a --wavs item: its path below the folder, separators as ``__``, no extension."""
+    return item.replace(os.sep, "__").rsplit(".", 1)[0] + ".png"
+
+
 def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
                   plots_dir: Path | None = None, max_plots: int = 10,
                   progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
                   degrade: str | None = None, warn: Callable[[str], None] | None = None,
-                  threads: int | str = "auto") -> EvalResult:
+                  threads: int | str = "auto", outputs: Callable[[list[Path]], None] | None = None
+                  ) -> EvalResult:
     """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
     low rate made by ``degrade`` (default: the checkpoint's recipe). Before the work, every file is
-    checked and ``total`` hears the number of model windows that ``progress`` will add up to (per
-    window, so that a long file moves a bar). A silent file is skipped and ``warn`` told: any output
-    scores about -80 dB SNR against silence, which would swamp the means. ``threads``: as
-    ``afilm upsample --threads`` (afilm_cli/windows.py)."""
+    checked (:func:`check_wav`); one that cannot be evaluated (unreadable, below the model's rate, too
+    short, ...) or is silent is skipped and ``warn`` told why: a silent one because any output scores
+    about -80 dB SNR against silence, which would swamp the means. Only a folder with no usable file
+    is an error. Then ``total`` hears the number of model windows that ``progress`` will add up to (per
+    window, so that a long file moves a bar) and ``outputs`` the plot paths the run will write.
+    ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py)."""
     if degrade is not None:
         check_degrade(degrade)
     folder = Path(folder)
     files = find_audio(folder)[:limit]
-    # every file checked first: a bad one stops the run before the long part
-    windows = [count_windows(path, loaded, window, simulate=True, degrade=degrade) for path in files]
+    # every file checked first: a bad one is known before the long part, and one bad file among
+    # thousands costs its row, not the run
+    usable: list[tuple[Path, int]] = []
+    skipped: list[dict[str, str]] = []  # every file left out, with why
+    failures: list[AfilmError] = []
+    for path in files:
+        item = str(path.relative_to(folder))
+        try:
+            n_windows, silent = check_wav(path, loaded, window, degrade)
+        except AfilmError as exc:
+            failures.append(exc)
+            skipped.append({"item": item, "reason": str(exc).removeprefix(f"{path}: ")})
+            continue
+        if silent:
+            skipped.append({"item": item, "reason": SILENT})
+        else:
+            usable.append((path, n_windows))
+    if not usable:
+        if not failures:
+            raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
+        if len(files) == 1:
+            raise failures[0]
+        raise AfilmError(f"{folder}: none of the {len(files)} files can be evaluated ({len(failures)} "
+                         f"unusable, {len(skipped) - len(failures)} silent); the first: {failures[0]}")
+    names = [str(path.relative_to(folder)) for path, _ in usable]
+    plotted = names[:max_plots] if plots_dir is not None else []
+    if outputs and plots_dir is not None:
+        outputs([plots_dir / plot_name(name) for name in plotted])
+    for s in skipped:
+        why = f"{s['reason']}: skipped" + (", since its SNR would swamp the means" if s["reason"] == SILENT
+                                           else "")
+        (warn or print_warning)(f"{folder / s['item']}: {why}")
     if total:
-        total(sum(windows))
+        total(sum(n for _, n in usable))
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
-    skipped = []
-    for path, n_windows in zip(files, windows, strict=True):
+    for (path, _), name in zip(usable, names, strict=True):
         x, sr_in = read_audio(path, mono=True)
-        if not np.any(x):
-            skipped.append(str(path.relative_to(folder)))
-            (warn or print_warning)(f"{path}: silent (every sample is zero): skipped, since its SNR "
-                                    "would swamp the means")
-            if progress:
-                progress(n_windows)
-            continue
         hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]
         # progress per window: a long file moves the bar
         pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
                        device=device, progress=progress, threads=threads)[:, 0]
-        name = str(path.relative_to(folder))
         rows.append(_row(name, pred, spline, hr, loaded, int(loaded.recipe["patch"])))
         bands.add(hr, model=pred, spline=spline)
-        if plots_dir is not None and len(plots) < max_plots:
+        if name in plotted:
             lr = lr_stage.read(0, lr_stage.length)[:, 0]
-            stem = name.replace(os.sep, "__").rsplit(".", 1)[0]
-            plots.append(_plot(plots_dir / f"{stem}.png", lr, pred, hr, loaded, name))
-    if not rows:
-        raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
+            plots.append(_plot(plots_dir / plot_name(name), lr, pred, hr, loaded, name))
     plan = window_plan_for(loaded, 1 << 30, window)
-    source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows), "skipped_silent": skipped,
+    source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
+              # skipped_silent: the names alone, as before `skipped` (every file left out, with why)
+              "skipped_silent": [s["item"] for s in skipped if s["reason"] == SILENT], "skipped": skipped,
               "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,31 @@ def test_an_existing_json_is_kept_without_force(tmp_path):
     proc = run_cli("bench", "--quick", "--prepare", "--json", out)
     assert proc.returncode == 2 and f"{out} exists; pass --force to overwrite" in proc.stderr
     assert out.read_text() == "{}"
+
+
+def test_json_output_is_checked_before_the_run(tmp_path):
+    """A --json no folder can be made for, or one that is a folder (--force or not), had been found
+    only after the benchmark ran, the first with a generic message: refused up front, in one line."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    cases = [((blocker / "b.json",), f"cannot create folder {blocker}: {blocker} is a file"),
+             ((folder, "--force"), f"--json {folder}: is a folder; give a file name"),
+             ((folder,), f"--json {folder}: is a folder; give a file name")]
+    if Path("/proc/self").is_dir():  # the audit's case
+        cases.append((("/proc/x/y.json",), "cannot create folder /proc/x: "))
+    for args, message in cases:
+        proc = run_cli("bench", "--quick", "--prepare", "--device", "cpu", "--json", *args)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
+        assert proc.stdout == ""  # no section ran ("bench: prepare..." would be on stderr)
+    assert blocker.read_text() == "keep" and list(folder.iterdir()) == []
+    # a new folder for it is made up front, and written into
+    out = tmp_path / "new" / "deeper" / "bench.json"
+    proc = run_cli("bench", "--quick", "--prepare", "--device", "cpu", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["complete"] is True
 
 
 def test_json_has_hardware_versions_and_settings(report):

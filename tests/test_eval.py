@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,12 +156,43 @@ def test_wav_below_model_rate_is_refused(ckpts, tmp_path):
         evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
 
 
-def test_wavs_are_all_checked_before_the_first_is_evaluated(ckpts, tmp_path, monkeypatch):
-    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32) + 0.1, 16000)
-    (tmp_path / "b.wav").write_bytes(b"")
-    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: pytest.fail("evaluated before the check"))
-    with pytest.raises(AfilmError, match=r"b\.wav: cannot read audio"):
-        evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), tmp_path)
+def test_wavs_are_all_checked_before_the_first_is_evaluated(ckpts, wavs, tmp_path, monkeypatch):
+    """One bad file among many costs its row, not the run: unreadable, below the model's rate, too short
+    to decimate, NaN inside (found only by reading it through) or silent, each is skipped with a
+    warning naming it and why, all before the first file is evaluated, and recorded with its reason."""
+    folder = tmp_path / "mix"
+    shutil.copytree(wavs, folder)
+    (folder / "junk.wav").write_bytes(np.random.default_rng(0).bytes(5000))
+    sf.write(str(folder / "low.wav"), np.random.default_rng(1).standard_normal(4000) * 0.1, 4000)
+    sf.write(str(folder / "tiny.wav"), np.random.default_rng(2).standard_normal(10) * 0.1, 16000)
+    nan = np.random.default_rng(3).standard_normal(48000) * 0.1
+    nan[40000] = np.nan
+    sf.write(str(folder / "nan.wav"), nan, 48000, subtype="FLOAT")
+    sf.write(str(folder / "silent.wav"), np.zeros(48000), 48000)
+    events = []
+    predict = evaluate.predict
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: (events.append("predict"), predict(*a, **k))[1])
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, warn=events.append)
+    assert [row["item"] for row in result.rows] == ["p225/p225_001.wav", "p226/p226_002.wav"]
+    assert events[5:] == ["predict", "predict"]  # every warning before the first evaluation
+    reasons = {s["item"]: s["reason"] for s in result.protocol["skipped"]}
+    assert reasons.keys() == {"junk.wav", "low.wav", "tiny.wav", "nan.wav", "silent.wav"}
+    assert reasons["junk.wav"].startswith("cannot read audio")
+    assert reasons["low.wav"].startswith("4000 Hz is below the model's rate 16000 Hz, so it cannot serve")
+    assert reasons["tiny.wav"] == "signal of 10 samples is too short to decimate"
+    assert reasons["nan.wav"] == "contains NaN or Inf samples"
+    assert reasons["silent.wav"] == "silent (every sample is zero)"
+    assert result.protocol["skipped_silent"] == ["silent.wav"]  # as before the reasons were kept
+    for item, reason in reasons.items():
+        assert sum(f"{folder / item}: {reason}: skipped" in e for e in events) == 1, (item, events)
+    # nothing usable at all: one line, naming the first file and why
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(folder / "junk.wav", bad)
+    shutil.copy(folder / "low.wav", bad)
+    with pytest.raises(AfilmError, match=r"bad: none of the 2 files can be evaluated \(2 unusable, 0 "
+                                         r"silent\); the first: .*junk\.wav: cannot read audio"):
+        evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), bad, warn=events.append)
 
 
 def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
@@ -230,6 +262,7 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
         # the missing input is said even where the outputs exist
         (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "r"), "no such HDF5"),
         (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "none", "--out", tmp_path / "r"), "not a folder"),
+        (("--ckpt", ckpts["spline"], "--data", tmp_path, "--out", tmp_path / "x"), "is a folder, not a file"),
         (("--ckpt", h5, "--data", h5, "--out", tmp_path / "x"), "not a loadable afilm checkpoint"),
         (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "x", "--threads", "0"),
          "--threads takes"),
@@ -304,7 +337,7 @@ def test_a_silent_file_is_skipped_with_a_warning(ckpts, wavs, tmp_path):
 
 def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
     """The bar moves per model window (a one-hour file showed nothing for minutes), and its steps add
-    up to the total the command sets, silent files (skipped) included."""
+    up to the total the command sets; a silent file, found before the work, is not in it."""
     folder = tmp_path / "mix"
     shutil.copytree(wavs, folder)
     sf.write(str(folder / "silent.wav"), np.zeros(48000), 48000)
@@ -312,7 +345,9 @@ def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
     steps, totals = [], []
     evaluate.evaluate_wavs(lo, folder, progress=steps.append, total=totals.append, warn=lambda m: None,
                            batch_size=2)
-    assert totals == [20] and sum(steps) == 20 and len(steps) > 3  # a step per batch of windows
+    expected = sum(infer.count_windows(wavs / name, lo, simulate=True)
+                   for name in ("p225/p225_001.wav", "p226/p226_002.wav"))
+    assert expected == 17 and totals == [17] and sum(steps) == 17 and len(steps) > 3  # a step per batch
 
 
 def test_threads_set_what_the_model_runs_on(ckpts, h5, wavs):
@@ -337,3 +372,140 @@ def test_threads_set_what_the_model_runs_on(ckpts, h5, wavs):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_eval_skips_unusable_files_and_still_writes_results(ckpts, wavs, tmp_path):
+    """The audit's case: one file of random bytes, one at 4 kHz and one of 10 samples in --wavs had
+    stopped the whole run with no output; now each is one warning and the others are evaluated."""
+    folder = tmp_path / "mix"
+    shutil.copytree(wavs, folder)
+    (folder / "junk.wav").write_bytes(np.random.default_rng(0).bytes(5000))
+    sf.write(str(folder / "low.wav"), np.random.default_rng(1).standard_normal(4000) * 0.1, 4000)
+    sf.write(str(folder / "tiny.wav"), np.random.default_rng(2).standard_normal(10) * 0.1, 16000)
+    args = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["spline"]), "--wavs", str(folder),
+            "--out", str(tmp_path / "res"), "--device", "cpu"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("afilm: warning:")]
+    assert len(warnings) == 3 and all(line.endswith(": skipped") for line in warnings), out.stderr
+    assert {w.split(": ")[2].rsplit("/", 1)[-1] for w in warnings} == {"junk.wav", "low.wav", "tiny.wav"}
+    with open(tmp_path / "res" / "metrics.csv") as f:
+        assert [r["item"] for r in csv.DictReader(f)] == ["p225/p225_001.wav", "p226/p226_002.wav"]
+    protocol = json.loads((tmp_path / "res" / "summary.json").read_text())["protocol"]
+    assert [s["item"] for s in protocol["skipped"]] == ["junk.wav", "low.wav", "tiny.wav"]
+    assert protocol["skipped_silent"] == [] and protocol["n_items"] == 2
+
+
+def _run_main(capsys, monkeypatch, *args):
+    """`afilm eval ARGS` in this process, with the model's windows counted: (exit code, stderr lines,
+    windows run)."""
+    from afilm_cli.main import main
+
+    calls = []
+    predict = evaluate.predict
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: (calls.append(1), predict(*a, **k))[1])
+    monkeypatch.setattr(sys, "argv", ["afilm", "eval", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return exc.value.code or 0, err, len(calls)
+
+
+def test_cli_eval_checks_its_outputs_before_the_work(ckpts, wavs, h5, tmp_path, capsys, monkeypatch):
+    """-o where no folder can be made, or --plots naming a file, had run the whole evaluation and then
+    failed (a --plots file left no metrics.csv either): refused up front in one line."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep")
+    cases = [(("--out", blocker / "res"), f"cannot create folder {blocker / 'res'}: {blocker} is a file"),
+             (("--out", tmp_path / "res", "--plots", blocker), f"cannot create folder {blocker}: "
+                                                               f"{blocker} is a file")]
+    if Path("/proc/self").is_dir():  # the audit's case: a path no one can create a folder in
+        cases.append((("--out", "/proc/x"), "cannot create folder /proc/x: "))
+    for source in (("--wavs", wavs), ("--data", h5)):
+        for args, message in cases:
+            code, err, windows = _run_main(capsys, monkeypatch, "--ckpt", ckpts["afilm_tiny"], *source, *args)
+            assert code == 2 and len(err) == 1 and message in err[0], (args, err)
+            assert windows == 0
+    assert blocker.read_text() == "keep" and not (tmp_path / "res" / "metrics.csv").exists()
+
+
+def test_cli_eval_keeps_existing_plots_without_force(ckpts, wavs, h5, tmp_path, capsys, monkeypatch):
+    """--plots had overwritten the PNGs in its folder without --force while metrics.csv was kept: the
+    PNGs the run will write (named before the work: from the file paths with --wavs, the patch indices
+    with --data) are kept the same way. PNGs the run would not write are no obstacle."""
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "p225__p225_001.png").write_bytes(b"mine")
+    (plots / "p226__p226_002.png").write_bytes(b"mine too")
+    ckpt = ckpts["spline"]
+    code, err, windows = _run_main(capsys, monkeypatch, "--ckpt", ckpt, "--wavs", wavs, "--out",
+                                   tmp_path / "r1", "--plots", plots)
+    assert code == 2 and len(err) == 1 and windows == 0, err
+    assert f"{plots / 'p225__p225_001.png'} exists; pass --force to overwrite or --plots" in err[0]
+    assert not (tmp_path / "r1" / "metrics.csv").exists()
+    # --max-plots 0: no PNG will be written, so none is in the way
+    code, err, _ = _run_main(capsys, monkeypatch, "--ckpt", ckpt, "--wavs", wavs, "--out", tmp_path / "r2",
+                             "--plots", plots, "--max-plots", "0")
+    assert code == 0, err
+    assert (plots / "p225__p225_001.png").read_bytes() == b"mine"
+    code, err, _ = _run_main(capsys, monkeypatch, "--ckpt", ckpt, "--wavs", wavs, "--out", tmp_path / "r3",
+                             "--plots", plots, "--max-plots", "1", "--force")
+    assert code == 0, err
+    assert (plots / "p225__p225_001.png").read_bytes()[:8] == PNG_MAGIC
+    assert (plots / "p226__p226_002.png").read_bytes() == b"mine too"  # beyond --max-plots 1
+    # --data: patch_000001.png is the second patch's
+    (plots / "patch_000001.png").write_bytes(b"mine")
+    args = ("--ckpt", ckpt, "--data", h5, "--out", tmp_path / "r4", "--plots", plots)
+    code, err, _ = _run_main(capsys, monkeypatch, *args, "--max-plots", "2")
+    assert code == 2 and len(err) == 1 and f"{plots / 'patch_000001.png'} exists; pass --force" in err[0]
+    assert not (plots / "patch_000000.png").exists() and not (tmp_path / "r4" / "metrics.csv").exists()
+    code, err, _ = _run_main(capsys, monkeypatch, *args, "--max-plots", "1")
+    assert code == 0 and (plots / "patch_000001.png").read_bytes() == b"mine", err
+    assert (plots / "patch_000000.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _with_silent_patches(h5, path, where):
+    """A copy of ``h5`` with all-zero patches (spline and label) inserted before its patches at the
+    indices ``where`` (np.insert)."""
+    with PatchFile(h5) as pf:
+        data, label = pf.read(slice(None))
+        attrs = {k: pf.recipe[k] for k in ("r", "sr", "patch", "degrade")}
+    zero = np.zeros((1, data.shape[1]), np.float32)
+    data, label = (np.insert(a, where, zero, axis=0) for a in (data, label))
+    with PatchWriter(path, data.shape[1], attrs=attrs) as w:
+        w.append(data, label)
+    return path
+
+
+def test_h5_silent_patches_are_skipped_once_said_and_left_out_of_every_total(ckpts, h5, tmp_path):
+    """All-zero patches had scored 0 dB spline SNR, -160 dB segmental SNR and a model error far above
+    the signal in the band table, with no warning. As silent --wavs files: skipped, one warning with
+    their count, recorded; the means, the pooled reference LSD and the bands are those without them."""
+    lo = infer.load_model(ckpts["afilm_tiny"])
+    with PatchFile(h5) as pf:
+        n = len(pf)
+    mixed = _with_silent_patches(h5, tmp_path / "mixed.h5", [0, 2, n, n])  # silent: 0, 3, the last two
+    clean = evaluate.evaluate_h5(lo, h5, batch_size=3)
+    warnings, steps, totals, planned = [], [], [], []
+    result = evaluate.evaluate_h5(lo, mixed, batch_size=3, warn=warnings.append, progress=steps.append,
+                                  total=totals.append, plots_dir=tmp_path / "p", max_plots=2,
+                                  outputs=planned.extend)
+    assert warnings == [f"{mixed}: 4 of {n + 4} patches are silent (label all zero): skipped, since their "
+                        "SNR would swamp the means"]
+    assert totals == [n] and sum(steps) == n
+    assert result.protocol["n_skipped_silent"] == 4 and result.protocol["n_items"] == n == len(result.rows)
+    # the rows keep the patches' own indices; the plots are of the first patches with sound
+    assert [r["item"] for r in result.rows][:3] == ["patch_000001", "patch_000002", "patch_000004"]
+    assert planned == [tmp_path / "p" / "patch_000001.png", tmp_path / "p" / "patch_000002.png"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["patch_000001.png", "patch_000002.png"]
+    for system in evaluate.SYSTEMS:
+        for metric in evaluate.METRICS:  # lsd_ref: pooled over the patches with sound only
+            assert result.summary[system][metric] == pytest.approx(clean.summary[system][metric], rel=1e-4)
+    for got, want in zip(result.to_json()["bands"], clean.to_json()["bands"], strict=True):
+        for key in ("signal_db", "spline_error_db", "model_error_db", "model_gain_db"):
+            assert got[key] == pytest.approx(want[key], abs=1e-3), key
+    # --limit counts patches, silent ones included
+    assert len(evaluate.evaluate_h5(lo, mixed, limit=3, warn=warnings.append).rows) == 2
+    only = _with_silent_patches(h5, tmp_path / "tmp.h5", [0, 0, 0])
+    with pytest.raises(AfilmError, match="every one of the 3 patches evaluated is silent"):
+        evaluate.evaluate_h5(lo, only, limit=3)

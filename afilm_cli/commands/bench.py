@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from afilm_cli.atomic import atomic_path, make_output_dir
 from afilm_cli.commands.options import Device, refuse_existing
+from afilm_cli.errors import AfilmError
 
 
 def command(
@@ -45,8 +47,12 @@ def command(
     from afilm_cli import bench, infer
 
     console, err = Console(), Console(stderr=True)
-    if json_out is not None:
-        refuse_existing(json_out, force)  # before a long run, not after
+    if json_out is not None:  # before a long run, not after: its rows are written as each section ends
+        if json_out.is_dir():  # --force replaces a file, never a folder
+            raise AfilmError(f"--json {json_out}: is a folder; give a file name, such as "
+                             f"{json_out / 'bench.json'}")
+        refuse_existing(json_out, force)
+        make_output_dir(json_out.parent)
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
     report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models, layers=layers,
@@ -67,10 +73,8 @@ def command(
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
-    # rewritten atomically after every section (see run_bench): an interrupted run keeps its rows
-    from afilm_cli.atomic import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # rewritten atomically after every section (see run_bench): an interrupted run keeps its rows; its
+    # folder was made before the run
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from afilm_cli.atomic import make_output_dir
 from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, Threads
 from afilm_cli.errors import AfilmError
 
@@ -85,8 +86,10 @@ def command(
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
     if data is not None and degrade is not None:
         raise AfilmError("--degrade goes with --wavs: an HDF5 split holds its low-rate input already")
-    if data is not None and not data.is_file():  # the missing input first, before the outputs
-        raise AfilmError(f"{data}: no such HDF5 file")
+    if data is not None:  # the missing input first, before the outputs
+        from afilm_cli.data.h5 import check_patch_path
+
+        check_patch_path(data)
     if wavs is not None and not wavs.is_dir():
         raise AfilmError(f"{wavs}: not a folder")
     csv_path, json_path = evaluate.result_paths(out)
@@ -96,12 +99,23 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     loaded = infer.load_model(ckpt, dev)
+    # the folders made (or refused) before the work: a run never ends by failing to write its results
+    make_output_dir(out)
+    if plots is not None:
+        make_output_dir(plots)
+
+    def refuse_plots(paths: list[Path]) -> None:
+        # the PNGs this run will write, named once the inputs are checked: kept as metrics.csv is
+        existing = next((p for p in paths if p.exists()), None)
+        if existing is not None and not force:
+            raise AfilmError(f"{existing} exists; pass --force to overwrite or --plots for another folder")
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
                       progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n),
-                      threads=n_threads)
+                      threads=n_threads, outputs=refuse_plots)
 
         def warn(message: str) -> None:
             err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
