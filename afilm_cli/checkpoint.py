@@ -55,10 +55,15 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate; any problem is one AfilmError line naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise AfilmError(f"{path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise AfilmError(f"{path}: no such checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise AfilmError(f"cannot read {path}: {exc.strerror or exc}") from None
     if head == HDF5_SIGNATURE:  # torch.load's own error here suggests an unsafe weights_only=False
         raise AfilmError(f"{path}: not a loadable afilm checkpoint: {_hdf5_kind(path)}")
     try:
@@ -72,7 +77,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             # never relay PyTorch's advice to load with weights_only=False: that runs the file's code
             raise AfilmError(f"{path}: not an afilm checkpoint (it holds Python objects beyond tensors and "
                              "plain data, which afilm never loads)") from None
-        raise AfilmError(f"{path}: not a loadable afilm checkpoint ({_first_line(exc)})") from None
+        # torch.save's zip or pickle, cut short or damaged: torch's own text runs to a paragraph
+        raise AfilmError(f"{path}: not a readable afilm checkpoint (truncated or corrupt: "
+                         f"{_short_reason(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise AfilmError(f"{path}: not an afilm checkpoint (no '{FORMAT}' marker); "
                          "Keras .h5 files can be imported with 'afilm convert keras'")
@@ -112,9 +119,46 @@ def _hdf5_kind(path: Path) -> str:
     return f"an HDF5 file (if it is a Keras model: {convert})"
 
 
-def _first_line(exc: Exception) -> str:
+def _short_reason(exc: BaseException) -> str:
+    """The gist of a load error: its first sentence ("PytorchStreamReader failed reading zip archive:
+    failed finding central directory"), without the advice PyTorch appends."""
     text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__  # EOFError() from a pickle cut short says nothing more
+    first = text.splitlines()[0].split(". ")[0].rstrip(".")
+    first = first.removeprefix("PytorchStreamReader ")
+    return first if len(first) <= 120 else first[:117] + "..."
+
+
+def _few(what: str, names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{len(names)} {what} ({', '.join(names[:shown])}{more})"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], model_name: str,
+                 source: str | os.PathLike | None = None, **kwargs: Any) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``; a mismatch is one AfilmError line naming the
+    missing and unexpected keys and the shapes that differ (the first few of each, with a count):
+    torch's own first line names none of them. ``source``: the checkpoint file, named in the message."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: {_shape(state_dict[k])} vs {_shape(v)} in the model"
+              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    parts = [_few(what, names) for what, names in (("missing", missing), ("unexpected", unexpected),
+                                                    ("of another shape", shapes)) if names]
+    if not parts:
+        try:
+            model.load_state_dict(state_dict, strict=True, **kwargs)
+            return
+        except RuntimeError as exc:  # keys and shapes fit, yet it failed (a dtype that cannot be copied)
+            parts = [_short_reason(exc)]
+    where = f"{source}: " if source is not None else ""
+    raise AfilmError(f"{where}checkpoint weights do not fit model {model_name!r}: {'; '.join(parts)}")
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -129,9 +173,5 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     except (AfilmError, TypeError, ValueError, ArithmeticError) as exc:  # a config this model cannot take
         raise AfilmError(f"checkpoint config does not fit model {ckpt['model_name']!r}: "
                          f"{str(exc).splitlines()[0]}") from None
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise AfilmError(f"checkpoint weights do not fit model {ckpt['model_name']!r}: "
-                         f"{str(exc).splitlines()[0]}") from None
+    load_weights(model, ckpt["state_dict"], ckpt["model_name"])
     return model.to(device).eval()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from afilm_cli.atomic import make_output_dir
 from afilm_cli.errors import AfilmError
 
 ASSETS = Path(__file__).parent / "assets" / "demo"
@@ -59,7 +60,7 @@ def run_demo(out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
     out = Path(out)
     check_out_dir(out, force)
     loaded = loaded if loaded is not None else load_demo_model(ckpt, device)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     (out / MARKER).write_text("written by 'afilm demo'; the demo may overwrite this folder\n")
     wavs = [infer.simulate_file(clip, out / clip.stem, loaded, device=device) for clip in demo_clips()]
     result = evaluate.evaluate_wavs(loaded, ASSETS, device=device, plots_dir=out)

@@ -170,6 +170,8 @@ def read_keras_h5(path: str | os.PathLike, values: bool = True) -> KerasFile:
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise AfilmError(f"{path} is a folder, not a file; give the Keras .h5 file")
     if not path.is_file():
         raise AfilmError(f"{path}: no such file")
     try:
@@ -347,17 +349,14 @@ def keras_value(key: str, t: torch.Tensor) -> np.ndarray:
 def model_from_checkpoint_fast(ckpt: dict[str, Any]) -> torch.nn.Module:
     """checkpoint.model_from_checkpoint without the random init (built on the meta device, then the
     checkpoint's tensors assigned): the 134 M-parameter AFiLM is ready at once."""
+    from afilm_cli.checkpoint import load_weights
     from afilm_cli.models import create_model
 
     with torch.device("meta"):
         model = create_model(ckpt["model_name"], **ckpt["model_config"])
     # assign=True keeps the tensors' dtype: a bundled (fp16) checkpoint becomes fp32 as on a normal load
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise AfilmError(f"checkpoint weights do not fit model {ckpt['model_name']!r}: "
-                         f"{str(exc).splitlines()[0]}") from None
+    load_weights(model, state, ckpt["model_name"], assign=True)
     return model.eval()
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from afilm_cli import metrics
+from afilm_cli.checkpoint import load_weights
 from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
 from afilm_cli.diagnostics import dead_gates, relu_open_fraction
@@ -260,14 +261,14 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
                 raise AfilmError(f"{pf.path}: patches of {pf.patch} samples do not fit "
                                  f"{cfg.model!r}: {exc}") from None
     if init is not None:  # fine-tuning: these weights, a fresh optimizer
-        raw_model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                   for k, v in init["state_dict"].items()})
+        load_weights(raw_model, {k: v.float() if v.is_floating_point() else v
+                                 for k, v in init["state_dict"].items()}, init["model_name"], init["path"])
     raw_model.to(device)
     optimizer = torch.optim.Adam(raw_model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     # completed epochs, batches done in the next one, steps, best score, (loss sum, patches) of those batches
     state = (0, 0, 0, math.inf, None)
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["state_dict"])
+        load_weights(raw_model, ckpt["state_dict"], ckpt["model_name"], ckpt["path"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = (ckpt["epoch"], steps_for_world(ckpt["epoch_step"], len(ckpt["rng"]["cpu"]), world),
                  ckpt["step"], ckpt.get("best", math.inf), ckpt.get("epoch_loss"))
@@ -287,6 +288,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
                   if val_pf else None)
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
     if run.master:
+        run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them
         for path in replaced:  # --force: the other run goes only now, with the new one known to be valid
             path.unlink()
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,

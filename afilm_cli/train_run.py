@@ -12,7 +12,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from afilm_cli.atomic import make_output_dir
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.errors import AfilmError
 from afilm_cli.interrupts import CtrlC
 from afilm_cli.train_setup import get_rng
 
@@ -20,14 +22,17 @@ from afilm_cli.train_setup import get_rng
 def claim_new_folder(base: Path) -> Path:
     """``base``, else ``base-2``, ``base-3``...: the first folder this process creates itself, so two
     runs started in the same second (a sweep sent to the background) never share the default name."""
+    make_output_dir(base.parent)  # runs/ unwritable: one line, not an OSError from the loop below
     path, i = base, 1
     while True:
         try:
-            path.mkdir(parents=True)
+            path.mkdir()
             return path
         except FileExistsError:
             i += 1
             path = base.with_name(f"{base.name}-{i}")
+        except OSError as exc:
+            raise AfilmError(f"cannot create folder {path}: {exc.strerror or exc}") from None
 
 
 class Run:
@@ -40,11 +45,16 @@ class Run:
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
         self.console = Console(highlight=False, soft_wrap=True)
 
+    def make_folder(self) -> None:
+        """Create the run folder (a fresh name when none was given), or say in one line why it cannot
+        be: before the first step, so that no training is lost to a folder that cannot be written."""
+        if self.cfg.out is None and self.cfg.resume is None:
+            self.out = claim_new_folder(self.out)
+        else:
+            make_output_dir(self.out)
+
     def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False
               ) -> None:
-        if self.cfg.out is None and resumed is None:
-            self.out = claim_new_folder(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         params = sum(p.numel() for p in self.raw_model.parameters())
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
         cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"

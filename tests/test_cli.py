@@ -122,10 +122,35 @@ def test_file_system_refusals_are_one_line(tmp_path):
     assert want in out.stderr
     out = run_cli("upsample", str(wav), "-o", str(tmp_path), "-q", cwd=tmp_path)
     assert out.returncode == 0 and (tmp_path / "speech_4k.afilm.wav").is_file()  # an existing folder
-    out = run_cli("demo", "-o", str(blocker / "demo"), cwd=tmp_path)  # an OSError from the library: exit 1
-    lines = [line for line in out.stderr.splitlines() if line.startswith("afilm: error")]
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert lines == [f"afilm: error: Not a directory: {blocker / 'demo'} (AFILM_DEBUG=1 shows where)"]
+    out = run_cli("demo", "-o", str(blocker / "demo"), cwd=tmp_path)  # was an OSError: "Not a directory"
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    want = f"afilm: error: cannot create folder {blocker / 'demo'}: {blocker} is a file"
+    assert out.stderr.splitlines() == [want]
+
+
+def test_a_cut_off_checkpoint_is_one_whole_line(tmp_path):
+    """PyTorch's message for a truncated .pt ran to a paragraph, which the error line cut mid-sentence
+    ("... there is a high likelihood that your checkpoint file is)")."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.models import create_model
+
+    wav = tmp_path / "speech_4k.wav"
+    sf.write(wav, 0.1 * np.sin(np.arange(8000) / 3), 4000)
+    torch.manual_seed(0)
+    whole = save_checkpoint(tmp_path / "tiny.pt", make_checkpoint(
+        create_model("afilm_tiny"), {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = run_cli("upsample", str(wav), "--ckpt", str(cut), "-q", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [f"afilm: error: {cut}: not a readable afilm checkpoint (truncated "
+                                       "or corrupt: failed reading zip archive: failed finding central "
+                                       "directory)"]
+    assert not (tmp_path / "speech_4k.afilm.wav").exists()
 
 
 def test_ctrl_c_in_any_command_says_interrupted(monkeypatch, capsys):

@@ -388,3 +388,38 @@ def test_keras_dilated_same_conv_matches_torch():
         conv.weight.copy_(torch_value("a.conv.kernel", kernel))
         got = conv(torch.from_numpy(x.T[None]))[0].numpy().T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_to_keras_takes_a_run_folder_as_upsample_does(tmp_path, monkeypatch):
+    """'afilm convert to-keras RUN' said "no such checkpoint"; upsample, eval and train --init take a
+    run folder (its best.pt, else last.pt). The Keras writer is replaced: a paper-size model is 134 M
+    parameters, and what is checked here is which checkpoint is read and where the .h5 goes."""
+    from typer.testing import CliRunner
+
+    from afilm_cli import keras_io
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.main import app
+    from afilm_cli.models import create_model
+
+    written = []
+    monkeypatch.setattr(keras_io, "write_keras_h5", lambda out, net, **recipe: written.append((out, recipe)))
+    run = tmp_path / "run"
+    for name, r in (("last.pt", 4), ("best.pt", 2)):
+        save_checkpoint(run / name, make_checkpoint(create_model("afilm_tiny"), {"r": r, "sr": 16000,
+                                                    "degrade": "decimate", "patch": 8192}))
+    res = CliRunner().invoke(app, ["convert", "to-keras", str(run)])
+    assert res.exit_code == 0, res.output
+    assert written == [(run / "best.h5", {"r": 2, "sr": 16000, "degrade": "decimate"})]
+    assert f"{run / 'best.pt'} -> {run / 'best.h5'}" in res.output
+    (run / "best.pt").unlink()  # a run stopped before its first validation has only last.pt
+    res = CliRunner().invoke(app, ["convert", "to-keras", str(run)])
+    assert res.exit_code == 0, res.output
+    assert written[-1] == (run / "last.h5", {"r": 4, "sr": 16000, "degrade": "decimate"})
+
+
+def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path):
+    """'afilm convert keras DIR' said "DIR: no such file"."""
+    with pytest.raises(AfilmError, match="is a folder, not a file"):
+        read_keras_h5(tmp_path)
+    _one_line_error(_cli("keras", tmp_path, "--r", "4"), f"{tmp_path} is a folder, not a file")
+    assert not tmp_path.with_suffix(".pt").exists()

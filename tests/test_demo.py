@@ -115,3 +115,13 @@ def test_demo_refuses_a_checkpoint_above_the_clips_rate_at_once(tmp_path):
         f"afilm: error: the demo clip is 16 kHz, but {high} is a 48000 Hz model: it needs higher-rate input; "
         f"try 'afilm upsample --ckpt {high} --simulate FILE' on a recording of 48000 Hz or more"]
     assert not (tmp_path / "d").exists()  # refused before any output
+
+
+def test_demo_says_when_its_folder_cannot_be_made(tmp_path, tiny_ckpt):
+    """'afilm demo --out /proc/x' ended in a generic "No such file or directory: /proc/x"."""
+    (tmp_path / "notes.txt").write_text("keep me")
+    out = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "notes.txt/d", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "afilm: error: cannot create folder notes.txt/d: notes.txt is a file"]  # said before any work
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

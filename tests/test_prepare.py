@@ -588,3 +588,76 @@ def test_patch_writer_stops_before_the_disk_fills(tmp_path, monkeypatch, free_mb
         with PatchWriter(tmp_path / "x.h5", 8192) as writer:
             writer.append(patches, patches)
         assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]
+
+
+def _half_unusable_folder(libri_mini: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """Six LibriSpeech files and six that prepare skips: too short, below the high rate, silent."""
+    root.mkdir()
+    good = []
+    for i, f in enumerate(sorted((libri_mini / "test-other").rglob("*.flac"))[:6]):
+        good.append(root / f"good{i}.flac")
+        shutil.copy(f, good[-1])
+    x, _ = sf.read(good[0], dtype="float32")
+    bad = []
+    for i in range(2):
+        for name, sig, sr in ((f"short{i}.wav", x[:1600], 16000), (f"low{i}.wav", x[::2], 8000),
+                              (f"silent{i}.wav", np.zeros(40000, np.float32), 16000)):
+            sf.write(root / name, sig, sr)
+            bad.append(root / name)
+    return good, bad
+
+
+def test_validation_is_picked_among_usable_files(libri_mini, tmp_path):
+    """A folder with unusable files gave validation a file prepare then skipped ("no patches for val"),
+    while the good files all went to training: only usable files are picked now, by the same seed."""
+    good, bad = _half_unusable_folder(libri_mini, tmp_path / "pf")
+    rec = Recipe(r=4, multiple=2)
+    files = sorted(good + bad)
+    unlucky = [s for s in range(8) if pick_fraction(files, 0.1, s) <= set(bad)]
+    assert unlucky  # seeds whose plain pick (every file a candidate) is an unusable one
+    for seed in range(8):
+        _, val, _ = folder_splits(tmp_path / "pf", val_fraction=0.1, seed=seed, recipe=rec)
+        assert len(val) == 1 and val[0][0] in good, seed
+        again = folder_splits(tmp_path / "pf", val_fraction=0.1, seed=seed, recipe=rec)[1]
+        assert again == val  # deterministic by seed
+    train, val = prepare_folder(tmp_path / "pf", Recipe(r=4, multiple=2, seed=unlucky[0]),
+                                out=tmp_path / "out")
+    assert (val.status, val.files, val.skipped) == ("written", 1, [])
+    assert (train.files, len(train.skipped)) == (5, 6)
+    # with one usable file it is training's, and validation is empty (with a warning, not an error)
+    for f in good[1:]:
+        f.unlink()
+    train, val, _ = folder_splits(tmp_path / "pf", val_fraction=0.5, seed=unlucky[0], recipe=rec)
+    assert val == [] and good[0] in {p for p, _ in train}
+
+
+def test_a_folder_of_usable_files_keeps_its_split(libri_mini, tmp_path):
+    """Checking usability changes no split where every file is usable: existing outputs stay valid."""
+    root = libri_mini / "test-other"
+    rec = Recipe(r=4)
+    for seed, fraction, by_subfolder in ((0, 0.1, False), (5, 0.3, False), (2, 0.2, True)):
+        plain = folder_splits(root, val_fraction=fraction, by_subfolder=by_subfolder, seed=seed)
+        checked = folder_splits(root, val_fraction=fraction, by_subfolder=by_subfolder, seed=seed, recipe=rec)
+        assert checked == plain and plain[1]
+
+
+@pytest.mark.parametrize("sr_in", [16000, 22050, 44100, 48000])
+def test_usability_check_agrees_with_the_recipe_at_one_patch(sr_in, tmp_path):
+    """check_usable (no resampling: the length is computed) says "too short" exactly where
+    file_signals does, just below and at one patch after resampling."""
+    rec = Recipe(r=4, patch=2048)
+    n_min = next(n for n in range(2048 * sr_in // 16000 - 4, 10**6)
+                 if len(recipe_mod.audio.resample(np.ones(n, np.float32), sr_in, 16000)) >= 2048)
+    for n in (n_min - 1, n_min):
+        path = tmp_path / f"{n}.wav"
+        sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, n).astype(np.float32), sr_in,
+                 subtype="FLOAT")
+        for header_only in (True, False):
+            if n < n_min:
+                with pytest.raises(AfilmError, match="shorter than one patch"):
+                    recipe_mod.check_usable(path, rec, header_only=header_only)
+                with pytest.raises(AfilmError, match="shorter than one patch"):
+                    recipe_mod.file_signals(path, rec)
+            else:
+                recipe_mod.check_usable(path, rec, header_only=header_only)
+                assert recipe_mod.file_signals(path, rec)

@@ -342,6 +342,7 @@ def _bad_files(tmp_path, data):
     ("lr", "--lr must be 0 or above, got -1"),
     ("val_r", "has r=2, but .* has r=4"),
     ("missing", "no such HDF5 file"),
+    ("folder", "is a folder, not a file"),
 ])
 def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
     _bad_files(tmp_path, data)
@@ -355,7 +356,8 @@ def test_bad_input_is_one_clear_error(data, tmp_path, case, match):
            "schedule": replace(cfg, lr_schedule="step"),
            "lr": replace(cfg, lr=-1.0),
            "val_r": replace(cfg, val=str(tmp_path / "r2.h5")),
-           "missing": replace(cfg, train=str(tmp_path / "nope.h5"))}[case]
+           "missing": replace(cfg, train=str(tmp_path / "nope.h5")),
+           "folder": replace(cfg, train=str(tmp_path))}[case]
     with pytest.raises(AfilmError, match=match) as err:
         train(cfg)
     assert "\n" not in str(err.value)
@@ -725,3 +727,53 @@ def test_a_bad_model_setting_is_refused_before_the_data_is_read(tmp_path):
     with pytest.raises(AfilmError, match="no_such_model"):
         train(TrainConfig(model="no_such_model", train=str(tmp_path / "none.h5"), out=str(tmp_path / "r")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_training(data, tmp_path):
+    """'afilm train -o /proc/x' ended in a generic "No such file or directory: /proc/x"."""
+    (tmp_path / "notes.txt").write_text("keep")
+    steps = []
+    cases = [(tmp_path / "notes.txt" / "run", r"cannot create folder .*notes.txt/run: .*is a file")]
+    if Path("/proc/self").is_dir():  # Linux: no folder can be made in /proc
+        cases.append((Path("/proc/afilm-test-run"), "cannot create folder /proc/afilm-test-run: "))
+    for out, match in cases:
+        with pytest.raises(AfilmError, match=match) as err:
+            train(_cfg(data, tmp_path, out=str(out), max_steps=1), on_step=steps.append)
+        assert "\n" not in str(err.value)
+    assert steps == [] and (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_what_is_wrong(data, tmp_path):
+    """A cut-off .pt relayed PyTorch's paragraph cut mid-sentence; weights that do not fit said
+    "Error(s) in loading state_dict for UNet:" and named no key."""
+    run = train(_cfg(data, tmp_path, max_steps=1, val=None))
+    good = run.out / "last.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:300_000])
+    with pytest.raises(AfilmError) as err:
+        load_checkpoint(cut)
+    assert str(err.value) == (f"{cut}: not a readable afilm checkpoint (truncated or corrupt: failed reading "
+                              "zip archive: failed finding central directory)")
+    ckpt = load_checkpoint(good)
+    sd = ckpt["state_dict"]
+    keys = list(sd)
+    one = rf"do not fit model 'afilm_tiny': 1 missing \({re.escape(keys[0])}\)$"
+    with pytest.raises(AfilmError, match=one):
+        model_from_checkpoint({**ckpt, "state_dict": {k: v for k, v in sd.items() if k != keys[0]}})
+    odd = {**{k: v for k, v in sd.items() if k not in keys[:5]}, "extra.weight": torch.zeros(1),
+           keys[5]: torch.zeros(2, 3)}
+    with pytest.raises(AfilmError) as err:
+        model_from_checkpoint({**ckpt, "state_dict": odd})
+    assert str(err.value) == (
+        f"checkpoint weights do not fit model 'afilm_tiny': 5 missing ({', '.join(keys[:3])} and 2 more); "
+        f"1 unexpected (extra.weight); 1 of another shape ({keys[5]}: 2x3 vs "
+        f"{'x'.join(map(str, sd[keys[5]].shape))} in the model)")
+    # --init with such weights: the same line, naming the file (it was torch's RuntimeError)
+    torch.save({**ckpt, "state_dict": odd}, tmp_path / "odd.pt")
+    with pytest.raises(AfilmError, match=r"odd\.pt: checkpoint weights do not fit model 'afilm_tiny': 5 "):
+        train(_cfg(data, tmp_path, init=str(tmp_path / "odd.pt"), out=str(tmp_path / "ft"), max_steps=1))
+    # what upsample and eval load: the same line, naming the file
+    from afilm_cli.infer import load_model
+
+    with pytest.raises(AfilmError, match=r"odd\.pt: checkpoint weights do not fit model 'afilm_tiny': 5 "):
+        load_model(tmp_path / "odd.pt")

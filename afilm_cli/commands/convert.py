@@ -66,9 +66,10 @@ def keras(
 @app.command("to-keras")
 def to_keras(
     ckpt: Annotated[Path, typer.Argument(metavar="CKPT.pt", help="afilm checkpoint of a paper-size afilm or "
-                                         "tfilm model (trained here or imported).")],
+                                         "tfilm model (trained here or imported), or a run folder (its "
+                                         "best.pt, else last.pt).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Keras .h5 to write. Default: CKPT.h5 "
-                                             "beside the input.")] = None,
+                                             "beside the checkpoint.")] = None,
     force: Force = False,
 ) -> None:
     """Export an afilm checkpoint to the Keras weights-only layout (model.save_weights).
@@ -79,12 +80,15 @@ def to_keras(
     """
     from afilm_cli.checkpoint import load_checkpoint
     from afilm_cli.keras_io import model_from_checkpoint_fast, write_keras_h5
+    from afilm_cli.pretrained import checkpoint_path
 
-    out = out or ckpt.with_suffix(".h5")
+    path = checkpoint_path(ckpt)  # a run folder (its best.pt, else last.pt) or a bundled model, as upsample
+    # beside the checkpoint file (a run folder's best.h5); a bundled model's name: NAME.h5 here
+    out = out or (path if ckpt.is_dir() else ckpt).with_suffix(".h5")
     refuse_existing(out, force)
-    data = load_checkpoint(ckpt)
+    data = load_checkpoint(path)
     net = model_from_checkpoint_fast(data)
     recipe = data["recipe"]
     write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"])
-    typer.echo(f"{ckpt} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "
+    typer.echo(f"{path} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "
                f"r={data['recipe']['r']}")

@@ -29,10 +29,12 @@ def command(
     Example: afilm demo --out afilm-demo
     """
     from afilm_cli import demo, infer  # lazy: torch loads only when the command runs
+    from afilm_cli.atomic import make_output_dir
 
     demo.check_out_dir(out, force)
     dev = infer.resolve_device(device)
     loaded = demo.load_demo_model(ckpt, dev)  # a checkpoint the clip cannot serve fails before any output
+    make_output_dir(out)  # a folder that cannot be made is said before the work, not as it is written
     err = Console(stderr=True)
     err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
     run = demo.run_demo(out, device=dev, force=force, loaded=loaded)

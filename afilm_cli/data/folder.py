@@ -9,6 +9,7 @@ folder: ``<out>/<name>-r<r>-<degrade>-{train,val}.h5``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 
 from afilm_cli import audio
 from afilm_cli.data import cli
-from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
+from afilm_cli.data.recipe import Recipe, SplitPlan, check_usable, default_output_paths, pick_fraction
 from afilm_cli.errors import AfilmError
 from afilm_cli.registry import DATASETS
 
@@ -38,9 +39,14 @@ def list_audio(root: str | os.PathLike) -> list[Source]:
 
 
 def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subfolder: bool = False,
-                  val_dir: str | os.PathLike | None = None,
-                  seed: int = 0) -> tuple[list[Source], list[Source], dict]:
-    """(train sources, val sources, description)."""
+                  val_dir: str | os.PathLike | None = None, seed: int = 0,
+                  recipe: Recipe | None = None) -> tuple[list[Source], list[Source], dict]:
+    """(train sources, val sources, description).
+
+    With ``recipe``, validation is picked among the files it can use (those prepare would not skip), so
+    that a skipped file never takes a validation place: by the header of every file (rate, length), then
+    by reading the picked ones (silence); files it cannot use stay in training, where they are skipped
+    with a warning. A folder whose files are all usable gets the same split as without ``recipe``."""
     root = Path(root)
     if val_dir is not None:
         val = list_audio(val_dir)
@@ -50,17 +56,30 @@ def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subf
             raise AfilmError(f"{root}: no training files outside --val-dir {val_dir}")
         return train, val, {"val": "folder", "val_dir": str(Path(val_dir).resolve())}
     sources = list_audio(root)
+    candidates, usable = [p for p, _ in sources], None
+    if recipe is not None and val_fraction > 0:
+        val_recipe = recipe.for_part("val")
+        candidates = [p for p in candidates if _usable(p, val_recipe, header_only=True)]
+        usable = functools.partial(_usable, recipe=val_recipe)
     if by_subfolder:
-        groups = sorted({_top(p, root) for p, _ in sources})
+        groups = sorted({_top(p, root) for p in candidates})  # a subfolder of unusable files holds none
         picked = pick_fraction(groups, val_fraction, seed)
         is_val = [_top(p, root) in picked for p, _ in sources]
     else:
-        picked = pick_fraction([p for p, _ in sources], val_fraction, seed)
+        picked = pick_fraction(candidates, val_fraction, seed, usable=usable)
         is_val = [p in picked for p, _ in sources]
     info = {"val": f"fraction {val_fraction} of {'subfolders' if by_subfolder else 'files'}", "seed": seed}
     train = [s for s, v in zip(sources, is_val, strict=True) if not v]
     val = [s for s, v in zip(sources, is_val, strict=True) if v]
     return train, val, info
+
+
+def _usable(path: Path, recipe: Recipe, header_only: bool = False) -> bool:
+    try:
+        check_usable(path, recipe, header_only=header_only)
+    except AfilmError:
+        return False
+    return True
 
 
 def _top(path: Path, root: Path) -> str:
@@ -76,14 +95,18 @@ def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None 
     recipe.validate()
     root = Path(root)
     train, val, info = folder_splits(root, val_fraction=val_fraction, by_subfolder=by_subfolder,
-                                     val_dir=val_dir, seed=recipe.seed)
+                                     val_dir=val_dir, seed=recipe.seed, recipe=recipe)
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name) or "folder"
     paths = default_output_paths(name, recipe.r, recipe.degrade, recipe.sr, out)
     plans = [SplitPlan("train", paths["train"], train)]
     if val:
         plans.append(SplitPlan("val", paths["val"], val))
     else:
-        why = f"--val-fraction {val_fraction}" + (" of the subfolders picked none" if by_subfolder else "")
+        why = f"--val-fraction {val_fraction}"
+        if by_subfolder:
+            why += " of the subfolders picked none"
+        elif val_fraction > 0:  # a file the recipe cannot use never takes a validation place
+            why += ": fewer than 2 usable files"
         cli.warn(f"no validation files ({why}): writing {paths['train'].name} only")
     return cli.run_prepare(recipe, plans, split_info={"dataset": "folder", **info}, root=root, force=force)
 

@@ -112,6 +112,17 @@ class PatchWriter:
         self._atomic.__exit__(exc_type, exc, tb)
 
 
+def check_patch_path(path: str | os.PathLike) -> None:
+    """Refuse in one line a patch file that is missing, or a folder given for one (said as such: "no such
+    file" misled where the folder exists)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AfilmError(f"{path} is a folder, not a file; give an HDF5 file of patches (from 'afilm "
+                         "prepare')")
+    if not path.is_file():
+        raise AfilmError(f"{path}: no such HDF5 file")
+
+
 class PatchFile:
     """Reader: validates the schema on open, reads patches by index without loading the file, unless
     :meth:`load` (or :meth:`load_if_fits`) read it all into memory first, as the reference does.
@@ -122,8 +133,7 @@ class PatchFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise AfilmError(f"{self.path}: no such HDF5 file")
+        check_patch_path(self.path)
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:

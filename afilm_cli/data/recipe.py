@@ -35,6 +35,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import soundfile as sf
 
 from afilm_cli import audio
 from afilm_cli.data.h5 import PatchWriter
@@ -121,9 +122,7 @@ def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarr
     x, sr_in = audio.read_audio(path, mono=True)
     if not np.any(x):  # nothing to learn from, and all-zero patches score -160 dB segmental SNR
         raise AfilmError(f"{path}: silent (every sample is zero)")
-    if sr_in < recipe.sr:  # upsampled, its labels would be empty above sr_in / 2: a model learns silence
-        raise AfilmError(f"{path}: {sr_in} Hz is below the high rate --sr {recipe.sr} Hz, so it cannot give "
-                         f"labels (nothing above {sr_in / 2:g} Hz)")
+    _check_rate(path, sr_in, recipe)
     pairs = []
     for rate in speed_rates(recipe.speed, recipe.sr):
         hr = audio.resample(x, sr_in, rate)  # taken as recipe.sr audio from here on
@@ -133,9 +132,48 @@ def file_signals(path: str | os.PathLike, recipe: Recipe) -> list[tuple[np.ndarr
             hr_m, _, up = audio.simulate_lr(hr, recipe.r, method)
             pairs.append((up, hr_m))
     if not pairs:
-        raise AfilmError(f"{path}: {len(x) / sr_in:.2f} s is shorter than one patch "
-                         f"({recipe.patch} samples at {recipe.sr} Hz)")
+        raise _too_short(path, len(x), sr_in, recipe)
     return pairs
+
+
+def _check_rate(path, sr_in: int, recipe: Recipe) -> None:
+    if sr_in < recipe.sr:  # upsampled, its labels would be empty above sr_in / 2: a model learns silence
+        raise AfilmError(f"{path}: {sr_in} Hz is below the high rate --sr {recipe.sr} Hz, so it cannot give "
+                         f"labels (nothing above {sr_in / 2:g} Hz)")
+
+
+def _too_short(path, n: int, sr_in: int, recipe: Recipe) -> AfilmError:
+    return AfilmError(f"{path}: {n / sr_in:.2f} s is shorter than one patch "
+                      f"({recipe.patch} samples at {recipe.sr} Hz)")
+
+
+def check_usable(path: str | os.PathLike, recipe: Recipe, *, header_only: bool = False) -> None:
+    """Raise the AfilmError :func:`file_signals` would for ``path`` (unreadable, empty, NaN, silent, below
+    the high rate, shorter than one patch), without resampling or degrading it. ``header_only``: from
+    the header alone, reading no sample (silence and NaN go unseen): a quick pass over a corpus."""
+    if header_only:
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AfilmError(f"{path}: cannot read audio ({reason})") from None
+        n, sr_in = int(info.frames), int(info.samplerate)
+        if n <= 0:
+            raise AfilmError(f"{path}: empty audio file")
+    else:
+        x, sr_in = audio.read_audio(path, mono=True)
+        n = len(x)
+        if not np.any(x):
+            raise AfilmError(f"{path}: silent (every sample is zero)")
+    _check_rate(path, sr_in, recipe)
+    if all(_resampled_length(n, sr_in, rate) < recipe.patch for rate in speed_rates(recipe.speed, recipe.sr)):
+        raise _too_short(path, n, sr_in, recipe)
+
+
+def _resampled_length(n: int, sr_in: int, sr_out: int) -> int:
+    """len(audio.resample(x, sr_in, sr_out)) for len(x) == n: resample_poly gives ceil(n * up / down)."""
+    g = math.gcd(sr_in, sr_out)
+    return -(-n * (sr_out // g) // (sr_in // g))
 
 
 def extract_patches(up: np.ndarray, hr: np.ndarray, recipe: Recipe,
@@ -331,10 +369,15 @@ def find_prepared(out: str | os.PathLike = "data") -> list[tuple[Path, Path | No
     return [(t, v if (v := val_path_for(t)).exists() else None) for t in trains]
 
 
-def pick_fraction(items: Sequence, fraction: float, seed: int) -> set:
+def pick_fraction(items: Sequence, fraction: float, seed: int,
+                  usable: Callable[[Any], bool] | None = None) -> set:
     """A deterministic (by seed) subset of about ``fraction`` of ``items`` (at least 1, at most n-1).
 
-    Used to hold out validation files or speakers of a corpus without the reference split.
+    Used to hold out validation files or speakers of a corpus without the reference split. With
+    ``usable``, only items it passes are picked: it is asked in the seeded order until the subset is
+    complete and one more usable item is left for training (fewer picks where too few pass), so only
+    about ``fraction`` of the items are tested. Where every item passes, the subset is the one picked
+    without ``usable``.
     """
     if not 0.0 <= fraction < 1.0:
         raise AfilmError(f"--val-fraction must be in [0, 1), got {fraction}")
@@ -343,4 +386,12 @@ def pick_fraction(items: Sequence, fraction: float, seed: int) -> set:
         return set()
     k = min(max(1, math.floor(fraction * n + 0.5)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
-    return {items[i] for i in order[:k]}
+    if usable is None:
+        return {items[i] for i in order[:k]}
+    picked: list = []
+    for i in order:
+        if usable(items[i]):
+            if len(picked) == k:  # one usable item is left for training: the subset stands
+                return set(picked)
+            picked.append(items[i])
+    return set(picked[:-1])  # every usable item was picked: the last goes back to training
