@@ -1,4 +1,4 @@
-"""`afilm demo`: the whole loop on a bundled clip, in seconds on a CPU (about 7 s on 2 cores).
+"""`afilm demo`: the whole loop on a bundled clip, in seconds on a CPU (about 8 s on 2 cores).
 
 The clip (assets/demo, LibriSpeech, CC BY 4.0) is treated as high-rate ground truth: its low-rate
 version is simulated with the checkpoint's recipe, upsampled by the model, and compared with the
