@@ -452,6 +452,7 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
         if on_update:
             on_update({**report, "rows": report["rows"] + list(extra_rows)})
 
+    update()  # written once before the work: an output that cannot be written is said now, not at the end
     for section in SECTIONS:
         if section not in sections:
             continue

@@ -143,7 +143,8 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                     "lowpass_truth": "the truth with every DFT bin at or above the low rate's Nyquist "
                                      "zeroed: perfect restoration of the input band, nothing invented above",
                     "summary": "mean over items, silent ones (truth all zero) skipped; with --data, "
-                               "lsd_ref over all patches joined end to end, as the reference computes it",
+                               "lsd_ref over all non-silent patches joined end to end, as the reference "
+                               "computes it (over all patches: the same where none is silent)",
                     "bands": "energy per band (DFT of each item, Parseval-scaled), summed over the items "
                              "evaluated; dB relative to the signal's total energy; model_gain_db = spline "
                              "error / model error"},
@@ -172,7 +173,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
     """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
     A patch whose label is all zero is skipped (as a silent file in :func:`evaluate_wavs`), with one
     warning giving their count. Before the work, ``total`` hears the number of patches that
-    ``progress`` will add up to, ``outputs`` the plot paths the run will write, and ``warn`` that the
+    ``progress`` will add up to, ``outputs`` the plot paths the run will write (none without
+    ``plots_dir``; called once the input is checked, before the work), and ``warn`` that the
     data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for torch, a number or
     "auto" (afilm_cli/threads.py)."""
     from afilm_cli.data.h5 import PatchFile
@@ -199,8 +201,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
             raise AfilmError(f"{pf.path}: every one of the {n} patches evaluated is silent (label all zero); "
                              "nothing to evaluate")
         plotted = np.flatnonzero(~silent)[:max_plots] if plots_dir is not None else []
-        if outputs and plots_dir is not None:
-            outputs([plots_dir / f"patch_{i:06d}.png" for i in plotted])
+        if outputs:
+            outputs([plots_dir / f"patch_{i:06d}.png" for i in plotted] if plots_dir is not None else [])
         if note and warn:  # said once no error can follow before the work
             warn(note)
         if n_silent:
@@ -293,7 +295,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     short, ...) or is silent is skipped and ``warn`` told why: a silent one because any output scores
     about -80 dB SNR against silence, which would swamp the means. Only a folder with no usable file
     is an error. Then ``total`` hears the number of model windows that ``progress`` will add up to (per
-    window, so that a long file moves a bar) and ``outputs`` the plot paths the run will write.
+    window, so that a long file moves a bar) and ``outputs`` the plot paths the run will write (none
+    without ``plots_dir``; called once the files are checked, before the work). A file that cannot be
+    read when its turn comes (changed since the check) is skipped and said as the others.
     ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py)."""
     if degrade is not None:
         check_degrade(degrade)
@@ -325,8 +329,8 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
                          f"unusable, {len(skipped) - len(failures)} silent); the first: {failures[0]}")
     names = [str(path.relative_to(folder)) for path, _ in usable]
     plotted = names[:max_plots] if plots_dir is not None else []
-    if outputs and plots_dir is not None:
-        outputs([plots_dir / plot_name(name) for name in plotted])
+    if outputs:
+        outputs([plots_dir / plot_name(name) for name in plotted] if plots_dir is not None else [])
     for s in skipped:
         why = f"{s['reason']}: skipped" + (", since its SNR would swamp the means" if s["reason"] == SILENT
                                            else "")
@@ -335,8 +339,15 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         total(sum(n for _, n in usable))
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
-    for (path, _), name in zip(usable, names, strict=True):
-        x, sr_in = read_audio(path, mono=True)
+    for (path, n_windows), name in zip(usable, names, strict=True):
+        try:
+            x, sr_in = read_audio(path, mono=True)
+        except AfilmError as exc:  # changed since the check: its row is lost, not the run's
+            skipped.append({"item": name, "reason": str(exc).removeprefix(f"{path}: ")})
+            (warn or print_warning)(f"{exc}: skipped")
+            if progress:
+                progress(n_windows)
+            continue
         hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
         hr = hr_stage.read(0, length)[:, 0]
         spline = spline_stage.read(0, length)[:, 0]

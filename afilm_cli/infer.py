@@ -283,7 +283,7 @@ def clip_warning(path: Path, clipped: int, peak: float, like: str | None, subtyp
     if like in ("FLOAT", "DOUBLE"):  # float input: only FLAC, which has no float samples, clips it
         hint = "FLAC has no float samples: -o NAME.wav writes float, as the input, and keeps them"
     else:
-        hint = (f"the output keeps the input's sample format ({like or 'unknown'} -> {subtype}): "
+        hint = (f"the output is {subtype}, chosen from the input's {like or 'unknown'} format: "
                 "a float WAV input, written to .wav, keeps them")
     return f"{path}: {clipped} samples clipped to [-1, 1] (peak {peak:.5g}); {hint}"
 

@@ -51,17 +51,22 @@ def test_json_output_is_checked_before_the_run(tmp_path):
     blocker.write_text("keep")
     folder = tmp_path / "folder"
     folder.mkdir()
-    cases = [((blocker / "b.json",), f"cannot create folder {blocker}: {blocker} is a file"),
+    cases = [((blocker / "b.json",), f"cannot write {blocker / 'b.json'}: {blocker} is a file"),
              ((folder, "--force"), f"--json {folder}: is a folder; give a file name"),
              ((folder,), f"--json {folder}: is a folder; give a file name")]
     if Path("/proc/self").is_dir():  # the audit's case
-        cases.append((("/proc/x/y.json",), "cannot create folder /proc/x: "))
+        cases.append((("/proc/x/y.json",), "cannot write /proc/x/y.json: "))
     for args, message in cases:
         proc = run_cli("bench", "--quick", "--prepare", "--device", "cpu", "--json", *args)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert proc.stdout == ""  # no section ran ("bench: prepare..." would be on stderr)
     assert blocker.read_text() == "keep" and list(folder.iterdir()) == []
+    # a run refused for its options makes no folder for its --json
+    proc = run_cli("bench", "--quick", "--model", "--models", "zzz*", "--device", "cpu", "--json",
+                   tmp_path / "unmade" / "b.json")
+    assert proc.returncode == 2 and "matches no model" in proc.stderr
+    assert not (tmp_path / "unmade").exists()
     # a new folder for it is made up front, and written into
     out = tmp_path / "new" / "deeper" / "bench.json"
     proc = run_cli("bench", "--quick", "--prepare", "--device", "cpu", "--json", out)

@@ -415,6 +415,15 @@ def test_to_keras_takes_a_run_folder_as_upsample_does(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["convert", "to-keras", str(run)])
     assert res.exit_code == 0, res.output
     assert written[-1] == (run / "last.h5", {"r": 4, "sr": 16000, "degrade": "decimate"})
+    # weights that do not fit their model: one line naming the file, as upsample says it
+    import torch
+
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, tmp_path / "odd.pt")
+    res = CliRunner().invoke(app, ["convert", "to-keras", str(tmp_path / "odd.pt")])
+    said = f"{tmp_path / 'odd.pt'}: checkpoint weights do not fit model 'afilm_tiny': 1 missing"
+    assert isinstance(res.exception, AfilmError) and str(res.exception).startswith(said), res.exception
 
 
 def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path):

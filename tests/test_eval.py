@@ -442,7 +442,7 @@ def test_cli_eval_keeps_existing_plots_without_force(ckpts, wavs, h5, tmp_path, 
                                    tmp_path / "r1", "--plots", plots)
     assert code == 2 and len(err) == 1 and windows == 0, err
     assert f"{plots / 'p225__p225_001.png'} exists; pass --force to overwrite or --plots" in err[0]
-    assert not (tmp_path / "r1" / "metrics.csv").exists()
+    assert not (tmp_path / "r1").exists()  # a refused run makes no output folder
     # --max-plots 0: no PNG will be written, so none is in the way
     code, err, _ = _run_main(capsys, monkeypatch, "--ckpt", ckpt, "--wavs", wavs, "--out", tmp_path / "r2",
                              "--plots", plots, "--max-plots", "0")
@@ -458,7 +458,7 @@ def test_cli_eval_keeps_existing_plots_without_force(ckpts, wavs, h5, tmp_path, 
     args = ("--ckpt", ckpt, "--data", h5, "--out", tmp_path / "r4", "--plots", plots)
     code, err, _ = _run_main(capsys, monkeypatch, *args, "--max-plots", "2")
     assert code == 2 and len(err) == 1 and f"{plots / 'patch_000001.png'} exists; pass --force" in err[0]
-    assert not (plots / "patch_000000.png").exists() and not (tmp_path / "r4" / "metrics.csv").exists()
+    assert not (plots / "patch_000000.png").exists() and not (tmp_path / "r4").exists()
     code, err, _ = _run_main(capsys, monkeypatch, *args, "--max-plots", "1")
     assert code == 0 and (plots / "patch_000001.png").read_bytes() == b"mine", err
     assert (plots / "patch_000000.png").read_bytes()[:8] == PNG_MAGIC
@@ -509,3 +509,23 @@ def test_h5_silent_patches_are_skipped_once_said_and_left_out_of_every_total(ckp
     only = _with_silent_patches(h5, tmp_path / "tmp.h5", [0, 0, 0])
     with pytest.raises(AfilmError, match="every one of the 3 patches evaluated is silent"):
         evaluate.evaluate_h5(lo, only, limit=3)
+
+
+def test_a_file_spoilt_after_the_check_costs_its_row_not_the_run(ckpts, wavs, tmp_path):
+    """The check reads every file before the work; one changed in between (here: overwritten with
+    junk once the total is known) had stopped the run and lost the rows already computed."""
+    folder = tmp_path / "race"
+    shutil.copytree(wavs, folder)
+    spoilt = folder / "p226" / "p226_002.wav"
+    events = []
+
+    def spoil(_total: int) -> None:
+        spoilt.write_bytes(b"not audio at all" * 100)
+
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, total=spoil,
+                                    warn=events.append)
+    assert [row["item"] for row in result.rows] == ["p225/p225_001.wav"]
+    assert [s["item"] for s in result.protocol["skipped"]] == ["p226/p226_002.wav"]
+    assert "cannot read audio" in result.protocol["skipped"][0]["reason"]
+    assert len(events) == 1 and events[0].startswith(f"{spoilt}: cannot read audio") and events[0].endswith(
+        ": skipped")

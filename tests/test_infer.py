@@ -1004,7 +1004,7 @@ def test_clipped_pcm_output_is_counted_and_warned(tmp_path, ckpts, capsys, libri
     warnings = [l for l in out.stderr.splitlines() if "warning" in l]
     assert out.returncode == 0 and warnings == [
         f"afilm: warning: {tmp_path / 'full.afilm.wav'}: {count} samples clipped to [-1, 1] "
-        f"(peak {peak:.5g}); the output keeps the input's sample format (PCM_16 -> PCM_16): a float WAV "
+        f"(peak {peak:.5g}); the output is PCM_16, chosen from the input's PCM_16 format: a float WAV "
         "input, written to .wav, keeps them"], out.stderr
     assert sf.info(str(tmp_path / "full.afilm.wav")).subtype == "PCM_16"
 
@@ -1023,7 +1023,7 @@ def test_simulate_warns_of_each_clipped_output(tmp_path, ckpts, vctk_mini):
     warnings = []
     infer.simulate_file(tmp_path / "hr.wav", tmp_path / "p", loaded(ckpts), warn=warnings.append)
     assert warnings == [f"{tmp_path / f'p.{k}.wav'}: {n} samples clipped to [-1, 1] (peak {peak:.5g}); the "
-                        "output keeps the input's sample format (PCM_16 -> PCM_16): a float WAV input, "
+                        "output is PCM_16, chosen from the input's PCM_16 format: a float WAV input, "
                         "written to .wav, keeps them" for k, n, peak in expected if n]
 
 

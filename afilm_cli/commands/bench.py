@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from afilm_cli.atomic import atomic_path, make_output_dir
+from afilm_cli.atomic import atomic_path
 from afilm_cli.commands.options import Device, refuse_existing
 from afilm_cli.errors import AfilmError
 
@@ -51,8 +51,7 @@ def command(
         if json_out.is_dir():  # --force replaces a file, never a folder
             raise AfilmError(f"--json {json_out}: is a folder; give a file name, such as "
                              f"{json_out / 'bench.json'}")
-        refuse_existing(json_out, force)
-        make_output_dir(json_out.parent)
+        refuse_existing(json_out, force)  # its folder is made by the first write, before the work
     dev = infer.resolve_device(device)
     chosen = [s for s, on in zip(bench.SECTIONS, (kernels, model, train, prepare), strict=True) if on]
     report = bench.run_bench(chosen or list(bench.SECTIONS), dev, quick=quick, models=models, layers=layers,
@@ -73,8 +72,8 @@ def command(
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> None:
-    # rewritten atomically after every section (see run_bench): an interrupted run keeps its rows; its
-    # folder was made before the run
+    # rewritten atomically before the work and after every section (see run_bench): an interrupted run
+    # keeps its rows
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
 

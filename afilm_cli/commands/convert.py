@@ -87,7 +87,10 @@ def to_keras(
     out = out or (path if ckpt.is_dir() else ckpt).with_suffix(".h5")
     refuse_existing(out, force)
     data = load_checkpoint(path)
-    net = model_from_checkpoint_fast(data)
+    try:
+        net = model_from_checkpoint_fast(data)
+    except AfilmError as exc:  # weights that do not fit: said with the file, as upsample says it
+        raise AfilmError(f"{path}: {exc}") from None
     recipe = data["recipe"]
     write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"])
     typer.echo(f"{path} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "

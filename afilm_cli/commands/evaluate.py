@@ -99,23 +99,22 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     loaded = infer.load_model(ckpt, dev)
-    # the folders made (or refused) before the work: a run never ends by failing to write its results
-    make_output_dir(out)
-    if plots is not None:
-        make_output_dir(plots)
-
-    def refuse_plots(paths: list[Path]) -> None:
+    def before_work(paths: list[Path]) -> None:
         # the PNGs this run will write, named once the inputs are checked: kept as metrics.csv is
         existing = next((p for p in paths if p.exists()), None)
         if existing is not None and not force:
             raise AfilmError(f"{existing} exists; pass --force to overwrite or --plots for another folder")
+        # the folders made (or refused) before the work, not at its end, and not for a run refused above
+        make_output_dir(out)
+        if plots is not None:
+            make_output_dir(plots)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
                       progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n),
-                      threads=n_threads, outputs=refuse_plots)
+                      threads=n_threads, outputs=before_work)
 
         def warn(message: str) -> None:
             err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
