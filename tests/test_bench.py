@@ -86,21 +86,23 @@ def test_json_has_hardware_versions_and_settings(report):
 
 
 def test_run_bench_reports_partial_results_as_it_goes():
-    """--json is rewritten after each kernel layer and section, so a stopped run keeps its rows."""
+    """--json is written once before the work (no rows: a file that cannot be written is said before
+    the run), then after each kernel layer and section, so a stopped run keeps its rows."""
     updates = []
     final = bench.run_bench(["kernels", "prepare"], torch.device("cpu"), quick=True,
                             on_update=lambda rep: updates.append(rep))
     per_preset = []
     bench.run_bench(["train"], torch.device("cpu"), quick=True, models="afilm_tiny,tfilm_tiny",
                     on_update=lambda rep: per_preset.append(len(rep["rows"])))
-    # after each preset (two CPU variants: the conv backwards), after the data-loading rows (disk vs
-    # memory), and at the section's end
-    assert per_preset == [2, 4, 6, 6], per_preset
+    # before the work, after each preset (two CPU variants: the conv backwards), after the data-loading
+    # rows (disk vs memory), and at the section's end
+    assert per_preset == [0, 2, 4, 6, 6], per_preset
     counts = [len(u["rows"]) for u in updates]
     kernel_rows = len([r for r in final["rows"] if r["section"] == "kernels"])
-    # two quick layers (D1, U1), then the end of each section
-    assert len(updates) == 4 and counts == sorted(counts) and 0 < counts[0] < kernel_rows, counts
-    assert counts[1] == counts[2] == kernel_rows and counts[3] == len(final["rows"])
+    # before the work, two quick layers (D1, U1), then the end of each section
+    assert updates[0]["complete"] is False and counts[0] == 0, counts
+    assert len(updates) == 5 and counts == sorted(counts) and 0 < counts[1] < kernel_rows, counts
+    assert counts[2] == counts[3] == kernel_rows and counts[4] == len(final["rows"])
     assert not any(u["complete"] for u in updates) and final["complete"] is True
 
 
