@@ -23,6 +23,7 @@ the other recipe fields (patch, stride, sam, seed, split rule) are checked on a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,7 +36,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import soundfile as sf
 
 from afilm_cli import audio
 from afilm_cli.data.h5 import PatchWriter
@@ -152,14 +152,10 @@ def check_usable(path: str | os.PathLike, recipe: Recipe, *, header_only: bool =
     the high rate, shorter than one patch), without resampling or degrading it. ``header_only``: from
     the header alone, reading no sample (silence and NaN go unseen): a quick pass over a corpus."""
     if header_only:
-        try:
-            info = sf.info(str(path))
-        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AfilmError(f"{path}: cannot read audio ({reason})") from None
-        n, sr_in = int(info.frames), int(info.samplerate)
-        if n <= 0:
-            raise AfilmError(f"{path}: empty audio file")
+        from afilm_cli.stages import FileSource  # opening it reads the header and says what is wrong
+
+        with contextlib.closing(FileSource(path)) as src:
+            n, sr_in = src.length, src.sr
     else:
         x, sr_in = audio.read_audio(path, mono=True)
         n = len(x)
