@@ -631,6 +631,26 @@ def test_validation_is_picked_among_usable_files(libri_mini, tmp_path):
     assert val == [] and good[0] in {p for p, _ in train}
 
 
+def test_by_subfolder_validation_skips_subfolders_of_silent_files(libri_mini, tmp_path):
+    """A subfolder whose files are all silent passes the header check, and used to be picked for
+    validation (which then came out empty); now a subfolder needs one file that prepare would use."""
+    root = tmp_path / "spk"
+    files = sorted((libri_mini / "test-other").rglob("*.flac"))[:4]
+    for i, f in enumerate(files):
+        (root / f"good{i}").mkdir(parents=True)
+        shutil.copy(f, root / f"good{i}" / f.name)
+    for i in range(4):
+        (root / f"quiet{i}").mkdir()
+        sf.write(root / f"quiet{i}" / "a.wav", np.zeros(40000, np.float32), 16000)
+    groups = sorted(p.name for p in root.iterdir())
+    quiet = {g for g in groups if g.startswith("quiet")}
+    unlucky = [s for s in range(12) if pick_fraction(groups, 0.25, s) & quiet]
+    assert unlucky  # seeds whose plain pick holds a silent subfolder
+    for seed in unlucky:
+        _, val, _ = folder_splits(root, val_fraction=0.25, by_subfolder=True, seed=seed, recipe=Recipe(r=4))
+        assert val and {p.parent.name for p, _ in val} <= {f"good{i}" for i in range(4)}, seed
+
+
 def test_a_folder_of_usable_files_keeps_its_split(libri_mini, tmp_path):
     """Checking usability changes no split where every file is usable: existing outputs stay valid."""
     root = libri_mini / "test-other"

@@ -46,7 +46,8 @@ def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subf
     With ``recipe``, validation is picked among the files it can use (those prepare would not skip), so
     that a skipped file never takes a validation place: by the header of every file (rate, length), then
     by reading the picked ones (silence); files it cannot use stay in training, where they are skipped
-    with a warning. A folder whose files are all usable gets the same split as without ``recipe``."""
+    with a warning. With ``by_subfolder``, among the subfolders holding at least one usable file. A
+    folder whose files are all usable gets the same split as without ``recipe``."""
     root = Path(root)
     if val_dir is not None:
         val = list_audio(val_dir)
@@ -63,7 +64,10 @@ def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subf
         usable = functools.partial(_usable, recipe=val_recipe)
     if by_subfolder:
         groups = sorted({_top(p, root) for p in candidates})  # a subfolder of unusable files holds none
-        picked = pick_fraction(groups, val_fraction, seed)
+        members = {g: [p for p in candidates if _top(p, root) == g] for g in groups}
+        # a subfolder is usable when one of its files is (read until one is): silent files pass the header
+        usable_group = (lambda g: any(usable(p) for p in members[g])) if usable else None
+        picked = pick_fraction(groups, val_fraction, seed, usable=usable_group)
         is_val = [_top(p, root) in picked for p, _ in sources]
     else:
         picked = pick_fraction(candidates, val_fraction, seed, usable=usable)
