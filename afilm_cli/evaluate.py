@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,9 +278,23 @@ def check_wav(path: Path, loaded: Loaded, window: int | None = None, degrade: st
     return windows, not loud
 
 
-def plot_name(item: str) -> str:
-    """The PNG of a --wavs item: its path below the folder, separators as ``__``, no extension."""
-    return item.replace(os.sep, "__").rsplit(".", 1)[0] + ".png"
+def plot_names(items: list[str]) -> dict[str, str]:
+    """The PNG of each --wavs item: its path below the folder, separators as ``__``, no extension;
+    where that would give two items one name (``a.wav`` and ``a.flac``), those keep their extension
+    (``a.wav.png``), and a name still taken gets a number."""
+    def stem(item: str) -> str:
+        return item.replace(os.sep, "__").rsplit(".", 1)[0]
+    counts = Counter(stem(item) for item in items)
+    names, taken = {}, set()
+    for item in items:
+        base = stem(item) if counts[stem(item)] == 1 else item.replace(os.sep, "__")
+        name, n = base, 1
+        while name in taken:  # e.g. "x/y.wav" and "x__y.wav"
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name)
+        names[item] = name + ".png"
+    return names
 
 
 def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
@@ -328,9 +343,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         raise AfilmError(f"{folder}: none of the {len(files)} files can be evaluated ({len(failures)} "
                          f"unusable, {len(skipped) - len(failures)} silent); the first: {failures[0]}")
     names = [str(path.relative_to(folder)) for path, _ in usable]
-    plotted = names[:max_plots] if plots_dir is not None else []
+    plotted = plot_names(names[:max_plots]) if plots_dir is not None else {}
     if outputs:
-        outputs([plots_dir / plot_name(name) for name in plotted] if plots_dir is not None else [])
+        outputs([plots_dir / png for png in plotted.values()])
     for s in skipped:
         why = f"{s['reason']}: skipped" + (", since its SNR would swamp the means" if s["reason"] == SILENT
                                            else "")
@@ -358,7 +373,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         bands.add(hr, model=pred, spline=spline)
         if name in plotted:
             lr = lr_stage.read(0, lr_stage.length)[:, 0]
-            plots.append(_plot(plots_dir / plot_name(name), lr, pred, hr, loaded, name))
+            plots.append(_plot(plots_dir / plotted[name], lr, pred, hr, loaded, name))
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
               # skipped_silent: the names alone, as before `skipped` (every file left out, with why)

@@ -239,6 +239,22 @@ def test_cli_eval_wavs_writes_csv_json_table_and_plots(ckpts, wavs, tmp_path):
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["p225__p225_001.png"]
 
 
+def test_plot_names_never_collide(ckpts, vctk_mini, tmp_path):
+    """a.wav and a.flac used to share a.png, so one spectrogram overwrote the other; so did
+    sub/b.wav and sub__b.wav. Names stay as before where nothing collides."""
+    assert evaluate.plot_names(["p225/p225_001.wav", "x.flac"]) == {
+        "p225/p225_001.wav": "p225__p225_001.png", "x.flac": "x.png"}
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav")
+    for name in ("a.wav", "a.flac", "sub/b.wav", "sub__b.wav", "c.wav"):
+        sf.write(folder / name, x[: sr * 2], sr)
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, plots_dir=tmp_path / "png")
+    names = sorted(p.name for p in result.plots)
+    assert names == ["a.flac.png", "a.wav.png", "c.png", "sub__b.wav-2.png", "sub__b.wav.png"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == names
+
+
 def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     from afilm_cli.main import main
 
