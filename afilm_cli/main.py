@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
-from afilm_cli import __version__, help_format
-from afilm_cli.commands import bench, convert, demo, evaluate, models, prepare, train, upsample
-from afilm_cli.errors import AfilmError
+from afilm_cli.registry import PluginWarning
+
+_show_warning = warnings.showwarning
+
+
+def _one_line_plugin_warning(message, category, *args, **kwargs) -> None:
+    """A skipped plugin is the user's business, not a Python warning with a source line."""
+    if issubclass(category, PluginWarning):
+        print(f"afilm: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, *args, **kwargs)
+
+
+warnings.showwarning = _one_line_plugin_warning  # before the commands load the dataset plugins
+
+from afilm_cli import __version__, help_format  # noqa: E402
+from afilm_cli.commands import bench, convert, demo, evaluate, models, prepare, train, upsample  # noqa: E402
+from afilm_cli.errors import AfilmError  # noqa: E402
 
 app = typer.Typer(
     name="afilm",

@@ -19,6 +19,10 @@ from typing import Any
 from afilm_cli.errors import AfilmError
 
 
+class PluginWarning(UserWarning):
+    """A plugin was skipped (the CLI prints these as one ``afilm: warning:`` line)."""
+
+
 class UnknownNameError(AfilmError, KeyError):
     """Raised for a name no builder is registered under; the message lists the known names."""
 
@@ -96,8 +100,10 @@ class Registry:
         for ep in entry_points(group=self.group):
             try:
                 ep.load()
-            except Exception as exc:  # a broken plugin must never take the CLI down
-                warnings.warn(f"afilm: skipping {self.kind} plugin {ep.name!r} ({ep.value}): {exc}",
+            except (Exception, SystemExit) as exc:  # a broken plugin must never take the CLI down
+                why = f"exited ({exc.code})" if isinstance(exc, SystemExit) else (str(exc)
+                                                                                  or type(exc).__name__)
+                warnings.warn(f"skipping {self.kind} plugin {ep.name!r} ({ep.value}): {why}", PluginWarning,
                               stacklevel=2)
 
 

@@ -10,9 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from afilm_cli.errors import AfilmError
-from afilm_cli.registry import MODELS, Registry
+from afilm_cli.models import create_model, describe_model
+from afilm_cli.registry import MODELS, PluginWarning, Registry
 
 PLUGIN_SRC = Path(__file__).parent / "plugin_pkg" / "afilm_example_plugin"
 
@@ -88,6 +90,47 @@ def test_broken_plugin_warns_and_is_skipped(tmp_path, monkeypatch):
     reg = Registry("model", group="afilm.test_group")
     with pytest.warns(UserWarning, match="skipping model plugin 'afilm-broken-plugin'.*xyz"):
         assert reg.names() == []
+
+
+def test_plugin_that_exits_at_import_is_skipped(tmp_path, monkeypatch):
+    """sys.exit() in a plugin's import used to end every afilm command, --help and --version too."""
+    (tmp_path / "afilm_exit_plugin.py").write_text("import sys; sys.exit('plugin needs CUDA')\n")
+    _install_plugin(tmp_path, None, "afilm-exit-plugin", "afilm.test_group3", "afilm_exit_plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AFILM_DISABLE_PLUGINS", "0")
+    with pytest.warns(PluginWarning, match="skipping model plugin 'afilm-exit-plugin'.*exited.*needs CUDA"):
+        assert Registry("model", group="afilm.test_group3").names() == []
+
+
+def test_cli_says_a_skipped_plugin_in_one_line(tmp_path):
+    """Through the real CLI: a broken dataset plugin (loaded at start) and one that exits are each one
+    `afilm: warning:` line, not a Python warning with its source line, and the command still runs."""
+    (tmp_path / "afilm_bad_ds.py").write_text("raise ImportError('dataset plugin broken')\n")
+    _install_plugin(tmp_path, None, "afilm-bad-ds", "afilm.datasets", "afilm_bad_ds")
+    (tmp_path / "afilm_exit_ds.py").write_text("import sys; sys.exit(3)\n")
+    _install_plugin(tmp_path, None, "afilm-exit-ds", "afilm.datasets", "afilm_exit_ds")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AFILM_DISABLE_PLUGINS": "0"}
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "--version"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("afilm "), out.stderr
+    assert sorted(out.stderr.splitlines()) == [
+        "afilm: warning: skipping dataset plugin 'afilm-bad-ds' (afilm_bad_ds): dataset plugin broken",
+        "afilm: warning: skipping dataset plugin 'afilm-exit-ds' (afilm_exit_ds): exited (3)"]
+
+
+def test_a_model_without_the_interface_is_refused_in_one_line():
+    """A plugin builder returning a bare nn.Sequential ended in an AttributeError traceback in train."""
+    @MODELS.register("bare_seq_test")
+    def bare_seq_test():
+        return torch.nn.Sequential(torch.nn.Conv1d(1, 1, 3, padding=1))
+
+    try:
+        with pytest.raises(AfilmError, match=r"model 'bare_seq_test' .* Sequential without model_name, "
+                                             r"config_dict, length_multiple, check_length"):
+            create_model("bare_seq_test")
+        assert "Sequential without" in describe_model("bare_seq_test")["error"]  # the listing goes on
+    finally:
+        MODELS.unregister("bare_seq_test")
 
 
 def test_disable_plugins_switch(tmp_path, monkeypatch):

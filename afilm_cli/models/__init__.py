@@ -12,15 +12,26 @@ from typing import Any
 
 import torch
 
+from afilm_cli.errors import AfilmError
 from afilm_cli.registry import MODELS
+
+INTERFACE = ("model_name", "config_dict", "length_multiple", "check_length")  # what every command relies on
 
 
 def create_model(name: str, **overrides: Any) -> torch.nn.Module:
     """Build a registered model. Overrides left at None are dropped, so CLI defaults never
     override a preset's own values (as timm's create_model); the rest are checked by the model's
-    config (UNetConfig: each field's type and range, one AfilmError line naming the field)."""
+    config (UNetConfig: each field's type and range, one AfilmError line naming the field). A
+    builder (a plugin's, say) whose model lacks the interface above is refused here, in one line."""
     builder = MODELS.get(name)
-    return builder(**{k: v for k, v in overrides.items() if v is not None})
+    model = builder(**{k: v for k, v in overrides.items() if v is not None})
+    missing = [a for a in INTERFACE if not hasattr(model, a)]
+    if not isinstance(model, torch.nn.Module) or missing:
+        what = ", ".join(missing) if isinstance(model, torch.nn.Module) else "torch.nn.Module"
+        raise AfilmError(f"model {name!r} ({getattr(builder, '__module__', '?')}) builds a "
+                         f"{type(model).__name__} without {what}: an afilm model is a torch.nn.Module with "
+                         "model_name, config_dict(), length_multiple and check_length(T) (README: Plugins)")
+    return model
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
