@@ -106,6 +106,7 @@ def test_upsample_without_ckpt_uses_the_bundled_model(tmp_path, vctk_mini):
     assert (info.samplerate, info.frames) == (16000, 12345 * 4)
     # a run folder stands for its best.pt, else its last.pt
     (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "last.pt").write_bytes(b"")
     assert pretrained.checkpoint_path(tmp_path / "r") == tmp_path / "r" / "last.pt"
     (tmp_path / "r" / "best.pt").write_bytes(b"")
     assert pretrained.checkpoint_path(tmp_path / "r") == tmp_path / "r" / "best.pt"
@@ -206,6 +207,22 @@ def test_a_preset_name_is_not_a_checkpoint(tmp_path, monkeypatch):
     (tmp_path / "afilm_tiny").write_bytes(b"")
     assert pretrained.checkpoint_path("afilm_tiny") == Path("afilm_tiny")
     assert pretrained.checkpoint_path("nope.pt") == Path("nope.pt")
+
+
+def test_a_missing_name_or_an_empty_folder_says_what_ckpt_takes(tmp_path, monkeypatch):
+    """A mistyped bundled name said only "no such checkpoint", and a folder with no checkpoint in it
+    "FOLDER/last.pt: no such checkpoint": each now says what --ckpt takes."""
+    monkeypatch.chdir(tmp_path)
+    bundled = ", ".join(sorted(pretrained.BUNDLED)) or "none in this build"
+    with pytest.raises(AfilmError) as err:
+        pretrained.checkpoint_path("afilm_speech_r8")
+    assert str(err.value) == ("afilm_speech_r8: no such checkpoint file, run folder or bundled model "
+                              f"(bundled: {bundled})")
+    (tmp_path / "emptyrun").mkdir()
+    with pytest.raises(AfilmError, match=r"^emptyrun: a folder with no best.pt or last.pt"):
+        pretrained.checkpoint_path("emptyrun")
+    (tmp_path / "emptyrun" / "last.pt").write_bytes(b"")
+    assert pretrained.checkpoint_path("emptyrun") == Path("emptyrun/last.pt")
 
 
 def test_cli_ckpt_and_init_name_the_wrong_file(tmp_path):

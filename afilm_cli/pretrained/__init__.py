@@ -105,7 +105,11 @@ def checkpoint_path(spec: str | os.PathLike) -> Path:
     bundled ones: it has no weights to load."""
     path = Path(spec)
     if path.is_dir():
-        return path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+        for name in ("best.pt", "last.pt"):
+            if (path / name).exists():
+                return path / name
+        raise AfilmError(f"{path}: a folder with no best.pt or last.pt (a run folder of 'afilm train' holds "
+                         "them once its first epoch ends)")
     if not path.exists() and str(spec) in BUNDLED:
         return bundled_checkpoint_path(str(spec))
     if not path.exists() and str(spec) in MODELS:  # a model's name, but one without trained weights
@@ -116,6 +120,9 @@ def checkpoint_path(spec: str | os.PathLike) -> Path:
             what = f"is an untrained model preset (train it with 'afilm train --model {name}')"
         bundled = ", ".join(sorted(BUNDLED)) or "none in this build"
         raise AfilmError(f"{name}: no such checkpoint; {name} {what}; bundled pretrained models: {bundled}")
+    if not path.exists() and path.name == str(spec) and not path.suffix:  # a bare name: a mistyped model?
+        bundled = ", ".join(sorted(BUNDLED)) or "none in this build"
+        raise AfilmError(f"{spec}: no such checkpoint file, run folder or bundled model (bundled: {bundled})")
     return path
 
 
