@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -454,9 +455,13 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                            if ".afilm" not in p.name and not _is_sim_output(p))
             if not files:
                 raise AfilmError(f"{item}: no audio files in this folder")
+            # x.wav and x.ogg side by side keep their extension in the name (x.ogg.afilm.wav): a folder
+            # run has no -o per file to tell them apart
+            stems = Counter(f.with_suffix("") for f in files)
             for f in files:
                 rel = f.relative_to(item)
-                target = root / rel.parent / (rel.stem if simulate else default_output(rel).name)
+                named = rel if stems[f.with_suffix("")] == 1 else rel.with_name(rel.name + rel.suffix)
+                target = root / rel.parent / (named.stem if simulate else default_output(named).name)
                 pairs.append((f, target))
         else:
             if not item.exists():
@@ -472,11 +477,16 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                 target = item.with_name(item.stem) if simulate else default_output(item)
             pairs.append((item, target))
     seen: dict[Path, Path] = {}
-    for src, target in pairs:  # a.wav and a.flac in one folder would both be a.afilm.wav
-        if seen.setdefault(target, src) != src:
-            raise AfilmError(f"{seen[target]} and {src} would both be written to {target}; upsample one of "
-                             "them on its own with -o")
-    return pairs
+    unique = []
+    for src, target in pairs:  # a.wav and a.flac given as files would both be a.afilm.wav
+        first = seen.setdefault(target, src)
+        if first == src or first.resolve() == src.resolve():
+            if first is src:  # the same file named twice (or in a folder given too) is done once
+                unique.append((src, target))
+            continue
+        raise AfilmError(f"{first} and {src} would both be written to {target}; upsample one of "
+                         "them on its own with -o")
+    return unique
 
 
 def _folder_output(folder: Path) -> Path:

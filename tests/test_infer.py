@@ -471,14 +471,35 @@ def test_cli_window_reaches_the_windowed_path(tmp_path, ckpts, capsys):
     assert infer.count_windows(src, lo, 300) == len(infer.plan_windows(24004, 256, 512).starts(24004)) > 1
 
 
-def test_two_inputs_with_one_output_name_are_refused(tmp_path, ckpts, capsys):
+def test_two_inputs_with_one_output_name(tmp_path, ckpts, capsys):
+    """Given as files, a.wav and a.ogg would both be a.afilm.wav: refused, -o tells them apart. In a
+    folder run (which used to be refused whole, with advice it cannot follow) they keep their extension."""
     x = np.sin(np.arange(8000) / 3) * 0.1
     (tmp_path / "in").mkdir()
     write(tmp_path / "in" / "a.wav", x, 4000)
-    sf.write(str(tmp_path / "in" / "a.ogg"), x, 4000)  # both would be in.afilm/a.afilm.wav
-    line = error_line(run_main(capsys, "upsample", tmp_path / "in", "--ckpt", ckpts["spline"]))
-    assert "a.ogg and " in line and "a.wav would both be written to " in line and "a.afilm.wav" in line
-    assert not (tmp_path / "in.afilm").exists()
+    sf.write(str(tmp_path / "in" / "a.ogg"), x, 4000)
+    write(tmp_path / "in" / "b.wav", x, 4000)
+    line = error_line(run_main(capsys, "upsample", tmp_path / "in" / "a.wav", tmp_path / "in" / "a.ogg",
+                               "--ckpt", ckpts["spline"]))
+    assert "a.wav and " in line and "a.ogg would both be written to " in line and "a.afilm.wav" in line
+    assert not list(tmp_path.glob("in/*.afilm.wav"))
+    out = run_main(capsys, "upsample", tmp_path / "in", "--ckpt", ckpts["spline"], "-q")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "in.afilm").iterdir()) == [
+        "a.ogg.afilm.wav", "a.wav.afilm.wav", "b.afilm.wav"]
+    assert infer.plan_outputs([tmp_path / "in"], None, simulate=True)[0][1] == tmp_path / "in.afilm" / "a.ogg"
+
+
+def test_an_input_named_twice_is_done_once(tmp_path, ckpts, capsys):
+    """`upsample a.wav a.wav ./a.wav -o dir/` ran the model three times for one output, and a folder
+    given with one of its files counted the file twice in the summary."""
+    write(tmp_path / "a.wav", np.sin(np.arange(8000) / 3) * 0.1, 4000)
+    pairs = infer.plan_outputs([tmp_path / "a.wav", tmp_path / "a.wav", tmp_path / "." / "a.wav",
+                                Path(os.path.relpath(tmp_path / "a.wav"))], str(tmp_path / "o") + "/", False)
+    assert pairs == [(tmp_path / "a.wav", tmp_path / "o" / "a.afilm.wav")]
+    out = run_main(capsys, "upsample", tmp_path / "a.wav", tmp_path / "a.wav", "-o", f"{tmp_path / 'o'}/",
+                   "--ckpt", ckpts["spline"])
+    assert out.returncode == 0 and out.stderr.count("a.afilm.wav") + out.stdout.count("a.afilm.wav") == 1, out
 
 
 def test_default_checkpoint_prefers_newest_run(tmp_path, monkeypatch, ckpts):

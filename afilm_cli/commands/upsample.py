@@ -24,7 +24,7 @@ def command(
         "--simulate, the base name of the .lr/.hr/.pr.wav files (x.wav -> x.lr.wav ...; they are always "
         "WAV, so .flac is refused). Default: "
         "IN.afilm.wav beside each input (.flac for a FLAC input); a folder DIR goes to DIR.afilm/ "
-        "beside it.")] = None,
+        "beside it (x.wav and x.ogg there: x.wav.afilm.wav, x.ogg.afilm.wav).")] = None,
     simulate: Annotated[bool, typer.Option(
         "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
         "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
