@@ -438,9 +438,13 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
 
     out_is_dir = isinstance(out, str) and out.endswith(("/", os.sep))
     out = Path(out) if out is not None else None
+    several = len(inputs) > 1 or any(item.is_dir() for item in inputs)
+    if out is not None and out.is_file() and (several or out_is_dir):  # said once, not once per input
+        raise AfilmError(f"-o {out} is a file, not a folder" + ("; several inputs (or a folder) need a folder"
+                                                                 if several else ""))
     if out is not None and not out_is_dir and not out.is_dir():
         # several outputs go into a folder: one named x.wav would be made and hold them all
-        if (len(inputs) > 1 or any(item.is_dir() for item in inputs)) and is_audio_file(out):
+        if several and is_audio_file(out):
             raise AfilmError(f"{out}: several inputs (or a folder) need a folder for -o, not an audio file "
                              "name (end it with / to make a new folder)")
         # the three outputs are WAV at their own rates: a .flac name would not be honoured

@@ -1079,3 +1079,18 @@ def test_simulate_refuses_a_flac_output_name(tmp_path, ckpts, capsys, libri_mini
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.wav", "sim.hr.wav", "sim.lr.wav", "sim.pr.wav"]
     help_text = run_cli("upsample", "--help").stdout.replace("\u2502", " ")  # the option box's sides
     assert "they are always WAV, so .flac is refused" in " ".join(help_text.split())
+
+
+def test_an_existing_file_as_the_output_folder_is_said_once(tmp_path, ckpts, capsys):
+    """`upsample FOLDER -o a_file` said "cannot write a_file/x: a_file is a file" once per input file."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write(tmp_path / "in" / name, np.sin(np.arange(8000) / 3) * 0.1, 4000)
+    (tmp_path / "plain").write_text("mine")
+    out = run_main(capsys, "upsample", tmp_path / "in", "-o", tmp_path / "plain", "--ckpt", ckpts["spline"])
+    assert out.returncode == 2 and out.stderr.count("afilm: error") == 1, out.stderr
+    assert error_line(out) == (f"afilm: error: -o {tmp_path / 'plain'} is a file, not a folder; several "
+                               "inputs (or a folder) need a folder")
+    with pytest.raises(AfilmError, match=r"is a file, not a folder$"):  # one input, -o plain/ (a folder)
+        infer.plan_outputs([tmp_path / "in" / "a.wav"], str(tmp_path / "plain") + "/", simulate=False)
+    assert (tmp_path / "plain").read_text() == "mine"
