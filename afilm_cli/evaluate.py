@@ -261,21 +261,31 @@ def find_audio(folder: Path) -> list[Path]:
 
 
 SILENT = "silent (every sample is zero)"
+CANCELLED = "silent once its channels are mixed to mono (they cancel)"
 SCAN_BLOCK = 1 << 18  # frames per read of the check's pass over a file
 
 
+@dataclass
+class WavCheck:
+    windows: int  # model windows its evaluation takes
+    channels: int
+    silent: str | None  # why it is silent (SILENT or CANCELLED), None if not
+
+
 def check_wav(path: Path, loaded: Loaded, window: int | None = None, degrade: str | None = None
-              ) -> tuple[int, bool]:
-    """(model windows, silent) of a high-rate file, or an AfilmError naming it and why it cannot be
+              ) -> WavCheck:
+    """What evaluating a high-rate file takes, or an AfilmError naming it and why it cannot be
     evaluated. Read through once: opening it says nothing of a truncated body, NaN samples or silence,
     which would otherwise show only when its turn came, after the files before it."""
     windows = count_windows(path, loaded, window, simulate=True, degrade=degrade)
-    loud = False
+    loud = mixed_loud = False
     with contextlib.closing(FileSource(path)) as src:
         for a in range(0, src.length, SCAN_BLOCK):
             block = src.read(a, min(a + SCAN_BLOCK, src.length)).astype(np.float32)
-            loud = loud or bool(np.any(to_mono(block)))  # as read_audio(mono=True) will see it
-    return windows, not loud
+            loud = loud or bool(np.any(block))
+            mixed_loud = mixed_loud or bool(np.any(to_mono(block)))  # as read_audio(mono=True) will see it
+        channels = src.channels
+    return WavCheck(windows, channels, None if mixed_loud else CANCELLED if loud else SILENT)
 
 
 def plot_names(items: list[str]) -> dict[str, str]:
@@ -323,18 +333,20 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     usable: list[tuple[Path, int]] = []
     skipped: list[dict[str, str]] = []  # every file left out, with why
     failures: list[AfilmError] = []
+    multichannel = 0
     for path in files:
         item = str(path.relative_to(folder))
         try:
-            n_windows, silent = check_wav(path, loaded, window, degrade)
+            check = check_wav(path, loaded, window, degrade)
         except AfilmError as exc:
             failures.append(exc)
             skipped.append({"item": item, "reason": str(exc).removeprefix(f"{path}: ")})
             continue
-        if silent:
-            skipped.append({"item": item, "reason": SILENT})
+        if check.silent:
+            skipped.append({"item": item, "reason": check.silent})
         else:
-            usable.append((path, n_windows))
+            usable.append((path, check.windows))
+            multichannel += check.channels > 1
     if not usable:
         if not failures:
             raise AfilmError(f"{folder}: every file is silent; nothing to evaluate")
@@ -347,9 +359,12 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     if outputs:
         outputs([plots_dir / png for png in plotted.values()])
     for s in skipped:
-        why = f"{s['reason']}: skipped" + (", since its SNR would swamp the means" if s["reason"] == SILENT
-                                           else "")
+        why = f"{s['reason']}: skipped" + (", since its SNR would swamp the means"
+                                           if s["reason"] in (SILENT, CANCELLED) else "")
         (warn or print_warning)(f"{folder / s['item']}: {why}")
+    if multichannel:  # said once: a folder of stereo files would otherwise warn per file
+        (warn or print_warning)(f"{folder}: {multichannel} of the {len(usable)} files have several channels; "
+                                "each is scored as the mean of its channels (mono)")
     if total:
         total(sum(n for _, n in usable))
     rows, plots = [], []
@@ -377,7 +392,8 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
               # skipped_silent: the names alone, as before `skipped` (every file left out, with why)
-              "skipped_silent": [s["item"] for s in skipped if s["reason"] == SILENT], "skipped": skipped,
+              "skipped_silent": [s["item"] for s in skipped if s["reason"] in (SILENT, CANCELLED)],
+              "skipped": skipped,
               "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}

@@ -351,6 +351,28 @@ def test_a_silent_file_is_skipped_with_a_warning(ckpts, wavs, tmp_path):
         evaluate.evaluate_wavs(lo, only, warn=warnings.append)
 
 
+def test_stereo_files_are_said_mixed_and_cancelling_channels_are_not_called_zero(ckpts, vctk_mini, tmp_path):
+    """A stereo file was scored as its channels' mean without a word, and one whose channels cancel
+    was skipped as "every sample is zero", which was untrue."""
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav", mono=True)
+    folder = tmp_path / "st"
+    folder.mkdir()
+    sf.write(folder / "anti.wav", np.stack([x, -x], 1), sr)
+    sf.write(folder / "both.wav", np.stack([x, 0.5 * x], 1), sr)
+    sf.write(folder / "mono.wav", x, sr)
+    warnings = []
+    result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, warn=warnings.append)
+    assert [row["item"] for row in result.rows] == ["both.wav", "mono.wav"]
+    assert result.protocol["skipped"] == [{"item": "anti.wav", "reason": evaluate.CANCELLED}]
+    assert result.protocol["skipped_silent"] == ["anti.wav"]
+    assert warnings == [f"{folder / 'anti.wav'}: silent once its channels are mixed to mono (they cancel): "
+                        "skipped, since its SNR would swamp the means",
+                        f"{folder}: 1 of the 2 files have several channels; each is scored as the mean of "
+                        "its channels (mono)"]
+    rows = {row["item"]: row for row in result.rows}
+    assert rows["both.wav"]["spline_snr"] == pytest.approx(rows["mono.wav"]["spline_snr"], abs=1e-3)
+
+
 def test_wavs_progress_counts_model_windows(ckpts, wavs, tmp_path):
     """The bar moves per model window (a one-hour file showed nothing for minutes), and its steps add
     up to the total the command sets; a silent file, found before the work, is not in it."""

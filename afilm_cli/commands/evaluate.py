@@ -59,7 +59,8 @@ def command(
     data: Annotated[Path | None, typer.Option("--data", help="HDF5 split written by 'afilm prepare' "
                                               "(each patch is one row).")] = None,
     wavs: Annotated[Path | None, typer.Option("--wavs", help="Folder of high-rate audio files (each file is "
-                                              "one row; the low-rate input is simulated).")] = None,
+                                              "one row, several channels mixed to mono; the low-rate input is"
+                                              " simulated).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.csv and summary.json.")
                    ] = Path("eval"),
     plots: Annotated[Path | None, typer.Option("--plots", help="Write LR / prediction / HR spectrogram "
