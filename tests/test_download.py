@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -209,3 +210,125 @@ def test_fetch_and_extract_resumes_then_prepares_via_cli(server, vctk_mini, tmp_
     proc = subprocess.run([sys.executable, "-m", "afilm_cli", *bad], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "SHA-256 mismatch" in proc.stderr
+
+
+def afilm(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": str(columns)})
+
+
+def prepare_args(url: str, root: Path, out: Path, *extra: str) -> list[str]:
+    return ["prepare", "vctk", "--download", "--url", url, "--root", str(root), "--r", "2", "--multiple", "1",
+            "--out", str(out), *extra]
+
+
+def test_deleted_corpus_is_extracted_or_downloaded_again(server, vctk_mini, tmp_path):
+    """The marker of a finished extraction no longer stands for a corpus that was deleted since."""
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    url, sha = f"{server.url}/VCTK-Corpus.zip", hashlib.sha256(body).hexdigest()
+    root = tmp_path / "vctk"
+    fetch_and_extract(Archive(url, "VCTK-Corpus.zip", len(body), sha), root, progress=lambda *a: None)
+    shutil.rmtree(root / "VCTK-Corpus")
+    n = len(server.ranges)
+    proc = afilm(*prepare_args(url, root, tmp_path / "data", "--force"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "its files are gone: downloading it again" in proc.stderr and len(server.ranges) == n + 1
+    assert (tmp_path / "data" / "vctk-single-r2-decimate-train.h5").exists()
+    assert not (root / "VCTK-Corpus.zip").exists()  # this run's download: deleted after extraction
+    # deleted again, but the archive is back (the user's copy): checked, extracted, kept, no request
+    shutil.rmtree(root / "VCTK-Corpus")
+    (root / "VCTK-Corpus.zip").write_bytes(body)
+    proc = afilm(*prepare_args(url, root, tmp_path / "data", "--sha256", sha), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"its files are gone: extracting {root / 'VCTK-Corpus.zip'} again" in proc.stderr
+    assert "reusing" in proc.stderr and len(server.ranges) == n + 1
+    assert (root / "VCTK-Corpus.zip").read_bytes() == body and (root / "VCTK-Corpus" / "wav48").is_dir()
+
+
+def test_a_marker_without_its_entries_is_redone(server, vctk_mini, tmp_path, capsys):
+    """Without ``present``: the top-level entries the marker names decide, or for a marker of an
+    older afilm (the URL alone), whether anything but the archive is left in the folder."""
+    body = vctk_zip(vctk_mini)
+    server.files["c.zip"] = body
+    archive = Archive(f"{server.url}/c.zip", "c.zip")
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / ".afilm-extracted-c.zip").write_text(archive.url + "\n")  # an older marker, nothing extracted
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    assert len(server.ranges) == 1 and (root / "VCTK-Corpus" / "wav48" / "p225").is_dir()
+    assert (root / ".afilm-extracted-c.zip").read_text().splitlines() == [archive.url, "VCTK-Corpus"]
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    assert len(server.ranges) == 1  # there: nothing done
+    shutil.rmtree(root / "VCTK-Corpus")
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    assert len(server.ranges) == 2 and "downloading it again" in capsys.readouterr().err
+
+
+def test_malformed_sha256_is_refused_before_any_request(server, tmp_path):
+    server.files["v.zip"] = b"x" * 1000
+    url = f"{server.url}/v.zip"
+    for bad in ("abc", "g" * 64, "0" * 63):
+        with pytest.raises(AfilmError, match="is not a SHA-256: expected 64 hexadecimal digits"):
+            download(url, tmp_path / "v.zip", sha256=bad)
+        with pytest.raises(AfilmError, match="--sha256 .* is not a SHA-256"):
+            fetch_and_extract(Archive(url, "v.zip", None, bad), tmp_path / "r", progress=lambda *a: None)
+    root = tmp_path / "cli"
+    proc = afilm(*prepare_args(url, root, tmp_path / "data", "--sha256", "f96258be9fdc"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "afilm: error: --sha256 'f96258be9fdc' is not a SHA-256" in proc.stderr
+    assert server.ranges == [] and not root.exists() and not (tmp_path / "v.zip").exists()
+    # upper case is a SHA-256 too
+    body = server.files["v.zip"]
+    assert download(url, tmp_path / "v.zip", sha256=hashlib.sha256(body).hexdigest().upper()).exists()
+
+
+def test_an_archive_already_there_is_checked_and_reused(server, vctk_mini, tmp_path, capsys):
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    url, sha = f"{server.url}/VCTK-Corpus.zip", hashlib.sha256(body).hexdigest()
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "VCTK-Corpus.zip").write_bytes(body)
+    fetch_and_extract(Archive(url, "VCTK-Corpus.zip", len(body), sha), good)  # the default progress bar
+    err = capsys.readouterr().err
+    assert f"reusing {good / 'VCTK-Corpus.zip'}, already there (not downloaded); checking its SHA-256" in err
+    assert "downloading" not in err and "bytes" not in err and server.ranges == []
+    assert (good / "VCTK-Corpus" / "wav48" / "p226").is_dir()
+    assert (good / "VCTK-Corpus.zip").read_bytes() == body and "kept" in err  # the user's file stays
+    # another file under the archive's name: refused, named, and left where it was
+    for archive, match in ((Archive(url, "VCTK-Corpus.zip", None, sha), f"its SHA-256 is .*, expected {sha}"),
+                           (Archive(url, "VCTK-Corpus.zip", len(body), sha), f"expected {len(body)}")):
+        bad = tmp_path / f"bad{archive.size}"
+        bad.mkdir()
+        (bad / "VCTK-Corpus.zip").write_bytes(body[:-10] + b"0123456789"[: 9 if archive.size else 10])
+        with pytest.raises(AfilmError, match=match) as exc:
+            fetch_and_extract(archive, bad, progress=lambda *a: None)
+        assert str(bad / "VCTK-Corpus.zip") in str(exc.value) and "left in place" in str(exc.value)
+        assert (bad / "VCTK-Corpus.zip").exists() and not (bad / "VCTK-Corpus").exists()
+    assert server.ranges == []
+    # download() on its own checks an existing file too
+    with pytest.raises(AfilmError, match="SHA-256 is"):
+        download(url, tmp_path / "badNone" / "VCTK-Corpus.zip", sha256="0" * 64)
+
+
+def test_sha256_line_is_one_line(server, vctk_mini, tmp_path):
+    """No published sum (VCTK 0.80, a bare --url): the SHA-256 is printed whole, never wrapped."""
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    proc = afilm(*prepare_args(f"{server.url}/VCTK-Corpus.zip", tmp_path / "deep" / "folder" / "vctk",
+                               tmp_path / "data"), cwd=tmp_path, columns=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"VCTK-Corpus.zip: SHA-256 {hashlib.sha256(body).hexdigest()} (no published" in proc.stderr
+
+
+def test_download_root_that_is_a_file_or_cannot_be_made(server, tmp_path):
+    server.files["v.zip"] = b"x" * 1000
+    url = f"{server.url}/v.zip"
+    (tmp_path / "afile").write_text("not a folder")
+    proc = afilm(*prepare_args(url, tmp_path / "afile", tmp_path / "data"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"afilm: error: --root {tmp_path / 'afile'} is a file, not a folder" in proc.stderr
+    with pytest.raises(AfilmError, match=f"cannot create folder {tmp_path / 'afile' / 'sub'}: .* is a file"):
+        fetch_and_extract(Archive(url, "v.zip"), tmp_path / "afile" / "sub", progress=lambda *a: None)
+    assert server.ranges == []

@@ -681,3 +681,56 @@ def test_usability_check_agrees_with_the_recipe_at_one_patch(sr_in, tmp_path):
             else:
                 recipe_mod.check_usable(path, rec, header_only=header_only)
                 assert recipe_mod.file_signals(path, rec)
+
+
+def test_holding_out_every_speaker_is_refused_before_anything_is_written(vctk_mini, tmp_path):
+    rec = Recipe(r=4, stride=8192, sam=1.0, degrade="subsample", multiple=1)
+    every = sorted(p.name for p in (vctk_mini / "wav48").iterdir())
+    with pytest.raises(AfilmError, match=r"every speaker of the corpus \(13\) is held out for "
+                       "validation by --val-speakers: no training speakers are left"):
+        prepare_vctk(vctk_mini, rec, split="multi", val_speakers=every, out=tmp_path / "multi")
+    assert not (tmp_path / "multi").exists()
+    # single: a copy holding only the reference validation files of p225
+    spk = tmp_path / "corpus" / "wav48" / "p225"
+    spk.mkdir(parents=True)
+    shutil.copy(vctk_mini / "wav48" / "p225" / "p225_001.wav", spk / "p225_355.wav")
+    with pytest.raises(AfilmError, match="every p225 file of the corpus .* no training files are left"):
+        prepare_vctk(tmp_path / "corpus", Recipe(r=4), out=tmp_path / "single")
+    assert not (tmp_path / "single").exists()
+
+
+def test_release_picks_the_layout_where_both_are_there_and_the_choice_is_printed(vctk_mini, vctk092, tmp_path,
+                                                                                  capsys):
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "VCTK-Corpus").symlink_to(vctk_mini)  # sorted first: it used to win whatever --release said
+    (both / "VCTK-Corpus-0.92").symlink_to(vctk092)
+    old, new = both / "VCTK-Corpus" / "wav48", both / "VCTK-Corpus-0.92" / "wav48_silence_trimmed"
+    assert find_layout(both).audio_dir == new  # 0.92 unless asked
+    assert find_layout(both, release="0.80").audio_dir == old
+    with pytest.raises(AfilmError, match=r"--release 0\.92: no wav48_silence_trimmed/ folder under .*found "
+                       "the VCTK 0.80 layout in .*wav48; leave --release out to use it"):
+        find_layout(vctk_mini, release="0.92")
+    (res, *_) = prepare_vctk(both, Recipe(r=4, multiple=1), out=tmp_path / "a")
+    assert f"using the VCTK 0.92 layout in {new} (mic1 files); not the VCTK 0.80 layout in {old} " \
+           "(--release 0.80 picks it)" in capsys.readouterr().err
+    # the CLI: --release without --download chooses; --url / --sha256 / --mic that do nothing say so
+    proc = run_cli("prepare", "vctk", "--root", str(both), "--release", "0.80", "--url", "http://127.0.0.1:1/x.zip",
+                   "--sha256", "0" * 64, "--mic", "mic2", "--r", "4", "--multiple", "1",
+                   "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --url and --sha256 apply only with --download: ignored" in proc.stderr
+    assert "warning: --mic mic2 applies to VCTK 0.92" in proc.stderr
+    assert f"using the VCTK 0.80 layout in {old}; not the VCTK 0.92 layout in {new}\n" in proc.stderr
+    with h5py.File(tmp_path / "b" / "vctk-single-r4-decimate-train.h5", "r") as f:
+        assert json.loads(f.attrs["split"])["version"] == "0.80"
+
+
+def test_missing_mic_files_name_the_mic_asked_for(vctk092, tmp_path):
+    spk = tmp_path / "wav48_silence_trimmed" / "p226"
+    spk.mkdir(parents=True)
+    shutil.copy(next((vctk092 / "wav48_silence_trimmed" / "p226").glob("*_mic1.flac")), spk)
+    with pytest.raises(AfilmError, match=r"no speaker folders with pNNN_MMM_mic2\.flac files \(VCTK 0\.92 "
+                       r"layout, --mic mic2; there are mic1 files: --mic mic1 uses them\)") as exc:
+        list_speakers(find_layout(tmp_path, "mic2"))
+    assert "mic1.flac" not in str(exc.value)

@@ -69,6 +69,11 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """A progress line on stderr, never wrapped: paths and checksums in it stay copyable."""
+    err.print(escape(message), soft_wrap=True)
+
+
 def _stale_val(train_out: Path, force: bool) -> None:
     """This run has no validation split, but a -val.h5 beside its train file (from a run that had one)
     would be paired with it by 'afilm train': --force removes it, otherwise the user is told."""

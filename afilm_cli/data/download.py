@@ -2,7 +2,9 @@
 
 A download goes to ``<dest>.part`` and resumes from its size with an HTTP Range request (a server
 that ignores Range restarts it from zero); the file gets its final name only once the size and
-checksum match. Extraction writes a marker file so a rerun does not extract again.
+checksum match. An archive already there under its final name is checked the same way and reused (never
+deleted on a mismatch: it may be the user's only copy). Extraction writes a marker file naming the
+archive's top-level entries, so a rerun does not extract again while they are there.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import tarfile
 import urllib.error
@@ -17,7 +20,8 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from pathlib import Path, PurePosixPath
 
 from afilm_cli import __version__
 from afilm_cli.errors import AfilmError
@@ -42,13 +46,26 @@ VCTK_ARCHIVES = {
 }
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_sha256(text: str, option: str = "--sha256") -> str:
+    """``text`` as a lowercase SHA-256, or a one-line error. Checked before any network access: a
+    malformed sum would otherwise fail only after the whole download (11 GB for VCTK 0.92)."""
+    value = text.strip()
+    if not _SHA256.fullmatch(value):
+        raise AfilmError(f"{option} {text!r} is not a SHA-256: expected 64 hexadecimal digits")
+    return value.lower()
 
 
 def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha256: str | None = None,
              progress: Progress | None = None, chunk: int = 1 << 20, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest``, resuming ``dest.part`` if present; verify size and SHA-256."""
     dest = Path(dest)
+    if sha256 is not None:
+        sha256 = parse_sha256(sha256, "sha256")
     if dest.exists():
+        check_existing(dest, size=size, sha256=sha256)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -73,6 +90,21 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
     os.replace(part, dest)
     _validator_path(part).unlink(missing_ok=True)
     return dest
+
+
+def check_existing(path: Path, *, size: int | None = None, sha256: str | None = None) -> None:
+    """Check a file already at the download's final name (an earlier run's, or the user's own copy)
+    as a download is checked; on a mismatch it is left in place: it was not fetched by this run."""
+    if not path.is_file():
+        raise AfilmError(f"{path} is in the way of the download: it is not a file")
+    advice = "it was left in place: move or delete it and rerun to download the archive again"
+    got = path.stat().st_size
+    if size is not None and got != size:
+        raise AfilmError(f"{path} is already there but has {got} bytes, expected {size} (another file or "
+                         f"an incomplete copy); {advice}")
+    if sha256 is not None and (digest := file_sha256(path)) != sha256:
+        raise AfilmError(f"{path} is already there but its SHA-256 is {digest}, expected {sha256} (another "
+                         f"file or a damaged copy); {advice}")
 
 
 def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: int, timeout: float) -> None:
@@ -152,17 +184,25 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
     """Extract a .zip or .tar(.gz/.bz2/.xz) into ``into``, refusing members that escape it."""
+    _extract_members(archive, into)
+    return Path(into)
+
+
+def _extract_members(archive: str | os.PathLike, into: str | os.PathLike) -> list[str]:
+    """``extract``, giving the member names."""
     archive, into = Path(archive), Path(into)
     into.mkdir(parents=True, exist_ok=True)
     target = into.resolve()
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for name in zf.namelist():
+                names = zf.namelist()
+                for name in names:
                     _check_member(name, target)
                 zf.extractall(into)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
+                names = tf.getnames()
                 for member in tf.getmembers():
                     _check_member(member.name, target)
                     if member.issym() or member.islnk():
@@ -174,7 +214,13 @@ def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise AfilmError(f"{archive}: corrupt archive ({exc}); delete it and rerun to download it "
                          "again") from None
-    return into
+    return names
+
+
+def _top_level(names: list[str]) -> list[str]:
+    """The entries an archive's members create directly in the folder it is extracted into."""
+    tops = {PurePosixPath(name).parts[0] for name in names if PurePosixPath(name).parts}
+    return sorted(tops - {"__MACOSX"})  # removed after extraction
 
 
 def _check_member(name: str, target: Path) -> None:
@@ -183,35 +229,68 @@ def _check_member(name: str, target: Path) -> None:
 
 
 def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool = False,
-                      progress: Progress | None = None) -> Path:
+                      progress: Progress | None = None,
+                      present: Callable[[Path], bool] | None = None) -> Path:
     """Download ``archive`` into ``root`` (resumable), extract it there, delete it unless ``keep``.
 
-    A marker file records a finished extraction, so a second call does nothing.
+    A marker file records a finished extraction: a second call does nothing while what it extracted
+    is still there (``present(root)`` where given, else the archive's top-level entries), and
+    extracts again, or downloads again where the archive is gone, once it is not. An archive that was
+    already in ``root`` is checked like a download, reused, and kept.
     """
+    from afilm_cli.atomic import make_output_dir
+    from afilm_cli.data.cli import note
+
     root = Path(root)
+    sha256 = parse_sha256(archive.sha256) if archive.sha256 else None  # before any network access
+    make_output_dir(root)
+    path = root / archive.filename
     marker = root / f".afilm-extracted-{archive.filename}"
     if marker.exists():
-        return root
-    from rich.console import Console
+        if (present or partial(_still_extracted, marker, archive.filename))(root):
+            return root
+        again = f"extracting {path} again" if path.exists() else "downloading it again"
+        note(f"{archive.filename} was extracted into {root} before, but its files are gone: {again}")
+        marker.unlink()
+    reused = path.exists()
+    if reused:
+        note(f"reusing {path}, already there (not downloaded)" + ("; checking its SHA-256" if sha256 else ""))
+        download(archive.url, path, size=archive.size, sha256=sha256)
+    else:
+        _download_with_bar(archive, path, sha256, progress)
+    if sha256 is None:
+        note(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
+    note(f"extracting {path.name}")
+    names = _extract_members(path, root)
+    marker.write_text("\n".join([archive.url, *_top_level(names)]) + "\n")
+    if reused and not keep:  # not fetched by this run, so not this run's to delete
+        note(f"kept {path}: it was there before this run (delete it to free the space)")
+    elif not keep:
+        path.unlink()
+    shutil.rmtree(root / "__MACOSX", ignore_errors=True)
+    return root
+
+
+def _download_with_bar(archive: Archive, path: Path, sha256: str | None, progress: Progress | None) -> None:
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
-    err = Console(stderr=True)
-    err.print(f"downloading {archive.url} into {root}")
+    from afilm_cli.data.cli import err, note
+
+    note(f"downloading {archive.url} into {path.parent}")
     if progress is None:
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
                       console=err) as bar:
             task = bar.add_task("download", total=archive.size)
-            path = download(archive.url, root / archive.filename, size=archive.size, sha256=archive.sha256,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+            download(archive.url, path, size=archive.size, sha256=sha256,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     else:
-        path = download(archive.url, root / archive.filename, size=archive.size, sha256=archive.sha256,
-                        progress=progress)
-    if archive.sha256 is None:
-        err.print(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
-    err.print(f"extracting {path.name}")
-    extract(path, root)
-    marker.write_text(f"{archive.url}\n")
-    if not keep:
-        path.unlink()
-    shutil.rmtree(root / "__MACOSX", ignore_errors=True)
-    return root
+        download(archive.url, path, size=archive.size, sha256=sha256, progress=progress)
+
+
+def _still_extracted(marker: Path, filename: str, root: Path) -> bool:
+    """Whether the entries the marker names are all in ``root``; a marker written before they were
+    recorded (the URL only) counts while ``root`` holds anything visible besides the archive."""
+    entries = marker.read_text().splitlines()[1:]
+    if entries:
+        return all((root / name).exists() for name in entries)
+    return any(not p.name.startswith((".", filename)) for p in root.iterdir())

@@ -14,6 +14,9 @@ Reference splits (REFERENCE.md section 1):
   speakers), train = the first 100 other speakers in sorted order.
 On a partial corpus the missing validation files are reported and only the training file is
 written; ``--val-fraction`` / ``--val-speakers`` choose another validation set.
+
+Where a root holds both layouts, 0.92 is used unless ``--release 0.80`` asks for the other; the
+layout used is printed either way.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from afilm_cli.atomic import make_output_dir
 from afilm_cli.data import cli, download
 from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
 from afilm_cli.errors import AfilmError
@@ -38,6 +42,8 @@ MULTI_TRAIN_SPEAKERS = 100
 SPLIT_DEFAULTS = {"single": (4096, 1.0, "decimate"), "multi": (8192, 0.25, "subsample")}
 LAYOUTS_HELP = ("wav48/pNNN/pNNN_MMM.wav (VCTK-Corpus 0.80) or "
                 "wav48_silence_trimmed/pNNN/pNNN_MMM_mic1.flac (VCTK-Corpus 0.92)")
+# (folder name, release), in order of preference where a root holds both
+LAYOUT_DIRS = (("wav48_silence_trimmed", "0.92"), ("wav48", "0.80"))
 WHERE_FROM = ("VCTK comes from the Edinburgh DataShare (VCTK-Corpus 0.92: https://datashare.ed.ac.uk/"
               "handle/10283/3443, 0.80: https://datashare.ed.ac.uk/handle/10283/2651)")
 
@@ -47,23 +53,52 @@ class Layout:
     version: str  # "0.80" or "0.92"
     audio_dir: Path  # the wav48 / wav48_silence_trimmed folder
     pattern: str  # glob for one speaker's files
+    mic: str = "mic1"  # the microphone asked for (0.92 only; 0.80 has one)
+
+    def describe(self) -> str:
+        return f"VCTK {self.version} layout in {self.audio_dir}" + (
+            f" ({self.mic} files)" if self.version == "0.92" else "")
 
 
-def find_layout(root: str | os.PathLike, mic: str = "mic1") -> Layout:
-    """Find the audio folder of a VCTK copy: ``root`` may be the corpus folder, its parent, or the
-    wav48 / wav48_silence_trimmed folder itself."""
+def find_layouts(root: str | os.PathLike, mic: str = "mic1") -> dict[str, Layout]:
+    """Release -> the first audio folder of that layout under ``root`` (which may be the corpus folder,
+    its parent, or the wav48 / wav48_silence_trimmed folder itself), in order of preference."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise AfilmError(f"VCTK root {root} is not a folder; {WHERE_FROM}; accepted layouts: {LAYOUTS_HELP}")
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    for base in candidates:
-        for sub, version in (("wav48_silence_trimmed", "0.92"), ("wav48", "0.80")):
+    found: dict[str, Layout] = {}
+    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        for sub, version in LAYOUT_DIRS:
             for folder in (base / sub, base if base.name == sub else None):
-                if folder is not None and folder.is_dir():
+                if version not in found and folder is not None and folder.is_dir():
                     pattern = f"*_{mic}.flac" if version == "0.92" else "*.wav"
-                    return Layout(version, folder, pattern)
+                    found[version] = Layout(version, folder, pattern, mic)
+    return {version: found[version] for _, version in LAYOUT_DIRS if version in found}
+
+
+def find_layout(root: str | os.PathLike, mic: str = "mic1", release: str | None = None) -> Layout:
+    """The layout to use under ``root``: ``release``'s, else 0.92's where both are there."""
+    layouts = find_layouts(root, mic)
+    if release is None and layouts:
+        return next(iter(layouts.values()))
+    if release in layouts:
+        return layouts[release]
+    if layouts:
+        other = next(iter(layouts.values()))
+        folder = {v: d for d, v in LAYOUT_DIRS}[release]
+        raise AfilmError(f"--release {release}: no {folder}/ folder under {root} (found the "
+                         f"{other.describe()}; leave --release out to use it)")
     raise AfilmError(f"no VCTK layout under {root}: expected {LAYOUTS_HELP} (or pass --download); "
                      f"{WHERE_FROM}")
+
+
+def has_layout(root: Path, release: str | None = None) -> bool:
+    """Whether ``root`` holds a VCTK layout (of ``release``, where given)."""
+    try:
+        find_layout(root, release=release)
+    except AfilmError:
+        return False
+    return True
 
 
 def list_speakers(layout: Layout) -> dict[str, list[Path]]:
@@ -74,9 +109,18 @@ def list_speakers(layout: Layout) -> dict[str, list[Path]]:
         if files:
             out[folder.name] = files
     if not out:
-        raise AfilmError(f"{layout.audio_dir}: no speaker folders with {layout.pattern} files "
-                         f"(expected {LAYOUTS_HELP})")
+        raise AfilmError(f"{layout.audio_dir}: no speaker folders with {_expected_files(layout)}")
     return out
+
+
+def _expected_files(layout: Layout) -> str:
+    """The files ``list_speakers`` looked for, in words, with the microphone that was asked for."""
+    if layout.version == "0.80":
+        return "pNNN_MMM.wav files (VCTK 0.80 layout)"
+    other = "mic2" if layout.mic == "mic1" else "mic1"
+    hint = (f"; there are {other} files: --mic {other} uses them"
+            if next(layout.audio_dir.glob(f"*/*_{other}.flac"), None) else "")
+    return f"pNNN_MMM_{layout.mic}.flac files (VCTK 0.92 layout, --mic {layout.mic}{hint})"
 
 
 def utterance_id(path: Path) -> str:
@@ -111,6 +155,9 @@ def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: li
                      f"absent ({', '.join(absent)}); use --val-fraction to hold out other files")
         train = [(f, SINGLE_SPEAKER) for f in files if f not in held]
         val = [(f, SINGLE_SPEAKER) for f in files if f in held]
+        if not train:  # a copy holding only the reference validation files
+            raise AfilmError(f"every {SINGLE_SPEAKER} file of the corpus ({len(files)}) is a reference "
+                             "validation file: no training files are left; use --val-fraction")
         return train, val, info
     if split != "multi":
         raise AfilmError(f"unknown split {split!r}; known: single, multi")
@@ -131,6 +178,11 @@ def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: li
             warn(f"partial corpus: {len(absent)} of the {len(MULTI_VAL)} reference validation speakers are "
                  f"absent ({', '.join(absent)}); use --val-speakers or --val-fraction to choose others")
     train_speakers = [s for s in names if s not in held][:MULTI_TRAIN_SPEAKERS]
+    if not train_speakers:  # said here, before anything is written, not as "no patches for train"
+        how, fix = (("--val-speakers", "leave some out of --val-speakers") if val_speakers else
+                    ("the reference validation speakers", "use --val-speakers or --val-fraction"))
+        raise AfilmError(f"every speaker of the corpus ({len(names)}) is held out for "
+                         f"validation by {how}: no training speakers are left; {fix}")
     train = [(f, s) for s in train_speakers for f in speakers[s]]
     val = [(f, s) for s in sorted(held) for f in speakers[s]]
     return train, val, info
@@ -138,12 +190,13 @@ def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: li
 
 def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "single", mic: str = "mic1",
                  val_speakers: list[str] | None = None, val_fraction: float | None = None,
-                 out: str | os.PathLike = "data", force: bool = False):
+                 out: str | os.PathLike = "data", force: bool = False, release: str | None = None):
     """Library entry point of `afilm prepare vctk`.
 
-    Writes ``<out>/vctk-<split>-r<r>-<degrade>-{train,val}.h5`` (see afilm_cli/data/recipe.py)."""
+    Writes ``<out>/vctk-<split>-r<r>-<degrade>-{train,val}.h5`` (see afilm_cli/data/recipe.py).
+    ``release`` picks the layout where ``root`` holds both (0.92 by default)."""
     recipe.validate()
-    layout = find_layout(root, mic)
+    layout = _chosen_layout(root, mic, release)
     speakers = list_speakers(layout)
     train, val, info = vctk_splits(speakers, split, val_speakers=val_speakers, val_fraction=val_fraction,
                                    seed=recipe.seed)
@@ -157,6 +210,20 @@ def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "singl
     else:
         cli.warn(f"no validation files for --split {split}: writing {paths['train'].name} only")
     return cli.run_prepare(recipe, plans, split_info=info, root=layout.audio_dir, force=force)
+
+
+def _chosen_layout(root: str | os.PathLike, mic: str, release: str | None) -> Layout:
+    """``find_layout``, saying in one line which layout and folder are used, and what is not."""
+    layout = find_layout(root, mic, release)
+    unused = [other for other in find_layouts(root, mic).values() if other.version != layout.version]
+    line = f"using the {layout.describe()}"
+    for other in unused:
+        line += f"; not the VCTK {other.version} layout in {other.audio_dir}" + (
+            "" if release else f" (--release {other.version} picks it)")
+    cli.note(line)
+    if layout.version == "0.80" and mic != "mic1":
+        cli.warn(f"--mic {mic} applies to VCTK 0.92: the 0.80 layout has one microphone")
+    return layout
 
 
 @DATASETS.register("vctk", help="VCTK 0.80 / 0.92 with the reference single- and multi-speaker splits.")
@@ -183,8 +250,9 @@ def vctk(
     force: cli.Force = False,
     fetch: Annotated[bool, typer.Option("--download", help="Download and extract the corpus into --root "
                                         "first (resumable; about 11 GB for 0.92).")] = False,
-    release: Annotated[Literal["0.92", "0.80"], typer.Option("--release", help="Which release "
-                       "--download fetches.")] = "0.92",
+    release: Annotated[Literal["0.92", "0.80"] | None, typer.Option("--release", help="Which release "
+                       "--download fetches (default 0.92), and which layout is used where --root holds "
+                       "both (default 0.92).")] = None,
     url: Annotated[str | None, typer.Option("--url", help="Download from this URL instead (a mirror); "
                    "size and SHA-256 checks then apply only with --sha256.")] = None,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of the archive.")] = None,
@@ -199,12 +267,31 @@ def vctk(
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
                     degrade=degrade or s_degrade, seed=seed, multiple=multiple, speed=speed).validate()
     if fetch:
-        archive = download.VCTK_ARCHIVES[release]
-        if url:
-            archive = download.Archive(url, Path(url.split("?")[0]).name or archive.filename, None, None)
-        if sha256:
-            archive = download.Archive(archive.url, archive.filename, archive.size, sha256.lower())
-        download.fetch_and_extract(archive, root)
+        _download_corpus(root, release, url, sha256)
+    elif url or sha256:  # most likely a forgotten --download: said, not silently dropped
+        given = [opt for opt, value in (("--url", url), ("--sha256", sha256)) if value]
+        cli.warn(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only with --download: "
+                 f"ignored, using the corpus already in {root}")
     names = [s.strip() for s in val_speakers.split(",") if s.strip()] if val_speakers else None
     prepare_vctk(root, recipe, split=split, mic=mic, val_speakers=names, val_fraction=val_fraction,
-                 out=out, force=force)
+                 out=out, force=force, release=release)
+
+
+def _download_corpus(root: Path, release: str | None, url: str | None, sha256: str | None) -> None:
+    """--download: the options checked before any network access, then fetch_and_extract."""
+    if sha256:
+        sha256 = download.parse_sha256(sha256)
+    if root.exists() and not root.is_dir():
+        raise AfilmError(f"--root {root} is a file, not a folder")
+    make_output_dir(root)
+    archive = download.VCTK_ARCHIVES[release or "0.92"]
+    if url:
+        archive = download.Archive(url, Path(url.split("?")[0]).name or archive.filename, None, None)
+    if sha256:
+        archive = download.Archive(archive.url, archive.filename, archive.size, sha256)
+    # a mirror's archive may be either release: any layout counts as extracted, unless --release says
+    want = release or (None if url else "0.92")
+    download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want))
+    if not has_layout(root, want):  # not "pass --download", which find_layout would say
+        raise AfilmError(f"{archive.filename} was extracted into {root}, but no VCTK "
+                         f"{want + ' ' if want else ''}layout is there: expected {LAYOUTS_HELP}")
