@@ -52,9 +52,11 @@ def load_demo_model(ckpt: str | os.PathLike | None = None, device: str | torch.d
 
 
 def run_demo(out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
-             device: str | torch.device = "cpu", force: bool = False, loaded=None) -> dict[str, Any]:
+             device: str | torch.device = "cpu", force: bool = False, loaded=None,
+             threads: int | str = "auto") -> dict[str, Any]:
     """Run the demo into ``out`` with ``loaded`` (from :func:`load_demo_model`; loaded from ``ckpt``
-    when None); return the eval result, the wav paths and the checkpoint used."""
+    when None); return the eval result, the wav paths and the checkpoint used. ``threads``: as
+    ``afilm upsample --threads``."""
     from afilm_cli import evaluate, infer
 
     out = Path(out)
@@ -62,7 +64,8 @@ def run_demo(out: str | os.PathLike, ckpt: str | os.PathLike | None = None,
     loaded = loaded if loaded is not None else load_demo_model(ckpt, device)
     make_output_dir(out)
     (out / MARKER).write_text("written by 'afilm demo'; the demo may overwrite this folder\n")
-    wavs = [infer.simulate_file(clip, out / clip.stem, loaded, device=device) for clip in demo_clips()]
-    result = evaluate.evaluate_wavs(loaded, ASSETS, device=device, plots_dir=out)
+    wavs = [infer.simulate_file(clip, out / clip.stem, loaded, device=device, threads=threads)
+            for clip in demo_clips()]
+    result = evaluate.evaluate_wavs(loaded, ASSETS, device=device, plots_dir=out, threads=threads)
     csv_path, json_path = evaluate.write_results(result, out, force=True)
     return {"result": result, "wavs": wavs, "checkpoint": loaded.path, "csv": csv_path, "json": json_path}

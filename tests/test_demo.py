@@ -65,10 +65,16 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
     for p in d.iterdir():
         os.utime(p, ns=(1, 1))
-    again = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--device", "cpu", cwd=tmp_path)
+    again = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--device", "cpu",
+                    "--threads", "1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert {p.name for p in d.iterdir()} == set(before)
     assert all(p.stat().st_mtime_ns > 1 for p in d.iterdir())
+    # --threads as upsample's and eval's (the demo had none: on a shared machine it took every core)
+    assert summary["protocol"]["threads"] == "auto"
+    assert json.loads((d / "summary.json").read_text())["protocol"]["threads"] == 1
+    bad = run_cli("demo", "--ckpt", str(tiny_ckpt), "--out", "demo-out", "--threads", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--threads takes a positive integer or 'auto', not '0'" in bad.stderr
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, tiny_ckpt):

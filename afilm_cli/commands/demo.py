@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from afilm_cli.commands.evaluate import summary_table
-from afilm_cli.commands.options import Device, Force
+from afilm_cli.commands.options import Device, Force, Threads
 
 
 def command(
@@ -20,6 +20,7 @@ def command(
         "--ckpt", help="Checkpoint to demonstrate instead of the bundled pretrained model (the default, "
         "whatever runs/ holds): a .pt file, a run folder or a bundled model's name.")] = None,
     device: Device = "auto",
+    threads: Threads = "auto",
     force: Force = False,
 ) -> None:
     """Simulate 4 kHz speech from a bundled 16 kHz clip, upsample it with the bundled pretrained model,
@@ -30,14 +31,16 @@ def command(
     """
     from afilm_cli import demo, infer  # lazy: torch loads only when the command runs
     from afilm_cli.atomic import make_output_dir
+    from afilm_cli.threads import parse_threads
 
+    n_threads = parse_threads(threads)
     demo.check_out_dir(out, force)
     dev = infer.resolve_device(device)
     loaded = demo.load_demo_model(ckpt, dev)  # a checkpoint the clip cannot serve fails before any output
     make_output_dir(out)  # a folder that cannot be made is said before the work, not as it is written
     err = Console(stderr=True)
     err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
-    run = demo.run_demo(out, device=dev, force=force, loaded=loaded)
+    run = demo.run_demo(out, device=dev, force=force, loaded=loaded, threads=n_threads)
     result = run["result"]
     p = result.protocol
     low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
