@@ -432,3 +432,23 @@ def test_a_folder_given_for_a_file_is_said_to_be_one(tmp_path):
         read_keras_h5(tmp_path)
     _one_line_error(_cli("keras", tmp_path, "--r", "4"), f"{tmp_path} is a folder, not a file")
     assert not tmp_path.with_suffix(".pt").exists()
+
+
+def test_the_input_is_checked_before_the_output_and_never_overwritten(tmp_path):
+    """'afilm convert keras a.pt' said "a.pt exists; pass --force to overwrite it" (its default output
+    is the input itself), and to-keras on an .h5 the same: the input's own fault comes first now, and
+    no --force lets an output replace its input."""
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.models import create_model
+
+    pt = tmp_path / "a.pt"
+    save_checkpoint(pt, make_checkpoint(create_model("afilm_tiny"), {"r": 4, "sr": 16000,
+                                                                     "degrade": "decimate", "patch": 8192}))
+    before = pt.read_bytes()
+    _one_line_error(_cli("keras", pt), f"{pt}: not an HDF5 file (an afilm checkpoint? see 'afilm convert")
+    h5 = tmp_path / "k.h5"
+    with h5py.File(h5, "w") as f:
+        f.attrs["layer_names"] = []
+    _one_line_error(_cli("to-keras", h5), f"{h5}: not a loadable afilm checkpoint")
+    _one_line_error(_cli("to-keras", pt, "-o", pt, "--force"), f"{pt} is the input file; give the output")
+    assert pt.read_bytes() == before

@@ -17,6 +17,13 @@ app = typer.Typer(
 )
 
 
+def refuse_output(out: Path, src: Path, force: bool) -> None:
+    """No output over the input (--force or not), nor over another file without --force."""
+    if out.exists() and out.resolve() == src.resolve():
+        raise AfilmError(f"{out} is the input file; give the output another name with -o")
+    refuse_existing(out, force)
+
+
 @app.command("keras")
 def keras(
     model_h5: Annotated[Path, typer.Argument(metavar="MODEL.h5", help="Keras .h5: a full model (model.save) "
@@ -45,14 +52,15 @@ def keras(
     """
     from afilm_cli.audio import degrade_methods
     from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
-    from afilm_cli.keras_io import KERAS_MODELS, load_keras_model
+    from afilm_cli.keras_io import KERAS_MODELS, load_keras_model, read_keras_h5
 
     if model is not None and model not in KERAS_MODELS:
         raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
     if degrade is not None:
         degrade_methods(degrade)  # a typo is one clear error, before the file is read
     out = out or model_h5.with_suffix(".pt")
-    refuse_existing(out, force)
+    read_keras_h5(model_h5, values=False)  # the input's own faults first: a .pt given here is not "exists"
+    refuse_output(out, model_h5, force)
     net, info = load_keras_model(model_h5, model, r, sr=sr, degrade=degrade)
     recipe = info.pop("recipe")  # r, sr and degrade resolved (given, recorded or default) and checked
     save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
@@ -85,8 +93,8 @@ def to_keras(
     path = checkpoint_path(ckpt)  # a run folder (its best.pt, else last.pt) or a bundled model, as upsample
     # beside the checkpoint file (a run folder's best.h5); a bundled model's name: NAME.h5 here
     out = out or (path if ckpt.is_dir() else ckpt).with_suffix(".h5")
-    refuse_existing(out, force)
-    data = load_checkpoint(path)
+    data = load_checkpoint(path)  # the input's own faults first: a Keras .h5 given here is not "exists"
+    refuse_output(out, path, force)
     try:
         net = model_from_checkpoint_fast(data)
     except AfilmError as exc:  # weights that do not fit: said with the file, as upsample says it
