@@ -1,3 +1,3 @@
-from afilm_cli.main import main
+from afilm_cli.entry import run
 
-main()
+run()

@@ -185,3 +185,26 @@ def test_user_error_check_survives_a_foreign_kernels_module(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "kernels", types.ModuleType("kernels"))
     assert _user_error(AfilmError("x")) and not _user_error(ValueError("x"))
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(tmp_path):
+    """A Ctrl-C in the first second (torch and scipy importing) printed a 40-line traceback."""
+    code = ("import builtins\n"
+            "real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name == 'afilm_cli.main':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "from afilm_cli.entry import run\n"
+            "run()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert (out.returncode, out.stderr) == (130, "afilm: interrupted\n")
+
+
+def test_the_installed_command_goes_through_the_entry_point():
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "afilm"]
+    assert script.value == "afilm_cli.entry:run"

@@ -87,7 +87,7 @@ def test_wheel_metadata(wheel):
     with zipfile.ZipFile(wheel) as z:
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
         metadata = z.read(f"{dist_info}/METADATA").decode()
-    assert "afilm = afilm_cli.main:main" in entry_points
+    assert "afilm = afilm_cli.entry:run" in entry_points
     assert "Requires-Python: >=3.10" in metadata
     for dep in ("torch", "typer", "soundfile", "h5py", "scipy"):
         assert f"Requires-Dist: {dep}" in metadata, dep
