@@ -208,3 +208,18 @@ def test_the_installed_command_goes_through_the_entry_point():
 
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "afilm"]
     assert script.value == "afilm_cli.entry:run"
+
+
+def test_a_foreign_kernels_package_is_named_in_one_line(tmp_path):
+    """afilm installs a top-level 'kernels', as Hugging Face's 'kernels' does: where that one is found
+    instead, the error says so rather than an AttributeError deep in a model."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("def get_kernel(name):\n    return None\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AFILM_DISABLE_PLUGINS": "1"}
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "models"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        f"afilm: error: the Python package 'kernels' at {tmp_path / 'kernels' / '__init__.py'} is not "
+        "afilm's: another distribution (Hugging Face's 'kernels'?) installs the same name; install afilm "
+        "in an environment without it"]

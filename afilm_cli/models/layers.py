@@ -15,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from afilm_cli.errors import AfilmError
+
+if not hasattr(kernels, "KernelChoiceError"):  # another distribution's top-level "kernels" (Hugging Face's)
+    raise AfilmError(f"the Python package 'kernels' at {getattr(kernels, '__file__', None) or kernels} is "
+                     "not afilm's: another distribution (Hugging Face's 'kernels'?) installs the same name; "
+                     "install afilm in an environment without it")
 
 
 def subpixel1d(x: torch.Tensor, r: int = 2) -> torch.Tensor:
