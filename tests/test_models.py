@@ -208,6 +208,11 @@ def test_unknown_config_option_is_a_clear_error():
         create_model("spline", r=4)
     with pytest.raises(AfilmError, match="not divisible by heads"):
         create_model("afilm_tiny", heads=3)
+    # a tfilm model has no transformer: its settings were accepted and ignored
+    with pytest.raises(AfilmError, match=r"heads, ff_dim configure AFiLM's transformer; a tfilm model has"):
+        create_model("tfilm_tiny", heads=3, ff_dim=7)
+    tfilm = create_model("tfilm_tiny")
+    assert create_model("tfilm_tiny", **tfilm.config_dict()).config_dict() == tfilm.config_dict()
 
 
 @pytest.mark.parametrize("override,message", [
@@ -530,6 +535,7 @@ def test_models_cli_info_and_unknown():
     assert proc.returncode == 0, proc.stderr
     assert "68,234,498" in proc.stdout and 'modulation = "tfilm"' in proc.stdout
     assert "up_blocks = [8, 8, 8, 8]" in proc.stdout
+    assert "heads" not in proc.stdout and "transformer" not in proc.stdout  # afilm's alone
     proc = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "--info", "nope"],
                           capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode == 2

@@ -55,8 +55,12 @@ def _show(console: Any, d: dict[str, Any]) -> None:
     if meta:
         console.print("registry meta: " + json.dumps(meta, default=str))
     if d["config"] is not None:
+        from afilm_cli.models.unet import TRANSFORMER_FIELDS
+
         console.print("config (create_model overrides):")
         for key, value in d["config"].items():
+            if d["config"].get("modulation") == "tfilm" and key in TRANSFORMER_FIELDS:
+                continue  # a tfilm model has no transformer: these are its defaults, unused
             console.print(f"  {key} = {json.dumps(value)}", highlight=False)
     if d.get("plan"):
         table = Table(title="modulation layers for an 8192-sample input")
