@@ -124,13 +124,15 @@ class Run:
 
 class EpochBar:
     """A rich progress bar per epoch showing the loss and the throughput (patches/s); where the output
-    is not a terminal (a log file, nohup), a plain line at most every ``every`` seconds instead, so a
-    long epoch does not pass in silence."""
+    is not a terminal (a log file, nohup), a plain line with the epoch's time left instead: the first
+    after ``first`` seconds (a log shows early that the run goes), then at most every ``every`` seconds,
+    so a long epoch does not pass in silence."""
 
-    def __init__(self, console, enabled: bool, every: float = 60.0):
+    def __init__(self, console, enabled: bool, every: float = 60.0, first: float = 10.0):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console, self.every = console, every
+        self.wait = min(first, every)  # until the next plain line
         self.lines = enabled and not console.is_terminal
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]:.4g}"),
@@ -138,6 +140,7 @@ class EpochBar:
                                  console=console, disable=not enabled or self.lines, transient=True)
         self.task = None
         self.last_line = time.monotonic()
+        self.epoch_start, self.start_done = self.last_line, 0  # for the time left: this session's pace
 
     def __enter__(self) -> EpochBar:
         self.progress.__enter__()
@@ -151,14 +154,24 @@ class EpochBar:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
                                            rate=0.0)
+        self.epoch_start, self.start_done = time.monotonic(), done
 
     def advance(self, loss: float, rate: float) -> None:
         self.progress.update(self.task, advance=1, loss=loss, rate=rate)
-        if self.lines and time.monotonic() - self.last_line >= self.every:
-            self.last_line = time.monotonic()
+        now = time.monotonic()
+        if self.lines and now - self.last_line >= self.wait:
+            self.last_line, self.wait = now, self.every
             (task,) = self.progress.tasks  # begin() keeps one: the epoch's (rich counts even when disabled)
+            done = task.completed - self.start_done  # steps run since begin(): a resumed epoch skipped some
+            left = (task.total - task.completed) * (now - self.epoch_start) / max(done, 1)
             self.console.print(f"epoch {task.fields['epoch']}: step {task.completed:.0f}/{task.total:.0f}  "
-                               f"loss {loss:.4g}  {rate:.1f} patches/s", markup=False)
+                               f"loss {loss:.4g}  {rate:.1f} patches/s  {_clock(left)} left", markup=False)
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS, as rich's progress bar shows the time remaining."""
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class StopFlag(CtrlC):

@@ -591,20 +591,22 @@ def test_a_closed_relu_gate_is_logged_and_warned_about(data, tmp_path):
     assert "up.1" not in out.split("ReLU gate")[1].split("Start again")[0]  # only the closed one is named
 
 
-def test_progress_goes_to_plain_lines_where_the_output_is_not_a_terminal():
+def test_progress_goes_to_plain_lines_where_the_output_is_not_a_terminal(monkeypatch):
     import io
 
     from rich.console import Console
 
+    import afilm_cli.train_run as train_run
     from afilm_cli.train_run import EpochBar
 
+    monkeypatch.setattr(train_run.time, "monotonic", lambda: 5.0)  # a still clock: no time left
     out = io.StringIO()
     with EpochBar(Console(file=out, force_terminal=False), enabled=True, every=0.0) as bar:
         bar.begin(0, 2, 5)  # resumed: 2 of 5 batches done
         bar.advance(0.5, 12.0)
         bar.advance(0.25, 13.0)
-    assert out.getvalue().splitlines() == ["epoch 1: step 3/5  loss 0.5  12.0 patches/s",
-                                           "epoch 1: step 4/5  loss 0.25  13.0 patches/s"]
+    assert out.getvalue().splitlines() == ["epoch 1: step 3/5  loss 0.5  12.0 patches/s  0:00:00 left",
+                                           "epoch 1: step 4/5  loss 0.25  13.0 patches/s  0:00:00 left"]
     quiet = io.StringIO()
     with EpochBar(Console(file=quiet, force_terminal=False), enabled=False, every=0.0) as bar:
         bar.begin(0, 0, 5)
@@ -777,3 +779,31 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_is_wrong(data, tmp_path):
 
     with pytest.raises(AfilmError, match=r"odd\.pt: checkpoint weights do not fit model 'afilm_tiny': 5 "):
         load_model(tmp_path / "odd.pt")
+
+
+# ---------------------------------------------------------------- divergence, resumed data, odd settings
+
+
+def test_plain_progress_lines_come_early_and_say_the_time_left(monkeypatch):
+    """Where the output is not a terminal, the plain line had no time left and came at most every 60 s:
+    an epoch under a minute showed nothing between the model line and its summary."""
+    import io
+
+    from rich.console import Console
+
+    import afilm_cli.train_run as train_run
+
+    clock = [100.0]
+    monkeypatch.setattr(train_run.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    with train_run.EpochBar(Console(file=out, force_terminal=False), enabled=True) as bar:
+        bar.begin(0, 0, 100)
+        for _ in range(60):  # 1 s a step: lines after 10 s, then 60 s later (step 70 is not reached)
+            clock[0] += 1.0
+            bar.advance(0.5, 8.0)
+        bar.begin(1, 50, 100)  # a resumed epoch: its time left counts only the steps run now
+        for _ in range(15):
+            clock[0] += 2.0
+            bar.advance(0.25, 4.0)
+    assert out.getvalue().splitlines() == ["epoch 1: step 10/100  loss 0.5  8.0 patches/s  0:01:30 left",
+                                           "epoch 2: step 55/100  loss 0.25  4.0 patches/s  0:01:30 left"]
