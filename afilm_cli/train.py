@@ -187,7 +187,9 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
                          f"known: {', '.join(LR_SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise AfilmError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
-    if not cfg.lr >= 0:  # Adam refuses a negative rate with a traceback (0 is allowed: weights kept)
+    if not math.isfinite(cfg.lr):  # inf passed Adam and made every weight NaN in one step
+        raise AfilmError(f"--lr must be a finite number, got {cfg.lr:g}")
+    if cfg.lr < 0:  # Adam refuses a negative rate with a traceback (0 is allowed: weights kept)
         raise AfilmError(f"--lr must be 0 or above, got {cfg.lr:g}")
     if not cfg.resume and not cfg.init:  # a new model's name and config checked before any data is read
         from afilm_cli.models import create_model
@@ -331,11 +333,9 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 loss.backward()
                 lv = loss.item()
                 if not _finite_everywhere(lv, device):  # before the step: the weights stay as they were
-                    kept = (f"{run.last_path()} keeps the last saved state" if run.last_path().exists()
-                            else "nothing was saved")
                     raise AfilmError(f"the training loss is not a number at step {step + 1} (epoch "
                                      f"{epoch + 1}): the patches hold NaN or Inf samples, or the learning "
-                                     f"rate is too high; {kept}")
+                                     f"rate is too high; {_kept(run)}")
                 for group in run.optimizer.param_groups:
                     group["lr"], group["eps"] = lr_at(cfg, step, n_batches), keras_eps(cfg, step)
                 run.optimizer.step()
@@ -352,6 +352,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if interrupted or _done(cfg, step):
                     break
             if interrupted:
+                _check_finite(run, step, None, loader, device)
                 ckpt = run.save(epoch, epoch_step, step, best, metrics_, interrupted=True,
                                 epoch_loss=_all_sum(tot, device).tolist())
                 return TrainResult(run.out, ckpt, run.best_path(), epoch, step, metrics_, interrupted=True)
@@ -366,6 +367,8 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 val = evaluate(eval_model, val_loader, cfg, device, with_spline=not spline)
                 spline = spline or {k: val.pop(k) for k in ("spline_snr", "spline_lsd")}
                 metrics_ |= {f"val_{k}": v for k, v in val.items()} | spline
+            # before the gate check (a NaN output reads as closed gates) and before anything is saved
+            _check_finite(run, step, metrics_.get("val_loss"), loader, device)
             if run.master:
                 gates = _gate_check(run, val_loader or loader, device)
                 if gates:
@@ -381,6 +384,51 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
             run.log(type="epoch", **metrics_, best=is_best, time=time.perf_counter() - t0)
             run.summary(metrics_, is_best)
     return TrainResult(run.out, run.last_path(), run.best_path(), epoch, step, metrics_)
+
+
+def _kept(run) -> str:
+    """What a run stopped by a non-finite loss or weights leaves that is still good."""
+    if not run.last_path().exists():
+        return f"nothing was saved in {run.out}"
+    best = run.best_path()
+    return f"{run.last_path()} keeps the last saved state" + (f" and {best} the best" if best else "")
+
+
+def _check_finite(run, step: int, val_loss: float | None, loader: PatchLoader, device: torch.device) -> None:
+    """Stop the run where its state diverged, before it is saved over the last good checkpoint: weights
+    not finite (--lr too high), or finite weights that give a non-finite output, seen as the validation
+    loss or, without one, on a training batch. Every rank comes to the same answer."""
+    if not _state_finite(run.raw_model):
+        what = "the weights are no longer finite"
+    elif val_loss is not None:
+        what = None if math.isfinite(val_loss) else "the validation loss is not a number"
+    elif not _finite_everywhere(_output_check(run, loader, device), device):
+        what = "the model's output is no longer finite"
+    else:
+        what = None
+    if what is not None:
+        run.log(type="diverged", step=step, reason=what)  # the log may be all the run leaves
+        raise AfilmError(f"the run diverged: {what} after step {step} (the learning rate is too high for "
+                         f"this model and data); {_kept(run)}")
+
+
+def _state_finite(model: torch.nn.Module) -> bool:
+    flags = [torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+@torch.no_grad()
+def _output_check(run, loader: PatchLoader, device: torch.device) -> float:
+    """0 where the model's output on this rank's first training batch (eval mode) is finite, else NaN."""
+    x, _ = next(iter(loader.batches(0)))
+    model = run.raw_model
+    model.eval()
+    try:
+        with _autocast(device, run.cfg.precision):
+            finite = bool(torch.isfinite(model(x.to(device))).all())
+    finally:
+        model.train()
+    return 0.0 if finite else math.nan
 
 
 def _gate_check(run, loader: PatchLoader, device: torch.device) -> dict[str, float]:

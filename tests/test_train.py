@@ -784,6 +784,57 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_is_wrong(data, tmp_path):
 # ---------------------------------------------------------------- divergence, resumed data, odd settings
 
 
+@pytest.mark.parametrize("lr, val, what", [
+    (math.inf, True, "the weights are no longer finite"),
+    (1e2, True, "the validation loss is not a number"),  # finite weights, NaN output
+    (1e2, False, "the model's output is no longer finite"),  # the same, seen on a training batch
+])
+def test_a_run_that_diverges_at_an_epoch_end_keeps_its_last_good_checkpoint(data, tmp_path, monkeypatch,
+                                                                            capsys, lr, val, what):
+    """A step that broke the weights at an epoch's end was validated (val loss nan), saved as last.pt
+    (every tensor NaN), blamed on closed ReLU gates, and only the next step stopped the run."""
+    import afilm_cli.train as training
+
+    real, bad_step = training.lr_at, [5]  # the last step of epoch 2 (3 per epoch)
+    monkeypatch.setattr(training, "lr_at", lambda cfg, s, n: lr if s == bad_step[0] else real(cfg, s, n))
+    kw = {}
+    if not val:  # a name without -train.h5: no sibling validation file is found
+        kw = {"val": None, "train": str(shutil.copy(data["train"], tmp_path / "patches.h5"))}
+    with pytest.raises(AfilmError, match=rf"diverged: {what} after step 6 .*run/last.pt keeps the last saved "
+                                         r"state and .*run/best.pt the best$"):
+        train(_cfg(data, tmp_path, epochs=2, **kw))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert "ReLU gate" not in capsys.readouterr().out
+    assert _log(tmp_path / "run")[-1] == {"type": "diverged", "step": 6, "reason": what}
+    bad_step[0] = 2  # the end of the first epoch: no checkpoint yet
+    with pytest.raises(AfilmError, match=r"diverged: .*after step 3 .*nothing was saved in .*new$"):
+        train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "new"), **kw))
+    assert not (tmp_path / "new" / "last.pt").exists()
+
+
+def test_ctrl_c_after_a_diverging_step_saves_nothing(data, tmp_path, monkeypatch):
+    import afilm_cli.train as training
+
+    real = training.lr_at
+    monkeypatch.setattr(training, "lr_at", lambda cfg, s, n: math.inf if s == 3 else real(cfg, s, n))
+
+    def interrupt(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(AfilmError, match=r"diverged: the weights are no longer finite after step 4 "):
+        train(_cfg(data, tmp_path, epochs=2), on_step=interrupt)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_lr_must_be_finite(data, tmp_path):
+    for lr in (math.inf, math.nan):
+        with pytest.raises(AfilmError, match=f"--lr must be a finite number, got {lr}"):
+            train(_cfg(data, tmp_path, lr=lr, max_steps=1))
+    assert not (tmp_path / "run").exists()
+
+
 def test_plain_progress_lines_come_early_and_say_the_time_left(monkeypatch):
     """Where the output is not a terminal, the plain line had no time left and came at most every 60 s:
     an epoch under a minute showed nothing between the model line and its summary."""
