@@ -38,6 +38,7 @@ from afilm_cli.errors import AfilmError
 from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
+    check_resumed_epoch,
     data_recipe,
     find_data,
     init_model_name,  # noqa: F401  (public here: afilm train --init uses it)
@@ -46,6 +47,7 @@ from afilm_cli.train_setup import (
     pick_device,
     resume_config,  # noqa: F401  (public here: afilm train --resume uses it)
     run_dir,
+    same_file,
     set_rng,
     steps_for_world,
 )
@@ -233,6 +235,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     from afilm_cli.models import create_model
 
     recipe = data_recipe(train_pf, cfg, ckpt)
+    if ckpt is not None:
+        check_resumed_epoch(ckpt, train_pf, cfg.batch_size, world)
     if val_pf is not None:
         val_recipe = data_recipe(val_pf, cfg, ckpt)
         for key in ("r", "sr", "degrade"):
@@ -262,6 +266,10 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
             except AfilmError as exc:
                 raise AfilmError(f"{pf.path}: patches of {pf.patch} samples do not fit "
                                  f"{cfg.model!r}: {exc}") from None
+    if val_pf is not None and val_pf.patch != train_pf.patch:  # AFiLM's attention spans the whole patch
+        raise AfilmError(f"{val_pf.path} holds patches of {val_pf.patch} samples, but {train_pf.path} of "
+                         f"{train_pf.patch}: validate on the training patch length (prepare with --patch "
+                         f"{train_pf.patch})")
     if init is not None:  # fine-tuning: these weights, a fresh optimizer
         load_weights(raw_model, {k: v.float() if v.is_floating_point() else v
                                  for k, v in init["state_dict"].items()}, init["model_name"], init["path"])
@@ -288,7 +296,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     loader = PatchLoader(train_pf, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     val_loader = (PatchLoader(val_pf, cfg.batch_size, shuffle=False, rank=rank, world_size=world)
                   if val_pf else None)
-    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device)
+    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf))
     if run.master:
         run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them
         for path in replaced:  # --force: the other run goes only now, with the new one known to be valid
@@ -296,6 +304,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
                   resumed=ckpt and {**ckpt, "epoch_step": state[1]}, threads=threads,
                   in_memory=train_pf.in_memory)
+        if val_pf is not None and same_file(val_pf.path, train_pf.path):
+            run.warn(f"--val is the training file ({val_pf.path}): best.pt will be chosen on training data, "
+                     "and the validation scores say nothing of unseen audio")
         for note in (rng_note, init_note):
             if note:
                 run.warn(note)

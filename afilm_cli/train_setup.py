@@ -65,11 +65,21 @@ def steps_for_world(epoch_step: int, old_world: int, world: int) -> int:
     return epoch_step * old_world // world
 
 
+def resume_path(spec: str) -> Path:
+    """The checkpoint --resume names: a file, or a run folder's last.pt. A folder with a log but no
+    last.pt is a run that saved nothing (it stopped in its first epoch): said so, not "no such file"."""
+    path = Path(spec)
+    if not path.is_dir():
+        return path
+    if not (path / "last.pt").exists() and (path / "log.jsonl").exists():
+        raise AfilmError(f"{path}: the run there saved no checkpoint (log.jsonl only), so there is nothing "
+                         f"to resume; start it again with --out {path} --force")
+    return path / "last.pt"
+
+
 def load_resume(cfg: TrainConfig) -> dict[str, Any]:
     """The checkpoint --resume names (a file, or a run folder's last.pt), checked against ``cfg``."""
-    path = Path(cfg.resume)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = resume_path(cfg.resume)
     ckpt = load_checkpoint(path)
     stored = ckpt.get("train_config")
     if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
@@ -113,8 +123,7 @@ def resume_config(path: str, **changes: Any) -> TrainConfig:
     """The config of the run checkpointed at ``path`` (file or run folder), with ``changes``."""
     from afilm_cli.train import TrainConfig  # here: train.py imports this module
 
-    p = Path(path)
-    ckpt = load_checkpoint(p / "last.pt" if p.is_dir() else p)
+    ckpt = load_checkpoint(resume_path(path))
     stored = dict(ckpt.get("train_config") or {})
     if not stored:
         raise AfilmError(f"{path}: not a training checkpoint (no train_config); it cannot be resumed")
@@ -168,7 +177,40 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
             if ckpt["recipe"][key] != rec[key]:
                 raise AfilmError(f"{pf.path} has {key}={rec[key]}, but checkpoint {ckpt['path']} was "
                                  f"trained with {key}={ckpt['recipe'][key]}")
+        old = ckpt["recipe"].get("patch")
+        if old is not None and old != rec["patch"]:  # AFiLM's attention spans the patch: another model
+            raise AfilmError(f"{pf.path} holds patches of {rec['patch']} samples, but checkpoint "
+                             f"{ckpt['path']} was trained on {old}: a resumed run keeps its patch length; "
+                             f"use data prepared with --patch {old}, or start a new run from these weights "
+                             f"with --init {ckpt['path']}")
     return rec
+
+
+def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: int, world: int) -> None:
+    """A run stopped inside an epoch goes on with the rest of that epoch's batch order, which only means
+    something on the training file it was stopped on: refused on a file with another patch count."""
+    if not ckpt["epoch_step"]:
+        return
+    old = ckpt.get("train_patches")
+    n = len(train_pf)
+    if old is None:  # checkpoints from before it was recorded: refuse at least an epoch with no step left
+        per_rank = -(-n // world)
+        if steps_for_world(ckpt["epoch_step"], len(ckpt["rng"]["cpu"]), world) < -(-per_rank // batch_size):
+            return
+    elif old == n:
+        return
+    was = ckpt["train_config"].get("train")
+    count = f" ({old} patches)" if old is not None else ""
+    raise AfilmError(f"{train_pf.path} holds {n} patches, but {ckpt['path']} stopped {ckpt['epoch_step']} "
+                     f"batches into an epoch of {was}{count}, which cannot go on over another file; resume "
+                     f"with --train {was}, or start a new run from these weights with --init {ckpt['path']}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[Path]]:
@@ -191,6 +233,10 @@ def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[P
         raise AfilmError(f"resuming {ckpt['path']} in its own folder would overwrite {out / 'last.pt'}, the "
                          f"run's latest state; pass --out NEW_FOLDER to branch from it, or --force")
     if held and not continuing:
+        if not cfg.force and not (out / "last.pt").exists():  # nothing there to resume
+            saved = "no last.pt to resume" if (out / "best.pt").exists() else "no checkpoint"
+            raise AfilmError(f"{out} holds an earlier training run that saved {saved} (only "
+                             f"{', '.join(p.name for p in held)}); pass --force to replace it")
         if not cfg.force:
             raise AfilmError(f"{out} already holds a training run ({held[0].name}); pass --resume {out} to "
                              "continue it, or --force to replace it")

@@ -835,6 +835,61 @@ def test_lr_must_be_finite(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_refuses_another_patch_count_mid_epoch_and_another_patch_length(data, tmp_path):
+    """A run stopped 2 batches into an epoch 'continued' that epoch on a file with fewer batches with no
+    step; the patch length of the training file was not compared on resume."""
+    x, y = data["arrays"]
+    few = _write(tmp_path / "few.h5", x[:8], y[:8])  # one batch per epoch
+    short = _write(tmp_path / "short.h5", x[:, :1024], y[:, :1024], patch=1024)
+    part = train(_cfg(data, tmp_path, max_steps=2, val=None))  # stopped inside epoch 1
+    ckpt = load_checkpoint(part.last)
+    assert (ckpt["epoch_step"], ckpt["train_patches"]) == (2, 24)
+    resume = dict(out=None, val=None, max_steps=None, resume=str(part.out))
+    match = rf"few.h5 holds 8 patches, but .*last.pt stopped 2 batches into an epoch of {data['train']} \(24 "
+    with pytest.raises(AfilmError, match=match + r"patches\).*--train .*--init "):
+        train(_cfg(data, tmp_path, train=str(few), **resume))
+    del ckpt["train_patches"]  # a checkpoint from before the count was kept: no step left is refused
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(AfilmError, match=r"few.h5 holds 8 patches, but .*old.pt stopped 2 batches"):
+        train(_cfg(data, tmp_path, train=str(few), **{**resume, "resume": str(tmp_path / "old.pt"),
+                                                        "out": str(tmp_path / "old")}))
+    with pytest.raises(AfilmError, match=r"short.h5 holds patches of 1024 samples, but checkpoint .* was "
+                                         r"trained on 2048: .*--patch 2048"):
+        train(_cfg(data, tmp_path, train=str(short), **resume))
+    done = train(_cfg(data, tmp_path, epochs=1, **resume))  # the same file goes on
+    assert done.step == 3
+
+
+def test_validation_patches_of_another_length_are_refused(data, tmp_path):
+    x, y = data["arrays"]
+    short = _write(tmp_path / "short.h5", x[:4, :1024], y[:4, :1024], patch=1024)
+    with pytest.raises(AfilmError, match=r"short.h5 holds patches of 1024 samples, but .*-train.h5 of 2048"):
+        train(_cfg(data, tmp_path, val=str(short), max_steps=1))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_with_only_a_log_says_the_run_saved_nothing(data, tmp_path):
+    """A run that saved nothing (diverged in epoch 1, a double Ctrl-C) left log.jsonl alone, and was
+    called a run to continue with --resume, which then failed: 'last.pt: no such checkpoint'."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"type": "start"}\n')
+    with pytest.raises(AfilmError, match=r"run holds an earlier training run that saved no checkpoint "
+                                         r"\(only log.jsonl\); pass --force to replace it$"):
+        train(_cfg(data, tmp_path, max_steps=1))
+    for call in (lambda: train(_cfg(data, tmp_path, out=None, resume=str(run))),
+                 lambda: resume_config(str(run))):  # the CLI's way in
+        with pytest.raises(AfilmError, match=r"run: the run there saved no checkpoint .*--force$"):
+            call()
+    assert train(_cfg(data, tmp_path, max_steps=1, force=True)).step == 1
+
+
+def test_val_that_is_the_training_file_is_warned_about(data, tmp_path, capsys):
+    train(_cfg(data, tmp_path, val=str(data["train"]), max_steps=1))
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--val is the training file ({data['train']}): best.pt will be chosen on training data" in out
+
+
 def test_plain_progress_lines_come_early_and_say_the_time_left(monkeypatch):
     """Where the output is not a terminal, the plain line had no time left and came at most every 60 s:
     an epoch under a minute showed nothing between the model line and its summary."""
