@@ -68,7 +68,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7                 # Keras' Adam default, applied as Keras applies it: keras_eps
     loss: str = "mse"                 # mse (AFiLM code) | rmse (TFiLM code: mean per-patch RMSE)
-    max_steps: int | None = None      # stop after this many optimizer steps in total
+    max_steps: int | None = None      # stop after this many optimizer steps in total (0: no limit)
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
     threads: int | str = "auto"       # torch CPU threads; auto: the cores no other process is busy on
@@ -193,6 +193,10 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         raise AfilmError(f"--lr must be a finite number, got {cfg.lr:g}")
     if cfg.lr < 0:  # Adam refuses a negative rate with a traceback (0 is allowed: weights kept)
         raise AfilmError(f"--lr must be 0 or above, got {cfg.lr:g}")
+    if cfg.max_steps is not None and cfg.max_steps < 0:
+        raise AfilmError(f"--max-steps must be 0 (no limit) or above, got {cfg.max_steps}")
+    if cfg.max_steps == 0:  # no limit: how a resumed run drops the one it was started with
+        cfg = dataclasses.replace(cfg, max_steps=None)
     if not cfg.resume and not cfg.init:  # a new model's name and config checked before any data is read
         from afilm_cli.models import create_model
         from afilm_cli.registry import MODELS
@@ -323,7 +327,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     if val_loader is None:
         run.warn("no validation data: best.pt follows the training loss")
     if epoch >= cfg.epochs or _done(cfg, step):
-        limit = "--epochs" if epoch >= cfg.epochs else "--max-steps"
+        limit = "--epochs" if epoch >= cfg.epochs else "--max-steps (or give --max-steps 0: no limit)"
         run.warn(f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}")
     with stop, run.progress() as bar:
         while epoch < cfg.epochs and not _done(cfg, step):

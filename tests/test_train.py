@@ -884,6 +884,35 @@ def test_a_folder_with_only_a_log_says_the_run_saved_nothing(data, tmp_path):
     assert train(_cfg(data, tmp_path, max_steps=1, force=True)).step == 1
 
 
+def test_max_steps_0_drops_a_resumed_runs_limit(data, tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from afilm_cli.main import app
+
+    part = train(_cfg(data, tmp_path, epochs=2, max_steps=4))
+    assert train(resume_config(str(part.out))).step == 4  # the limit stays with the run
+    said = " ".join(capsys.readouterr().out.split())
+    assert "nothing to do: the run has done 1 epochs and 4 steps; raise --max-steps (or give --max-steps " \
+           "0: no limit)" in said
+    done = train(resume_config(str(part.out), max_steps=0))
+    assert (done.epoch, done.step) == (2, 6)
+    assert load_checkpoint(done.last)["train_config"]["max_steps"] is None
+    with pytest.raises(AfilmError, match="--max-steps must be 0 .* got -1"):
+        train(_cfg(data, tmp_path, max_steps=-1, out=str(tmp_path / "neg")))
+    seen = {}
+
+    def fake_resume_config(path, **changes):
+        seen.update(changes)
+        raise SystemExit(0)
+
+    import afilm_cli.train as training
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "resume_config", fake_resume_config)
+        CliRunner().invoke(app, ["train", "--resume", str(part.out), "--max-steps", "0"])
+    assert seen == {"max_steps": 0}
+
+
 def test_val_that_is_the_training_file_is_warned_about(data, tmp_path, capsys):
     train(_cfg(data, tmp_path, val=str(data["train"]), max_steps=1))
     out = " ".join(capsys.readouterr().out.split())

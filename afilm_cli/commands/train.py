@@ -56,7 +56,8 @@ def command(
                                            "constant)")] = None,
     loss: Annotated[str | None, Opt("--loss", help="mse (AFiLM) or rmse (TFiLM: mean per-patch RMSE). "
                                     "(default mse)")] = None,
-    max_steps: Annotated[int | None, Opt("--max-steps", min=1, help="Stop after N steps in all.")] = None,
+    max_steps: Annotated[int | None, Opt("--max-steps", min=0, help="Stop after N steps in all; 0: no "
+                                         "limit (with --resume, drops the run's own).")] = None,
     out: Annotated[Path | None, Opt("--out", "-o", help="Run folder for last.pt, best.pt, log.jsonl. "
                                     "Default: runs/<model>-<time>, or the resumed run's folder.")] = None,
     seed: Seed = 0,
