@@ -203,7 +203,8 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
 
         if not MODELS.meta(cfg.model).get("pretrained"):  # (weights cannot be loaded on the meta device)
             with torch.device("meta"):
-                create_model(cfg.model, **cfg.model_args)
+                model = create_model(cfg.model, **cfg.model_args)
+            _refuse_unused_model_args(model, cfg.model_args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -399,6 +400,16 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
             run.log(type="epoch", **metrics_, best=is_best, time=time.perf_counter() - t0)
             run.summary(metrics_, is_best)
     return TrainResult(run.out, run.last_path(), run.best_path(), epoch, step, metrics_)
+
+
+def _refuse_unused_model_args(model: torch.nn.Module, model_args: dict[str, Any]) -> None:
+    """--model-arg heads=3 on a tfilm model was accepted and changed nothing: it has no transformer."""
+    from afilm_cli.models.unet import TRANSFORMER_FIELDS
+
+    unused = [k for k in model_args if k in TRANSFORMER_FIELDS]
+    if unused and getattr(getattr(model, "config", None), "modulation", None) == "tfilm":
+        raise AfilmError(f"--model-arg {', '.join(unused)}: these configure AFiLM's transformer, and a tfilm "
+                         "model has none (its normaliser is an LSTM)")
 
 
 def _kept(run) -> str:

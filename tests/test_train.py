@@ -942,3 +942,13 @@ def test_plain_progress_lines_come_early_and_say_the_time_left(monkeypatch):
             bar.advance(0.25, 4.0)
     assert out.getvalue().splitlines() == ["epoch 1: step 10/100  loss 0.5  8.0 patches/s  0:01:30 left",
                                            "epoch 2: step 55/100  loss 0.25  4.0 patches/s  0:01:30 left"]
+
+
+def test_transformer_model_args_on_a_tfilm_model_are_refused(data, tmp_path):
+    """--model-arg heads=3 on tfilm_tiny was accepted and changed nothing (it has no transformer)."""
+    with pytest.raises(AfilmError, match=r"--model-arg heads, ff_dim: these configure AFiLM's transformer"):
+        train(_cfg(data, tmp_path, model="tfilm_tiny", model_args={"heads": 3, "ff_dim": 7}, max_steps=1))
+    with pytest.raises(AfilmError, match=r"--model-arg heads: these configure"):  # switched to tfilm here
+        train(_cfg(data, tmp_path, model="afilm_tiny", model_args={"modulation": "tfilm", "heads": 2},
+                   max_steps=1))
+    assert not (tmp_path / "run").exists()

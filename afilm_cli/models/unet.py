@@ -42,7 +42,8 @@ from afilm_cli.models.layers import AFiLM, Modulation, TFiLM, subpixel1d
 
 _REF_CHANNELS = (128, 256, 512, 512, 512, 512, 512, 512)
 _REF_KERNELS = (65, 33, 17, 9, 9, 9, 9, 9)
-TRANSFORMER_FIELDS = ("transformer_layers", "heads", "ff_dim", "transformer_dropout")  # afilm's alone
+# afilm's alone: a tfilm config carries them unused (its preset's values), so --model-arg refuses them there
+TRANSFORMER_FIELDS = ("transformer_layers", "heads", "ff_dim", "transformer_dropout")
 
 
 @dataclass
@@ -87,12 +88,6 @@ class UNetConfig:
                                  f"n_layers is {n}")
         if self.modulation not in ("afilm", "tfilm"):
             raise AfilmError(f"model config: modulation must be 'afilm' or 'tfilm', got {self.modulation!r}")
-        if self.modulation == "tfilm":  # values it would ignore are refused, not kept silently
-            fields = {f.name: f.default for f in dataclasses.fields(self)}
-            set_ = [name for name in TRANSFORMER_FIELDS if getattr(self, name) != fields[name]]
-            if set_:
-                raise AfilmError(f"model config: {', '.join(set_)} configure AFiLM's transformer; a tfilm "
-                                 "model has none (its normaliser is an LSTM)")
         if self.modulation == "afilm":
             dims = (*self.channels, self.bottleneck_channels)
             bad = [d for d in dims if d % self.heads]
