@@ -480,16 +480,19 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             else:
                 target = item.with_name(item.stem) if simulate else default_output(item)
             pairs.append((item, target))
-    seen: dict[Path, Path] = {}
+    # by the files, not their spelling (x.wav and $PWD/x.wav): the same input named twice, or in a folder
+    # given too, is done once (its first output); two inputs for one output (a.wav, a.ogg) are refused
+    done: set[Path] = set()
+    writer: dict[Path, Path] = {}
     unique = []
-    for src, target in pairs:  # a.wav and a.flac given as files would both be a.afilm.wav
-        first = seen.setdefault(target, src)
-        if first == src or first.resolve() == src.resolve():
-            if first is src:  # the same file named twice (or in a folder given too) is done once
-                unique.append((src, target))
+    for src, target in pairs:
+        if src.resolve() in done:
             continue
-        raise AfilmError(f"{first} and {src} would both be written to {target}; upsample one of "
-                         "them on its own with -o")
+        if (first := writer.setdefault(target.resolve(), src)) is not src:
+            raise AfilmError(f"{first} and {src} would both be written to {target}; upsample one of "
+                             "them on its own with -o")
+        done.add(src.resolve())
+        unique.append((src, target))
     return unique
 
 

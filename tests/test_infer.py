@@ -497,6 +497,14 @@ def test_an_input_named_twice_is_done_once(tmp_path, ckpts, capsys):
     pairs = infer.plan_outputs([tmp_path / "a.wav", tmp_path / "a.wav", tmp_path / "." / "a.wav",
                                 Path(os.path.relpath(tmp_path / "a.wav"))], str(tmp_path / "o") + "/", False)
     assert pairs == [(tmp_path / "a.wav", tmp_path / "o" / "a.afilm.wav")]
+    sf.write(str(tmp_path / "a.ogg"), np.sin(np.arange(8000) / 3) * 0.1, 4000)
+    rel = Path(os.path.relpath(tmp_path))
+    assert len(infer.plan_outputs([rel / "a.wav", tmp_path / "a.wav"], None, False)) == 1
+    with pytest.raises(AfilmError, match="would both be written to"):  # spelt two ways, one output
+        infer.plan_outputs([rel / "a.wav", tmp_path / "a.ogg"], None, False)
+    # a folder and one of its files: the file is done once, as the folder's
+    pairs = infer.plan_outputs([tmp_path, tmp_path / "a.wav"], str(tmp_path / "o2") + "/", False)
+    assert [s.name for s, _ in pairs] == ["a.ogg", "a.wav"]
     out = run_main(capsys, "upsample", tmp_path / "a.wav", tmp_path / "a.wav", "-o", f"{tmp_path / 'o'}/",
                    "--ckpt", ckpts["spline"])
     assert out.returncode == 0 and out.stderr.count("a.afilm.wav") + out.stdout.count("a.afilm.wav") == 1, out
