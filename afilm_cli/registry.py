@@ -101,8 +101,8 @@ class Registry:
             try:
                 ep.load()
             except (Exception, SystemExit) as exc:  # a broken plugin must never take the CLI down
-                why = f"exited ({exc.code})" if isinstance(exc, SystemExit) else (str(exc)
-                                                                                  or type(exc).__name__)
+                why = (str(exc) or type(exc).__name__ if not isinstance(exc, SystemExit)
+                       else "called sys.exit()" if exc.code is None else f"exited ({exc.code})")
                 warnings.warn(f"skipping {self.kind} plugin {ep.name!r} ({ep.value}): {why}", PluginWarning,
                               stacklevel=2)
 

@@ -368,7 +368,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 if interrupted or _done(cfg, step):
                     break
             if interrupted:
-                _check_finite(run, step, None, loader, device)
+                _check_finite(run, step, None, loader, device, output=False)  # quick: the save comes first
                 ckpt = run.save(epoch, epoch_step, step, best, metrics_, interrupted=True,
                                 epoch_loss=_all_sum(tot, device).tolist())
                 return TrainResult(run.out, ckpt, run.best_path(), epoch, step, metrics_, interrupted=True)
@@ -420,15 +420,16 @@ def _kept(run) -> str:
     return f"{run.last_path()} keeps the last saved state" + (f" and {best} the best" if best else "")
 
 
-def _check_finite(run, step: int, val_loss: float | None, loader: PatchLoader, device: torch.device) -> None:
+def _check_finite(run, step: int, val_loss: float | None, loader: PatchLoader, device: torch.device,
+                  output: bool = True) -> None:
     """Stop the run where its state diverged, before it is saved over the last good checkpoint: weights
     not finite (--lr too high), or finite weights that give a non-finite output, seen as the validation
-    loss or, without one, on a training batch. Every rank comes to the same answer."""
+    loss or, without one (and with ``output``), on a training batch. Every rank comes to the same answer."""
     if not _state_finite(run.raw_model):
         what = "the weights are no longer finite"
     elif val_loss is not None:
         what = None if math.isfinite(val_loss) else "the validation loss is not a number"
-    elif not _finite_everywhere(_output_check(run, loader, device), device):
+    elif output and not _finite_everywhere(_output_check(run, loader, device), device):
         what = "the model's output is no longer finite"
     else:
         what = None

@@ -71,6 +71,9 @@ def resume_path(spec: str) -> Path:
     path = Path(spec)
     if not path.is_dir():
         return path
+    if not (path / "last.pt").exists() and (path / "best.pt").exists():  # --force would delete it
+        raise AfilmError(f"{path}: has best.pt but no last.pt (the state to resume from); start a new run "
+                         f"from its weights with --init {path / 'best.pt'}")
     if not (path / "last.pt").exists() and (path / "log.jsonl").exists():
         raise AfilmError(f"{path}: the run there saved no checkpoint (log.jsonl only), so there is nothing "
                          f"to resume; start it again with --out {path} --force")

@@ -882,6 +882,10 @@ def test_a_folder_with_only_a_log_says_the_run_saved_nothing(data, tmp_path):
         with pytest.raises(AfilmError, match=r"run: the run there saved no checkpoint .*--force$"):
             call()
     assert train(_cfg(data, tmp_path, max_steps=1, force=True)).step == 1
+    # best.pt without last.pt: --force would delete best.pt, so --init is what is suggested
+    (run / "last.pt").unlink()
+    with pytest.raises(AfilmError, match=r"run: has best.pt but no last.pt .*--init .*best.pt$"):
+        resume_config(str(run))
 
 
 def test_max_steps_0_drops_a_resumed_runs_limit(data, tmp_path, capsys):

@@ -63,8 +63,10 @@ def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subf
         candidates = [p for p in candidates if _usable(p, val_recipe, header_only=True)]
         usable = functools.partial(_usable, recipe=val_recipe)
     if by_subfolder:
-        groups = sorted({_top(p, root) for p in candidates})  # a subfolder of unusable files holds none
-        members = {g: [p for p in candidates if _top(p, root) == g] for g in groups}
+        members: dict[str, list[Path]] = {}  # a subfolder of unusable files holds none
+        for p in candidates:
+            members.setdefault(_top(p, root), []).append(p)
+        groups = sorted(members)
         # a subfolder is usable when one of its files is (read until one is): silent files pass the header
         usable_group = (lambda g: any(usable(p) for p in members[g])) if usable else None
         picked = pick_fraction(groups, val_fraction, seed, usable=usable_group)
