@@ -312,6 +312,34 @@ def test_an_archive_already_there_is_checked_and_reused(server, vctk_mini, tmp_p
         download(url, tmp_path / "badNone" / "VCTK-Corpus.zip", sha256="0" * 64)
 
 
+def test_an_archive_afilm_downloaded_is_deleted_after_a_later_extraction(server, vctk_mini, tmp_path, capsys,
+                                                                         monkeypatch):
+    """A download whose extraction was stopped (Ctrl-C, disk full) left its archive: the rerun called
+    it the user's ("not downloaded") and kept it (11 GB for VCTK 0.92). It is afilm's and goes."""
+    from afilm_cli.data import download as dl
+
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    archive = Archive(f"{server.url}/VCTK-Corpus.zip", "VCTK-Corpus.zip", len(body), sha)
+    root = tmp_path / "root"
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(dl, "_extract_members", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            fetch_and_extract(archive, root, progress=lambda *a: None)
+    assert (root / "VCTK-Corpus.zip").read_bytes() == body
+    capsys.readouterr()
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    err = capsys.readouterr().err
+    assert f"reusing {root / 'VCTK-Corpus.zip'}, downloaded by an earlier run" in err and "kept" not in err
+    assert (root / "VCTK-Corpus" / "wav48" / "p226").is_dir()
+    assert sorted(p.name for p in root.iterdir()) == [".afilm-extracted-VCTK-Corpus.zip", "VCTK-Corpus"]
+
+
 def test_sha256_line_is_one_line(server, vctk_mini, tmp_path):
     """No published sum (VCTK 0.80, a bare --url): the SHA-256 is printed whole, never wrapped."""
     body = vctk_zip(vctk_mini)

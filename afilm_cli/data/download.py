@@ -87,9 +87,15 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
             _validator_path(part).unlink(missing_ok=True)
             raise AfilmError(f"{url}: SHA-256 mismatch (got {digest}, expected {sha256}); the partial "
                              f"file was deleted, rerun to download again")
+    _downloaded_mark(dest).write_text(f"{url}\n")  # before the rename: an archive of ours is never unmarked
     os.replace(part, dest)
     _validator_path(part).unlink(missing_ok=True)
     return dest
+
+
+def _downloaded_mark(dest: Path) -> Path:
+    """Says that ``dest`` was fetched by afilm (a later run may delete it), not put there by the user."""
+    return dest.with_name(f".afilm-downloaded-{dest.name}")
 
 
 def check_existing(path: Path, *, size: int | None = None, sha256: str | None = None) -> None:
@@ -253,8 +259,10 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
         note(f"{archive.filename} was extracted into {root} before, but its files are gone: {again}")
         marker.unlink()
     reused = path.exists()
+    ours = _downloaded_mark(path).exists()  # an earlier run's download, e.g. one whose extraction was stopped
     if reused:
-        note(f"reusing {path}, already there (not downloaded)" + ("; checking its SHA-256" if sha256 else ""))
+        how = "downloaded by an earlier run" if ours else "already there (not downloaded)"
+        note(f"reusing {path}, {how}" + ("; checking its SHA-256" if sha256 else ""))
         download(archive.url, path, size=archive.size, sha256=sha256)
     else:
         _download_with_bar(archive, path, sha256, progress)
@@ -263,10 +271,11 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
     note(f"extracting {path.name}")
     names = _extract_members(path, root)
     marker.write_text("\n".join([archive.url, *_top_level(names)]) + "\n")
-    if reused and not keep:  # not fetched by this run, so not this run's to delete
+    if reused and not ours and not keep:  # the user's own copy: not afilm's to delete
         note(f"kept {path}: it was there before this run (delete it to free the space)")
     elif not keep:
         path.unlink()
+        _downloaded_mark(path).unlink(missing_ok=True)
     shutil.rmtree(root / "__MACOSX", ignore_errors=True)
     return root
 
