@@ -301,7 +301,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     loader = PatchLoader(train_pf, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     val_loader = (PatchLoader(val_pf, cfg.batch_size, shuffle=False, rank=rank, world_size=world)
                   if val_pf else None)
-    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf))
+    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf),
+              train_fingerprint=train_pf.fingerprint())
     if run.master:
         run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them
         for path in replaced:  # --force: the other run goes only now, with the new one known to be valid

@@ -38,11 +38,13 @@ def claim_new_folder(base: Path) -> Path:
 class Run:
     """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
 
-    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, train_patches=None):
+    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, train_patches=None,
+                 train_fingerprint=None):
         from rich.console import Console
 
         self.cfg, self.out, self.master = cfg, out, master
-        self.train_patches = train_patches  # checkpointed: a resume mid-epoch needs the same file
+        # checkpointed: a resume mid-epoch needs the same file
+        self.train_patches, self.train_fingerprint = train_patches, train_fingerprint
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
         self.console = Console(highlight=False, soft_wrap=True)
 
@@ -111,6 +113,7 @@ class Run:
             ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
                                    epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
                                    epoch_loss=epoch_loss, train_patches=self.train_patches,
+                                   train_fingerprint=self.train_fingerprint,
                                    metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
             save_checkpoint(self.last_path(), ckpt)
             if is_best:

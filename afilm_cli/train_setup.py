@@ -191,7 +191,8 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
 
 def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: int, world: int) -> None:
     """A run stopped inside an epoch goes on with the rest of that epoch's batch order, which only means
-    something on the training file it was stopped on: refused on a file with another patch count."""
+    something on the training file it was stopped on: refused on a file with another patch count, or
+    the same count of other patches (:meth:`PatchFile.fingerprint`)."""
     if not ckpt["epoch_step"]:
         return
     old = ckpt.get("train_patches")
@@ -201,7 +202,14 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
         if steps_for_world(ckpt["epoch_step"], len(ckpt["rng"]["cpu"]), world) < -(-per_rank // batch_size):
             return
     elif old == n:
-        return
+        digest = ckpt.get("train_fingerprint")  # None in checkpoints from before it was recorded
+        if digest is None or digest == train_pf.fingerprint():
+            return
+        was = ckpt["train_config"].get("train")
+        raise AfilmError(f"{train_pf.path} holds other patches than {was} ({n} of each), on which "
+                         f"{ckpt['path']} stopped {ckpt['epoch_step']} batches into an epoch, which cannot "
+                         f"go on over another file; resume with --train {was}, or start a new run from "
+                         f"these weights with --init {ckpt['path']}")
     was = ckpt["train_config"].get("train")
     count = f" ({old} patches)" if old is not None else ""
     raise AfilmError(f"{train_pf.path} holds {n} patches, but {ckpt['path']} stopped {ckpt['epoch_step']} "

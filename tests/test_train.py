@@ -860,6 +860,22 @@ def test_resume_refuses_another_patch_count_mid_epoch_and_another_patch_length(d
     assert done.step == 3
 
 
+def test_resume_mid_epoch_refuses_other_patches_of_the_same_count(data, tmp_path):
+    """Only the patch count and length were compared: a mid-epoch resume over another file of 24
+    patches of 2048 went on with the first file's batch order."""
+    x, y = data["arrays"]
+    other = _write(tmp_path / "other.h5", x[::-1].copy(), y[::-1].copy())  # same count and length
+    copy = _write(tmp_path / "copy.h5", x, y)  # the same patches under another name
+    part = train(_cfg(data, tmp_path, max_steps=2, val=None))
+    assert len(load_checkpoint(part.last)["train_fingerprint"]) == 16
+    resume = dict(out=None, val=None, max_steps=None, resume=str(part.out))
+    with pytest.raises(AfilmError, match=rf"other.h5 holds other patches than {data['train']} \(24 of "
+                                         r"each\), on which .*last.pt stopped 2 batches into an epoch.*"
+                                         r"--train .*--init "):
+        train(_cfg(data, tmp_path, train=str(other), **resume))
+    assert train(_cfg(data, tmp_path, train=str(copy), epochs=1, **resume)).step == 3
+
+
 def test_validation_patches_of_another_length_are_refused(data, tmp_path):
     x, y = data["arrays"]
     short = _write(tmp_path / "short.h5", x[:4, :1024], y[:4, :1024], patch=1024)
