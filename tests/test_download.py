@@ -257,7 +257,10 @@ def test_a_marker_without_its_entries_is_redone(server, vctk_mini, tmp_path, cap
     (root / ".afilm-extracted-c.zip").write_text(archive.url + "\n")  # an older marker, nothing extracted
     fetch_and_extract(archive, root, progress=lambda *a: None)
     assert len(server.ranges) == 1 and (root / "VCTK-Corpus" / "wav48" / "p225").is_dir()
-    assert (root / ".afilm-extracted-c.zip").read_text().splitlines() == [archive.url, "VCTK-Corpus"]
+    # the URL, the top-level entries, then every file extracted below them
+    assert (root / ".afilm-extracted-c.zip").read_text().splitlines() == [
+        archive.url, "VCTK-Corpus",
+        *(f"VCTK-Corpus/wav48/{spk}/{spk}_00{i}.wav" for spk in ("p225", "p226") for i in (1, 2, 3))]
     fetch_and_extract(archive, root, progress=lambda *a: None)
     assert len(server.ranges) == 1  # there: nothing done
     shutil.rmtree(root / "VCTK-Corpus")
@@ -360,3 +363,137 @@ def test_download_root_that_is_a_file_or_cannot_be_made(server, tmp_path):
     with pytest.raises(AfilmError, match=f"cannot create folder {tmp_path / 'afile' / 'sub'}: .* is a file"):
         fetch_and_extract(Archive(url, "v.zip"), tmp_path / "afile" / "sub", progress=lambda *a: None)
     assert server.ranges == []
+
+
+def test_a_deleted_speaker_folder_is_restored_by_download(server, vctk_mini, tmp_path):
+    """The marker lists every file extracted: a speaker folder deleted since is noticed (said in one
+    line), warned about without --download, and restored with it; only what is missing is written."""
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    url, sha = f"{server.url}/VCTK-Corpus.zip", hashlib.sha256(body).hexdigest()
+    root, out = tmp_path / "vctk", tmp_path / "data"
+    multi = ("--sha256", sha, "--split", "multi", "--val-speakers", "p226", "--sam", "1")
+    assert afilm(*prepare_args(url, root, out, *multi), cwd=tmp_path).returncode == 0
+    wav48 = root / "VCTK-Corpus" / "wav48"
+    shutil.rmtree(wav48 / "p226")
+    kept = wav48 / "p225" / "p225_001.wav"
+    os.utime(kept, ns=(10**18, 10**18))  # a file still there is not written again
+    lost = "3 of the 6 files checked are missing (VCTK-Corpus/wav48/p226: all 3)"
+
+    # without --download: said before the error it leads to, nothing fetched
+    plain = [a for a in prepare_args(url, root, out, *multi) if a not in ("--download", "--url", url)]
+    proc = afilm(*[a for a in plain if a not in ("--sha256", sha)], cwd=tmp_path)
+    assert proc.returncode == 2 and len(server.ranges) == 1
+    assert (f"warning: VCTK-Corpus.zip was extracted into {root} by --download, but {lost}: preparing "
+            "without them (add --download to restore them)\n") in proc.stderr
+    assert "--val-speakers p226 not in the corpus" in proc.stderr
+
+    proc = afilm(*prepare_args(url, root, out, *multi), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"VCTK-Corpus.zip was extracted into {root} before, but {lost}: downloading it again to "
+            "restore them\n") in proc.stderr
+    assert len(server.ranges) == 2 and "warning" not in proc.stderr
+    assert sorted(p.name for p in (wav48 / "p226").iterdir()) == [f"p226_00{i}.wav" for i in (1, 2, 3)]
+    assert kept.stat().st_mtime_ns == 10**18 and not (root / "VCTK-Corpus.zip").exists()
+    with h5py.File(out / "vctk-multi-r2-subsample-val.h5", "r") as f:
+        assert {Path(s).parent.name for s in json.loads(f.attrs["sources"])} == {"p226"}
+
+    # --force rebuilds the outputs, and only them: the corpus is whole, nothing is fetched
+    proc = afilm(*prepare_args(url, root, out, *multi, "--force"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"VCTK-Corpus.zip was extracted into {root} before and all 6 files checked are there: not "
+            "downloaded or extracted again\n") in proc.stderr
+    assert len(server.ranges) == 2 and "skipped" not in proc.stderr
+    proc = afilm("prepare", "vctk", "--help", cwd=tmp_path, columns=300)
+    assert "does not download or extract the corpus again" in " ".join(proc.stdout.split())
+
+
+def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys):
+    """A kept archive (here a tar.gz) restores deleted files without a request; files still there,
+    even changed ones, are left as they are."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for spk in ("p225", "p226"):
+            for f in sorted((vctk_mini / "wav48" / spk).glob("*.wav"))[:3]:
+                tf.add(f, f"VCTK-Corpus/wav48/{spk}/{f.name}")
+    server.files["v.tar.gz"] = buf.getvalue()
+    archive = Archive(f"{server.url}/v.tar.gz", "v.tar.gz")
+    root = tmp_path / "root"
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    wav48 = root / "VCTK-Corpus" / "wav48"
+    (wav48 / "p225" / "p225_002.wav").unlink()
+    (wav48 / "p226" / "p226_003.wav").unlink()
+    (wav48 / "p225" / "p225_001.wav").write_bytes(b"changed")
+    lost = ("2 of the 6 files checked are missing (VCTK-Corpus/wav48/p225: 1 of 3, VCTK-Corpus/wav48/p226: "
+            "1 of 3)")
+
+    proc = afilm("prepare", "vctk", "--root", str(root), "--r", "2", "--multiple", "1", "--out",
+                 str(tmp_path / "data"), cwd=tmp_path)  # no --download: warned, prepared without them
+    assert f"by --download, but {lost}: preparing without them" in proc.stderr
+    assert sum("missing" in line for line in proc.stderr.splitlines()) == 1
+
+    capsys.readouterr()
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    err = capsys.readouterr().err
+    assert f"v.tar.gz was extracted into {root} before, but {lost}: extracting {root / 'v.tar.gz'} again" \
+        in err
+    assert len(server.ranges) == 1 and (root / "v.tar.gz").exists()
+    assert (wav48 / "p225/p225_002.wav").read_bytes() == (vctk_mini / "wav48/p225/p225_002.wav").read_bytes()
+    assert (wav48 / "p226" / "p226_003.wav").exists()
+    assert (wav48 / "p225" / "p225_001.wav").read_bytes() == b"changed"
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert "all 6 files checked are there" in capsys.readouterr().err
+
+
+def test_a_marker_of_the_previous_format_is_still_accepted(server, vctk_mini, tmp_path, capsys):
+    """URL and top-level entries, no files: the entries are checked, and a missing file cannot be."""
+    from afilm_cli.data.download import shortfall
+
+    body = vctk_zip(vctk_mini)
+    server.files["c.zip"] = body
+    archive = Archive(f"{server.url}/c.zip", "c.zip")
+    root = tmp_path / "r"
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    marker = root / ".afilm-extracted-c.zip"
+    marker.write_text(f"{archive.url}\nVCTK-Corpus\n")  # as the previous afilm wrote it
+    (root / "VCTK-Corpus" / "wav48" / "p225" / "p225_001.wav").unlink()
+    capsys.readouterr()
+    fetch_and_extract(archive, root, progress=lambda *a: None)
+    assert len(server.ranges) == 1 and marker.read_text() == f"{archive.url}\nVCTK-Corpus\n"
+    assert ("c.zip was extracted into " f"{root} before and its folders are there (a marker of an older "
+            "afilm: files not listed): not downloaded or extracted again") in capsys.readouterr().err
+    short = shortfall(root, marker)
+    assert not short and not short.listed and short.checked == 0
+
+
+def test_download_checks_the_microphone_the_run_uses(server, tmp_path, capsys):
+    """VCTK 0.92: mic2 files or transcripts deleted to save space are not restored for a mic1 run (not
+    11 GB fetched again for files it does not read); a mic1 file deleted is."""
+    from afilm_cli.data.vctk import _download_corpus
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for spk in ("p225", "p226"):
+            for mic in ("mic1", "mic2"):
+                zf.writestr(f"wav48_silence_trimmed/{spk}/{spk}_001_{mic}.flac", f"{spk} {mic}")
+            zf.writestr(f"txt/{spk}/{spk}_001.txt", "text")
+    server.files["VCTK-Corpus-0.92.zip"] = buf.getvalue()
+    url = f"{server.url}/VCTK-Corpus-0.92.zip"
+    root = tmp_path / "vctk"
+    _download_corpus(root, None, url, None)
+    audio = root / "wav48_silence_trimmed"
+    for f in audio.glob("*/*_mic2.flac"):
+        f.unlink()
+    shutil.rmtree(root / "txt")
+    capsys.readouterr()
+    _download_corpus(root, None, url, None, "mic1")
+    assert "all 2 files checked are there" in capsys.readouterr().err and len(server.ranges) == 1
+    (audio / "p226" / "p226_001_mic1.flac").unlink()
+    _download_corpus(root, None, url, None, "mic1")
+    assert ("1 of the 2 files checked are missing (wav48_silence_trimmed/p226: all 1): downloading it "
+            "again to restore them") in capsys.readouterr().err
+    assert (audio / "p226" / "p226_001_mic1.flac").read_text() == "p226 mic1" and len(server.ranges) == 2
+    assert not list(audio.glob("*/*_mic2.flac")) and not (root / "txt").exists()  # not restored either
+    _download_corpus(root, None, url, None, "mic2")  # the other microphone's files are gone: restored
+    assert "2 of the 2 files checked are missing" in capsys.readouterr().err and len(server.ranges) == 3
+    assert sorted(p.name for p in audio.glob("*/*_mic2.flac")) == ["p225_001_mic2.flac", "p226_001_mic2.flac"]

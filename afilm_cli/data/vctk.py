@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,6 +46,7 @@ LAYOUTS_HELP = ("wav48/pNNN/pNNN_MMM.wav (VCTK-Corpus 0.80) or "
                 "wav48_silence_trimmed/pNNN/pNNN_MMM_mic1.flac (VCTK-Corpus 0.92)")
 # (folder name, release), in order of preference where a root holds both
 LAYOUT_DIRS = (("wav48_silence_trimmed", "0.92"), ("wav48", "0.80"))
+_LAYOUT_VERSION = dict(LAYOUT_DIRS)
 WHERE_FROM = ("VCTK comes from the Edinburgh DataShare (VCTK-Corpus 0.92: https://datashare.ed.ac.uk/"
               "handle/10283/3443, 0.80: https://datashare.ed.ac.uk/handle/10283/2651)")
 
@@ -71,9 +74,13 @@ def find_layouts(root: str | os.PathLike, mic: str = "mic1") -> dict[str, Layout
         for sub, version in LAYOUT_DIRS:
             for folder in (base / sub, base if base.name == sub else None):
                 if version not in found and folder is not None and folder.is_dir():
-                    pattern = f"*_{mic}.flac" if version == "0.92" else "*.wav"
-                    found[version] = Layout(version, folder, pattern, mic)
+                    found[version] = Layout(version, folder, _pattern(version, mic), mic)
     return {version: found[version] for _, version in LAYOUT_DIRS if version in found}
+
+
+def _pattern(version: str, mic: str) -> str:
+    """Glob for one speaker's audio files in the ``version`` layout."""
+    return f"*_{mic}.flac" if version == "0.92" else "*.wav"
 
 
 def find_layout(root: str | os.PathLike, mic: str = "mic1", release: str | None = None) -> Layout:
@@ -197,6 +204,7 @@ def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "singl
     ``release`` picks the layout where ``root`` holds both (0.92 by default)."""
     recipe.validate()
     layout = _chosen_layout(root, mic, release)
+    _warn_lost_files(layout)
     speakers = list_speakers(layout)
     train, val, info = vctk_splits(speakers, split, val_speakers=val_speakers, val_fraction=val_fraction,
                                    seed=recipe.seed)
@@ -247,9 +255,14 @@ def vctk(
                             "speakers for --split multi (e.g. p226,p227).")] = None,
     val_fraction: cli.ValFraction = None,
     out: cli.Out = Path("data"),
-    force: cli.Force = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Rebuild outputs that already exist. It "
+                     "does not download or extract the corpus again: --download restores files deleted "
+                     "from it; to replace damaged ones, delete them (or the corpus) and rerun with "
+                     "--download.")] = False,
     fetch: Annotated[bool, typer.Option("--download", help="Download and extract the corpus into --root "
-                                        "first (resumable; about 11 GB for 0.92).")] = False,
+                     "first (resumable; about 11 GB for 0.92); on a later run, restore the speakers' audio "
+                     "files deleted since (from the archive where it is still in --root, else downloaded "
+                     "again).")] = False,
     release: Annotated[Literal["0.92", "0.80"] | None, typer.Option("--release", help="Which release "
                        "--download fetches (default 0.92), and which layout is used where --root holds "
                        "both (default 0.92).")] = None,
@@ -267,7 +280,7 @@ def vctk(
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
                     degrade=degrade or s_degrade, seed=seed, multiple=multiple, speed=speed).validate()
     if fetch:
-        _download_corpus(root, release, url, sha256)
+        _download_corpus(root, release, url, sha256, mic)
     elif url or sha256:  # most likely a forgotten --download: said, not silently dropped
         given = [opt for opt, value in (("--url", url), ("--sha256", sha256)) if value]
         cli.warn(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only with --download: "
@@ -277,7 +290,8 @@ def vctk(
                  out=out, force=force, release=release)
 
 
-def _download_corpus(root: Path, release: str | None, url: str | None, sha256: str | None) -> None:
+def _download_corpus(root: Path, release: str | None, url: str | None, sha256: str | None,
+                     mic: str = "mic1") -> None:
     """--download: the options checked before any network access, then fetch_and_extract."""
     if sha256:
         sha256 = download.parse_sha256(sha256)
@@ -291,7 +305,43 @@ def _download_corpus(root: Path, release: str | None, url: str | None, sha256: s
         archive = download.Archive(archive.url, archive.filename, archive.size, sha256)
     # a mirror's archive may be either release: any layout counts as extracted, unless --release says
     want = release or (None if url else "0.92")
-    download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want))
+    # and of what it extracted, the audio files of that layout (and --mic) must be there: deleted
+    # speakers or files are restored; another microphone's files, the transcripts, may go
+    download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want),
+                               select=partial(_layout_audio, mic=mic, release=want))
     if not has_layout(root, want):  # not "pass --download", which find_layout would say
         raise AfilmError(f"{archive.filename} was extracted into {root}, but no VCTK "
                          f"{want + ' ' if want else ''}layout is there: expected {LAYOUTS_HELP}")
+
+
+def _layout_audio(path: str, mic: str, release: str | None) -> bool:
+    """Whether ``path`` (in an archive, "VCTK-Corpus/wav48/p225/p225_001.wav") is a speaker's audio file
+    of the layout of ``release`` (of either where None) that a run with ``mic`` reads. String operations:
+    called for each of the 132k files VCTK 0.92 extracts."""
+    parts = path.rsplit("/", 3)
+    version = _LAYOUT_VERSION.get(parts[-3]) if len(parts) >= 3 else None
+    if version is None or release not in (None, version):
+        return False
+    return fnmatchcase(parts[-1], _pattern(version, mic))
+
+
+def _warn_lost_files(layout: Layout) -> None:
+    """Audio files of ``layout`` that `--download` extracted and that are gone since: warned about in one
+    line per archive (this run prepares without them; --download would restore them)."""
+    audio = layout.audio_dir
+    for base in dict.fromkeys((audio.parent, audio.parent.parent)):  # the --download root: either
+        inside = audio.relative_to(base).as_posix()
+
+        def select(path: str, inside: str = inside) -> bool:
+            folder, _, name = path.rpartition("/")
+            return folder.rpartition("/")[0] == inside and fnmatchcase(name, layout.pattern)
+
+        for marker in sorted(base.glob(".afilm-extracted-*")):
+            try:
+                short = download.shortfall(base, marker, select)
+            except OSError:
+                continue  # an unreadable marker: nothing to compare with
+            if short:
+                cli.warn(f"{marker.name.removeprefix('.afilm-extracted-')} was extracted into {base} by "
+                         f"--download, but {short.describe()}: preparing without them (add --download to "
+                         "restore them)")
