@@ -5,7 +5,8 @@ Two sources of ground truth:
   model sees the stored spline patches exactly as in training, the baseline *is* those patches;
 - a folder of high-rate audio files: each file is one row; it is resampled (mono) to the model's
   rate, degraded with the checkpoint's recipe, spline-upsampled and run through the same windowed
-  inference as ``afilm upsample --simulate``.
+  inference as ``afilm upsample --simulate``, and scored block by block as the model's output comes
+  (metrics.Scores, metrics.Segmented): its memory does not grow with its length.
 
 Metrics per row, for both the model and the spline: ``snr`` (whole signal), ``segsnr`` (the
 reference's per-8192-patch SNR), ``lsd`` (log10 power, the later literature's convention) and
@@ -34,21 +35,31 @@ import torch
 
 from afilm_cli import __version__
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import find_audio_files, read_audio, to_mono
+from afilm_cli.audio import find_audio_files, to_mono
 from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
-    ArraySource,
     Loaded,
     check_degrade,
     count_windows,
-    predict,
+    model_windows,
+    naming,
     print_warning,
     simulate_pipeline,
     window_plan_for,
 )
-from afilm_cli.metrics import ALL, LsdReference, band_edges, band_energy, lowpass_truth, segmental_snr, snr
+from afilm_cli.metrics import (
+    ALL,
+    LsdReference,
+    Scores,
+    Segmented,
+    band_edges,
+    band_energy,
+    lowpass_truth,
+    segmental_snr,
+    snr,
+)
 from afilm_cli.plots import save_spectrograms
-from afilm_cli.stages import FileSource
+from afilm_cli.stages import FileSource, Stage
 
 SYSTEMS = ("model", "spline")
 METRICS = tuple(ALL)
@@ -72,6 +83,11 @@ class BandTotals:
         self.energy["signal"] += band_energy(hr, self.sr, self.edges)
         for system, x in outputs.items():
             self.energy[system] += band_energy(np.asarray(hr, np.float64) - x, self.sr, self.edges)
+
+    def add_energy(self, **energy: np.ndarray) -> None:
+        """Energies per band already found (``signal`` and the systems' errors), as ``add`` adds them."""
+        for key, e in energy.items():
+            self.energy[key] += e
 
     def to_json(self) -> list[dict[str, float]]:
         """Per band: energies in dB relative to the signal's total energy, and the model's gain over
@@ -369,26 +385,32 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         total(sum(n for _, n in usable))
     rows, plots = [], []
     bands = BandTotals(loaded.sr, loaded.r)
+    said = 0  # windows of the current file told to ``progress``: one failing part-way still says all
+
+    def step(k: int) -> None:
+        nonlocal said
+        said += k
+        if progress:
+            progress(k)
+
     for (path, n_windows), name in zip(usable, names, strict=True):
+        said = 0
         try:
-            x, sr_in = read_audio(path, mono=True)
+            row, energy, head = _score_wav(path, loaded, degrade, window, name in plotted,
+                                           batch_size=batch_size, device=device, progress=step,
+                                           threads=threads)
         except AfilmError as exc:  # changed since the check: its row is lost, not the run's
             skipped.append({"item": name, "reason": str(exc).removeprefix(f"{path}: ")})
             (warn or print_warning)(f"{exc}: skipped")
-            if progress:
-                progress(n_windows)
+            if progress and n_windows > said:
+                progress(n_windows - said)
             continue
-        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(ArraySource(x), sr_in, loaded, degrade)
-        hr = hr_stage.read(0, length)[:, 0]
-        spline = spline_stage.read(0, length)[:, 0]
-        # progress per window: a long file moves the bar
-        pred = predict(loaded, ArraySource(spline), length, batch_size=batch_size, window=window,
-                       device=device, progress=progress, threads=threads)[:, 0]
-        rows.append(_row(name, pred, spline, hr, loaded, int(loaded.recipe["patch"])))
-        bands.add(hr, model=pred, spline=spline)
-        if name in plotted:
-            lr = lr_stage.read(0, lr_stage.length)[:, 0]
-            plots.append(_plot(plots_dir / plotted[name], lr, pred, hr, loaded, name))
+        rows.append({"item": name, **row})
+        bands.add_energy(**energy)
+        if head is not None:
+            lr, pred, hr, whole = head
+            title = name if whole else f"{name} (first {PLOT_SECONDS:g} s)"
+            plots.append(_plot(plots_dir / plotted[name], lr, pred, hr, loaded, title))
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
               # skipped_silent: the names alone, as before `skipped` (every file left out, with why)
@@ -398,6 +420,59 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}
     return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
+
+
+PLOT_SECONDS = 30.0  # of a file, at most, in its --plots spectrograms: they are held whole
+
+
+class MonoFile(Stage):
+    """A file's samples as ``read_audio(path, mono=True)`` gives them (float32, channels averaged),
+    read in blocks."""
+
+    def __init__(self, src: FileSource):
+        self.src, self.length, self.channels = src, src.length, 1
+
+    def _read(self, start, stop):
+        return to_mono(self.src.read(start, stop).astype(np.float32)).reshape(-1, 1)
+
+
+def _score_wav(path: Path, loaded: Loaded, degrade: str | None, window: int | None, plot: bool, **run: Any
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray], tuple | None]:
+    """One --wavs file's row (but its name), its band energies, and with ``plot`` (LR, prediction,
+    HR, whether whole) for its spectrograms: up to PLOT_SECONDS. The file is read, simulated, run
+    through the model and scored block by block (the model's output blocks), so its memory does not
+    grow with its length. ``run``: model_windows's options."""
+    with naming(path), contextlib.closing(FileSource(path)) as src:
+        hr_stage, lr_stage, spline_stage, length = simulate_pipeline(MonoFile(src), src.sr, loaded, degrade)
+        patch = int(loaded.recipe["patch"])
+        scores = {s: Scores(patch) for s in SYSTEMS}
+        low = Scores(patch, spectral=False)
+        spectra = Segmented(length, 1 + len(SYSTEMS), loaded.sr, band_edges(loaded.sr, loaded.r),
+                            float(loaded.low_rate) / 2)
+        shown = min(length, round(PLOT_SECONDS * loaded.sr)) if plot else 0
+        heads: list[tuple[np.ndarray, np.ndarray]] = []
+        plan = window_plan_for(loaded, length, window)
+        a = 0
+        for block in model_windows(loaded, spline_stage, length, plan, **run):
+            b = a + len(block)
+            pred, hr, spline = block[:, 0], hr_stage.read(a, b)[:, 0], spline_stage.read(a, b)[:, 0]
+            scores["model"].add(pred, hr)
+            scores["spline"].add(spline, hr)
+            for lowpassed, truth in spectra.add(np.stack([hr, hr - pred, hr - spline], axis=1)):
+                low.add(lowpassed, truth)
+            if a < shown:
+                heads.append((pred[: shown - a], hr[: shown - a]))
+            a = b
+        row: dict[str, Any] = {"frames": length}
+        for system in SYSTEMS:
+            row |= {f"{system}_{m}": v for m, v in scores[system].values().items()}
+        row |= {f"{LOWPASS}_{m}": v for m, v in low.values().items()}
+        energy = dict(zip(("signal", *SYSTEMS), spectra.energy, strict=True))
+        head = None
+        if plot:
+            lr = lr_stage.read(0, -(-shown // loaded.r))[:, 0]
+            head = (lr, *(np.concatenate(x) for x in zip(*heads, strict=True)), shown == length)
+    return row, energy, head
 
 
 def _plot(path: Path, lr: np.ndarray, pred: np.ndarray, hr: np.ndarray, loaded: Loaded, title: str) -> Path:

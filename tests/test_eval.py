@@ -170,8 +170,9 @@ def test_wavs_are_all_checked_before_the_first_is_evaluated(ckpts, wavs, tmp_pat
     sf.write(str(folder / "nan.wav"), nan, 48000, subtype="FLOAT")
     sf.write(str(folder / "silent.wav"), np.zeros(48000), 48000)
     events = []
-    predict = evaluate.predict
-    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: (events.append("predict"), predict(*a, **k))[1])
+    windows = evaluate.model_windows
+    monkeypatch.setattr(evaluate, "model_windows",
+                        lambda *a, **k: (events.append("predict"), windows(*a, **k))[1])
     result = evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, warn=events.append)
     assert [row["item"] for row in result.rows] == ["p225/p225_001.wav", "p226/p226_002.wav"]
     assert events[5:] == ["predict", "predict"]  # every warning before the first evaluation
@@ -440,8 +441,8 @@ def _run_main(capsys, monkeypatch, *args):
     from afilm_cli.main import main
 
     calls = []
-    predict = evaluate.predict
-    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: (calls.append(1), predict(*a, **k))[1])
+    windows = evaluate.model_windows
+    monkeypatch.setattr(evaluate, "model_windows", lambda *a, **k: (calls.append(1), windows(*a, **k))[1])
     monkeypatch.setattr(sys, "argv", ["afilm", "eval", *map(str, args)])
     with pytest.raises(SystemExit) as exc:
         main()
@@ -567,3 +568,101 @@ def test_a_file_spoilt_after_the_check_costs_its_row_not_the_run(ckpts, wavs, tm
     assert "cannot read audio" in result.protocol["skipped"][0]["reason"]
     assert len(events) == 1 and events[0].startswith(f"{spoilt}: cannot read audio") and events[0].endswith(
         ": skipped")
+
+
+# ---------------------------------------------------------------- --wavs scored block by block
+def _whole_file(path, loaded, batch_size=16):
+    """What evaluate_wavs computed before it streamed: the file read whole, every signal materialised,
+    the whole-array metrics. (row, band energies, (lr, pred, hr))."""
+    x, sr = read_audio(path, mono=True)
+    hr_stage, lr_stage, spline_stage, n = infer.simulate_pipeline(infer.ArraySource(x), sr, loaded)
+    hr, spline = hr_stage.read(0, n)[:, 0], spline_stage.read(0, n)[:, 0]
+    pred = infer.predict(loaded, infer.ArraySource(spline), n, batch_size=batch_size)[:, 0]
+    bands = evaluate.BandTotals(loaded.sr, loaded.r)
+    bands.add(hr, model=pred, spline=spline)
+    row = evaluate._row(path.name, pred, spline, hr, loaded, int(loaded.recipe["patch"]))
+    return row, bands.energy, (lr_stage.read(0, lr_stage.length)[:, 0], pred, hr)
+
+
+@pytest.fixture(scope="module")
+def long_wav(tmp_path_factory, vctk_mini):
+    """35 s of real speech at 48 kHz (twelve VCTK utterances end to end): 560 k samples at the model's
+    16 kHz, many of eval's blocks once they are shrunk."""
+    folder = tmp_path_factory.mktemp("long")
+    wav48 = vctk_mini / "wav48"
+    files = [*sorted((wav48 / "p225").glob("*.wav"))[:11], wav48 / "p226" / "p226_002.wav"]
+    sf.write(str(folder / "long.wav"), np.concatenate([sf.read(str(f), dtype="int16")[0] for f in files]),
+             48000, subtype="PCM_16")
+    shutil.copy(vctk_mini / "wav48" / "p225" / "p225_001.wav", folder)
+    return folder
+
+
+def test_wavs_streamed_rows_equal_the_whole_file_computation(ckpts, long_wav, tmp_path, monkeypatch):
+    """evaluate_wavs scores each file block by block (model output blocks; DFT segments of
+    metrics.SEGMENT samples, shrunk here to 2^16 so the long file takes 9): its rows equal those of the
+    whole file read at once and scored with the whole-array metrics. Model and spline metrics to 1e-6
+    relative (float64 sums; the model's float32 input may round differently by a block's edges);
+    the short file's low-pass truth exactly (one segment is one DFT); the long file's low-pass truth
+    and the band energies within the segments' tolerance (tests/test_metrics.py). A plot shows the
+    first PLOT_SECONDS of a longer file, and says so."""
+    monkeypatch.setattr(metrics, "SEGMENT", 1 << 16)
+    monkeypatch.setattr(metrics, "OVERLAP", 1 << 12)
+    monkeypatch.setattr(evaluate, "PLOT_SECONDS", 5.0)
+    drawn = {}
+    monkeypatch.setattr(evaluate, "_plot", lambda _, *signals: drawn.setdefault(signals[-1], signals[:3]))
+    loaded = infer.load_model(ckpts["afilm_tiny"])
+    result = evaluate.evaluate_wavs(loaded, long_wav, batch_size=2, plots_dir=tmp_path)
+    assert [row["item"] for row in result.rows] == ["long.wav", "p225_001.wav"]
+    energy = {k: 0.0 for k in result.bands.energy}
+    for row in result.rows:
+        want, bands, (lr, pred, hr) = _whole_file(long_wav / row["item"], loaded, batch_size=2)
+        assert row["frames"] == want["frames"]
+        for system in evaluate.SYSTEMS:
+            for m in evaluate.METRICS:
+                assert row[f"{system}_{m}"] == pytest.approx(want[f"{system}_{m}"], rel=1e-6), (system, m)
+        short = row["frames"] <= metrics.SEGMENT
+        for m in evaluate.LOWPASS_METRICS:
+            key = f"{evaluate.LOWPASS}_{m}"
+            assert row[key] == pytest.approx(want[key], **({"rel": 1e-9} if short else {"abs": 0.02})), key
+        for key in energy:
+            energy[key] += bands[key]
+        n = min(len(hr), 5 * 16000)
+        title = row["item"] if n == len(hr) else f"{row['item']} (first 5 s)"
+        got_lr, got_pred, got_hr = drawn[title]
+        assert len(got_pred) == len(got_hr) == n and len(got_lr) == -(-n // 4)
+        np.testing.assert_allclose(got_hr, hr[:n], atol=1e-9)
+        np.testing.assert_allclose(got_lr, lr[: len(got_lr)], atol=1e-9)
+        np.testing.assert_allclose(got_pred, pred[:n], atol=1e-5)
+    for key, e in energy.items():
+        np.testing.assert_allclose(10 * np.log10(result.bands.energy[key] / e), 0, atol=0.01, err_msg=key)
+
+
+def test_wavs_memory_does_not_follow_the_file_length(ckpts, libri_mini, tmp_path, monkeypatch):
+    """A file's evaluation holds blocks, not the file: with the blocks shrunk (the check's reads, STFT
+    frames per FFT, DFT segments; one model window per batch), the numpy memory traced over a whole
+    evaluate_wavs of a 2-minute file of real speech is that of a 10-second one, and under half the
+    2-minute file's float32 size (it held the truth, spline and prediction whole: 20+ bytes a sample)."""
+    import tracemalloc
+
+    files = sorted((libri_mini / "test-other").glob("*/*.flac"))
+    x = np.concatenate([sf.read(str(f), dtype="float32")[0] for f in files[:20]])[: 120 * 16000]
+    assert len(x) == 120 * 16000
+    for name, n in (("short", 10 * 16000), ("long", len(x))):
+        (tmp_path / name).mkdir()
+        sf.write(str(tmp_path / name / "speech.wav"), x[:n], 16000, subtype="PCM_16")
+    monkeypatch.setattr(evaluate, "SCAN_BLOCK", 1 << 14)
+    monkeypatch.setattr(metrics, "STFT_FRAMES", 8)
+    monkeypatch.setattr(metrics, "SEGMENT", 1 << 13)
+    monkeypatch.setattr(metrics, "OVERLAP", 1 << 10)
+    loaded = infer.load_model(ckpts["spline"])
+    evaluate.evaluate_wavs(loaded, tmp_path / "short", batch_size=1)  # imports and caches: not the file's
+    peak = {}
+    for name in ("short", "long"):
+        tracemalloc.start()
+        try:
+            result = evaluate.evaluate_wavs(loaded, tmp_path / name, batch_size=1, degrade="subsample")
+            peak[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert result.rows[0]["frames"] == len(x)
+    assert peak["long"] < 1.1 * peak["short"] and peak["long"] < 4 * len(x) / 2, peak
