@@ -284,15 +284,15 @@ class Segmented:
             if self.have < n:
                 return
             buf = np.concatenate(self.pending)  # joined once per segment, not once per piece
+            self.pending = []
             w = np.ones(n)
             if self.done > 0:
                 w[: self.overlap] = self.ramp
             if self.done < self.count - 1:
                 w[-self.overlap :] = self.ramp[::-1]
-            seg = buf[:n] * w[:, None]
-            for c in range(seg.shape[1]):
-                self.energy[c] += band_energy(seg[:, c], self.sr, self.edges)
-            low = w * lowpass_truth(seg[:, 0], self.sr, self.cutoff)
+            for c in range(buf.shape[1]):  # a column at a time: one copy of the segment at most
+                self.energy[c] += band_energy(buf[:n, c] * w, self.sr, self.edges)
+            low = w * lowpass_truth(buf[:n, 0] * w, self.sr, self.cutoff)
             low[: len(self.low)] += self.low
             final = self.hop if self.done < self.count - 1 else n  # up to the next segment's start
             yield low[:final], buf[:final, 0]
