@@ -158,11 +158,13 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
                     "lsd_ref": "reference: natural-log power + 1e-8, same STFT; RMS over frames, mean over "
                                "frequency, capped at 10",
                     "lowpass_truth": "the truth with every DFT bin at or above the low rate's Nyquist "
-                                     "zeroed: perfect restoration of the input band, nothing invented above",
+                                     "zeroed: perfect restoration of the input band, nothing invented above "
+                                     "(items over 2^20 samples: per overlapping 2^20-sample segment)",
                     "summary": "mean over items, silent ones (truth all zero) skipped; with --data, "
                                "lsd_ref over all non-silent patches joined end to end, as the reference "
                                "computes it (over all patches: the same where none is silent)",
-                    "bands": "energy per band (DFT of each item, Parseval-scaled), summed over the items "
+                    "bands": "energy per band (DFT of each item, or of its overlapping 2^20-sample segments "
+                             "beyond 2^20 samples; Parseval-scaled), summed over the items "
                              "evaluated; dB relative to the signal's total energy; model_gain_db = spline "
                              "error / model error"},
         "device": str(device),
