@@ -33,11 +33,11 @@ def git_commit() -> str | None:
 
 
 def system_info() -> dict[str, Any]:
-    try:
-        import triton
+    from importlib import metadata
 
-        triton_version = triton.__version__
-    except Exception:
+    try:  # not `import triton`: once imported, the kernels can no longer switch its CPU interpreter on
+        triton_version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
         triton_version = None
     cuda = torch.cuda.is_available()
     return {

@@ -313,6 +313,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         if val_pf is not None and same_file(val_pf.path, train_pf.path):
             run.warn(f"--val is the training file ({val_pf.path}): best.pt will be chosen on training data, "
                      "and the validation scores say nothing of unseen audio")
+        if cfg.precision == "bf16" and device.type != "cuda":  # autocast is enabled on CUDA alone
+            run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32")
         for note in (rng_note, init_note):
             if note:
                 run.warn(note)

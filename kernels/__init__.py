@@ -28,6 +28,12 @@ import torch
 
 from kernels import reference
 
+if (os.environ.get("AFILM_KERNEL", "").strip().lower() == "triton" and not torch.cuda.is_available()
+        and not os.environ.get("TRITON_INTERPRET")):
+    # switched on here, before anything (torch's optimizers import triton through torch._dynamo) can
+    # import triton for the compiler: kernels/block_film.py could not switch it on later
+    os.environ["TRITON_INTERPRET"] = "1"
+
 OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat", "pool_film",
        "pool_act_film")
 
@@ -64,6 +70,10 @@ def backend_for(x) -> str:
         if error:
             raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported "
                                     f"({error})")
+        if not (x.is_cuda or triton_ops().INTERPRET):
+            raise KernelChoiceError(f"AFILM_KERNEL=triton needs CUDA tensors here (got one on {x.device}); "
+                                    "set TRITON_INTERPRET=1 to run the kernels on CPU (slow), or "
+                                    "AFILM_KERNEL=torch")
         return "triton"
     raise KernelChoiceError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 

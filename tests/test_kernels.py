@@ -452,6 +452,40 @@ def test_kernels_compile_for_sm90():
     assert proc.stdout.count("compiled") == 36  # 9 kernel variants x 4 (dtype, block) cases
 
 
+_CPU_TRITON_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    import kernels
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports triton via torch._dynamo
+    from afilm_cli.sysinfo import system_info
+    system_info()
+    x = torch.randn(2, 3, 40)
+    try:
+        y = kernels.block_max_pool(x, 8)
+    except kernels.KernelChoiceError as e:
+        print("refused:", e)
+        sys.exit(3)
+    assert torch.equal(y, kernels.reference.block_max_pool(x, 8))
+    print("ok", "triton" in sys.modules)
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only path")
+def test_afilm_kernel_triton_on_cpu_switches_the_interpreter_on_before_triton_is_imported():
+    """AFILM_KERNEL=triton on a CPU machine failed in train (Adam imports triton) and bench
+    (system_info imported it) with 'triton was imported before...'; without the interpreter the
+    ops ended in a ValueError traceback instead of the CLI's one line."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(AFILM_KERNEL="triton", PYTHONPATH=str(root))
+    run = lambda env: subprocess.run([sys.executable, "-c", _CPU_TRITON_SCRIPT], env=env, cwd=root,  # noqa: E731
+                                     capture_output=True, text=True, timeout=300)
+    proc = run(env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok True", proc.stdout + proc.stderr[-3000:]
+    proc = run({**env, "TRITON_INTERPRET": "0"})
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert "needs CUDA tensors here (got one on cpu); set TRITON_INTERPRET=1" in proc.stdout
+
+
 # ---------------------------------------------------------------------------------------------------
 # CUDA: the same checks at the paper model's layer shapes (batch 2)
 

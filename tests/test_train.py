@@ -876,6 +876,13 @@ def test_resume_mid_epoch_refuses_other_patches_of_the_same_count(data, tmp_path
     assert train(_cfg(data, tmp_path, train=str(copy), epochs=1, **resume)).step == 3
 
 
+def test_bf16_on_cpu_is_said_to_train_in_fp32(data, tmp_path, capsys):
+    """--precision bf16 enables autocast on CUDA alone; on CPU it was accepted without a word."""
+    train(_cfg(data, tmp_path, max_steps=1, val=None, precision="bf16"))
+    out = capsys.readouterr().out
+    assert "--precision bf16 is autocast on CUDA only: this run on cpu trains in fp32" in out
+
+
 def test_validation_patches_of_another_length_are_refused(data, tmp_path):
     x, y = data["arrays"]
     short = _write(tmp_path / "short.h5", x[:4, :1024], y[:4, :1024], patch=1024)
