@@ -437,8 +437,15 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
     the system load before and after: on a shared machine it explains the spread). ``on_update`` gets
     the report so far (``"complete": False``) after each section, kernel layer and preset, so a long
     run that is stopped keeps what it measured."""
+    import afilm_cli.models.layers  # noqa: F401 - says in one line where another 'kernels' package is found
+    from afilm_cli.errors import AfilmError
     from afilm_cli.sysinfo import system_info
 
+    for option, value, used_by in (("--models", models, ("model", "train")),
+                                   ("--layers", layers, ("kernels",))):
+        if value and not set(used_by) & set(sections):  # accepted and ignored before, unknown names too
+            raise AfilmError(f"{option} applies to the {' and '.join(used_by)} section(s), which this run "
+                             "does not measure")
     names = select_models(models, device, quick) if {"model", "train"} & set(sections) else []
     shapes = select_layers(layers) if "kernels" in sections else None
     report: dict[str, Any] = {

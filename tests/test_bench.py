@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from afilm_cli import bench
+from afilm_cli.errors import AfilmError
 
 ROW_KEYS = {"section", "name", "variant", "unit", "median", "min", "max", "ratio", "baseline", "settings"}
 
@@ -83,6 +84,15 @@ def test_json_has_hardware_versions_and_settings(report):
     assert data["settings"]["quick"] is True and data["settings"]["models"] == ["afilm_tiny"]
     assert data["device"] == "cpu" and len(data["load_avg_start"]) == 3 and data["complete"] is True
     assert "Triton kernels need CUDA" in data["notes"]["kernels"]
+
+
+def test_models_and_layers_for_sections_not_run_are_refused():
+    """--models/--layers were accepted and ignored (unknown names too) when their section did not run."""
+    for sections, kwargs, match in ((["prepare"], {"models": "nonexistent_xyz"}, "--models applies to the "
+                                     "model and train section"),
+                                    (["model"], {"layers": "ZZ"}, "--layers applies to the kernels section")):
+        with pytest.raises(AfilmError, match=match):
+            bench.run_bench(sections, torch.device("cpu"), quick=True, **kwargs)
 
 
 def test_run_bench_reports_partial_results_as_it_goes():

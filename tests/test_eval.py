@@ -500,6 +500,11 @@ def test_cli_eval_keeps_existing_plots_without_force(ckpts, wavs, h5, tmp_path, 
     assert not (plots / "patch_000000.png").exists() and not (tmp_path / "r4").exists()
     code, err, _ = _run_main(capsys, monkeypatch, *args, "--max-plots", "1")
     assert code == 0 and (plots / "patch_000001.png").read_bytes() == b"mine", err
+    # without --plots, --max-plots was accepted and ignored
+    code, err, windows = _run_main(capsys, monkeypatch, "--ckpt", ckpt, "--data", h5,
+                                   "--out", tmp_path / "r5", "--max-plots", "3")
+    assert (code, err, windows) == (2, ["afilm: error: --max-plots goes with --plots FOLDER: without it no "
+                                        "PNG is written"], 0)
     assert (plots / "patch_000000.png").read_bytes()[:8] == PNG_MAGIC
 
 

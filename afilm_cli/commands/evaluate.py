@@ -65,7 +65,8 @@ def command(
                    ] = Path("eval"),
     plots: Annotated[Path | None, typer.Option("--plots", help="Write LR / prediction / HR spectrogram "
                                                "PNGs into this folder.")] = None,
-    max_plots: Annotated[int, typer.Option("--max-plots", min=0, help="At most this many PNGs.")] = 20,
+    max_plots: Annotated[int | None, typer.Option("--max-plots", min=0, help="With --plots: at most this "
+                                                  "many PNGs (default 20).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     degrade: Annotated[str | None, typer.Option(
         "--degrade", metavar="METHOD", help="With --wavs: make the low-rate input by decimate, resample or "
@@ -87,6 +88,9 @@ def command(
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
     if data is not None and degrade is not None:
         raise AfilmError("--degrade goes with --wavs: an HDF5 split holds its low-rate input already")
+    if max_plots is not None and plots is None:  # accepted and ignored before
+        raise AfilmError("--max-plots goes with --plots FOLDER: without it no PNG is written")
+    max_plots = 20 if max_plots is None else max_plots
     if data is not None:  # the missing input first, before the outputs
         from afilm_cli.data.h5 import check_patch_path
 
