@@ -201,10 +201,12 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         from afilm_cli.models import create_model
         from afilm_cli.registry import MODELS
 
-        if not MODELS.meta(cfg.model).get("pretrained"):  # (weights cannot be loaded on the meta device)
-            with torch.device("meta"):
-                model = create_model(cfg.model, **cfg.model_args)
-            _refuse_unused_model_args(model, cfg.model_args)
+        if MODELS.meta(cfg.model).get("pretrained"):  # it started from the weights, logged as no --init
+            raise AfilmError(f"--model {cfg.model} is a bundled pretrained model: to fine-tune it, pass "
+                             f"--init {cfg.model} (the run then starts from its weights, and says so)")
+        with torch.device("meta"):
+            model = create_model(cfg.model, **cfg.model_args)
+        _refuse_unused_model_args(model, cfg.model_args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cfg = dataclasses.replace(cfg, world_size=world)
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))

@@ -876,6 +876,15 @@ def test_resume_mid_epoch_refuses_other_patches_of_the_same_count(data, tmp_path
     assert train(_cfg(data, tmp_path, train=str(copy), epochs=1, **resume)).step == 3
 
 
+def test_a_bundled_model_as_model_is_refused_for_init(data, tmp_path):
+    """train --model afilm_speech_r4 quietly started from the pretrained weights, its log saying
+    init: null."""
+    with pytest.raises(AfilmError, match=r"^--model afilm_speech_r4 is a bundled pretrained model: to "
+                                         r"fine-tune it, pass --init afilm_speech_r4 "):
+        train(_cfg(data, tmp_path, model="afilm_speech_r4", max_steps=1))
+    assert not (tmp_path / "run").exists()
+
+
 def test_bf16_on_cpu_is_said_to_train_in_fp32(data, tmp_path, capsys):
     """--precision bf16 enables autocast on CUDA alone; on CPU it was accepted without a word."""
     train(_cfg(data, tmp_path, max_steps=1, val=None, precision="bf16"))
