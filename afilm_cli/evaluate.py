@@ -59,6 +59,7 @@ from afilm_cli.metrics import (
     snr,
 )
 from afilm_cli.plots import save_spectrograms
+from afilm_cli.pretrained import bundled_name
 from afilm_cli.stages import FileSource, Stage
 
 SYSTEMS = ("model", "spline")
@@ -139,6 +140,12 @@ def _row(name: str, pred: np.ndarray, spline: np.ndarray, hr: np.ndarray, loaded
     return row
 
 
+def model_label(protocol: dict[str, Any]) -> str:
+    """``afilm_speech_r4 (afilm_small)`` for a bundled model, the architecture's name for others."""
+    bundled = protocol.get("bundled")
+    return f"{bundled} ({protocol['model_name']})" if bundled else protocol["model_name"]
+
+
 def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
     import scipy
 
@@ -148,6 +155,7 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
         "r": loaded.r, "sr": loaded.sr, "degrade": loaded.recipe["degrade"], "patch": loaded.recipe["patch"],
         "checkpoint_degrade": loaded.recipe["degrade"],
         "checkpoint": str(loaded.path), "model_name": loaded.ckpt["model_name"],
+        "bundled": bundled_name(loaded.path),  # the name the bundled models go by, None for others
         "parameters": count_parameters(loaded.model),
         **source,
         "metrics": {"snr": "10 log10(sum ref^2 / sum err^2) over the whole item",

@@ -53,6 +53,7 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     assert (d / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((d / "summary.json").read_text())
     assert summary["protocol"]["r"] == 4
+    assert summary["protocol"]["bundled"] is None  # a checkpoint of the user's: its architecture's name
     assert "SNR" in out.stdout and "spline" in out.stdout
     # the metrics are those of the wavs written beside them: the prediction and the spline of the
     # written low-rate input against the written truth (16-bit files: within rounding)

@@ -295,3 +295,16 @@ def test_upsample_without_ckpt_takes_the_bundled_model_for_each_files_rate(tmp_p
             assert np.abs(got - upsample_array(lr, rate, load_model(other), threads=1)).max() > 1e-3
     if len(rates) > 1:
         assert text.count(" for 1") == len(rates)
+
+
+def test_bundled_models_go_by_their_bundled_name_in_reports():
+    """The demo and eval tables and summary.json named the bundled model by its architecture
+    ('afilm_small') alone, where the README and help call it afilm_speech_r4."""
+    from afilm_cli.evaluate import model_label
+
+    path = pretrained.bundled_checkpoint_path("afilm_speech_r4")
+    assert pretrained.bundled_name(path) == "afilm_speech_r4"
+    assert pretrained.bundled_name(Path("elsewhere") / path.name) is None
+    assert model_label({"bundled": "afilm_speech_r4", "model_name": "afilm_small"}) == \
+        "afilm_speech_r4 (afilm_small)"
+    assert model_label({"bundled": None, "model_name": "afilm_small"}) == "afilm_small"

@@ -31,6 +31,7 @@ def command(
     """
     from afilm_cli import demo, infer  # lazy: torch loads only when the command runs
     from afilm_cli.atomic import make_output_dir
+    from afilm_cli.evaluate import model_label
     from afilm_cli.threads import parse_threads
 
     n_threads = parse_threads(threads)
@@ -44,7 +45,7 @@ def command(
     result = run["result"]
     p = result.protocol
     low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
-    title = (f"{p['model_name']} vs cubic spline on {len(result.rows)} held-out clip(s), "
+    title = (f"{model_label(p)} vs cubic spline on {len(result.rows)} held-out clip(s), "
              f"{low} -> {p['sr'] / 1000:g} kHz ({p['degrade']})")
     table = summary_table(result, title)
     Console().print(table)

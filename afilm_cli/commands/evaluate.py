@@ -131,8 +131,8 @@ def command(
     csv_path, json_path = evaluate.write_results(result, out, force=force)
 
     p = result.protocol
-    table = summary_table(result, f"{p['model_name']} vs spline, r={p['r']}, {p['sr']} Hz, {p['degrade']}, "
-                                  f"{len(result.rows)} item(s) of {escape(p['data'])}")
+    table = summary_table(result, f"{evaluate.model_label(p)} vs spline, r={p['r']}, {p['sr']} Hz, "
+                                  f"{p['degrade']}, {len(result.rows)} item(s) of {escape(p['data'])}")
     Console().print(table)
     Console().print(bands_table(result))
     err.print(f"checkpoint: {escape(str(p['checkpoint']))}", soft_wrap=True)  # the default may be runs/

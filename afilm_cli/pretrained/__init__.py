@@ -82,6 +82,13 @@ def sha256sum(path: Path) -> str:
     return h.hexdigest()
 
 
+def bundled_name(path: str | os.PathLike) -> str | None:
+    """The bundled model's name when ``path`` is its file, else None."""
+    path = Path(path)
+    return next((e.name for e in BUNDLED.values()
+                 if path.name == e.file and path.resolve().parent == HERE.resolve()), None)
+
+
 def bundled_checkpoint_path(name: str | None = None) -> Path:
     """Path of a bundled checkpoint after verifying its SHA-256 (AfilmError if absent or damaged)."""
     name = name or DEFAULT
