@@ -451,7 +451,10 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
     report: dict[str, Any] = {
         "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "system": system_info(), "device": str(device),
-        "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R},
+        "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R,
+                     # model/train/prepare: timed runs after one untimed warm-up (the kernel suite's own
+                     # timing is in its rows)
+                     "repeats": 2 if quick else 3, "warmup": 1},
         "load_avg_start": _loadavg(), "notes": {}, "rows": [], "complete": False,
     }
 

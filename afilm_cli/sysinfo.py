@@ -24,21 +24,34 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str | None:
+    """The checkout's commit, ``-dirty`` when files differ from it; None where afilm is not run from its
+    own checkout (an install inside another repository would report that repository's commit)."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=5, cwd=here)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here.parent:
+            return None
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, timeout=5, cwd=here)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# environment variables that change what is measured (the kernel path, the interpreter, thread pools)
+ENV_PREFIXES = ("AFILM_", "TRITON_", "OMP_", "MKL_", "CUDA_VISIBLE_DEVICES")
+
+
 def system_info() -> dict[str, Any]:
     from importlib import metadata
 
-    try:  # not `import triton`: once imported, the kernels can no longer switch its CPU interpreter on
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = None
+    def version(package: str) -> str | None:
+        # not `import triton`: once imported, the kernels can no longer switch its CPU interpreter on
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
     cuda = torch.cuda.is_available()
     return {
         "cpu": cpu_model(),
@@ -48,8 +61,10 @@ def system_info() -> dict[str, Any]:
         "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": triton_version,
+        "triton": version("triton"),
+        "numpy": version("numpy"), "scipy": version("scipy"), "h5py": version("h5py"),
         "afilm": __version__,
         "git_commit": git_commit(),
         "platform": platform.platform(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
     }

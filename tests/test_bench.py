@@ -78,12 +78,31 @@ def test_json_output_is_checked_before_the_run(tmp_path):
 def test_json_has_hardware_versions_and_settings(report):
     data, _ = report
     system = data["system"]
-    for key in ("cpu", "cores", "gpu", "torch", "triton", "afilm", "git_commit", "torch_threads"):
+    for key in ("cpu", "cores", "gpu", "torch", "triton", "afilm", "git_commit", "torch_threads", "numpy",
+                "scipy", "h5py", "env"):
         assert key in system
     assert system["cores"] >= 1 and system["torch"] == torch.__version__
     assert data["settings"]["quick"] is True and data["settings"]["models"] == ["afilm_tiny"]
+    assert (data["settings"]["repeats"], data["settings"]["warmup"]) == (2, 1)
     assert data["device"] == "cpu" and len(data["load_avg_start"]) == 3 and data["complete"] is True
     assert "Triton kernels need CUDA" in data["notes"]["kernels"]
+
+
+def test_system_info_names_the_settings_that_change_the_figures(monkeypatch):
+    """AFILM_KERNEL=triton made a run 40x slower with nothing in the JSON to say why; the commit was
+    reported clean with changed files."""
+    from afilm_cli import sysinfo
+
+    monkeypatch.setenv("AFILM_KERNEL", "torch")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = sysinfo.system_info()["env"]
+    assert env["AFILM_KERNEL"] == "torch" and env["OMP_NUM_THREADS"] == "1" and "PATH" not in env
+    root = Path(sysinfo.__file__).resolve().parents[1]
+    described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=root,
+                               capture_output=True, text=True)
+    if described.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert sysinfo.git_commit() == described.stdout.strip()
 
 
 def test_models_and_layers_for_sections_not_run_are_refused():
