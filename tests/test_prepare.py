@@ -416,6 +416,13 @@ def test_folder_any_rate_val_dir_and_cli(vctk_mini, tmp_path):
     sf.write(root / "a.wav", np.stack([stereo, 0.5 * stereo], axis=1), 44100)
     shutil.copy(vctk_mini / "wav48" / "p227" / "p227_003.wav", root / "b.wav")
     shutil.copy(vctk_mini / "wav48" / "p228" / "p228_004.wav", root / "held" / "c.wav")
+    for other in (["--val-fraction", "0.5"], ["--by-subfolder"]):  # accepted and dropped before
+        proc = run_cli("prepare", "folder", str(root), "--r", "4", "--val-dir", str(root / "held"), *other,
+                       "--out", "prepared", cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"afilm: error: --val-dir names the validation files: {other[0]} would pick others; "
+            "give one of them")
+    assert not (tmp_path / "prepared").exists()
     proc = run_cli("prepare", "folder", str(root), "--r", "4", "--val-dir", str(root / "held"),
                    "--multiple", "1", "--out", "prepared", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -133,13 +133,16 @@ def folder(
     by_subfolder: Annotated[bool, typer.Option("--by-subfolder", help="Hold out whole top-level "
                             "subfolders (speakers) instead of files.")] = False,
     val_dir: Annotated[Path | None, typer.Option("--val-dir", help="Use this folder as the validation "
-                       "set (overrides --val-fraction).")] = None,
+                       "set (instead of --val-fraction or --by-subfolder).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Output name prefix (default: the folder's "
                     "name).")] = None,
     out: cli.Out = Path("data"),
     force: cli.Force = False,
 ) -> None:
     """Any folder of audio files: same recipe as VCTK, validation by fraction, subfolder or folder."""
+    if val_dir is not None and (val_fraction is not None or by_subfolder):  # one was silently dropped
+        given = "--val-fraction" if val_fraction is not None else "--by-subfolder"
+        raise AfilmError(f"--val-dir names the validation files: {given} would pick others; give one of them")
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or 4096, sam=1.0 if sam is None else sam,
                     degrade=degrade or "decimate", seed=seed, multiple=multiple, speed=speed).validate()
     prepare_folder(root, recipe, name=name, val_fraction=0.1 if val_fraction is None else val_fraction,
