@@ -116,6 +116,9 @@ def test_without_graph_timer_rows_are_launch_only():
     assert cli["ratio"] == 1.0 and cli["min"] <= cli["median"] <= cli["max"]
     text = render([cli], "Triton kernels need CUDA")
     assert "GPU ms" not in text and "launch ms" not in text and " ms " in text
+    assert "x eager" not in text and "1.00x" not in text  # eager alone: no column of ratios to itself
+    launch_only = [{**cli, "variant": "triton", "ratio": 2.0}, cli]  # compared, without graphs
+    assert "x eager" in render(launch_only, None) and "2.00x" in render(launch_only, None)
     assert "Triton kernels need CUDA" in " ".join(text.split())  # the caption may wrap
 
 

@@ -130,8 +130,11 @@ def _kernel_table(rows: list[dict[str, Any]], caption: str):
     graphed = any(r.get("timer") == "cuda graph" for r in rows)
     peak = any(r["settings"].get("pct_peak") is not None for r in rows)
     failed = any("error" in r or "graph_error" in r for r in rows)
-    cols = (["GPU ms", "x eager", "GB/s"] + (["% peak"] if peak else []) + ["launch ms", "x eager (launch)"]
-            if graphed else ["ms", "x eager", "GB/s"] + (["% peak"] if peak else []))
+    # eager alone (a CPU run: no Triton, no compile) has nothing to be a ratio to: no column of 1.00x
+    compared = len({r["variant"] for r in rows}) > 1
+    pct = ["% peak"] if peak else []
+    cols = (["GPU ms", "x eager", "GB/s", *pct, "launch ms", "x eager (launch)"] if graphed
+            else ["ms", *(["x eager"] if compared else []), "GB/s", *pct])
     if graphed and any(r["settings"].get("gbps_timer") == "launch" for r in rows if "error" not in r):
         caption += "; *: from the launch time (the graph capture failed)"
     table = Table(title="kernels: ms per call" + (" (GPU time in a CUDA graph; launch: per Python call)"
@@ -145,7 +148,7 @@ def _kernel_table(rows: list[dict[str, Any]], caption: str):
             cells = [""] * len(cols)
         else:
             gpu = ([_num(r["median"]), _ratio(r["ratio"])] if r["median"] is not None
-                   else ["[red]failed[/red]", ""])
+                   else ["[red]failed[/red]", ""])[:2 if graphed or compared else 1]
             mark = "*" if graphed and s.get("gbps_timer") == "launch" else ""  # capture failed
             cells = gpu + [_num(s.get("gbps")) + mark] + ([_num(s.get("pct_peak")) + mark] if peak else [])
             if graphed:
