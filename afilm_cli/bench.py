@@ -142,6 +142,8 @@ def model_variants(device: torch.device, cores: int) -> tuple[str, dict[str, dic
              "inference_mode (default)": dict(threads="auto", precision="fp32"),
              f"inference_mode, {cores} threads": dict(threads=cores, precision="fp32"),
              "inference_mode, 1 thread": dict(threads=1, precision="fp32")}
+        if cores == 1:  # one thread allowed (OMP_NUM_THREADS=1, one core): the same row twice
+            del v["inference_mode, 1 threads"]
         return "eager, autograd on", v
     v = {"torch ops fp32, eager": dict(kernel="torch", precision="fp32", graphs="off"),
          "torch ops fp32, CUDA graph (default)": dict(kernel="torch", precision="fp32"),

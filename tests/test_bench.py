@@ -205,6 +205,13 @@ def test_select_models_defaults_and_patterns():
     assert bench.select_models("spline, afilm_t*", cpu, quick=False) == ["spline", "afilm_tiny"]
 
 
+def test_cpu_variants_have_no_duplicate_thread_count():
+    """With one thread allowed (OMP_NUM_THREADS=1), '1 threads' and '1 thread' were the same row twice."""
+    cpu = torch.device("cpu")
+    assert [v["threads"] for v in bench.model_variants(cpu, 1)[1].values()] == ["auto", "auto", 1]
+    assert [v["threads"] for v in bench.model_variants(cpu, 2)[1].values()] == ["auto", "auto", 2, 1]
+
+
 def test_cuda_variants_compare_against_the_default_path():
     """On CUDA the baseline is torch ops, fp32, eager (no CUDA graph); the default path (a captured
     graph) is a variant, and so are the Triton kernels with and without a graph; compile runs the torch
