@@ -408,7 +408,8 @@ def test_a_deleted_speaker_folder_is_restored_by_download(server, vctk_mini, tmp
     assert "does not download or extract the corpus again" in " ".join(proc.stdout.split())
 
 
-def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys):
+def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys,
+                                                                       monkeypatch):
     """A kept archive (here a tar.gz) restores deleted files without a request; files still there,
     even changed ones, are left as they are."""
     buf = io.BytesIO()
@@ -432,6 +433,18 @@ def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, v
     assert f"by --download, but {lost}: preparing without them" in proc.stderr
     assert sum("missing" in line for line in proc.stderr.splitlines()) == 1
 
+    # a restore stopped midway keeps the marker: the next run restores again, not a full extraction
+    # over the files still there (the changed one included)
+    from afilm_cli.data import download as dl
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(dl, "_extract_members", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert (root / ".afilm-extracted-v.tar.gz").exists()
     capsys.readouterr()
     fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
     err = capsys.readouterr().err

@@ -307,7 +307,10 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
     if sha256 is None:
         note(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
     note(f"extracting {path.name}")
-    marker.unlink(missing_ok=True)  # kept until now: a download stopped before this point restores again
+    if restore is None:  # kept until now: a download stopped before this point restores again; kept on
+        # through a restore too, so one stopped midway restores again rather than extracting everything
+        # over the files still there
+        marker.unlink(missing_ok=True)
     names, files = _extract_members(path, root, restore)
     with atomic_path(marker) as tmp:  # a marker cut short would list fewer files
         tmp.write_text("\n".join([archive.url, *_top_level(names), *_below_top(files)]) + "\n")
