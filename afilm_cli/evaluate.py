@@ -352,6 +352,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py)."""
     if degrade is not None:
         check_degrade(degrade)
+    from afilm_cli.threads import resolve_threads
+
+    resolve_threads(threads, torch.device(device))  # a bad setting is the run's error, not each file's
     folder = Path(folder)
     files = find_audio(folder)[:limit]
     # every file checked first: a bad one is known before the long part, and one bad file among
@@ -421,6 +424,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
             lr, pred, hr, whole = head
             title = name if whole else f"{name} (first {PLOT_SECONDS:g} s)"
             plots.append(_plot(plots_dir / plotted[name], lr, pred, hr, loaded, title))
+    if not rows:  # every usable file failed when its turn came: no summary of nothing
+        raise AfilmError(f"{folder}: none of the {len(usable)} usable files could be read when evaluated; "
+                         "see the warnings above")
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
               # skipped_silent: the names alone, as before `skipped` (every file left out, with why)

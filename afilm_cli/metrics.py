@@ -274,9 +274,13 @@ class Segmented:
         self.low = np.zeros(0)  # the low-pass there, from the segment before (its fade-out)
         self.done = 0  # segments done
 
-    def add(self, x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Take the next samples (n, columns); yield (low-pass, first column) over the samples that no
-        later segment changes, in order: all ``length`` of them once every sample is in."""
+    def add(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Take the next samples (n, columns); return (low-pass, first column) over the samples that no
+        later segment changes, in order: all ``length`` of them once every sample is in. (A list, not a
+        generator: the samples are taken whether or not the caller looks at what comes back.)"""
+        return list(self._segments(x))
+
+    def _segments(self, x: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         self.pending.append(np.asarray(x, np.float64))
         self.have += len(x)
         while self.done < self.count:

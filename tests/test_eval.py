@@ -413,6 +413,14 @@ def test_threads_set_what_the_model_runs_on(ckpts, h5, wavs):
         torch.set_num_threads(before)
 
 
+def test_a_bad_setting_is_an_error_not_a_skip_of_every_file(ckpts, wavs):
+    """Once scoring streamed, an error of the run's own setting (threads=0 from the Python API) was
+    caught as the file's: every file skipped, a summary of NaN returned."""
+    loaded = infer.load_model(ckpts["spline"])
+    with pytest.raises(AfilmError, match="thread"):
+        evaluate.evaluate_wavs(loaded, wavs, limit=2, threads=0)
+
+
 def test_cli_eval_skips_unusable_files_and_still_writes_results(ckpts, wavs, tmp_path):
     """The audit's case: one file of random bytes, one at 4 kHz and one of 10 samples in --wavs had
     stopped the whole run with no output; now each is one warning and the others are evaluated."""

@@ -307,6 +307,15 @@ def test_segmented_one_segment_is_exactly_the_whole_signal_dft(speech):
     assert np.array_equal(seg.energy, [metrics.band_energy(x, SR, edges) for x in (hr, err)])
 
 
+def test_segmented_takes_the_samples_whether_or_not_its_output_is_read(speech):
+    """add was a generator: called without looping over it, it took nothing."""
+    hr = speech[0].astype(np.float64)
+    seg = metrics.Segmented(len(hr), 1, SR, metrics.band_edges(SR, 4), 2000.0, 1 << 14, 1 << 11)
+    for a in range(0, len(hr), 5000):
+        seg.add(hr[a : a + 5000, None])
+    assert seg.energy.sum() == pytest.approx(float(np.sum(hr**2)), rel=1e-9)
+
+
 @pytest.mark.parametrize(("segment", "overlap"), [(1 << 14, 1 << 11), (1 << 16, 1 << 12)])
 def test_segmented_over_many_segments_is_close_to_one_dft(speech, segment, overlap):
     """A longer signal takes overlapping segments: the band energies still sum to the signal's energy
