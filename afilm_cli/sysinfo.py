@@ -32,8 +32,8 @@ def git_commit() -> str | None:
                              timeout=5, cwd=here)
         if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here.parent:
             return None
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
-                             text=True, timeout=5, cwd=here)
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude=*"],
+                             capture_output=True, text=True, timeout=5, cwd=here)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

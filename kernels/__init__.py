@@ -29,9 +29,10 @@ import torch
 from kernels import reference
 
 if (os.environ.get("AFILM_KERNEL", "").strip().lower() == "triton" and not torch.cuda.is_available()
-        and not os.environ.get("TRITON_INTERPRET")):
+        and not os.environ.get("TRITON_INTERPRET") and "triton" not in sys.modules):
     # switched on here, before anything (torch's optimizers import triton through torch._dynamo) can
-    # import triton for the compiler: kernels/block_film.py could not switch it on later
+    # import triton for the compiler: kernels/block_film.py could not switch it on later (where triton
+    # is loaded already, block_film.py says to set the variable in the environment)
     os.environ["TRITON_INTERPRET"] = "1"
 
 OPS = ("block_max_pool", "block_film", "pool_act_block_max", "block_film_concat", "pool_film",

@@ -453,7 +453,9 @@ def test_kernels_compile_for_sm90():
 
 
 _CPU_TRITON_SCRIPT = textwrap.dedent("""
-    import sys, torch
+    import os, sys, torch
+    if os.environ.get("AFILM_PRELOAD_TRITON"):
+        import triton
     import kernels
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports triton via torch._dynamo
     from afilm_cli.sysinfo import system_info
@@ -481,6 +483,11 @@ def test_afilm_kernel_triton_on_cpu_switches_the_interpreter_on_before_triton_is
                                      capture_output=True, text=True, timeout=300)
     proc = run(env)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok True", proc.stdout + proc.stderr[-3000:]
+    # triton imported before kernels (a Python API user's own import): block_film.py's one line, not
+    # an interpreter error from every op
+    proc = run({**env, "AFILM_PRELOAD_TRITON": "1"})
+    assert proc.returncode == 3 and "set TRITON_INTERPRET=1 in the environment" in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
     proc = run({**env, "TRITON_INTERPRET": "0"})
     assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
     assert "needs CUDA tensors here (got one on cpu); set TRITON_INTERPRET=1" in proc.stdout
