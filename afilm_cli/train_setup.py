@@ -205,16 +205,12 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
         digest = ckpt.get("train_fingerprint")  # None in checkpoints from before it was recorded
         if digest is None or digest == train_pf.fingerprint():
             return
-        was = ckpt["train_config"].get("train")
-        raise AfilmError(f"{train_pf.path} holds other patches than {was} ({n} of each), on which "
-                         f"{ckpt['path']} stopped {ckpt['epoch_step']} batches into an epoch, which cannot "
-                         f"go on over another file; resume with --train {was}, or start a new run from "
-                         f"these weights with --init {ckpt['path']}")
     was = ckpt["train_config"].get("train")
-    count = f" ({old} patches)" if old is not None else ""
-    raise AfilmError(f"{train_pf.path} holds {n} patches, but {ckpt['path']} stopped {ckpt['epoch_step']} "
-                     f"batches into an epoch of {was}{count}, which cannot go on over another file; resume "
-                     f"with --train {was}, or start a new run from these weights with --init {ckpt['path']}")
+    stopped = f"{ckpt['path']} stopped {ckpt['epoch_step']} batches into an epoch"
+    what = (f"holds other patches than {was} ({n} of each), on which {stopped}" if old == n else
+            f"holds {n} patches, but {stopped} of {was}" + (f" ({old} patches)" if old is not None else ""))
+    raise AfilmError(f"{train_pf.path} {what}, which cannot go on over another file; resume with --train "
+                     f"{was}, or start a new run from these weights with --init {ckpt['path']}")
 
 
 def same_file(a: Path, b: Path) -> bool:
