@@ -187,20 +187,21 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
                                              **speed):
                     pass
 
-        fns, stats = {}, {}
+        fns, stats, chosen = {}, {}, {}
         for variant, s in variants.items():
             s = dict(s)
             s["stats"] = stats.setdefault(variant, {})  # what "auto" threads picked, whether a graph ran
             if "autograd" in s:  # model_windows has no autograd switch: it is a bench-only variant
-                fns[variant] = _autograd_run(loaded, lr, device, batch_size, window, s)
+                fn = _autograd_run(loaded, lr, device, batch_size, window, s)
             else:
-                fns[variant] = lambda s=s: run(**s)
+                fn = lambda s=s: run(**s)  # noqa: E731
+            fns[variant] = _noting_threads(fn, s["stats"], chosen.setdefault(variant, []))
         results = interleaved(fns, repeats)
         settings = {v: {**s, "batch_size": batch_size, "window": window, "clip_s": seconds}
                     for v, s in variants.items()}
         for v, st in stats.items():
             if variants[v].get("threads") == "auto":
-                settings[v]["threads_chosen"] = st.get("threads")
+                settings[v]["threads_chosen"] = _threads_chosen(chosen[v][-repeats:])  # timed runs only
             if "cuda_graph" in st:  # False: the capture failed and the variant ran eager
                 settings[v]["cuda_graph"] = st["cuda_graph"]
         rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
@@ -212,6 +213,23 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         if on_rows:
             on_rows(list(rows))
     return rows
+
+
+def _noting_threads(fn: Callable[[], None], stats: dict, seen: list) -> Callable[[], None]:
+    """``fn`` that appends the thread count each call ran with to ``seen`` ("auto" picks anew per run)."""
+    def run():
+        fn()
+        seen.append(stats.get("threads"))
+    return run
+
+
+def _threads_chosen(seen: list) -> int | str | None:
+    """One count where every timed run of an "auto" variant took the same; otherwise each run's, in
+    order (e.g. "2,2,1"), so that a row whose runs differed in threads says so."""
+    seen = [t for t in seen if t is not None]
+    if not seen:
+        return None
+    return seen[0] if len(set(seen)) == 1 else ",".join(map(str, seen))
 
 
 def _autograd_run(loaded, lr, device, batch_size, window, s) -> Callable[[], None]:

@@ -232,3 +232,18 @@ def test_cuda_variants_compare_against_the_default_path():
     with bench.cudnn_autotune(not before):
         assert torch.backends.cudnn.benchmark is (not before)
     assert torch.backends.cudnn.benchmark is before
+
+
+def test_auto_thread_rows_say_when_their_runs_differed(monkeypatch):
+    """'auto' threads pick anew per run from the load on the machine: a row whose timed runs ran on
+    different counts says each (not the last one alone); runs that agree give one count."""
+    from afilm_cli import windows
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    loads = iter([0.0, 0.0, 1.0] * 20)  # other tasks' busy cores seen by each run (two auto variants)
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: next(loads))
+    rows = bench.bench_model(["afilm_tiny"], torch.device("cpu"), quick=True, seconds=0.5, repeats=2,
+                             sweep=False)
+    auto = [r["settings"]["threads_chosen"] for r in rows if r["settings"]["threads"] == "auto"]
+    assert len(auto) == 2 and all(isinstance(c, str) and set(c.split(",")) == {"1", "2"} for c in auto), auto
+    assert bench._threads_chosen([2, 2]) == 2 and bench._threads_chosen([None]) is None
