@@ -1,9 +1,18 @@
 """Name -> builder registries for models and datasets, with lazy entry-point plugins.
 
 Built-ins register on import (``@MODELS.register("afilm")``). Third-party packages plug in through
-the entry-point groups ``afilm.models`` and ``afilm.datasets``: each entry point names a module (or
-an object) that registers its builders when loaded. Plugins load the first time a registry is
-queried; a broken plugin is skipped with a warning, and ``AFILM_DISABLE_PLUGINS=1`` skips them all.
+the entry-point groups ``afilm.models`` and ``afilm.datasets``. The rule for an entry point: it is
+*loaded*, which imports its module, and the module registers its builders while it is imported
+(``@MODELS.register`` / ``@DATASETS.register`` at module level). An entry point may name an object
+(``pkg.mod:obj``): the module is imported and the object looked up, never called, so a
+``register_all()`` function named there registers nothing (afilm warns about an entry point that
+registered nothing).
+
+Plugins load the first time a registry is queried, each entry point all or nothing: a plugin whose
+import fails (an exception, ``sys.exit()``, a name that is already registered) is skipped with a
+warning, and every builder it registered before failing is taken out again, in every registry. Where
+two plugins register one name, the first loaded keeps it and the second is skipped, the warning naming
+both. ``AFILM_DISABLE_PLUGINS=1`` skips them all.
 """
 
 from __future__ import annotations
@@ -11,9 +20,10 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from afilm_cli.errors import AfilmError
@@ -30,6 +40,23 @@ class UnknownNameError(AfilmError, KeyError):
         return str(self.args[0])
 
 
+def plugins_disabled() -> bool:
+    return os.environ.get("AFILM_DISABLE_PLUGINS", "") not in ("", "0")
+
+
+class _Loading:
+    """The entry point being loaded: what it registered (and unregistered), to undo if it fails."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.undo: list[Callable[[], None]] = []
+        self.added = 0
+
+
+_PACKAGE = __name__.partition(".")[0]
+_loading: list[_Loading] = []  # a stack: a plugin may query another registry, which loads its own plugins
+
+
 class Registry:
     """A small name -> builder mapping. Duplicate names raise; unknown names list the known ones."""
 
@@ -39,6 +66,8 @@ class Registry:
         self.builtins = builtins  # module whose import registers the built-ins (imported lazily)
         self._builders: dict[str, Callable[..., Any]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._origin: dict[str, str] = {}  # name -> "built-in" or the plugin that registered it
+        self._skipped: list[str] = []  # plugins of this group skipped with a warning
         self._plugins_loaded = False
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[Callable], Callable]:
@@ -47,24 +76,59 @@ class Registry:
         def deco(fn: Callable) -> Callable:
             key = name or fn.__name__
             if key in self._builders:
-                raise ValueError(f"{self.kind} {key!r} is already registered")
+                by = self._origin.get(key)
+                raise ValueError(f"{self.kind} {key!r} is already registered" + (f" by {by}" if by else ""))
             self._builders[key] = fn
             self._meta[key] = dict(meta)
+            if self._is_builtin(fn):  # even where a plugin's import is what imported the built-ins
+                self._origin[key] = "afilm (built-in)"
+            elif _loading:
+                load = _loading[-1]
+                self._origin[key] = f"{load.label}, which keeps it"
+                load.undo.append(lambda: self._builders.get(key) is fn and self.unregister(key))
+                load.added += 1
             return fn
 
         return deco
 
+    @staticmethod
+    def _is_builtin(fn: Callable) -> bool:
+        """A builder of afilm's own (afilm_cli.models, afilm_cli.pretrained, afilm_cli.data)."""
+        return (getattr(fn, "__module__", None) or "").startswith(_PACKAGE + ".")
+
     def unregister(self, name: str) -> None:
+        if name in self._builders and _loading:
+            fn, meta, origin = self._builders[name], self._meta[name], self._origin.get(name)
+            _loading[-1].undo.append(lambda: self._restore(name, fn, meta, origin))
         self._builders.pop(name, None)
         self._meta.pop(name, None)
+        self._origin.pop(name, None)
+
+    def _restore(self, name: str, fn: Callable, meta: dict[str, Any], origin: str | None) -> None:
+        self._builders[name], self._meta[name] = fn, meta
+        if origin is not None:
+            self._origin[name] = origin
 
     def get(self, name: str) -> Callable[..., Any]:
         self.load_plugins()
         try:
             return self._builders[name]
         except KeyError:
-            known = ", ".join(self.names()) or "none"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(self._unknown(name)) from None
+
+    def _unknown(self, name: str) -> str:
+        """'unknown model 'x'; known: ...', and where a plugin's name could be missing, why."""
+        msg = f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}"
+        if self.group is None:
+            return msg
+        if plugins_disabled():
+            return (msg + f" (plugins are off: AFILM_DISABLE_PLUGINS={os.environ['AFILM_DISABLE_PLUGINS']}; "
+                    f"{name!r} may come from one)")
+        if self._skipped:
+            s = "s" * (len(self._skipped) > 1)
+            return msg + f" (skipped plugin{s}: {', '.join(self._skipped)}; see the warning{s} above)"
+        return msg + (f" (a plugin's {self.kind} is known once the package providing it is installed: "
+                      f"entry-point group {self.group})")
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)
@@ -83,7 +147,7 @@ class Registry:
 
     def load_plugins(self) -> None:
         """Import the built-ins, then every entry point of the group, once; a failing plugin warns
-        and is skipped."""
+        and is skipped, leaving nothing registered (see the module doc)."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True  # set first: a plugin may query the registry while loading
@@ -93,18 +157,33 @@ class Registry:
             except BaseException:
                 self._plugins_loaded = False  # a broken install fails the same way on every query
                 raise
-        if self.group is None:
-            return
-        if os.environ.get("AFILM_DISABLE_PLUGINS", "") not in ("", "0"):
+        if self.group is None or plugins_disabled():
             return
         for ep in entry_points(group=self.group):
-            try:
-                ep.load()
-            except (Exception, SystemExit) as exc:  # a broken plugin must never take the CLI down
-                why = (str(exc) or type(exc).__name__ if not isinstance(exc, SystemExit)
-                       else "called sys.exit()" if exc.code is None else f"exited ({exc.code})")
-                warnings.warn(f"skipping {self.kind} plugin {ep.name!r} ({ep.value}): {why}", PluginWarning,
-                              stacklevel=2)
+            self._load_one(ep)
+
+    def _load_one(self, ep: EntryPoint) -> None:
+        label = f"{self.kind} plugin {ep.name!r} ({ep.value})"
+        imported_before = ep.module in sys.modules  # then its import registered what it had to, earlier
+        load = _Loading(label)
+        _loading.append(load)
+        try:
+            ep.load()
+        except (Exception, SystemExit) as exc:  # a broken plugin must never take the CLI down
+            for undo in reversed(load.undo):  # all or nothing: "skipping" leaves no half of it behind
+                undo()
+            why = (str(exc) or type(exc).__name__ if not isinstance(exc, SystemExit)
+                   else "called sys.exit()" if exc.code is None else f"exited ({exc.code})")
+            self._skipped.append(repr(ep.name))
+            warnings.warn(f"skipping {label}: {why}", PluginWarning, stacklevel=3)
+            return
+        finally:
+            _loading.remove(load)
+        if load.added == 0 and not imported_before:
+            called = f"; {ep.attr!r} is looked up, not called" if ep.attr else ""
+            warnings.warn(f"{label} registered nothing: an entry point's module must register its builders "
+                          f"when imported (@MODELS.register or @DATASETS.register at module level){called}",
+                          PluginWarning, stacklevel=3)
 
 
 MODELS = Registry("model", group="afilm.models", builtins="afilm_cli.models")

@@ -169,3 +169,111 @@ def test_a_failing_builtins_import_fails_the_same_way_every_time():
     for _ in range(2):  # the second query must not answer "unknown widget; known: none"
         with pytest.raises(ModuleNotFoundError, match="no_such_module"):
             reg.names()
+
+
+def _cli(*args: str, pythonpath: list[Path], cwd: Path | None = None, disable: str = "0"
+         ) -> subprocess.CompletedProcess:
+    """The real CLI with plugins on, found on ``pythonpath`` (earlier folders' entry points load first)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)),
+           "AFILM_DISABLE_PLUGINS": disable, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_plugin_clashing_midway_is_skipped_whole(tmp_path):
+    """`clash_first`, then the built-in name `afilm`, then `clash_after`: the warning says the plugin is
+    skipped, and so it is: neither of its other models is left behind (clash_first used to be)."""
+    (tmp_path / "afilm_clash.py").write_text(textwrap.dedent("""\
+        from afilm_cli.registry import MODELS
+        from afilm_example_plugin import Identity2x
+        for name in ("clash_first", "afilm", "clash_after"):
+            MODELS.register(name)(Identity2x)
+    """))
+    shutil.copytree(PLUGIN_SRC, tmp_path / PLUGIN_SRC.name)  # its model class, no entry point of its own
+    _install_plugin(tmp_path, None, "clash", "afilm.models", "afilm_clash")
+    out = _cli("models", pythonpath=[tmp_path])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ["afilm: warning: skipping model plugin 'clash' (afilm_clash): model "
+                                       "'afilm' is already registered by afilm (built-in)"]
+    assert "clash_first" not in out.stdout and "clash_after" not in out.stdout and "afilm_tiny" in out.stdout
+    out = _cli("models", "--info", "clash_first", pythonpath=[tmp_path])
+    assert out.returncode == 2 and "unknown model 'clash_first'" in out.stderr
+    assert "(skipped plugin: 'clash'; see the warning above)" in out.stderr
+
+
+def test_two_plugins_with_one_name_the_first_keeps_it(tmp_path):
+    for first, site in ((True, tmp_path / "a"), (False, tmp_path / "b")):
+        site.mkdir()
+        mod = f"afilm_dup_{'a' if first else 'b'}"
+        (site / f"{mod}.py").write_text(textwrap.dedent(f"""\
+            from afilm_cli.registry import MODELS
+            from afilm_example_plugin import Identity2x
+            MODELS.register("dup_model", description="from {mod}")(Identity2x)
+            MODELS.register("{mod}_other")(Identity2x)
+        """))
+        _install_plugin(site, None, f"dup-{'a' if first else 'b'}", "afilm.models", mod)
+    shutil.copytree(PLUGIN_SRC, tmp_path / PLUGIN_SRC.name)
+    out = _cli("models", pythonpath=[tmp_path / "a", tmp_path / "b", tmp_path])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "afilm: warning: skipping model plugin 'dup-b' (afilm_dup_b): model 'dup_model' is already "
+        "registered by model plugin 'dup-a' (afilm_dup_a), which keeps it"]
+    assert "dup_model" in out.stdout and "afilm_dup_a_other" in out.stdout
+    assert "afilm_dup_b_other" not in out.stdout
+    assert "from afilm_dup_a" in out.stdout and "from afilm_dup_b" not in out.stdout
+
+
+def test_a_failed_plugin_is_undone_in_every_registry(tmp_path, monkeypatch):
+    """All or nothing across registries: a model plugin that registered a dataset too, then failed."""
+    (tmp_path / "afilm_half_plugin.py").write_text(textwrap.dedent("""\
+        from afilm_cli.registry import DATASETS, MODELS
+        DATASETS.register("half_ds")(lambda: None)
+        MODELS.register("half_model")(lambda: None)
+        MODELS.unregister("spline")
+        raise RuntimeError("late failure")
+    """))
+    _install_plugin(tmp_path, None, "half", "afilm.test_half", "afilm_half_plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("AFILM_DISABLE_PLUGINS", "0")
+    from afilm_cli.registry import DATASETS
+
+    spline = MODELS.get("spline")
+    with pytest.warns(PluginWarning, match=r"skipping model plugin 'half' \(afilm_half_plugin\): late fail"):
+        Registry("model", group="afilm.test_half").load_plugins()
+    assert "half_ds" not in DATASETS._builders and "half_model" not in MODELS._builders
+    assert MODELS.get("spline") is spline and MODELS.meta("spline")["description"].startswith("cubic")
+
+
+def test_an_entry_point_naming_a_function_is_not_called_and_says_so(tmp_path):
+    """`viafunc = "afilm_bad.viafunc:register_all"`: the module is imported, the function never called;
+    nothing registered is one warning line instead of silence."""
+    pkg = tmp_path / "afilm_bad"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "viafunc.py").write_text(textwrap.dedent("""\
+        from afilm_cli.registry import MODELS
+
+        def register_all():
+            MODELS.register("viafunc_model")(lambda: None)
+    """))
+    _install_plugin(tmp_path, None, "viafunc", "afilm.models", "afilm_bad.viafunc:register_all")
+    out = _cli("models", pythonpath=[tmp_path])
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "afilm: warning: model plugin 'viafunc' (afilm_bad.viafunc:register_all) registered nothing: an "
+        "entry point's module must register its builders when imported (@MODELS.register or "
+        "@DATASETS.register at module level); 'register_all' is looked up, not called"]
+    assert "viafunc_model" not in out.stdout
+
+
+def test_unknown_model_hints_at_plugins(monkeypatch):
+    """A checkpoint of a plugin model read where the plugin is off or not installed."""
+    reg = Registry("model", group="afilm.test_hint")
+    reg.register("afilm")(lambda: 1)
+    with pytest.raises(AfilmError, match=r"^unknown model 'tinyconv'; known: afilm \(plugins are off: "
+                                         r"AFILM_DISABLE_PLUGINS=1; 'tinyconv' may come from one\)$"):
+        reg.get("tinyconv")
+    monkeypatch.setenv("AFILM_DISABLE_PLUGINS", "0")
+    with pytest.raises(AfilmError, match=r"; known: afilm \(a plugin's model is known once the package "
+                                         r"providing it is installed: entry-point group afilm.test_hint\)$"):
+        reg.get("tinyconv")
