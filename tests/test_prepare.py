@@ -355,8 +355,8 @@ def test_all_files_bad_is_an_error(tmp_path):
     spk.mkdir(parents=True)
     (spk / "p225_001.wav").write_bytes(b"not audio")
     with pytest.raises(AfilmError, match="no patches for train"):
-        prepare_vctk(tmp_path, Recipe(r=4), out=tmp_path / "out")
-    assert not (tmp_path / "out" / "vctk-single-r4-decimate-train.h5").exists()
+        prepare_vctk(tmp_path, Recipe(r=4), out=tmp_path / "out" / "deeper")
+    assert not (tmp_path / "out").exists()  # the folders it made for its output are taken out again
 
 
 def test_folder_by_subfolder_librispeech(libri_mini, tmp_path):
@@ -741,3 +741,44 @@ def test_missing_mic_files_name_the_mic_asked_for(vctk092, tmp_path):
                        r"layout, --mic mic2; there are mic1 files: --mic mic1 uses them\)") as exc:
         list_speakers(find_layout(tmp_path, "mic2"))
     assert "mic1.flac" not in str(exc.value)
+
+
+def test_run_prepare_checks_its_plans_before_writing(libri_mini, tmp_path):
+    """What a dataset plugin can hand run_prepare: each mistake is one AfilmError, and nothing, not even
+    the output folder, is made."""
+    from afilm_cli.data import cli
+    from afilm_cli.data.recipe import SplitPlan
+
+    files = [(p, "spk") for p in sorted((libri_mini / "train-clean-100").glob("*.flac"))[:2]]
+    out = tmp_path / "dX"
+    recipe = Recipe(r=4, multiple=1)
+    for plans, match in (
+            ([], r"nothing to prepare: expected one 'train' SplitPlan and at most one 'val', got none"),
+            ([SplitPlan("val", out / "c-val.h5", files)], r"got \['val'\]"),
+            ([SplitPlan("train", out / "mycorpus.h5", files)],
+             r"dX/mycorpus.h5: a training output must be named <stem>-train.h5, and its validation file "
+             r"<stem>-val.h5 beside it"),
+            ([SplitPlan("train", out / "a-train.h5", files), SplitPlan("val", out / "b-val.h5", files)],
+             r"b-val.h5: the validation output of .*a-train.h5 must be .*a-val.h5"),
+            ([SplitPlan("train", out / "a-train.h5", [])], r"^no audio files found for the training split"),
+            ([SplitPlan("train", out / "a-train.h5", []), SplitPlan("val", out / "a-val.h5", files)],
+             r"no files for the training split \(all 2 went to validation\)")):
+        with pytest.raises(AfilmError, match=match):
+            cli.run_prepare(recipe, plans, split_info={})
+        assert not out.exists()
+    for root, match in ((tmp_path / "nowhere", "nowhere: no such folder"),
+                        (tmp_path, f"^{tmp_path}: no audio files found$")):
+        with pytest.raises(AfilmError, match=match):
+            cli.run_prepare(recipe, [SplitPlan("train", out / "a-train.h5", [])], split_info={}, root=root)
+        assert not out.exists()
+    # a validation plan without files is dropped: the training file alone is written
+    res = cli.run_prepare(recipe, [SplitPlan("train", out / "a-train.h5", files),
+                                   SplitPlan("val", out / "a-val.h5", [])], split_info={})
+    assert [r.part for r in res] == ["train"] and sorted(p.name for p in out.iterdir()) == ["a-train.h5"]
+
+
+def test_prepare_folder_on_an_empty_folder_makes_no_output_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("prepare", "folder", "empty", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 2 and "empty: no audio files (looked for" in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -89,10 +89,46 @@ def _stale_val(train_out: Path, force: bool) -> None:
                          "share); pass --force to remove it")
 
 
+def check_plans(plans: list[SplitPlan], root: Path | None = None) -> list[SplitPlan]:
+    """The plans run_prepare writes, checked before anything is: one ``train`` plan with files, named
+    ``<stem>-train.h5``, and at most one ``val`` plan, named ``<stem>-val.h5`` beside it (what ``afilm
+    train`` finds and pairs). A val plan without files is dropped with a warning."""
+    where = f"{root}: " if root is not None else ""
+    parts = [plan.part for plan in plans]
+    if parts.count("train") != 1 or parts.count("val") > 1 or set(parts) - {"train", "val"}:
+        raise AfilmError(f"{where}{'nothing to prepare: ' * (not parts)}expected one 'train' SplitPlan and "
+                         f"at most one 'val', got {parts or 'none'}")
+    train = next(plan for plan in plans if plan.part == "train")
+    if not train.out.name.endswith("-train.h5"):
+        raise AfilmError(f"{train.out}: a training output must be named <stem>-train.h5, and its validation "
+                         "file <stem>-val.h5 beside it ('afilm train' finds and pairs them by these names; "
+                         "default_output_paths() gives both)")
+    val = next((plan for plan in plans if plan.part == "val"), None)
+    if val is not None and val.out != val_path_for(train.out):
+        raise AfilmError(f"{val.out}: the validation output of {train.out} must be {val_path_for(train.out)} "
+                         "('afilm train' pairs them by name)")
+    if not train.sources:
+        if root is not None and not Path(root).exists():
+            raise AfilmError(f"{root}: no such folder")
+        if val is not None and val.sources:
+            raise AfilmError(f"{where}no files for the training split (all {len(val.sources)} went to "
+                             "validation)")
+        raise AfilmError(f"{root}: no audio files found" if root is not None
+                         else "no audio files found for the training split (its file list is empty)")
+    if val is not None and not val.sources:
+        warn(f"no validation files: writing {train.out.name} only")
+        plans = [train]
+    return plans
+
+
 def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str, Any],
                 root: Path | None = None, force: bool = False) -> list[SplitResult]:
-    """Write every plan's output (skipping finished ones unless ``force``), then print a summary."""
+    """Write every plan's output (skipping finished ones unless ``force``), then print a summary.
+
+    Refused (AfilmError, nothing written, no folder made) for plans :func:`check_plans` refuses, and
+    when the training split gives no patch (every file skipped or shorter than one patch)."""
     recipe.validate()
+    plans = check_plans(plans, root)
     extra = {"split": split_info, "split_sources": split_fingerprint(plans, root)}
     if not any(plan.part == "val" for plan in plans):
         _stale_val(plans[0].out, force)
@@ -105,6 +141,7 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
             results.append(_existing(plan))
         else:
             todo.append(plan)
+    new_dirs = _missing_dirs(plan.out.parent for plan in todo)
     with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("files"), TimeElapsedColumn(), console=err) as progress:
         for plan in todo:
@@ -116,10 +153,31 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                 msg = (f"no patches for {plan.part}: {len(res.skipped)} of {len(plan.sources)} files were "
                        f"skipped and the rest are shorter than one patch ({recipe.patch} samples)")
                 if plan.part == "train":
+                    _remove_empty(new_dirs)
                     raise AfilmError(msg)
                 warn(msg + f"; {plan.out.name} not written")
     print_summary(results)
     return results
+
+
+def _missing_dirs(folders) -> list[Path]:
+    """Folders (and their missing parents) that do not exist yet, deepest first."""
+    missing: set[Path] = set()
+    for folder in folders:
+        for p in (folder, *folder.parents):
+            if p.exists():
+                break
+            missing.add(p)
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Take out the folders a refused run made (a run that wrote nothing leaves no trace)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else wrote there meanwhile) or already gone
+            pass
 
 
 def _existing(plan: SplitPlan) -> SplitResult:

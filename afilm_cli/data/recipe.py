@@ -19,6 +19,9 @@ Output naming (what ``afilm train`` looks for by default)::
 appears only when ``sr`` is not 16000. Different r/split/degrade therefore never share a file, and
 the other recipe fields (patch, stride, sam, seed, split rule) are checked on a rerun. See
 :func:`default_output_paths`, :data:`TRAIN_GLOB`/:data:`VAL_GLOB` and :func:`find_prepared`.
+Whatever the stem, the rule is required of every dataset, plugins included (``cli.run_prepare`` checks it
+before writing): a training output is named ``<stem>-train.h5`` and its validation output
+``<stem>-val.h5`` in the same folder, the names ``afilm train`` finds and pairs them by.
 """
 
 from __future__ import annotations
