@@ -161,7 +161,7 @@ def test_plugin_model_visible_in_cli(tmp_path):
 
 def test_plugin_package_declares_its_entry_point():
     text = (PLUGIN_SRC.parent / "pyproject.toml").read_text()
-    assert textwrap.dedent('[project.entry-points."afilm.models"]') in text
+    assert '[project.entry-points."afilm.models"]\nexample = "afilm_example_plugin"' in text
 
 
 def test_a_failing_builtins_import_fails_the_same_way_every_time():
@@ -277,3 +277,55 @@ def test_unknown_model_hints_at_plugins(monkeypatch):
     with pytest.raises(AfilmError, match=r"; known: afilm \(a plugin's model is known once the package "
                                          r"providing it is installed: entry-point group afilm.test_hint\)$"):
         reg.get("tinyconv")
+
+
+def _install_plugin_pkg(site: Path) -> None:
+    """tests/plugin_pkg as pip would install it: the package, and every entry point its pyproject declares."""
+    import tomllib
+
+    project = tomllib.loads((PLUGIN_SRC.parent / "pyproject.toml").read_text())["project"]
+    shutil.copytree(PLUGIN_SRC, site / PLUGIN_SRC.name)
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                   f"Version: {project['version']}\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+        for group, eps in project["entry-points"].items()))
+
+
+def test_the_documented_dataset_plugin_is_the_tested_one():
+    """afilm_cli/data/cli.py's docstring example, line for line, is tests/plugin_pkg's dataset module."""
+    from afilm_cli.data import cli
+
+    block = cli.__doc__.split("::\n\n", 1)[1].split("\nThe pieces:", 1)[0]
+    assert textwrap.dedent(block).strip() + "\n" == (PLUGIN_SRC / "datasets.py").read_text()
+    text = (PLUGIN_SRC.parent / "pyproject.toml").read_text()
+    assert '[project.entry-points."afilm.datasets"]\nexample = "afilm_example_plugin.datasets"' in text
+
+
+def test_example_dataset_plugin_prepares_data_that_trains(libri_mini, tmp_path):
+    """The documented plugin through the real CLI: `afilm prepare mycorpus DIR` on LibriSpeech files writes
+    a -train.h5 (and -val.h5) that `afilm train` takes; a folder with no audio is refused, no output folder
+    made. Both of the package's entry points load without a warning (the second finds its module imported)."""
+    site = tmp_path / "site"
+    _install_plugin_pkg(site)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for flac in sorted((libri_mini / "train-clean-100").glob("*.flac"))[:6]:
+        shutil.copy(flac, corpus / flac.name)
+    out = _cli("prepare", "mycorpus", str(corpus), pythonpath=[site], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "afilm: warning" not in out.stderr and "mycorpus-r4-decimate-train.h5" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "mycorpus-r4-decimate-train.h5", "mycorpus-r4-decimate-val.h5"]
+    out = _cli("train", "--model", "afilm_tiny", "--max-steps", "2", "--out", "run", pythonpath=[site],
+               cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "data/mycorpus-r4-decimate-train.h5" in out.stdout and (tmp_path / "run" / "last.pt").is_file()
+    (tmp_path / "empty").mkdir()
+    for root, said in ((tmp_path / "missing", "no such folder"),
+                       (tmp_path / "empty", "no audio files found")):
+        out = _cli("prepare", "mycorpus", str(root), "--out", "fresh", pythonpath=[site], cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr == f"afilm: error: {root}: {said}\n"
+        assert not (tmp_path / "fresh").exists()

@@ -3,7 +3,7 @@
 A DATASETS entry *is* the Typer command function (its parameters are the options, its docstring
 the help); the ``help`` meta is the one-liner shown by `afilm prepare --help`. Built-ins live in
 afilm_cli/data/{vctk,folder}.py; a plugin registers the same way from its ``afilm.datasets``
-entry point (see afilm_cli/data/cli.py for the shared options and the run/summary helper).
+entry point (afilm_cli/data/cli.py: a complete plugin module, the shared options, the run/summary helper).
 """
 
 from __future__ import annotations

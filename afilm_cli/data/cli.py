@@ -1,15 +1,68 @@
-"""What every `afilm prepare <dataset>` command shares: option aliases, the progress bar, the summary.
+'''What every `afilm prepare <dataset>` command shares: option aliases, the progress bar, the summary.
 
-A dataset (built-in or plugin) registers a Typer command function in DATASETS::
+A dataset, built-in or plugin, is a Typer command function registered in DATASETS: it becomes
+``afilm prepare NAME`` (see afilm_cli/commands/prepare.py), its parameters the options, its docstring
+the help, the ``help`` meta the line in ``afilm prepare --help``. A plugin package names a module in
+the ``afilm.datasets`` entry-point group; importing that module registers the command (the entry point
+is imported, never called: afilm_cli/registry.py). A complete plugin module, runnable as it stands
+(tests/plugin_pkg/afilm_example_plugin/datasets.py is this code, and tests/test_registry.py prepares
+real audio with it and trains on the result)::
 
-    @DATASETS.register("mycorpus", help="One line for `afilm prepare --help`.")
-    def mycorpus(root: Path, r: cli.R = 4, out: cli.Out = Path("data"), force: cli.Force = False):
-        recipe = Recipe(r=r).validate()
-        plans = [SplitPlan("train", paths["train"], sources), ...]
-        cli.run_prepare(recipe, plans, split_info={...}, root=root, force=force)
+    """A dataset plugin: `afilm prepare mycorpus DIR` turns every audio file under DIR into patches."""
 
-and `afilm prepare mycorpus` exists (see afilm_cli/commands/prepare.py).
-"""
+    from pathlib import Path
+    from typing import Annotated
+
+    import typer
+
+    from afilm_cli import audio
+    from afilm_cli.data import cli
+    from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
+    from afilm_cli.registry import DATASETS
+
+
+    @DATASETS.register("mycorpus", help="Every audio file under a folder, 10% held out for validation.")
+    def mycorpus(
+        root: Annotated[Path, typer.Argument(help="The corpus folder.")],
+        r: cli.R = 4,
+        seed: cli.Seed = 0,
+        multiple: cli.Multiple = 128,
+        out: cli.Out = Path("data"),
+        force: cli.Force = False,
+    ) -> None:
+        """My corpus (this docstring is the help of `afilm prepare mycorpus --help`)."""
+        recipe = Recipe(r=r, seed=seed, multiple=multiple).validate()
+        files = [(path, path.parent.name) for path in audio.find_audio_files(root)]  # (file, speaker)
+        held_out = pick_fraction([path for path, _ in files], 0.1, seed)
+        paths = default_output_paths("mycorpus", recipe.r, recipe.degrade, recipe.sr, out)
+        plans = [SplitPlan("train", paths["train"], [f for f in files if f[0] not in held_out]),
+                 SplitPlan("val", paths["val"], [f for f in files if f[0] in held_out])]
+        cli.run_prepare(recipe, plans, split_info={"val": "fraction 0.1 of files", "seed": seed},
+                        root=root, force=force)
+
+The pieces:
+
+- ``Recipe`` (afilm_cli/data/recipe.py): r, sr (16000), patch (8192), stride (4096), degrade
+  ("decimate"), sam (1.0), seed (0), multiple (128), speed ("1"): how every file becomes patches.
+  ``validate()`` refuses a bad one in one AfilmError line; every field is stored in the outputs and
+  compared on a rerun. The aliases below (``cli.R``, ``cli.SR``, ``cli.Patch`` ...) are the built-ins'
+  options for them, help text included.
+- ``SplitPlan(part, out, sources)``: one output file. ``part`` is "train" or "val"; ``sources`` is a
+  list of (audio path, speaker) pairs (the speaker is only counted in the summary). Naming rule, checked
+  before anything is written: the training output is ``<stem>-train.h5`` and the validation output
+  ``<stem>-val.h5`` beside it, which is how ``afilm train`` finds (``data/*-train.h5``) and pairs them;
+  ``default_output_paths(name, r, degrade, sr, out)`` gives ``<out>/<name>-r<r>-<degrade>[-sr<sr>]-
+  {train,val}.h5``, so that different recipes never share a file.
+- ``run_prepare(recipe, plans, split_info=..., root=..., force=...)`` takes one "train" plan and at most
+  one "val" plan (a "val" plan without files is dropped with a warning; without one, only the training
+  file is written). ``split_info`` is a JSON-able dict saying how the files were divided: it is stored
+  as the outputs' ``split`` attribute and, with the file lists, compared on a rerun. ``root`` is the
+  corpus folder: file paths are recorded relative to it, and a training list with no file is refused
+  as "ROOT: no audio files found" (or "no such folder"). An output of the same recipe and files is kept
+  unless ``force``. Files that cannot be used are skipped with a warning; a training split with no
+  patch at all is refused.
+- Errors: raise ``afilm_cli.errors.AfilmError`` for a one-line message and exit status 2.
+'''  # ''' quotes: the example holds docstrings
 
 from __future__ import annotations
 
