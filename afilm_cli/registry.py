@@ -57,6 +57,13 @@ _PACKAGE = __name__.partition(".")[0]
 _loading: list[_Loading] = []  # a stack: a plugin may query another registry, which loads its own plugins
 
 
+def _is_afilm(frame) -> bool:
+    """Whether the code registering (the decorator's caller) is afilm's own: afilm_cli.models,
+    afilm_cli.pretrained, afilm_cli.data. Not the builder's module: a plugin may register afilm's
+    make_builder(...) under a name of its own."""
+    return str(frame.f_globals.get("__name__", "")).startswith(_PACKAGE + ".")
+
+
 class Registry:
     """A small name -> builder mapping. Duplicate names raise; unknown names list the known ones."""
 
@@ -80,7 +87,7 @@ class Registry:
                 raise ValueError(f"{self.kind} {key!r} is already registered" + (f" by {by}" if by else ""))
             self._builders[key] = fn
             self._meta[key] = dict(meta)
-            if self._is_builtin(fn):  # even where a plugin's import is what imported the built-ins
+            if _is_afilm(sys._getframe(1)):  # even where a plugin's import is what imported the built-ins
                 self._origin[key] = "afilm (built-in)"
             elif _loading:
                 load = _loading[-1]
@@ -90,11 +97,6 @@ class Registry:
             return fn
 
         return deco
-
-    @staticmethod
-    def _is_builtin(fn: Callable) -> bool:
-        """A builder of afilm's own (afilm_cli.models, afilm_cli.pretrained, afilm_cli.data)."""
-        return (getattr(fn, "__module__", None) or "").startswith(_PACKAGE + ".")
 
     def unregister(self, name: str) -> None:
         if name in self._builders and _loading:

@@ -226,9 +226,12 @@ def test_two_plugins_with_one_name_the_first_keeps_it(tmp_path):
 def test_a_failed_plugin_is_undone_in_every_registry(tmp_path, monkeypatch):
     """All or nothing across registries: a model plugin that registered a dataset too, then failed."""
     (tmp_path / "afilm_half_plugin.py").write_text(textwrap.dedent("""\
+        from afilm_cli.models.afilm import AFILM_TINY
+        from afilm_cli.models.unet import make_builder
         from afilm_cli.registry import DATASETS, MODELS
         DATASETS.register("half_ds")(lambda: None)
         MODELS.register("half_model")(lambda: None)
+        MODELS.register("half_preset")(make_builder("half_preset", AFILM_TINY))  # a builder afilm_cli made
         MODELS.unregister("spline")
         raise RuntimeError("late failure")
     """))
@@ -240,7 +243,7 @@ def test_a_failed_plugin_is_undone_in_every_registry(tmp_path, monkeypatch):
     spline = MODELS.get("spline")
     with pytest.warns(PluginWarning, match=r"skipping model plugin 'half' \(afilm_half_plugin\): late fail"):
         Registry("model", group="afilm.test_half").load_plugins()
-    assert "half_ds" not in DATASETS._builders and "half_model" not in MODELS._builders
+    assert "half_ds" not in DATASETS._builders and {"half_model", "half_preset"}.isdisjoint(MODELS._builders)
     assert MODELS.get("spline") is spline and MODELS.meta("spline")["description"].startswith("cubic")
 
 
