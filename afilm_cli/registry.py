@@ -124,13 +124,13 @@ class Registry:
         if self.group is None:
             return msg
         if plugins_disabled():
-            return (msg + f" (plugins are off: AFILM_DISABLE_PLUGINS={os.environ['AFILM_DISABLE_PLUGINS']}; "
-                    f"{name!r} may come from one)")
+            return (msg + f" (plugins are off, AFILM_DISABLE_PLUGINS={os.environ['AFILM_DISABLE_PLUGINS']}: "
+                    f"{name!r} may be a plugin's)")
         if self._skipped:
             s = "s" * (len(self._skipped) > 1)
             return msg + f" (skipped plugin{s}: {', '.join(self._skipped)}; see the warning{s} above)"
-        return msg + (f" (a plugin's {self.kind} is known once the package providing it is installed: "
-                      f"entry-point group {self.group})")
+        return msg + (f" (if it is a plugin's, install the package that provides it: entry-point group "
+                      f"{self.group})")
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)

@@ -157,6 +157,11 @@ def test_plugin_model_visible_in_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "afilm_cli", "models"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "example_identity" not in out.stdout
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "--info", "example_identity"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("afilm: error: unknown model 'example_identity'; ")
+    assert out.stderr.endswith(" (plugins are off, AFILM_DISABLE_PLUGINS=1: 'example_identity' may be a "
+                               "plugin's)\n")
 
 
 def test_plugin_package_declares_its_entry_point():
@@ -273,12 +278,12 @@ def test_unknown_model_hints_at_plugins(monkeypatch):
     """A checkpoint of a plugin model read where the plugin is off or not installed."""
     reg = Registry("model", group="afilm.test_hint")
     reg.register("afilm")(lambda: 1)
-    with pytest.raises(AfilmError, match=r"^unknown model 'tinyconv'; known: afilm \(plugins are off: "
-                                         r"AFILM_DISABLE_PLUGINS=1; 'tinyconv' may come from one\)$"):
+    with pytest.raises(AfilmError, match=r"^unknown model 'tinyconv'; known: afilm \(plugins are off, "
+                                         r"AFILM_DISABLE_PLUGINS=1: 'tinyconv' may be a plugin's\)$"):
         reg.get("tinyconv")
     monkeypatch.setenv("AFILM_DISABLE_PLUGINS", "0")
-    with pytest.raises(AfilmError, match=r"; known: afilm \(a plugin's model is known once the package "
-                                         r"providing it is installed: entry-point group afilm.test_hint\)$"):
+    with pytest.raises(AfilmError, match=r"; known: afilm \(if it is a plugin's, install the package that "
+                                         r"provides it: entry-point group afilm.test_hint\)$"):
         reg.get("tinyconv")
 
 
