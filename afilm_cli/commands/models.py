@@ -37,12 +37,25 @@ def command(
         d = describe_model(name)
         params = "?" if d["parameters"] is None else f"{d['parameters']:,}"
         lm = "?" if d["length_multiple"] is None else str(d["length_multiple"])
-        table.add_row(name, params, lm, d["meta"].get("description", ""))
+        table.add_row(name, params, lm, _description(d))
     console.print(table)
+
+
+def _description(d: dict[str, Any], longest: int = 80) -> str:
+    """The listing's description cell; for a model that cannot be built, why, briefly (markup escaped)."""
+    from rich.markup import escape
+
+    text = str(d["meta"].get("description", ""))
+    if d.get("error"):
+        reason = str(d.get("reason") or d["error"])
+        reason = reason if len(reason) <= longest else reason[: longest - 3] + "..."
+        text = f"{text} (cannot build: {reason})".lstrip()
+    return escape(text)
 
 
 def _show(console: Any, d: dict[str, Any]) -> None:
     from rich.markdown import Markdown
+    from rich.markup import escape
     from rich.table import Table
 
     meta = dict(d["meta"])
@@ -51,7 +64,7 @@ def _show(console: Any, d: dict[str, Any]) -> None:
     params = "unknown" if d["parameters"] is None else f"{d['parameters']:,}"
     console.print(f"parameters: {params}   length multiple: {d['length_multiple']}")
     if d.get("error"):
-        console.print(f"(could not build: {d['error']})")
+        console.print(f"(could not build: {escape(d['error'])})")
     if meta:
         console.print("registry meta: " + json.dumps(meta, default=str))
     if d["config"] is not None:
