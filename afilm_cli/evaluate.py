@@ -205,6 +205,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
     data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for torch, a number or
     "auto" (afilm_cli/threads.py)."""
     from afilm_cli.data.h5 import PatchFile
+    from afilm_cli.models import check_length, check_output, model_name_of
     from afilm_cli.threads import num_threads, resolve_threads
 
     device = torch.device(device)
@@ -220,6 +221,13 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
             note = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                     f"{loaded.recipe['degrade']!r}")
+        multiple = int(getattr(loaded.model, "length_multiple", 1))
+        pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
+        try:  # as train does: a model may refuse lengths beyond its multiple
+            check_length(loaded.model, pf.patch + pad)
+        except AfilmError as exc:
+            raise AfilmError(f"{pf.path}: patches of {pf.patch} samples do not fit "
+                             f"{model_name_of(loaded.model)!r}: {exc}") from None
         n = len(pf) if limit is None else min(limit, len(pf))
         # found before the work (labels only): the count is said, the total and plot names known
         silent = silent_patches(pf, n)
@@ -237,8 +245,6 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                                     "skipped, since their SNR would swamp the means")
         if total:
             total(n - n_silent)
-        multiple = int(getattr(loaded.model, "length_multiple", 1))
-        pad = -pf.patch % multiple  # zero-pad patches the model cannot take as they are
         rows, plots = [], []
         bands = BandTotals(loaded.sr, loaded.r)
         # the reference's LSD is one value over the split's patches joined end to end, not a mean of
@@ -255,7 +261,9 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                 raise AfilmError(f"{pf.path}: patch {bad} holds NaN or Inf samples")
             x = torch.from_numpy(np.pad(data, ((0, 0), (0, pad)))[:, None, :]).to(device)
             with torch.inference_mode(), num_threads(n_threads):
-                pred = loaded.model(x).float().cpu().numpy()[:, 0, : pf.patch]
+                out = loaded.model(x)
+                check_output(loaded.model, x, out)  # (B, 2, T) would be sliced to channel 0 unseen
+                pred = out.float().cpu().numpy()[:, 0, : pf.patch]
             for i, index in enumerate(a + keep):
                 name = f"patch_{index:06d}"
                 rows.append(_row(name, pred[i], data[i], label[i], loaded, pf.patch))

@@ -217,6 +217,13 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs)."""
+    from afilm_cli.models import check_length, model_name_of
+
+    try:  # a model may refuse lengths beyond its multiple (the windows are multiples of it)
+        check_length(loaded.model, plan.window)
+    except AfilmError as exc:
+        raise AfilmError(f"windows of {plan.window} samples do not fit {model_name_of(loaded.model)!r} "
+                         f"(upsample --window sets them): {exc}") from None
     device = torch.device(device)
     model = loaded.model
     fixed = compile

@@ -35,6 +35,7 @@ from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
 from afilm_cli.diagnostics import dead_gates, relu_open_fraction
 from afilm_cli.errors import AfilmError
+from afilm_cli.models import check_length, check_output
 from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
@@ -156,7 +157,9 @@ def evaluate(model: torch.nn.Module, loader: PatchLoader, cfg: TrainConfig, devi
     s = torch.zeros(8, dtype=torch.float64)  # loss*n, n, err2, ref2, lsd, spline err2, spline lsd, samples
     for x, y in loader.batches(0):
         with _autocast(device, cfg.precision):
-            pred = model(x.to(device)).float().cpu()
+            out = model(x.to(device))
+        check_output(cfg.model, x, out)  # a model fine in training mode may not be in eval mode
+        pred = out.float().cpu()
         s[0] += loss_fn(pred, y, cfg.loss).item() * len(x)
         s[1] += len(x)
         s[2] += ((pred.double() - y.double()) ** 2).sum()
@@ -269,7 +272,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     for pf in (train_pf, val_pf):
         if pf is not None:
             try:
-                raw_model.check_length(pf.patch)
+                check_length(raw_model, pf.patch)
             except AfilmError as exc:
                 raise AfilmError(f"{pf.path}: patches of {pf.patch} samples do not fit "
                                  f"{cfg.model!r}: {exc}") from None
@@ -349,6 +352,7 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with _autocast(device, cfg.precision):
                     pred = model(x)
+                check_output(cfg.model, x, pred)  # (B, T) would broadcast against (B, 1, T) labels
                 loss = loss_fn(pred.float(), y, cfg.loss)
                 run.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

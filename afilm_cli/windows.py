@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from afilm_cli.errors import AfilmError
+from afilm_cli.models import check_output
 from afilm_cli.stages import Stage
 from afilm_cli.threads import busy_elsewhere, free_cores, num_threads  # tests patch them here
 
@@ -197,8 +198,11 @@ class _BatchRunner:
     def launch(self, inp: np.ndarray, threads: int):
         t0 = time.perf_counter()
         if not self.cuda:
+            x = torch.from_numpy(inp)
             with num_threads(threads), self.grad, self._cast():
-                y = self.model(torch.from_numpy(inp)).float().detach().numpy()
+                y = self.model(x)
+                check_output(self.model, x, y)
+                y = y.float().detach().numpy()
             self.last_seconds = time.perf_counter() - t0
             self.seconds += self.last_seconds
             return y
@@ -208,6 +212,7 @@ class _BatchRunner:
         host_in.numpy()[...] = inp  # free: batch count-2, its last user, has been collected
         with self.grad, self._cast():
             y = self.model(host_in.to(self.device, non_blocking=True))
+            check_output(self.model, host_in, y)  # the shape of what a graph or compiled model returned
             host_out = self.host_out[slot][:n]
             host_out.copy_(y.detach().float(), non_blocking=True)  # queued before a later batch overwrites y
         done = torch.cuda.Event()

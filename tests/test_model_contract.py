@@ -265,3 +265,149 @@ def test_cli_models_lists_why_a_plugin_model_cannot_be_built(cli):
     assert "(cannot build: needs CUDA)" in rows["tinyconv_cuda"] and " ? " in rows["tinyconv_cuda"]
     assert "(cannot build: its model_name is 'something_else')" in rows["tinyconv_misnamed"]
     assert "cannot build" not in rows["tinyconv"]
+
+
+# ----------------------------------------------------- where a forward's output is first used (CLI)
+PATCH = 1024
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
+PICKY = "model 'tinyconv_picky' (afilm_faulty_plugin) refuses length 1024: ValueError: length 1024 is not a "
+
+
+def _wrong(model: str, got: str, batch: int) -> str:
+    return f"model {model!r} returned {got} for a ({batch}, 1, 1024) input; {CONTRACT}"
+
+
+@pytest.fixture(scope="module")
+def data(vctk_mini, tmp_path_factory):
+    """Real speech (VCTK p225) cut into 12 training and 4 validation patches of 1024 samples, r=4."""
+    from afilm_cli.audio import read_audio, resample, simulate_lr
+    from afilm_cli.data.h5 import PatchWriter
+
+    x, sr = read_audio(sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[0], mono=True)
+    hr, _, sp = simulate_lr(resample(x, sr, 16000), 4, "decimate")
+    n = 16
+    assert len(hr) >= n * PATCH
+    folder = tmp_path_factory.mktemp("data")
+    attrs = {**RECIPE, "stride": PATCH, "sam": 1.0, "seed": 0}
+    files = {}
+    for split, rows in (("train", slice(0, 12)), ("val", slice(12, 16))):
+        files[split] = folder / f"tiny-r4-{split}.h5"
+        with PatchWriter(files[split], PATCH, attrs=attrs) as w:
+            w.append(sp[: n * PATCH].reshape(n, PATCH)[rows], hr[: n * PATCH].reshape(n, PATCH)[rows])
+    files["wav"] = sorted((vctk_mini / "wav48" / "p226").glob("*.wav"))[0]
+    return files
+
+
+def _train(cli, data, tmp_path, model, *more):
+    return cli("train", "--model", model, "--train", str(data["train"]), "--val", str(data["val"]),
+               "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1",
+               "--out", str(tmp_path / "run"), *more)
+
+
+@pytest.mark.parametrize("model, got", [("tinyconv_flat", "(4, 1024)"), ("tinyconv_stereo", "(4, 2, 1024)"),
+                                        ("tinyconv_short", "(4, 1, 1023)")])
+def test_cli_train_refuses_an_output_of_another_shape_at_the_first_step(cli, data, tmp_path, model, got):
+    """(B, T) broadcast against the (B, 1, T) labels and trained on a B x B x T loss, rc 0; the others
+    were tracebacks, the last only at validation after a whole epoch."""
+    proc = _train(cli, data, tmp_path, model)
+    assert _error_line(proc) == _wrong(model, got, 4)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("model, more, line", [
+    ("tinyconv_numpy_config", (), "model 'tinyconv_numpy_config' (afilm_faulty_plugin): config_dict() "
+                                  "holds 'kernel' = np.int64(3), of type numpy.int64: checkpoints store"),
+    ("tinyconv_misnamed", (), "model 'tinyconv_misnamed' (afilm_faulty_plugin): its model_name is "
+                              "'something_else': checkpoints rebuild"),
+    ("tinyconv_cuda", (), "model 'tinyconv_cuda' (afilm_faulty_plugin) could not be built: RuntimeError: "
+                          "needs CUDA"),
+    ("tinyconv", ("--model-arg", "bogus=1"), "model 'tinyconv' (afilm_faulty_plugin) could not be built: "
+                                             "TypeError: TinyConv.__init__() got an unexpected keyword "
+                                             "argument 'bogus'"),
+    ("tinyconv_picky", (), "{train}: patches of 1024 samples do not fit 'tinyconv_picky': " + PICKY),
+])
+def test_cli_train_refuses_a_broken_plugin_model_in_one_line_before_training(cli, data, tmp_path, model, more,
+                                                                              line):
+    proc = _train(cli, data, tmp_path, model, *more)
+    assert _error_line(proc).startswith(line.format(train=data["train"]))
+    assert "epoch 1" not in proc.stdout and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_validation_checks_the_output_in_eval_mode(faulty, data, tmp_path):
+    """A model right while training and wrong in eval mode is caught at the validation of epoch 1."""
+    from afilm_cli.train import TrainConfig, train
+
+    cfg = TrainConfig(model="tinyconv_evalflat", train=str(data["train"]), val=str(data["val"]),
+                      out=str(tmp_path / "run"), epochs=1, batch_size=4, device="cpu", threads=1,
+                      progress=False)
+    with pytest.raises(AfilmError) as info:
+        train(cfg)
+    assert str(info.value) == _wrong("tinyconv_evalflat", "(4, 1024)", 4)
+
+
+def _checkpoint(path: Path, model: str) -> str:
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+
+    return str(save_checkpoint(path, make_checkpoint(create_model(model), RECIPE)))
+
+
+def test_cli_eval_data_and_upsample_check_the_output_and_the_length(faulty, cli, data, tmp_path):
+    """eval --data sliced a (B, 2, T) output to its channel 0 unseen, and never called check_length;
+    upsample's window runner met (B, T) with "cannot reshape array"."""
+    val = str(data["val"])
+    proc = cli("eval", "--ckpt", _checkpoint(tmp_path / "s.pt", "tinyconv_stereo"), "--data", val,
+               "--out", str(tmp_path / "e1"))
+    assert _error_line(proc) == _wrong("tinyconv_stereo", "(4, 2, 1024)", 4)
+    proc = cli("eval", "--ckpt", _checkpoint(tmp_path / "p.pt", "tinyconv_picky"), "--data", val,
+               "--out", str(tmp_path / "e2"))
+    assert _error_line(proc) == (
+        f"{val}: patches of 1024 samples do not fit 'tinyconv_picky': {PICKY}multiple of 3")
+    proc = cli("upsample", "--simulate", "--ckpt", _checkpoint(tmp_path / "f.pt", "tinyconv_flat"),
+               str(data["wav"]), "-o", str(tmp_path / "out.wav"))
+    assert _error_line(proc) == _wrong("tinyconv_flat", "(16, 1024)", 16)
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_cli_a_plugin_model_that_keeps_the_contract_trains_and_evaluates(cli, data, tmp_path):
+    proc = _train(cli, data, tmp_path, "tinyconv")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("eval", "--ckpt", str(tmp_path / "run"), "--data", str(data["val"]),
+               "--out", str(tmp_path / "e"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "e" / "summary.json").is_file()
+
+
+def _loaded(name: str, device: str = "cpu"):
+    from afilm_cli import infer
+
+    return infer.Loaded(create_model(name).to(device), dict(RECIPE), Path(name), {"model_name": name})
+
+
+def test_inference_windows_check_the_window_length_and_the_output(faulty):
+    from afilm_cli import infer
+
+    signal = infer.ArraySource(np.zeros((5000, 1), np.float32))
+    with pytest.raises(AfilmError, match=r"^windows of 1024 samples do not fit 'tinyconv_picky' \(upsample "
+                                         r"--window sets them\): model 'tinyconv_picky' .* ValueError"):
+        infer.predict(_loaded("tinyconv_picky"), signal, 5000, batch_size=4, window=1024)
+    with pytest.raises(AfilmError) as info:
+        infer.predict(_loaded("tinyconv_short"), signal, 5000, batch_size=4, window=1024)
+    assert str(info.value) == _wrong("tinyconv_short", "(4, 1, 1023)", 4)
+    assert infer.predict(_loaded("tinyconv"), signal, 5000, batch_size=4, window=1024).shape == (5000, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("speed", [{"graphs": "on"}, {"graphs": "off"}, {"compile": True}])
+def test_cuda_windows_check_what_the_graph_or_compiled_model_returned(faulty, speed):
+    """The check is made on the output of the replayed CUDA graph or the compiled model, not inside."""
+    from afilm_cli import infer
+
+    signal = infer.ArraySource(np.random.default_rng(0).standard_normal((5000, 1)).astype(np.float32))
+    run = dict(batch_size=4, window=1024, device="cuda", **speed)
+    y = infer.predict(_loaded("tinyconv", "cuda"), signal, 5000, **run)
+    eager = infer.predict(_loaded("tinyconv"), signal, 5000, batch_size=4, window=1024)
+    assert y.shape == (5000, 1) and np.abs(y - eager).max() < 1e-3
+    with pytest.raises(AfilmError) as info:
+        infer.predict(_loaded("tinyconv_stereo", "cuda"), signal, 5000, **run)
+    assert str(info.value) == _wrong("tinyconv_stereo", "(4, 2, 1024)", 4)
