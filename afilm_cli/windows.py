@@ -118,7 +118,8 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     ``threads``: see the module docstring; ``fixed_shapes`` pads the last batch to ``batch_size``
     windows (for compiled models and CUDA graphs); ``autograd=True`` runs without inference_mode, only
     to measure what that costs. ``stats``, if given, receives the thread count used and the model's
-    seconds (on CUDA: launch plus the wait for its result).
+    seconds (on CUDA: launch plus the wait for its result). An output of another shape than its batch
+    is refused in one line (models.check_output, on what a CUDA graph or a compiled model returned).
 
     On CUDA the batches are pipelined: batch k+1 is read (resampler, spline: CPU work) while the GPU
     runs batch k, and batch k's output is collected and overlap-added after k+1 has been queued."""

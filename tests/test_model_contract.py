@@ -407,7 +407,7 @@ def test_cuda_windows_check_what_the_graph_or_compiled_model_returned(faulty, sp
     run = dict(batch_size=4, window=1024, device="cuda", **speed)
     y = infer.predict(_loaded("tinyconv", "cuda"), signal, 5000, **run)
     eager = infer.predict(_loaded("tinyconv"), signal, 5000, batch_size=4, window=1024)
-    assert y.shape == (5000, 1) and np.abs(y - eager).max() < 1e-3
+    assert y.shape == (5000, 1) and np.abs(y - eager).max() < 1e-2  # TF32 convolutions on CUDA
     with pytest.raises(AfilmError) as info:
         infer.predict(_loaded("tinyconv_stereo", "cuda"), signal, 5000, **run)
     assert str(info.value) == _wrong("tinyconv_stereo", "(4, 2, 1024)", 4)
