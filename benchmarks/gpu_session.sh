@@ -16,6 +16,9 @@
 # into /tmp/afilm-site first.
 set -u
 cd "$(dirname "$0")/.."
+# the GPU first: a machine without one leaves no empty results folder behind
+command -v nvidia-smi > /dev/null || { echo "gpu_session.sh: no NVIDIA GPU here (no nvidia-smi)" >&2; exit 4; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || exit 4
 OUT=${OUT:-benchmarks/results/gpu-$(date +%F)}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 COLUMNS=160 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -28,8 +31,6 @@ if compgen -G "${WHEELS:-.whl}/*.whl" > /dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/afilm-site "${WHEELS:-.whl}"/*.whl || exit 3
     export PYTHONPATH=$PYTHONPATH:/tmp/afilm-site
 fi
-command -v nvidia-smi > /dev/null || { echo "gpu_session.sh: no NVIDIA GPU here (no nvidia-smi)" >&2; exit 4; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || exit 4
 
 for step in $STEPS; do
     stamp "$step"
