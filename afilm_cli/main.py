@@ -11,6 +11,7 @@ import sys
 import warnings
 
 import typer
+import typer.core
 
 from afilm_cli.registry import PluginWarning
 
@@ -31,8 +32,20 @@ from afilm_cli import __version__, help_format  # noqa: E402
 from afilm_cli.commands import bench, convert, demo, evaluate, models, prepare, train, upsample  # noqa: E402
 from afilm_cli.errors import AfilmError  # noqa: E402
 
+
+class _WorkOrder(typer.core.TyperGroup):
+    """`afilm --help` lists the commands in the order of the work (typer would put sub-apps last)."""
+
+    ORDER = ("prepare", "train", "upsample", "eval", "demo", "models", "convert", "bench")
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+
 app = typer.Typer(
     name="afilm",
+    cls=_WorkOrder,
     help="Audio super-resolution with AFiLM and TFiLM: prepare data, train, upsample, evaluate, benchmark.",
     no_args_is_help=True,
     add_completion=False,

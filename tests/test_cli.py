@@ -29,6 +29,8 @@ def test_help_lists_every_command():
     panel = result.output.split("Commands")[1]
     listed = [m.group(1) for m in re.finditer(r"^│ (\w+) ", panel, re.M)]
     assert sorted(listed) == sorted(COMMANDS), listed
+    # in the order of the work, where typer would list the sub-apps (prepare, convert) last
+    assert listed == ["prepare", "train", "upsample", "eval", "demo", "models", "convert", "bench"], listed
 
 
 def test_every_command_has_real_help():
