@@ -115,12 +115,25 @@ def test_server_without_range_restarts_and_checks_fail_clearly(server, tmp_path)
     part.write_bytes(b"x" * 10_000)
     path = download(f"{server.url}/b.zip", tmp_path / "b.zip", sha256=hashlib.sha256(body).hexdigest())
     assert path.read_bytes() == body
-    with pytest.raises(AfilmError, match="SHA-256 mismatch"):
+    # the whole file came and was checked: not a "partial file"
+    with pytest.raises(AfilmError) as info:
         download(f"{server.url}/b.zip", tmp_path / "c.zip", sha256="0" * 64)
+    assert str(info.value) == (
+        f"{server.url}/b.zip: the downloaded file did not match the expected SHA-256 (got "
+        f"{hashlib.sha256(body).hexdigest()}, expected {'0' * 64}) and was deleted; rerun to download it "
+        "again")
     assert not (tmp_path / "c.zip.part").exists() and not (tmp_path / "c.zip").exists()
-    with pytest.raises(AfilmError, match="expected 100001"):
+    with pytest.raises(AfilmError) as info:
         download(f"{server.url}/b.zip", tmp_path / "d.zip", size=100_001)
+    assert str(info.value) == (f"download of {server.url}/b.zip is incomplete: 100000 of the expected 100001 "
+                               f"bytes; rerun to resume (the partial file {tmp_path / 'd.zip.part'} is kept)")
     assert (tmp_path / "d.zip.part").stat().st_size == 100_000  # kept for a later resume
+    # more than expected is not a part to resume (a rerun would start over): deleted, and said so
+    with pytest.raises(AfilmError) as info:
+        download(f"{server.url}/b.zip", tmp_path / "g.zip", size=99_999)
+    assert str(info.value) == (f"download of {server.url}/b.zip gave 100000 bytes, more than the expected "
+                               "99999 (not the expected file) and was deleted")
+    assert not (tmp_path / "g.zip.part").exists() and not (tmp_path / "g.zip.part.validator").exists()
     with pytest.raises(AfilmError, match="HTTP 404"):
         download(f"{server.url}/missing.zip", tmp_path / "e.zip")
     with pytest.raises(AfilmError, match="cannot download"):
@@ -209,7 +222,9 @@ def test_fetch_and_extract_resumes_then_prepares_via_cli(server, vctk_mini, tmp_
     bad = [*args[:5], "--sha256", "0" * 64, "--root", str(tmp_path / "vctk3"), *args[9:]]
     proc = subprocess.run([sys.executable, "-m", "afilm_cli", *bad], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 2 and "SHA-256 mismatch" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"afilm: error: {server.url}/VCTK-Corpus.zip: the downloaded file did not match the expected SHA-256 "
+        f"(got {sha}, expected {'0' * 64}) and was deleted; rerun to download it again")
 
 
 def afilm(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess:

@@ -80,16 +80,21 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
     if size is None or start < size:
         _fetch(url, part, start, progress, chunk, timeout)
     got = part.stat().st_size
-    if size is not None and got != size:
-        raise AfilmError(f"download of {url} is incomplete or wrong: {got} bytes, expected {size}; "
-                         f"rerun to resume (partial file {part})")
+    if size is not None and got > size:  # not a part to resume: a rerun would start over anyway
+        part.unlink()
+        _validator_path(part).unlink(missing_ok=True)
+        raise AfilmError(f"download of {url} gave {got} bytes, more than the expected {size} (not the "
+                         "expected file) and was deleted")
+    if size is not None and got < size:
+        raise AfilmError(f"download of {url} is incomplete: {got} of the expected {size} bytes; rerun to "
+                         f"resume (the partial file {part} is kept)")
     if sha256 is not None:
         digest = file_sha256(part)
-        if digest != sha256.lower():
+        if digest != sha256.lower():  # the whole file came (its size checked, where known): not a part
             part.unlink()
             _validator_path(part).unlink(missing_ok=True)
-            raise AfilmError(f"{url}: SHA-256 mismatch (got {digest}, expected {sha256}); the partial "
-                             f"file was deleted, rerun to download again")
+            raise AfilmError(f"{url}: the downloaded file did not match the expected SHA-256 (got {digest}, "
+                             f"expected {sha256}) and was deleted; rerun to download it again")
     _downloaded_mark(dest).write_text(f"{url}\n")  # before the rename: an archive of ours is never unmarked
     os.replace(part, dest)
     _validator_path(part).unlink(missing_ok=True)
