@@ -163,13 +163,13 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], mo
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model the checkpoint describes, load its weights, put it in eval mode."""
-    from afilm_cli.models import create_model
+    from afilm_cli.models import ModelContractError, create_model
     from afilm_cli.registry import UnknownNameError
 
     try:
         model = create_model(ckpt["model_name"], **ckpt["model_config"])
-    except UnknownNameError:
-        raise
+    except (UnknownNameError, ModelContractError):
+        raise  # already one line naming the model and the real cause (a plugin's builder that raised)
     except (AfilmError, TypeError, ValueError, ArithmeticError) as exc:  # a config this model cannot take
         raise AfilmError(f"checkpoint config does not fit model {ckpt['model_name']!r}: "
                          f"{str(exc).splitlines()[0]}") from None

@@ -368,6 +368,24 @@ def test_cli_eval_data_and_upsample_check_the_output_and_the_length(faulty, cli,
     assert not (tmp_path / "out.wav").exists()
 
 
+def test_a_checkpoint_of_a_plugin_model_that_cannot_be_built_says_why(faulty, cli, data, tmp_path):
+    """create_model's one line (the plugin's own error) came wrapped as "checkpoint config does not fit
+    model ...", which blamed the config; a config the model refuses is still said to be the config's."""
+    from afilm_cli.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
+
+    ckpt = {**make_checkpoint(create_model("tinyconv"), RECIPE), "model_name": "tinyconv_cuda"}
+    cause = "model 'tinyconv_cuda' (afilm_faulty_plugin) could not be built: RuntimeError: needs CUDA"
+    with pytest.raises(ModelContractError) as info:
+        model_from_checkpoint(ckpt)
+    assert str(info.value) == cause
+    path = save_checkpoint(tmp_path / "cuda.pt", ckpt)
+    proc = cli("eval", "--ckpt", str(path), "--data", str(data["val"]), "--out", str(tmp_path / "e"))
+    assert _error_line(proc) == f"{path}: {cause}"
+    tiny = make_checkpoint(create_model("afilm_tiny"), RECIPE)
+    with pytest.raises(AfilmError, match=r"^checkpoint config does not fit model 'afilm_tiny': model config"):
+        model_from_checkpoint({**tiny, "model_config": {**tiny["model_config"], "n_layers": "four"}})
+
+
 def test_cli_a_plugin_model_that_keeps_the_contract_trains_and_evaluates(cli, data, tmp_path):
     proc = _train(cli, data, tmp_path, "tinyconv")
     assert proc.returncode == 0, proc.stderr
