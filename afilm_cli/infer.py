@@ -142,6 +142,18 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     return Loaded(model, recipe, path, ckpt)
 
 
+def as_loaded(model: Loaded | str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
+    """The model argument of the Python API: a :class:`Loaded` as it is, a bundled model's name, a .pt or
+    a run folder loaded as ``--ckpt`` loads it (:func:`load_model`; once per call, so load it yourself
+    for many calls)."""
+    if isinstance(model, Loaded):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device)
+    raise AfilmError(f"model: pass load_model(...)'s result, a bundled model's name (e.g. afilm_speech_r4) "
+                     f"or a checkpoint path, not {type(model).__name__}")
+
+
 def window_plan_for(loaded: Loaded, length: int, window: int | None = None) -> WindowPlan:
     multiple = int(getattr(loaded.model, "length_multiple", 1))
     return plan_windows(length, multiple, window or int(loaded.recipe.get("patch") or 8192))
@@ -331,12 +343,15 @@ def count_windows(path: Path, loaded: Loaded, window: int | None = None, *, simu
     return len(window_plan_for(loaded, length, window).starts(length))
 
 
-def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loaded, *, batch_size: int = 16,
-                  window: int | None = None, device: str | torch.device = "cpu",
+def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loaded | str | os.PathLike, *,
+                  batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
                   progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None,
                   **speed: Any) -> dict[str, Any]:
-    """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel."""
+    """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel.
+    ``loaded``: see :func:`as_loaded`."""
+    loaded = as_loaded(loaded, device)
     with contextlib.closing(FileSource(path)) as src:
+        check_not_input(Path(out), src.path)
         message = low_rate_warning(src.sr, loaded)
         if message:
             (warn or print_warning)(f"{src.path}: {message}")
@@ -354,23 +369,26 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
 
 
-def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded, *, batch_size: int = 16,
+def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike, *, batch_size: int = 16,
                    window: int | None = None, device: str | torch.device | None = None,
                    warn: Callable[[str], None] | None = None, **speed: Any) -> np.ndarray:
     """Real low-rate audio in memory -> the prediction at ``loaded.sr``, as :func:`upsample_file` makes
     it: ``x`` of shape (frames,) or (frames, channels) at ``sr_in`` Hz in (float, or integer PCM scaled
     as soundfile does), float32 of the same shape with round(frames * loaded.sr / sr_in) frames out.
-    ``device``: default, the one the model was loaded on. ``speed``: see :func:`model_windows`."""
+    ``loaded``: see :func:`as_loaded`. ``device``: default, the one the model was loaded on (the CPU
+    for a name or path). ``speed``: see :func:`model_windows`."""
     x = np.asarray(x)
     if x.ndim not in (1, 2) or x.dtype.kind not in "fi" or (x.ndim == 2 and x.shape[1] < 1):
         raise AfilmError(f"audio must be a real array of shape (frames,) or (frames, channels), "
                          f"not {x.dtype} {x.shape}")
+    check_frames_first(x)
     if isinstance(sr_in, bool) or not isinstance(sr_in, (int, np.integer)) or sr_in < 1:
         raise AfilmError(f"sample rate must be a positive integer, not {sr_in!r}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise AfilmError("audio holds NaN or infinite samples")
     if x.dtype.kind == "i":  # integer PCM, as soundfile reads it with dtype='int16' / 'int32'
         x = x / float(2 ** (8 * x.dtype.itemsize - 1))
+    loaded = as_loaded(loaded, "cpu" if device is None else device)
     message = low_rate_warning(int(sr_in), loaded)
     if message:
         (warn or print_warning)(message)
@@ -382,6 +400,15 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded, *, batch_size: int
     return y[:, 0] if x.ndim == 1 else y
 
 
+def check_frames_first(x: np.ndarray) -> None:
+    """A channels-first array, (2, n) for stereo, would be taken as 2 frames of n channels: too short
+    for a spline or, from 4 rows up, n channels of garbage. No real audio has that few frames and more
+    channels than frames, so it is refused naming the shape to pass."""
+    if x.ndim == 2 and x.shape[0] <= 8 and x.shape[1] > x.shape[0]:
+        raise AfilmError(f"audio of shape {x.shape} looks channels-first: pass (frames, channels), as "
+                         f"soundfile.read gives it (x.T, of shape {x.T.shape})")
+
+
 def print_warning(message: str) -> None:
     print(f"afilm: warning: {message}", file=sys.stderr)
 
@@ -391,17 +418,21 @@ def simulate_paths(out_base: Path) -> dict[str, Path]:
     return {k: out_base.with_name(f"{out_base.name}.{k}.wav") for k in ("lr", "hr", "pr")}
 
 
-def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded, *,
+def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded | str | os.PathLike, *,
                   batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
                   progress: Callable[[int], None] | None = None, degrade: str | None = None,
                   warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
-    the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples."""
+    the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples.
+    ``loaded``: see :func:`as_loaded`."""
+    loaded = as_loaded(loaded, device)
     with contextlib.closing(FileSource(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
         with naming(path):
             hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
         paths = simulate_paths(Path(out_base))
+        for p in paths.values():
+            check_not_input(p, src.path)
         low = loaded.low_rate
         if low.denominator != 1:
             raise AfilmError(f"the model's low rate {float(low):g} Hz is not a whole number; "
@@ -500,7 +531,39 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                              "them on its own with -o")
         done.add(src.resolve())
         unique.append((src, target))
+    _refuse_inputs_as_outputs(unique, simulate)  # up front, --force or not: nothing of the run is written
     return unique
+
+
+def _refuse_inputs_as_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> None:
+    """Any output that is any input (not only its own: a.wav a.afilm.wav) is refused; by file identity,
+    as os.path.samefile compares, so a folder of many files is one stat per path."""
+    inputs = {_file_id(src): src for src, _ in pairs}
+    for writer, target in pairs:
+        for path in (simulate_paths(target).values() if simulate else [target]):
+            src = inputs.get(_file_id(path)) if path.exists() else None
+            if src is not None:
+                raise _own_input_error(path, src, writer)
+
+
+def check_not_input(out: Path, src: Path) -> None:
+    """Refuse to write over an input: --force is for old outputs, and the input would be read while its
+    replacement is written. The same file by any name (a symlink, a hard link, ./x.wav)."""
+    if out.exists() and os.path.samefile(out, src):
+        raise _own_input_error(out, src, src)
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def _own_input_error(out: Path, src: Path, writer: Path) -> AfilmError:
+    """``out``, written for the input ``writer``, is the input ``src`` (``writer`` itself, or another)."""
+    what = f"the output of {writer} is the input itself ({out})" if src is writer else (
+        f"the output of {writer}, {out}, is another input ({src})")
+    return AfilmError(f"{what}: afilm does not write over an input, even with --force; "
+                      "name another output with -o")
 
 
 def _folder_output(folder: Path) -> Path:

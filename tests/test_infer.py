@@ -578,6 +578,41 @@ def test_cli_upsample_names_overwrite_and_force(tmp_path, ckpts, capsys):
     assert again.read_bytes() == target.read_bytes()
 
 
+def test_cli_upsample_refuses_to_write_over_its_input(tmp_path, ckpts, libri_mini):
+    """`afilm upsample x -o x --force` replaced its own input; refused now in one line, by any name of
+    the file, and with several inputs before anything of the run is written."""
+    real = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    src = Path(shutil.copy(real, tmp_path / "self.flac"))
+    before = src.read_bytes()
+    for out in ("self.flac", "./self.flac", tmp_path / "self.flac"):
+        line = error_line(run_cli("upsample", "self.flac", "-o", out, "--force", "--ckpt", ckpts["spline"],
+                                  cwd=tmp_path))
+        assert "the output of self.flac is the input itself" in line and "even with --force" in line
+    assert src.read_bytes() == before
+    # two inputs, one the default output of the other (self.flac -> self.afilm.flac): neither is written
+    other = Path(shutil.copy(real, tmp_path / "self.afilm.flac"))
+    line = error_line(run_cli("upsample", "self.flac", "self.afilm.flac", "--force",
+                              "--ckpt", ckpts["spline"], cwd=tmp_path))
+    assert "the output of self.flac, self.afilm.flac, is another input (self.afilm.flac)" in line
+    assert other.read_bytes() == before and src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["self.afilm.flac", "self.flac"]
+
+
+def test_an_output_that_is_an_input_is_refused_by_plan_and_api(tmp_path, ckpts):
+    """By file identity (a symlink, --simulate's .hr.wav), and in the Python API's upsample_file."""
+    src = write(tmp_path / "x.hr.wav", np.zeros(16000), 16000)
+    (tmp_path / "link.wav").symlink_to(src)
+    with pytest.raises(AfilmError, match="the output of .*link.wav is the input itself"):
+        infer.plan_outputs([tmp_path / "link.wav"], str(src), simulate=False)
+    with pytest.raises(AfilmError, match=r"is the input itself \(.*x\.hr\.wav\)"):
+        infer.plan_outputs([src], str(tmp_path / "x"), simulate=True)
+    with pytest.raises(AfilmError, match="does not write over an input"):
+        infer.upsample_file(src, tmp_path / "link.wav", loaded(ckpts))
+    with pytest.raises(AfilmError, match="does not write over an input"):
+        infer.simulate_file(src, tmp_path / "x", loaded(ckpts))
+    assert not any(sf.read(str(src))[0])  # untouched
+
+
 def test_cli_upsample_compile_uses_the_compiled_model(tmp_path, ckpts, capsys, monkeypatch):
     """--compile reaches model_windows: the model is compiled once (compile_model stubbed here: a
     real inductor compile takes minutes on this CPU) and the run pads its batches to one shape."""
@@ -903,6 +938,35 @@ def test_upsample_array_rates_and_bad_input(ckpts):
     for sr in (0, 4000.0, True):
         with pytest.raises(AfilmError, match="sample rate"):
             infer.upsample_array(x, sr, lo)
+
+
+def test_upsample_array_takes_a_model_name_or_checkpoint_path(ckpts):
+    """A bundled name or a checkpoint path where load_model's result goes is loaded as --ckpt loads it
+    (it died with "'str' object has no attribute 'low_rate'"); anything else is one clear line."""
+    x = np.random.default_rng(3).standard_normal(4000).astype(np.float32) * 0.1
+    by_name = infer.upsample_array(x, 4000, "afilm_speech_r4", threads=1)
+    np.testing.assert_array_equal(by_name, infer.upsample_array(x, 4000, infer.load_model("afilm_speech_r4"),
+                                                                threads=1))
+    expected = infer.upsample_array(x, 4000, loaded(ckpts, "spline"))
+    for path in (ckpts["spline"], str(ckpts["spline"])):
+        np.testing.assert_array_equal(infer.upsample_array(x, 4000, path), expected)
+    with pytest.raises(AfilmError, match="no such checkpoint"):
+        infer.upsample_array(x, 4000, "afilm_speech_r9")
+    for bad in (None, create_model("spline")):
+        with pytest.raises(AfilmError, match=r"model: pass load_model\(...\)'s result, a bundled model"):
+            infer.upsample_array(x, 4000, bad)
+
+
+def test_upsample_array_refuses_channels_first_audio(ckpts):
+    """(channels, frames) was taken as a few frames of thousands of channels: "too short for a cubic
+    spline" for stereo, and from 4 rows up thousands of channels of garbage. Said, naming the shape."""
+    lo = loaded(ckpts, "spline")
+    x = np.random.default_rng(4).standard_normal((4000, 2)) * 0.1
+    for rows in (x.T, np.tile(x.T, (4, 1)), x[:, :1].T):
+        with pytest.raises(AfilmError, match=rf"shape \({rows.shape[0]}, 4000\) looks channels-first: pass "
+                                             rf"\(frames, channels\).*of shape \(4000, {rows.shape[0]}\)"):
+            infer.upsample_array(rows, 4000, lo)
+    assert infer.upsample_array(x, 4000, lo).shape == (16000, 2)
 
 
 def test_readme_python_example_runs(tmp_path, libri_mini):
