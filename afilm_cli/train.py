@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from afilm_cli import metrics
+from afilm_cli.audio import degrade_methods
 from afilm_cli.checkpoint import load_weights
 from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
@@ -198,6 +199,8 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         raise AfilmError(f"--lr must be 0 or above, got {cfg.lr:g}")
     if cfg.max_steps is not None and cfg.max_steps < 0:
         raise AfilmError(f"--max-steps must be 0 (no limit) or above, got {cfg.max_steps}")
+    if cfg.degrade is not None:  # else recorded in the checkpoints, which would then not load
+        degrade_methods(cfg.degrade)
     if cfg.max_steps == 0:  # no limit: how a resumed run drops the one it was started with
         cfg = dataclasses.replace(cfg, max_steps=None)
     if not cfg.resume and not cfg.init:  # a new model's name and config checked before any data is read

@@ -988,3 +988,22 @@ def test_transformer_model_args_on_a_tfilm_model_are_refused(data, tmp_path):
         train(_cfg(data, tmp_path, model="afilm_tiny", model_args={"modulation": "tfilm", "heads": 2},
                    max_steps=1))
     assert not (tmp_path / "run").exists()
+
+
+def test_degrade_help_is_the_one_prepare_applies_and_a_bad_one_is_refused(tmp_path):
+    """train --help said "two joined by +" where prepare joins any of the three, each once; and any word
+    was taken, recorded in the checkpoint and refused only when the checkpoint was loaded."""
+    from afilm_cli.audio import degrade_methods
+    from afilm_cli.commands.options import DEGRADE_SPEC
+
+    p = subprocess.run([sys.executable, "-m", "afilm_cli", "train", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "400"})  # each option's help on one line
+    assert p.returncode == 0, p.stderr
+    line = next(s for s in p.stdout.splitlines() if "--degrade" in s)
+    assert f"For HDF5 files without a recipe: {DEGRADE_SPEC}." in " ".join(line.split())
+    assert degrade_methods("subsample+decimate+resample") == ("subsample", "decimate", "resample")
+    with pytest.raises(AfilmError, match=r"^unknown degradation 'decimate\+bogus'; known: "):
+        train(TrainConfig(model="afilm_tiny", degrade="decimate+bogus", train=str(tmp_path / "none.h5"),
+                          out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

@@ -18,6 +18,10 @@ UpsampleCkpt = Annotated[Path | None, typer.Option("--ckpt", help=_CKPT + "for r
                                                    "made for each file's rate (afilm_speech_r2 from 8 kHz "
                                                    "up, afilm_speech_r4 below); with --simulate "
                                                    "afilm_speech_r4.")]
+# What a recipe's degrade may be (afilm_cli.audio.degrade_methods): said alike wherever it is an option
+DEGRADE_SPEC = ("decimate, resample or subsample, or several of them joined by + (each once: "
+                "decimate+resample)")
+DEGRADE_METAVAR = "METHOD[+METHOD]"
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patches per batch.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from afilm_cli.commands.options import Device, Force, Seed, Threads
+from afilm_cli.commands.options import DEGRADE_METAVAR, DEGRADE_SPEC, Device, Force, Seed, Threads
 
 Opt = typer.Option
 
@@ -75,8 +75,8 @@ def command(
                                   "than fp32 for these models on an H200; ignored on CPU).")] = "fp32",
     r: Annotated[int | None, Opt("--r", help="Upsampling ratio (for HDF5 files without a recipe).")] = None,
     sr: Annotated[int | None, Opt("--sr", help="High sample rate (for HDF5 files without a recipe).")] = None,
-    degrade: Annotated[str | None, Opt("--degrade", help="decimate, resample or subsample, or two joined "
-                                       "by + (for HDF5 files without a recipe).")] = None,
+    degrade: Annotated[str | None, Opt("--degrade", metavar=DEGRADE_METAVAR,
+                                       help=f"For HDF5 files without a recipe: {DEGRADE_SPEC}.")] = None,
     log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
     no_progress: Annotated[bool, Opt("--no-progress", help="No progress bar (nor, where the output is "
                                      "not a terminal, the plain progress line).")] = False,
