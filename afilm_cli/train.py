@@ -321,6 +321,12 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         if val_pf is not None and same_file(val_pf.path, train_pf.path):
             run.warn(f"--val is the training file ({val_pf.path}): best.pt will be chosen on training data, "
                      "and the validation scores say nothing of unseen audio")
+        per_rank = -(-len(train_pf) // world)  # what each process's loader shares out (wrapped around)
+        if cfg.batch_size > per_rank:  # the loader keeps a partial batch (no drop_last): fewer patches a step
+            each, per = (f" each of the {world} processes gets ({len(train_pf)} in all)", " per process"
+                         ) if world > 1 else ("", "")
+            run.warn(f"--batch-size {cfg.batch_size} is more than the {per_rank} training patches{each}: "
+                     f"every epoch is one step, on a batch of {per_rank}{per}")
         if cfg.precision == "bf16" and device.type != "cuda":  # autocast is enabled on CUDA alone
             run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32")
         for note in (rng_note, init_note):

@@ -1007,3 +1007,21 @@ def test_degrade_help_is_the_one_prepare_applies_and_a_bad_one_is_refused(tmp_pa
         train(TrainConfig(model="afilm_tiny", degrade="decimate+bogus", train=str(tmp_path / "none.h5"),
                           out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_size_above_the_patch_count_is_warned_about(data, tmp_path):
+    """--batch-size 64 on 24 patches trained one step of 24 per epoch without a word (the loader keeps
+    a partial batch: the step count and the patches per step were not what was asked)."""
+    p = _afilm("train", "--model", "afilm_tiny", "--train", str(data["train"]), "--val", str(data["val"]),
+               "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--threads", "1", "--out", "run",
+               "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    said = " ".join(p.stdout.split())
+    assert ("warning: --batch-size 64 is more than the 24 training patches: every epoch is one step, on a "
+            "batch of 24" in said)
+    assert "done: 1 epochs, 1 steps" in said
+    p = _afilm("train", "--model", "afilm_tiny", "--train", str(data["train"]), "--val", str(data["val"]),
+               "--max-steps", "1", "--batch-size", "24", "--device", "cpu", "--threads", "1", "--out", "run2",
+               "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "--batch-size" not in p.stdout  # a batch of every patch is what was asked
