@@ -782,3 +782,41 @@ def test_prepare_folder_on_an_empty_folder_makes_no_output_folder(tmp_path):
     proc = run_cli("prepare", "folder", "empty", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2 and "empty: no audio files (looked for" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_patch_length_the_built_in_networks_cannot_take_is_warned_about(vctk_mini, tmp_path):
+    """--patch 1000 was written without a word, and 'afilm train' refused it only after the whole
+    corpus was prepared; it stays allowed (a plugin's model may take it), with one warning line."""
+    from afilm_cli.models import describe_model
+    from afilm_cli.registry import MODELS
+
+    networks = [name for name in MODELS.names() if name != "spline"]  # the baseline takes any length
+    assert {name: describe_model(name)["length_multiple"] for name in networks} == {
+        name: recipe_mod.MODEL_LENGTH_MULTIPLE for name in networks}
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:2]:
+        shutil.copy(f, corpus / f.name)
+    proc = run_cli("prepare", "folder", str(corpus), "--r", "4", "--patch", "1000", "--multiple", "1",
+                   "--val-fraction", "0", "--out", "o", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warning = ("warning: --patch 1000 is not a multiple of 256: the built-in networks (afilm, tfilm, their "
+               "presets and the bundled models) cannot train on it ('afilm train' refuses it); nearest "
+               "valid: 768 or 1024 (a plugin model may take 1000)")
+    assert proc.stderr.splitlines().count(warning) == 1
+    with PatchFile(tmp_path / "o" / "corpus-r4-decimate-train.h5") as pf:
+        assert pf.patch == 1000
+    proc = run_cli("prepare", "folder", str(corpus), "--r", "4", "--patch", "1024", "--multiple", "1",
+                   "--val-fraction", "0", "--out", "o2", cwd=tmp_path)
+    assert proc.returncode == 0 and "--patch" not in proc.stderr
+    # vctk warns too, before anything else (a download, a refused root)
+    proc = run_cli("prepare", "vctk", "--root", str(tmp_path / "none"), "--r", "2", "--patch", "130",
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[0] == (
+        "warning: --patch 130 is not a multiple of 256: the built-in networks (afilm, tfilm, their presets "
+        "and the bundled models) cannot train on it ('afilm train' refuses it); nearest valid: 256 (a "
+        "plugin model may take 130)")
+    # the lengths suggested are ones --r divides too
+    assert recipe_mod.patch_warning(Recipe(r=3, patch=1002)).endswith(
+        "nearest valid: 768 or 1536 (a plugin model may take 1002)")
+    assert recipe_mod.patch_warning(Recipe(r=4, patch=8192)) is None

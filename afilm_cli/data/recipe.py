@@ -52,6 +52,10 @@ VAL_GLOB = "*-val.h5"
 CHECKED_ATTRS = ("r", "sr", "patch", "stride", "degrade", "sam", "seed", "multiple", "split", "speed")
 # Values of recipe fields added after outputs were first written: a file without the attribute had it.
 ATTR_DEFAULTS = {"speed": "1"}
+# The multiple of which every built-in network takes its input length (UNetConfig.length_multiple in
+# afilm_cli/models/unet.py: 256 for afilm, tfilm, each preset and the bundled models). A constant, so
+# that prepare imports no torch; tests/test_prepare.py checks it against the models.
+MODEL_LENGTH_MULTIPLE = 256
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,20 @@ class Recipe:
     def for_part(self, part: str) -> Recipe:
         """The recipe one split is made with: validation is never speed-perturbed."""
         return self if part == "train" else replace(self, speed="1")
+
+
+def patch_warning(recipe: Recipe) -> str | None:
+    """The one-line warning for a patch length the built-in networks cannot train on, naming the nearest
+    lengths that they and --r both take; None where they can. A warning, not an error: a plugin's model
+    may take it."""
+    if recipe.patch % MODEL_LENGTH_MULTIPLE == 0:
+        return None
+    step = math.lcm(MODEL_LENGTH_MULTIPLE, recipe.r)
+    lower = recipe.patch // step * step
+    near = f"{lower} or {lower + step}" if lower else f"{step}"
+    return (f"--patch {recipe.patch} is not a multiple of {MODEL_LENGTH_MULTIPLE}: the built-in networks "
+            "(afilm, tfilm, their presets and the bundled models) cannot train on it ('afilm train' refuses "
+            f"it); nearest valid: {near} (a plugin model may take {recipe.patch})")
 
 
 def speed_rates(speed: str, sr: int) -> list[int]:

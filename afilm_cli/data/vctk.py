@@ -32,7 +32,7 @@ import typer
 
 from afilm_cli.atomic import make_output_dir
 from afilm_cli.data import cli, download
-from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
+from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, patch_warning, pick_fraction
 from afilm_cli.errors import AfilmError
 from afilm_cli.registry import DATASETS
 
@@ -279,6 +279,8 @@ def vctk(
     s_stride, s_sam, s_degrade = SPLIT_DEFAULTS[split]
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
                     degrade=degrade or s_degrade, seed=seed, multiple=multiple, speed=speed).validate()
+    if note := patch_warning(recipe):  # before a download: the corpus is hours of work away
+        cli.warn(note)
     if fetch:
         _download_corpus(root, release, url, sha256, mic)
     elif url or sha256:  # most likely a forgotten --download: said, not silently dropped
