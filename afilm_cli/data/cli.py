@@ -89,7 +89,8 @@ from afilm_cli.errors import AfilmError
 
 R = Annotated[int, typer.Option("--r", min=2, help="Upsampling ratio: low rate = sr / r (paper: 2, 4, 8).")]
 SR = Annotated[int, typer.Option("--sr", min=1, help="High sample rate (Hz); files are resampled to it.")]
-Patch = Annotated[int, typer.Option("--patch", min=1, help="Patch length in samples (reference: 8192).")]
+Patch = Annotated[int, typer.Option("--patch", min=1, help="Patch length in samples (reference: 8192; the "
+                                    "built-in models need a multiple of 256).")]
 Stride = Annotated[int | None, typer.Option("--stride", min=1, help="Hop between patches in samples "
                                             "(default: 4096; vctk --split multi: 8192).")]
 Degrade = Annotated[str | None, typer.Option(
