@@ -6,6 +6,7 @@ Arrays are float32 numpy, shape (T,) for mono or (T, C) for multichannel, as sou
 from __future__ import annotations
 
 import os
+import re
 from math import gcd
 from pathlib import Path
 
@@ -52,10 +53,13 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
     if path.is_dir():
         raise AfilmError(f"{path}: is a folder, expected an audio file")
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=False)
+        with sf.SoundFile(str(path)) as f:
+            header = f.extra_info
+            x, sr = f.read(dtype="float32", always_2d=False), f.samplerate
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AfilmError(f"{path}: cannot read audio ({reason})") from None
+    check_not_truncated(path, header)
     if x.size == 0:
         raise AfilmError(f"{path}: empty audio file")
     if not np.isfinite(x).all():
@@ -63,6 +67,20 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
     if mono:
         x = to_mono(x)
     return np.ascontiguousarray(x), int(sr)
+
+
+# libsndfile's header report of a WAV whose data chunk is longer than the file: "data : 96000 (should be 4)"
+_DATA_CUT = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
+_STREAMED = {0xFFFFFFFF, 0x7FFFFFFF}  # sizes a writer to a pipe leaves: the length was not known, not cut
+
+
+def check_not_truncated(path: str | os.PathLike, header: str) -> None:
+    """Refuse a WAV cut short (a broken copy, download or extraction): libsndfile reads it, silently, as
+    far as its data goes, but its header (``SoundFile.extra_info``) still says how long it was."""
+    cut = _DATA_CUT.search(header)
+    if cut and int(cut[1]) not in _STREAMED and int(cut[2]) < int(cut[1]):
+        raise AfilmError(f"{path}: file is shorter than its header says (truncated? its audio data has "
+                         f"{cut[2]} of the {cut[1]} bytes declared)")
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

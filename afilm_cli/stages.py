@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from afilm_cli.audio import DEGRADE_METHODS, spline_segment
+from afilm_cli.audio import DEGRADE_METHODS, check_not_truncated, spline_segment
 from afilm_cli.errors import AfilmError
 
 SPLINE_MARGIN = 64  # LR samples: a cubic spline's dependence decays ~0.27x per knot, 0.27**64 ~ 1e-37
@@ -67,6 +67,11 @@ class FileSource(Stage):
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise AfilmError(f"{self.path}: cannot read audio ({reason})") from None
+        try:
+            check_not_truncated(self.path, self.f.extra_info)
+        except AfilmError:
+            self.f.close()
+            raise
         self.sr, self.channels, self.length = self.f.samplerate, self.f.channels, self.f.frames
         self.subtype = self.f.subtype
         if self.length <= 0:

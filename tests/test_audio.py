@@ -222,3 +222,27 @@ def test_make_output_dir_needs_write_permission(tmp_path):
         pytest.skip("running as root: folder permissions are not enforced")
     with pytest.raises(AfilmError, match="cannot write in folder"):
         make_output_dir(locked)
+
+
+def test_a_wav_cut_short_is_refused_by_every_reader(vctk_mini, tmp_path):
+    """libsndfile reads a truncated WAV as far as its data goes, silently; its header says how long it
+    was. A WAV streamed to a pipe (sizes 0xFFFFFFFF: length unknown) is not cut and still reads."""
+    import struct
+
+    from afilm_cli.stages import FileSource
+
+    whole = (vctk_mini / "wav48" / "p225" / "p225_001.wav").read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert len(sf.read(cut)[0]) > 0  # what afilm must not take on trust
+    for read in (audio.read_audio, FileSource):
+        with pytest.raises(AfilmError, match=r"cut\.wav: file is shorter than its header says \(truncated\? "
+                                             r"its audio data has \d+ of the \d+ bytes declared\)"):
+            read(cut)
+    streamed = bytearray(whole)
+    data = streamed.index(b"data")
+    streamed[4:8] = streamed[data + 4 : data + 8] = struct.pack("<I", 0xFFFFFFFF)
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    x, _ = audio.read_audio(tmp_path / "streamed.wav")
+    np.testing.assert_array_equal(x, audio.read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav")[0])
+    assert FileSource(tmp_path / "streamed.wav").length == len(x)

@@ -304,11 +304,15 @@ def test_bad_roots(tmp_path):
 
 
 def make_bad_corpus(vctk_mini: Path, root: Path) -> list[str]:
-    """Three good p225 files plus a corrupt, an empty, a too-short, a NaN, a silent and a low-rate file."""
+    """Three good p225 files plus a corrupt, an empty, a too-short, a NaN, a silent, a low-rate and a
+    truncated file (the first half of a fourth real one: libsndfile reads it without a word)."""
     spk = root / "wav48" / "p225"
     spk.mkdir(parents=True)
-    for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:3]:
+    real = sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))
+    for f in real[:3]:
         shutil.copy(f, spk / f.name)
+    whole = real[3].read_bytes()
+    (spk / "p225_106.wav").write_bytes(whole[: len(whole) // 2])
     (spk / "p225_100.wav").write_bytes(b"RIFF\x00\x00garbage" * 100)
     (spk / "p225_101.wav").write_bytes(b"")
     sf.write(spk / "p225_102.wav", np.zeros(4000, np.float32) + 0.1, 48000)
@@ -317,7 +321,8 @@ def make_bad_corpus(vctk_mini: Path, root: Path) -> list[str]:
     sf.write(spk / "p225_103.wav", nan, 48000, subtype="FLOAT")
     sf.write(spk / "p225_104.wav", np.zeros(96000, np.int16), 48000)  # 2 s of digital silence
     sf.write(spk / "p225_105.wav", np.full(16000, 0.1, np.float32), 8000)  # 2 s at half the high rate
-    return ["p225_100.wav", "p225_101.wav", "p225_102.wav", "p225_103.wav", "p225_104.wav", "p225_105.wav"]
+    return ["p225_100.wav", "p225_101.wav", "p225_102.wav", "p225_103.wav", "p225_104.wav", "p225_105.wav",
+            "p225_106.wav"]
 
 
 def test_cli_subprocess_skips_bad_files_and_errors(vctk_mini, tmp_path):
@@ -330,8 +335,9 @@ def test_cli_subprocess_skips_bad_files_and_errors(vctk_mini, tmp_path):
         assert name in proc.stderr  # each skipped file is named in a warning
     assert "shorter than one patch" in proc.stderr and "NaN" in proc.stderr and "silent" in proc.stderr
     assert "8000 Hz is below the high rate --sr 16000 Hz" in proc.stderr
+    assert "p225_106.wav: file is shorter than its header says (truncated?" in " ".join(proc.stderr.split())
     row = next(line for line in proc.stdout.splitlines() if "train" in line)
-    assert [c.strip() for c in row.split("│")[2:4]] == ["3", "6"]  # 3 files used, 6 skipped
+    assert [c.strip() for c in row.split("│")[2:4]] == ["3", "7"]  # 3 files used, 7 skipped
     out = tmp_path / "out" / "vctk-single-r4-decimate-train.h5"
     with h5py.File(out, "r") as f:
         assert sorted(Path(p).name for p in json.loads(f.attrs["skipped"])) == bad
