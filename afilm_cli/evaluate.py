@@ -146,7 +146,10 @@ def model_label(protocol: dict[str, Any]) -> str:
     return f"{bundled} ({protocol['model_name']})" if bundled else protocol["model_name"]
 
 
-def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
+def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device, segment: int
+              ) -> dict[str, Any]:
+    """``segment``: the samples per segment segsnr was taken over (an --data split's patch length, the
+    checkpoint's patch for --wavs), said as used: it was written as 8192 whatever it was."""
     import scipy
 
     from afilm_cli.models import count_parameters
@@ -157,10 +160,11 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
         "checkpoint": str(loaded.path), "model_name": loaded.ckpt["model_name"],
         "bundled": bundled_name(loaded.path),  # the name the bundled models go by, None for others
         "parameters": count_parameters(loaded.model),
+        "segment": segment,
         **source,
         "metrics": {"snr": "10 log10(sum ref^2 / sum err^2) over the whole item",
-                    "segsnr": "reference: mean over 8192-sample segments of 20 log10(rms(ref) / "
-                              "sqrt(mean(err^2 + 1e-6)) + 1e-8)",
+                    "segsnr": f"reference: mean over {segment}-sample segments (the reference: 8192) of "
+                              "20 log10(rms(ref) / sqrt(mean(err^2 + 1e-6)) + 1e-8)",
                     "lsd": "log10 power clamped at 1e-8, n_fft 2048, hop 512, periodic Hann, centred "
                            "(reflect); RMS over frequency, mean over frames",
                     "lsd_ref": "reference: natural-log power + 1e-8, same STFT; RMS over frames, mean over "
@@ -282,7 +286,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
                   "degrade": rec.get("degrade") or loaded.recipe["degrade"], "threads": threads}
         if note:
             source["note"] = note
-    return EvalResult(rows, _protocol(loaded, source, device), plots, bands, pooled)
+    return EvalResult(rows, _protocol(loaded, source, device, pf.patch), plots, bands, pooled)
 
 
 def find_audio(folder: Path) -> list[Path]:
@@ -443,7 +447,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
               "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
               "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}
-    return EvalResult(rows, _protocol(loaded, source, device), plots, bands)
+    return EvalResult(rows, _protocol(loaded, source, device, int(loaded.recipe["patch"])), plots, bands)
 
 
 PLOT_SECONDS = 30.0  # of a file, at most, in its --plots spectrograms: they are held whole

@@ -679,3 +679,21 @@ def test_wavs_memory_does_not_follow_the_file_length(ckpts, libri_mini, tmp_path
             tracemalloc.stop()
     assert result.rows[0]["frames"] == len(x)
     assert peak["long"] < 1.1 * peak["short"] and peak["long"] < 4 * len(x) / 2, peak
+
+
+def test_summary_says_the_segment_length_segsnr_used(ckpts, h5, tmp_path):
+    """summary.json said "mean over 8192-sample segments" for segsnr whatever the segments were: an
+    --data split's patch length (here 2048), the checkpoint's patch for --wavs."""
+    short = tmp_path / "p2048.h5"
+    with PatchFile(h5) as pf, PatchWriter(short, 2048, attrs={**pf.recipe, "patch": 2048}) as w:
+        data, label = pf.read(slice(0, 1))
+        w.append(data.reshape(-1, 2048), label.reshape(-1, 2048))
+    args = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["spline"]), "--data", str(short),
+            "--out", str(tmp_path / "res"), "--device", "cpu"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    p = json.loads((tmp_path / "res" / "summary.json").read_text())["protocol"]
+    assert p["segment"] == 2048 and "over 2048-sample segments" in p["metrics"]["segsnr"]
+    rows = list(csv.DictReader(open(tmp_path / "res" / "metrics.csv")))
+    assert float(rows[0]["spline_segsnr"]) == pytest.approx(
+        metrics.segmental_snr(data.reshape(-1, 2048)[0], label.reshape(-1, 2048)[0], patch=2048), abs=1e-5)
