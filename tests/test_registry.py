@@ -337,3 +337,19 @@ def test_example_dataset_plugin_prepares_data_that_trains(libri_mini, tmp_path):
         out = _cli("prepare", "mycorpus", str(root), "--out", "fresh", pythonpath=[site], cwd=tmp_path)
         assert out.returncode == 2 and out.stderr == f"afilm: error: {root}: {said}\n"
         assert not (tmp_path / "fresh").exists()
+
+
+def test_models_info_refuses_a_pattern_and_says_an_empty_config():
+    """`afilm models --info afilm_tiny 'tf*'` showed afilm_tiny and ignored the pattern; `--info spline`
+    printed the heading "config (create_model overrides):" over nothing."""
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "afilm_cli", "models", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    out = cli("--info", "afilm_tiny", "tf*")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "not both" in lines[0], out.stderr
+    assert out.stdout == ""
+    out = cli("--info", "spline")
+    assert out.returncode == 0, out.stderr
+    assert "config: none" in out.stdout and "create_model overrides" not in out.stdout

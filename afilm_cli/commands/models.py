@@ -23,6 +23,9 @@ def command(
     from afilm_cli.registry import MODELS
 
     console = Console()
+    if info is not None and pattern != "*":  # the pattern was accepted and ignored before
+        raise AfilmError(f"give --info NAME or a pattern, not both: --info shows one model ({info!r}), "
+                         f"the pattern {pattern!r} filters the list")
     if info is not None:
         _show(console, describe_model(info, with_model=True))
         return
@@ -67,7 +70,9 @@ def _show(console: Any, d: dict[str, Any]) -> None:
         console.print(f"(could not build: {escape(d['error'])})")
     if meta:
         console.print("registry meta: " + json.dumps(meta, default=str))
-    if d["config"] is not None:
+    if d["config"] == {}:  # a heading over nothing looked like a failure to show it
+        console.print("config: none (nothing for create_model to override)")
+    elif d["config"] is not None:
         from afilm_cli.models.unet import TRANSFORMER_FIELDS
 
         console.print("config (create_model overrides):")
