@@ -452,3 +452,22 @@ def test_the_input_is_checked_before_the_output_and_never_overwritten(tmp_path):
     _one_line_error(_cli("to-keras", h5), f"{h5}: not a loadable afilm checkpoint")
     _one_line_error(_cli("to-keras", pt, "-o", pt, "--force"), f"{pt} is the input file; give the output")
     assert pt.read_bytes() == before
+
+
+def test_an_output_folder_is_said_to_be_one(tmp_path):
+    """'afilm convert keras M.h5 -o DIR' said "DIR exists; pass --force to overwrite it", and with
+    --force failed on the folder only after the conversion; to-keras the same."""
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.models import create_model
+
+    h5 = _shapes_only_keras(tmp_path / "m.h5")
+    pt = tmp_path / "a.pt"
+    save_checkpoint(pt, make_checkpoint(create_model("afilm_tiny"), {"r": 4, "sr": 16000,
+                                                                     "degrade": "decimate", "patch": 8192}))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for args, example in (((h5, "--r", "4"), "m.pt"), ((h5, "--r", "4", "--force"), "m.pt")):
+        _one_line_error(_cli("keras", *args, "-o", folder), f"{folder} is a folder", str(folder / example))
+    _one_line_error(_cli("to-keras", pt, "-o", folder, "--force"), f"{folder} is a folder",
+                    str(folder / "a.h5"))
+    assert list(folder.iterdir()) == []

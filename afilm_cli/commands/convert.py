@@ -17,10 +17,13 @@ app = typer.Typer(
 )
 
 
-def refuse_output(out: Path, src: Path, force: bool) -> None:
+def refuse_output(out: Path, src: Path, force: bool, suffix: str) -> None:
     """No output over the input (--force or not), nor over another file without --force."""
     if out.exists() and out.resolve() == src.resolve():
         raise AfilmError(f"{out} is the input file; give the output another name with -o")
+    if out.is_dir():  # "pass --force" would not help: the write fails on a folder, said only after the work
+        example = out / src.with_suffix(suffix).name
+        raise AfilmError(f"{out} is a folder; -o takes the file to write, e.g. {example}")
     refuse_existing(out, force)
 
 
@@ -60,7 +63,7 @@ def keras(
         degrade_methods(degrade)  # a typo is one clear error, before the file is read
     out = out or model_h5.with_suffix(".pt")
     read_keras_h5(model_h5, values=False)  # the input's own faults first: a .pt given here is not "exists"
-    refuse_output(out, model_h5, force)
+    refuse_output(out, model_h5, force, ".pt")
     net, info = load_keras_model(model_h5, model, r, sr=sr, degrade=degrade)
     recipe = info.pop("recipe")  # r, sr and degrade resolved (given, recorded or default) and checked
     save_checkpoint(out, make_checkpoint(net, recipe, keras_source=info))
@@ -94,7 +97,7 @@ def to_keras(
     # beside the checkpoint file (a run folder's best.h5); a bundled model's name: NAME.h5 here
     out = out or (path if ckpt.is_dir() else ckpt).with_suffix(".h5")
     data = load_checkpoint(path)  # the input's own faults first: a Keras .h5 given here is not "exists"
-    refuse_output(out, path, force)
+    refuse_output(out, path, force, ".h5")
     try:
         net = model_from_checkpoint_fast(data)
     except AfilmError as exc:  # weights that do not fit: said with the file, as upsample says it
