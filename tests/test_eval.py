@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -697,3 +698,15 @@ def test_summary_says_the_segment_length_segsnr_used(ckpts, h5, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "res" / "metrics.csv")))
     assert float(rows[0]["spline_segsnr"]) == pytest.approx(
         metrics.segmental_snr(data.reshape(-1, 2048)[0], label.reshape(-1, 2048)[0], patch=2048), abs=1e-5)
+
+
+def test_the_table_says_which_value_is_not_a_mean(ckpts, h5, tmp_path):
+    """With --data, the reference-convention LSD is one value over the patches joined (summary.json's
+    protocol says so), but the table listed it under "metric (mean over items)" like the others."""
+    args = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["spline"]), "--data", str(h5),
+            "--out", str(tmp_path / "res"), "--device", "cpu", "--limit", "2"]
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "LSD, reference convention (all patches joined, not a mean)" in out.stdout
+    assert "LSD (log10, lower is better) " in out.stdout  # the per-item mean keeps its label

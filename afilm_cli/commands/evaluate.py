@@ -36,6 +36,8 @@ def summary_table(result, title: str) -> Table:
     summary = result.summary
     low = summary[LOWPASS]
     for key, (label, higher) in LABELS.items():
+        if key in result.pooled.get("model", {}):  # under "mean over items", a pooled value must say so
+            label += " (all patches joined, not a mean)"
         m, s = summary["model"][key], summary["spline"][key]
         table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no",
                       f"{low[key]:.3f}" if key in low else "-")
