@@ -288,8 +288,11 @@ def resolve_recipe(kf: KerasFile, r: int | None, sr: int | None = None, degrade:
         recipe.validate()  # prepare's own rules, so a converted checkpoint is one afilm could have trained
     except AfilmError as exc:
         origin = "" if r_from == "user" else f" (from the {r_from})"
+        # prepare's advice to change --patch does not apply: convert has no --patch, the Keras input is fixed
+        fixed = f"; the Keras input is fixed at {KERAS_INPUT_LENGTH} samples"
+        why = str(exc).replace(" or change --patch", fixed)
         raise AfilmError(f"{kf.path}: cannot import with r={r_value}{origin}, sr={recipe.sr}, as "
-                         f"'afilm prepare' would refuse that recipe: {exc}") from None
+                         f"'afilm prepare' would refuse that recipe: {why}") from None
     return {"r": recipe.r, "sr": recipe.sr, "degrade": recipe.degrade, "patch": recipe.patch}, r_from
 
 

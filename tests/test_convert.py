@@ -471,3 +471,11 @@ def test_an_output_folder_is_said_to_be_one(tmp_path):
     _one_line_error(_cli("to-keras", pt, "-o", folder, "--force"), f"{folder} is a folder",
                     str(folder / "a.h5"))
     assert list(folder.iterdir()) == []
+
+
+def test_an_r_not_dividing_the_input_gives_advice_convert_can_take(tmp_path):
+    """'afilm convert keras M.h5 --r 5' advised "or change --patch", an option convert does not have:
+    the Keras model's input is 8192 samples."""
+    res = _cli("keras", _shapes_only_keras(tmp_path / "m.h5"), "--r", "5", "-o", tmp_path / "m.pt")
+    _one_line_error(res, "--r 5 does not divide the patch length 8192", "input is fixed at 8192 samples")
+    assert "--patch" not in res.stderr
