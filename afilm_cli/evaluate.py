@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +36,7 @@ import torch
 
 from afilm_cli import __version__
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import find_audio_files, to_mono
+from afilm_cli.audio import find_audio_files, is_audio_file, to_mono
 from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
     Loaded,
@@ -195,6 +196,45 @@ def silent_patches(pf, n: int, chunk: int = 256) -> np.ndarray:
     return silent
 
 
+SPLIT = "--data takes an HDF5 split of patches written by 'afilm prepare'"
+
+
+def check_patch_input(path: str | os.PathLike) -> None:
+    """Refuse in one line an --data file that is no split of patches, saying what it is: a Keras model
+    (to import with 'afilm convert keras'), an afilm checkpoint or an audio file given for one, or an
+    HDF5 file without the 'data' and 'label' datasets. "missing dataset 'data'" said none of that."""
+    import h5py
+
+    from afilm_cli.data.h5 import check_patch_path
+    from afilm_cli.keras_io import looks_like_keras
+
+    path = Path(path)
+    check_patch_path(path)  # missing, or a folder
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        with open(path, "rb") as raw:
+            head = raw.read(4)
+        if head == b"PK\x03\x04" or path.suffix.lower() == ".pt":
+            raise AfilmError(f"{path}: a PyTorch file (an afilm checkpoint?), not a split of patches: a "
+                             f"checkpoint goes to --ckpt; {SPLIT}") from None
+        if head in (b"RIFF", b"fLaC", b"OggS") or is_audio_file(path):
+            raise AfilmError(f"{path}: an audio file, not a split of patches: --wavs takes a folder of audio "
+                             f"files; {SPLIT}") from None
+        raise AfilmError(f"{path}: not a readable HDF5 file ({exc}); {SPLIT}") from None
+    with f:
+        if "data" in f and "label" in f:
+            return
+        if looks_like_keras(f):
+            convert = f"afilm convert keras {shlex.quote(str(path))}"
+            raise AfilmError(f"{path}: a Keras model or weights file, not a split of patches; to evaluate "
+                             f"it, import it with '{convert}' and pass the .pt it writes to --ckpt; {SPLIT}")
+        names = sorted(f.keys())
+        held = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "") or "nothing"
+        raise AfilmError(f"{path}: not a split of patches (it holds {held}, not the 'data' and 'label' "
+                         f"datasets); {SPLIT}")
+
+
 def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16,
                 device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
                 max_plots: int = 10, progress: Callable[[int], None] | None = None,
@@ -215,6 +255,7 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
     device = torch.device(device)
     n_threads = resolve_threads(threads, device)
 
+    check_patch_input(path)  # a Keras file or a checkpoint said as such, not as "missing dataset 'data'"
     with PatchFile(path) as pf:
         rec = pf.recipe
         for key in ("r", "sr"):

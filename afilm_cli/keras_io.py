@@ -164,6 +164,12 @@ def _text(v: Any) -> str:
     return v.decode("utf8") if isinstance(v, bytes) else str(v)
 
 
+def looks_like_keras(f: Any) -> bool:
+    """Whether an open HDF5 file is a Keras model or weights file: Keras 2 (either layout) or Keras 3
+    ('.weights.h5', which 'afilm convert keras' names as unsupported)."""
+    return "layer_names" in f.attrs or "model_weights" in f or "layers" in f
+
+
 def read_keras_h5(path: str | os.PathLike, values: bool = True) -> KerasFile:
     """The weight arrays of a Keras .h5 (either layout), in the file's order; with ``values=False``
     only their names, shapes and dtypes (``KerasFile.load()`` reads the arrays later)."""

@@ -710,3 +710,46 @@ def test_the_table_says_which_value_is_not_a_mean(ckpts, h5, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "LSD, reference convention (all patches joined, not a mean)" in out.stdout
     assert "LSD (log10, lower is better) " in out.stdout  # the per-item mean keeps its label
+
+
+def _keras_weights_file(path: Path) -> Path:
+    """A Keras 2 weights-only .h5 as model.save_weights writes it (layer_names, a group per layer)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [b"conv1d"]
+        f.create_group("conv1d").attrs["weight_names"] = [b"conv1d/kernel:0"]
+        f["conv1d"].create_dataset("conv1d/kernel:0", data=np.zeros((3, 1, 2), np.float32))
+    return path
+
+
+def test_data_that_is_no_split_is_said_for_what_it_is(ckpts, h5, tmp_path, capsys, monkeypatch):
+    """'eval --data KERAS.h5' said "missing dataset 'data' (expected 'data' and 'label')", and after
+    the outputs' check ("exists; pass --force" first): a Keras file, a checkpoint, an audio file or
+    another HDF5 file is now named for what it is, before the outputs, with what --data takes."""
+    import h5py
+
+    keras = _keras_weights_file(tmp_path / "weights.h5")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(160, np.float32), 16000)
+    out = tmp_path / "res"
+    assert _run_main(capsys, monkeypatch, "--ckpt", ckpts["spline"], "--data", h5, "--out", out)[0] == 0
+    takes = "--data takes an HDF5 split of patches written by 'afilm prepare'"
+    for data, said in [
+        (keras, f"{keras}: a Keras model or weights file, not a split of patches; to evaluate it, import it "
+                f"with 'afilm convert keras {keras}' and pass the .pt it writes to --ckpt; {takes}"),
+        (ckpts["spline"], f"{ckpts['spline']}: a PyTorch file (an afilm checkpoint?), not a split of "
+                          f"patches: a checkpoint goes to --ckpt; {takes}"),
+        (wav, f"{wav}: an audio file, not a split of patches: --wavs takes a folder of audio files; {takes}"),
+        (other, f"{other}: not a split of patches (it holds 'x', not the 'data' and 'label' datasets); "
+                f"{takes}"),
+    ]:
+        code, err, windows = _run_main(capsys, monkeypatch, "--ckpt", ckpts["spline"], "--data", data,
+                                       "--out", out)  # its outputs exist: the input's fault comes first
+        assert (code, err) == (2, [f"afilm: error: {said}"])
+        with pytest.raises(AfilmError, match="not a split of patches"):  # the API says it as well
+            evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), data)
+

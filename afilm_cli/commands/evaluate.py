@@ -93,10 +93,8 @@ def command(
     if max_plots is not None and plots is None:  # accepted and ignored before
         raise AfilmError("--max-plots goes with --plots FOLDER: without it no PNG is written")
     max_plots = 20 if max_plots is None else max_plots
-    if data is not None:  # the missing input first, before the outputs
-        from afilm_cli.data.h5 import check_patch_path
-
-        check_patch_path(data)
+    if data is not None:  # the input's faults first (missing, a folder, a Keras file), before the outputs
+        evaluate.check_patch_input(data)
     if wavs is not None and not wavs.is_dir():
         raise AfilmError(f"{wavs}: not a folder")
     csv_path, json_path = evaluate.result_paths(out)
