@@ -753,3 +753,30 @@ def test_data_that_is_no_split_is_said_for_what_it_is(ckpts, h5, tmp_path, capsy
         with pytest.raises(AfilmError, match="not a split of patches"):  # the API says it as well
             evaluate.evaluate_h5(infer.load_model(ckpts["spline"]), data)
 
+
+def test_eval_errors_are_the_first_line_of_stderr(ckpts, wavs, tmp_path):
+    """rich's progress bar, stopped on a stderr that is no terminal, printed a blank line: above every
+    error raised once the bar had started (an empty folder, a bad --degrade, a Keras file given to
+    --data) and above the lines a finished run writes. The real CLI, its stderr a pipe."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    silent = tmp_path / "silent"
+    silent.mkdir()
+    sf.write(silent / "zero.wav", np.zeros(16000, np.float32), 16000)
+    keras = _keras_weights_file(tmp_path / "weights.h5")
+    base = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["spline"]), "--device", "cpu",
+            "--out", str(tmp_path / "res")]
+    for args, said in [
+        (("--wavs", empty), f"{empty}: no audio files in this folder"),
+        (("--wavs", silent), f"{silent}: every file is silent; nothing to evaluate"),
+        (("--wavs", wavs, "--degrade", "bogus"), "--degrade 'bogus': use one of"),
+        (("--wavs", tmp_path / "none"), f"{tmp_path / 'none'}: not a folder"),
+        (("--data", keras), f"{keras}: a Keras model or weights file"),
+    ]:
+        res = subprocess.run([*base, *map(str, args)], capture_output=True, text=True, timeout=180)
+        assert res.returncode == 2 and res.stderr.startswith(f"afilm: error: {said}"), (args, res.stderr)
+        assert len(res.stderr.splitlines()) == 1, (args, res.stderr)
+    res = subprocess.run([*base, "--wavs", str(wavs), "--limit", "1"], capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith("checkpoint: ") and "" not in res.stderr.splitlines(), res.stderr

@@ -115,7 +115,9 @@ def command(
             make_output_dir(plots)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True) as bar:
+    # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line,
+    # which stood above every error raised inside it and above the lines below
+    with Progress(*columns, console=err, transient=True, disable=not err.is_interactive) as bar:
         task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
         kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
                       progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n),
