@@ -826,3 +826,33 @@ def test_a_patch_length_the_built_in_networks_cannot_take_is_warned_about(vctk_m
     assert recipe_mod.patch_warning(Recipe(r=3, patch=1002)).endswith(
         "nearest valid: 768 or 1536 (a plugin model may take 1002)")
     assert recipe_mod.patch_warning(Recipe(r=4, patch=8192)) is None
+
+
+def test_a_patch_file_held_open_for_writing_elsewhere_is_said_so(libri_mini, tmp_path):
+    """HDF5 locks a file open for writing: another process reading it fails with 'unable to lock file'.
+    prepare said the (good) file 'is not a readable HDF5 file; use --force to rebuild it', and train
+    'not a readable HDF5 file (...)': both now say another process holds it, and what to do."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted(libri_mini.rglob("*.flac"))[:2]:
+        shutil.copy(f, corpus / f.name)
+    args = ("prepare", "folder", str(corpus), "--r", "4", "--patch", "2048", "--multiple", "1",
+            "--val-fraction", "0", "--out", str(tmp_path / "d"))
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    out = tmp_path / "d" / "corpus-r4-decimate-train.h5"
+    hold = "import h5py, sys, time; f=h5py.File(sys.argv[1], 'a'); print('open', flush=True); time.sleep(99)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        again = run_cli(*args, cwd=tmp_path)
+        assert again.returncode == 2, again.stderr
+        assert "another process has it open for writing" in again.stderr
+        assert "not a readable" not in again.stderr
+        train = run_cli("train", "--model", "afilm_tiny", "--train", str(out), "--max-steps", "1",
+                        "--out", str(tmp_path / "run"), cwd=tmp_path)
+        assert train.returncode == 2, train.stderr
+        assert "another process has it open for writing" in train.stderr
+        assert "not a readable" not in train.stderr and not (tmp_path / "run").exists()
+    finally:
+        holder.kill()
+        holder.wait()

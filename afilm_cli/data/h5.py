@@ -113,6 +113,21 @@ class PatchWriter:
         self._atomic.__exit__(exc_type, exc, tb)
 
 
+def locked(exc: OSError) -> bool:
+    """Whether h5py failed to open a file because another process holds it open for writing: HDF5
+    locks a file it opens (shared for reading, exclusive for writing), and a read then fails with
+    "unable to lock file" although the file itself is fine."""
+    return "unable to lock file" in str(exc)
+
+
+def open_error(path: str | os.PathLike, exc: OSError) -> str:
+    """The one line for a patch file h5py cannot open: held open for writing elsewhere, or unreadable."""
+    if locked(exc):
+        return (f"{path}: another process has it open for writing (HDF5 file lock), so it cannot be read "
+                "now; close it there (or wait for that process to finish) and run this again")
+    return f"{path}: not a readable HDF5 file ({exc})"
+
+
 def check_patch_path(path: str | os.PathLike) -> None:
     """Refuse in one line a patch file that is missing, or a folder given for one (said as such: "no such
     file" misled where the folder exists)."""
@@ -138,7 +153,7 @@ class PatchFile:
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
-            raise AfilmError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+            raise AfilmError(open_error(self.path, exc)) from None
         for name in ("data", "label"):
             if name not in self._f:
                 self.close()

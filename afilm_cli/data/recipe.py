@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from afilm_cli import audio
-from afilm_cli.data.h5 import PatchWriter
+from afilm_cli.data.h5 import PatchWriter, locked
 from afilm_cli.errors import AfilmError
 from afilm_cli.interrupts import CtrlC
 
@@ -312,7 +312,12 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
         with h5py.File(out, "r") as f:
             found = {k: _plain(f.attrs[k]) if k in f.attrs else ATTR_DEFAULTS.get(k) for k in CHECKED_ATTRS}
             listed = _plain(f.attrs["split_sources"]) if "split_sources" in f.attrs else None
-    except OSError:
+    except OSError as exc:
+        if locked(exc):  # the file is fine: "not readable, --force to rebuild it" misled
+            raise AfilmError(f"{out}: exists, and another process has it open for writing (HDF5 file "
+                             "lock), so its recipe cannot be checked; close it there and run this again, "
+                             "or pass --force to write a new one in its place (that process keeps the old "
+                             "one)") from None
         raise AfilmError(f"{out}: exists but is not a readable HDF5 file; "
                          "use --force to rebuild it") from None
     want = {k: _plain(attrs[k]) for k in CHECKED_ATTRS if k in attrs}
