@@ -479,3 +479,25 @@ def test_an_r_not_dividing_the_input_gives_advice_convert_can_take(tmp_path):
     res = _cli("keras", _shapes_only_keras(tmp_path / "m.h5"), "--r", "5", "-o", tmp_path / "m.pt")
     _one_line_error(res, "--r 5 does not divide the patch length 8192", "input is fixed at 8192 samples")
     assert "--patch" not in res.stderr
+
+
+def test_an_output_suffix_that_misnames_the_file_is_refused_before_the_work(tmp_path):
+    """'convert keras M.h5 -o out.h5' wrote a PyTorch checkpoint named .h5 ('afilm eval --ckpt out.h5'
+    then took it for a Keras file), and 'to-keras -o out.pt' a Keras file named .pt: each direction's
+    suffix is checked before the work, the right one suggested; its case is no matter."""
+    h5 = _shapes_only_keras(tmp_path / "m.h5")
+    for out, said in [(tmp_path / "k.h5", f"{tmp_path / 'k.h5'}: convert keras writes an afilm checkpoint; "
+                                          f"name it .pt, e.g. -o {tmp_path / 'k.pt'}"),
+                      (tmp_path / "k", f"{tmp_path / 'k'}: convert keras writes an afilm checkpoint; name it "
+                                       f".pt, e.g. -o {tmp_path / 'k.pt'}")]:
+        _one_line_error(_cli("keras", h5, "--r", "4", "-o", out, "--force"), said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+    res = _cli("keras", h5, "--r", "4", "-o", tmp_path / "k.PT")
+    assert res.returncode == 0, res.stderr
+    _one_line_error(_cli("to-keras", tmp_path / "k.PT", "-o", tmp_path / "t.pt"),
+                    f"{tmp_path / 't.pt'}: convert to-keras writes a Keras HDF5 weights file; name it .h5 or "
+                    f".hdf5, e.g. -o {tmp_path / 't.h5'}")
+    assert not (tmp_path / "t.pt").exists()
+    res = _cli("to-keras", tmp_path / "k.PT", "-o", tmp_path / "t.hdf5")
+    assert res.returncode == 0, res.stderr
+    assert read_keras_h5(tmp_path / "t.hdf5", values=False).layout == "weights only"

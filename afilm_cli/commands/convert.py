@@ -17,13 +17,22 @@ app = typer.Typer(
 )
 
 
+# what each direction writes, and the suffixes its file may have (the first: the one suggested)
+WRITES = {".pt": ("convert keras writes an afilm checkpoint", (".pt",)),
+          ".h5": ("convert to-keras writes a Keras HDF5 weights file", (".h5", ".hdf5"))}
+
+
 def refuse_output(out: Path, src: Path, force: bool, suffix: str) -> None:
-    """No output over the input (--force or not), nor over another file without --force."""
+    """No output over the input (--force or not), nor over another file without --force, nor under a
+    suffix that misnames what is written (a checkpoint named .h5 was taken for a Keras file after)."""
     if out.exists() and out.resolve() == src.resolve():
         raise AfilmError(f"{out} is the input file; give the output another name with -o")
     if out.is_dir():  # "pass --force" would not help: the write fails on a folder, said only after the work
         example = out / src.with_suffix(suffix).name
         raise AfilmError(f"{out} is a folder; -o takes the file to write, e.g. {example}")
+    what, suffixes = WRITES[suffix]
+    if out.suffix.lower() not in suffixes:
+        raise AfilmError(f"{out}: {what}; name it {' or '.join(suffixes)}, e.g. -o {out.with_suffix(suffix)}")
     refuse_existing(out, force)
 
 
@@ -31,7 +40,7 @@ def refuse_output(out: Path, src: Path, force: bool, suffix: str) -> None:
 def keras(
     model_h5: Annotated[Path, typer.Argument(metavar="MODEL.h5", help="Keras .h5: a full model (model.save) "
                                              "or weights only (model.save_weights).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Checkpoint to write. Default: "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Checkpoint (.pt) to write. Default: "
                                              "MODEL.pt beside the input.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="afilm or tfilm. Default: detected "
                                               "from the file.")] = None,
@@ -79,8 +88,8 @@ def to_keras(
     ckpt: Annotated[Path, typer.Argument(metavar="CKPT.pt", help="afilm checkpoint of a paper-size afilm or "
                                          "tfilm model (trained here or imported), or a run folder (its "
                                          "best.pt, else last.pt).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keras .h5 to write. Default: CKPT.h5 "
-                                             "beside the checkpoint.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Keras .h5 (or .hdf5) to write. Default: "
+                                             "CKPT.h5 beside the checkpoint.")] = None,
     force: Force = False,
 ) -> None:
     """Export an afilm checkpoint to the Keras weights-only layout (model.save_weights).
