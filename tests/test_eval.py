@@ -780,3 +780,40 @@ def test_eval_errors_are_the_first_line_of_stderr(ckpts, wavs, tmp_path):
                          timeout=180)
     assert res.returncode == 0, res.stderr
     assert res.stderr.startswith("checkpoint: ") and "" not in res.stderr.splitlines(), res.stderr
+
+
+def test_the_tables_call_values_equal_as_shown_a_tie(ckpts, tmp_path):
+    """The spline checkpoint on --wavs scores what the spline does to ~1e-7 (float32 rounding), and the
+    table said the model was better ("yes") for SNR and LSD beside two equal numbers, and gains of
+    "-0.00" dB per band: values equal to the digits shown are a tie, a zero has no sign."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from afilm_cli.commands.evaluate import bands_table, summary_table
+
+    def text(table) -> str:
+        console = Console(record=True, width=300, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(table)
+        return console.export_text()
+
+    spline = {"snr": 15.6481, "segsnr": 15.8252, "lsd": 3.5331, "lsd_ref": 7.3862}
+    model = {"snr": 15.6481 + 7e-10, "segsnr": 15.8252 - 9e-9, "lsd": 3.5331 - 2e-7, "lsd_ref": 7.3862 - 0.01}
+    result = SimpleNamespace(protocol={"sr": 16000, "r": 4}, pooled={},
+                             summary={"model": model, "spline": spline,
+                                      evaluate.LOWPASS: {"snr": 16.9, "segsnr": -1e-9}})
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:6]]
+            for line in text(summary_table(result, "t")).splitlines() if line.count("│") == 6}
+    assert rows["SNR (dB, higher is better)"] == ["15.648", "15.648", "no", "16.900"]
+    assert rows["LSD (log10, lower is better)"] == ["3.533", "3.533", "no", "-"]
+    assert rows["LSD, reference convention"] == ["7.376", "7.386", "yes", "-"]  # a real gain still is one
+    assert rows["segmental SNR, reference (dB)"][3] == "0.000"
+    bands = SimpleNamespace(to_json=lambda: [
+        {"lo_hz": 0, "hi_hz": 2000, "signal_db": -0.01, "spline_error_db": -37.2, "model_error_db": -37.2,
+         "model_gain_db": -6e-9},
+        {"lo_hz": 2000, "hi_hz": 8000, "signal_db": -20.0, "spline_error_db": -20.0, "model_error_db": -21.0,
+         "model_gain_db": -0.006}])
+    shown = [[c.strip() for c in line.split("│")[1:6]]
+             for line in text(bands_table(SimpleNamespace(bands=bands))).splitlines() if line.count("│") == 6]
+    assert shown == [["0-2000", "0.0", "-37.2", "-37.2", "+0.00"],
+                     ["2000-8000", "-20.0", "-20.0", "-21.0", "-0.01"]]

@@ -19,6 +19,12 @@ LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR
           "lsd": ("LSD (log10, lower is better)", False), "lsd_ref": ("LSD, reference convention", False)}
 
 
+def fixed(value: float, digits: int, sign: bool = False) -> str:
+    """``value`` as the tables show it, a zero never as "-0.00": a gain of -1e-9 dB is none."""
+    text = f"{value:{'+' if sign else ''}.{digits}f}"
+    return text.replace("-", "+" if sign else "", 1) if float(text) == 0 else text
+
+
 def summary_table(result, title: str) -> Table:
     """Model and spline side by side, mean over items, and the SNRs of the truth low-passed at the
     low rate's Nyquist (what restoring the input band alone can reach); shared with `afilm demo`."""
@@ -39,8 +45,9 @@ def summary_table(result, title: str) -> Table:
         if key in result.pooled.get("model", {}):  # under "mean over items", a pooled value must say so
             label += " (all patches joined, not a mean)"
         m, s = summary["model"][key], summary["spline"][key]
-        table.add_row(label, f"{m:.3f}", f"{s:.3f}", "yes" if (m > s) == higher and m != s else "no",
-                      f"{low[key]:.3f}" if key in low else "-")
+        shown = fixed(m, 3), fixed(s, 3)  # "better" as shown: values equal to 3 decimals are a tie, not a win
+        better = "yes" if (m > s) == higher and shown[0] != shown[1] else "no"
+        table.add_row(label, *shown, better, fixed(low[key], 3) if key in low else "-")
     return table
 
 
@@ -50,8 +57,8 @@ def bands_table(result) -> Table:
     for name in ("band (Hz)", "signal", "spline error", "model error", "model gain"):
         table.add_column(name, justify="left" if name == "band (Hz)" else "right")
     for b in result.bands.to_json():
-        levels = (f"{b[k]:.1f}" for k in ("signal_db", "spline_error_db", "model_error_db"))
-        table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", *levels, f"{b['model_gain_db']:+.2f}")
+        levels = (fixed(b[k], 1) for k in ("signal_db", "spline_error_db", "model_error_db"))
+        table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", *levels, fixed(b["model_gain_db"], 2, sign=True))
     return table
 
 
