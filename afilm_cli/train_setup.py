@@ -4,6 +4,7 @@ folder, the resumed checkpoint, and the RNG states a checkpoint carries (see afi
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
 # settings a resumed run must keep, or it would not be the same run
 RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "lr_schedule", "betas", "eps", "loss", "seed",
                 "world_size")
+
+
+def _q(path: Any) -> str:
+    """A path as it must be typed in a suggested command line (quoted where it holds a space)."""
+    return shlex.quote(str(path))
 
 
 def pick_device(name: str, local_rank: int) -> torch.device:
@@ -73,10 +79,10 @@ def resume_path(spec: str) -> Path:
         return path
     if not (path / "last.pt").exists() and (path / "best.pt").exists():  # --force would delete it
         raise AfilmError(f"{path}: has best.pt but no last.pt (the state to resume from); start a new run "
-                         f"from its weights with --init {path / 'best.pt'}")
+                         f"from its weights with --init {_q(path / 'best.pt')}")
     if not (path / "last.pt").exists() and (path / "log.jsonl").exists():
         raise AfilmError(f"{path}: the run there saved no checkpoint (log.jsonl only), so there is nothing "
-                         f"to resume; start it again with --out {path} --force")
+                         f"to resume; start it again with --out {_q(path)} --force")
     return path / "last.pt"
 
 
@@ -87,7 +93,7 @@ def load_resume(cfg: TrainConfig) -> dict[str, Any]:
     stored = ckpt.get("train_config")
     if stored is None or "optimizer" not in ckpt or "rng" not in ckpt:
         raise AfilmError(f"{path}: holds weights only (no optimizer/RNG state), so it cannot be resumed; "
-                         f"start a new run from it with --init {path}")
+                         f"start a new run from it with --init {_q(path)}")
     stored = {**stored, "betas": tuple(stored["betas"]), "world_size": stored.get("world_size", 1),
               "model_args": stored.get("model_args", {}),
               "lr_schedule": stored.get("lr_schedule", "constant")}  # runs from before the option
@@ -185,7 +191,7 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
             raise AfilmError(f"{pf.path} holds patches of {rec['patch']} samples, but checkpoint "
                              f"{ckpt['path']} was trained on {old}: a resumed run keeps its patch length; "
                              f"use data prepared with --patch {old}, or start a new run from these weights "
-                             f"with --init {ckpt['path']}")
+                             f"with --init {_q(ckpt['path'])}")
     return rec
 
 
@@ -210,7 +216,7 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
     what = (f"holds other patches than {was} ({n} of each), on which {stopped}" if old == n else
             f"holds {n} patches, but {stopped} of {was}" + (f" ({old} patches)" if old is not None else ""))
     raise AfilmError(f"{train_pf.path} {what}, which cannot go on over another file; resume with --train "
-                     f"{was}, or start a new run from these weights with --init {ckpt['path']}")
+                     f"{_q(was)}, or start a new run from these weights with --init {_q(ckpt['path'])}")
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -245,7 +251,7 @@ def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[P
             raise AfilmError(f"{out} holds an earlier training run that saved {saved} (only "
                              f"{', '.join(p.name for p in held)}); pass --force to replace it")
         if not cfg.force:
-            raise AfilmError(f"{out} already holds a training run ({held[0].name}); pass --resume {out} to "
-                             "continue it, or --force to replace it")
+            raise AfilmError(f"{out} already holds a training run ({held[0].name}); pass --resume "
+                             f"{_q(out)} to continue it, or --force to replace it")
         return out, held
     return out, []

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1025,3 +1026,18 @@ def test_a_batch_size_above_the_patch_count_is_warned_about(data, tmp_path):
                "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "--batch-size" not in p.stdout  # a batch of every patch is what was asked
+
+
+def test_commands_suggested_for_a_run_folder_with_a_space_can_be_typed_as_given(data, tmp_path):
+    """'pass --resume run ü 1 to continue it' split into three words where it was pasted; the interrupt
+    line already quoted its path, the refusals now do too."""
+    args = ("train", "--model", "afilm_tiny", "--train", str(data["train"]), "--val", str(data["val"]),
+            "--batch-size", "8", "--threads", "1", "--no-progress", "--out", "run ü 1")
+    assert _afilm(*args, "--max-steps", "1", cwd=tmp_path).returncode == 0
+    again = _afilm(*args, "--max-steps", "2", cwd=tmp_path)
+    assert again.returncode == 2
+    suggested = re.search(r"pass (--resume .*) to continue it", again.stderr)
+    assert suggested and suggested.group(1) == "--resume 'run ü 1'", again.stderr
+    resumed = _afilm("train", *shlex.split(suggested.group(1)), "--max-steps", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "run ü 1" / "last.pt")["step"] == 2
