@@ -501,3 +501,27 @@ def test_an_output_suffix_that_misnames_the_file_is_refused_before_the_work(tmp_
     res = _cli("to-keras", tmp_path / "k.PT", "-o", tmp_path / "t.hdf5")
     assert res.returncode == 0, res.stderr
     assert read_keras_h5(tmp_path / "t.hdf5", values=False).layout == "weights only"
+
+
+def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, monkeypatch):
+    """'-o FILE/x.pt' (a file where a folder must be) failed at the write, once the model was read and
+    converted (a minute or more for the paper AFiLM): said before, in the same words."""
+    from typer.testing import CliRunner
+
+    from afilm_cli import keras_io
+    from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+    from afilm_cli.main import app
+    from afilm_cli.models import create_model
+
+    h5 = _shapes_only_keras(tmp_path / "m.h5")
+    pt = tmp_path / "a.pt"
+    save_checkpoint(pt, make_checkpoint(create_model("afilm_tiny"), {"r": 4, "sr": 16000,
+                                                                     "degrade": "decimate", "patch": 8192}))
+    work = []
+    monkeypatch.setattr(keras_io, "load_keras_model", lambda *a, **k: work.append(1))
+    monkeypatch.setattr(keras_io, "model_from_checkpoint_fast", lambda *a, **k: work.append(1))
+    for args, out in [(("keras", h5, "--r", "4"), pt / "x.pt"), (("to-keras", pt), pt / "deeper" / "x.h5")]:
+        res = CliRunner().invoke(app, ["convert", *map(str, args), "-o", str(out)])
+        assert isinstance(res.exception, AfilmError), res.output
+        assert str(res.exception) == f"cannot write {out}: {pt} is a file, not a folder"
+    assert work == []

@@ -30,6 +30,10 @@ def refuse_output(out: Path, src: Path, force: bool, suffix: str) -> None:
     if out.is_dir():  # "pass --force" would not help: the write fails on a folder, said only after the work
         example = out / src.with_suffix(suffix).name
         raise AfilmError(f"{out} is a folder; -o takes the file to write, e.g. {example}")
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # said by the write before, after the work
+        shown = next((p for p in out.parents if p.absolute() == above), above)
+        raise AfilmError(f"cannot write {out}: {shown} is a file, not a folder")
     what, suffixes = WRITES[suffix]
     if out.suffix.lower() not in suffixes:
         raise AfilmError(f"{out}: {what}; name it {' or '.join(suffixes)}, e.g. -o {out.with_suffix(suffix)}")
