@@ -280,6 +280,9 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
         # the missing input is said even where the outputs exist
         (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "r"), "no such HDF5"),
         (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "none", "--out", tmp_path / "r"), "not a folder"),
+        # a file given to --wavs: what it takes is said
+        (("--ckpt", ckpts["spline"], "--wavs", h5, "--out", tmp_path / "x"),
+         f"{h5} is a file, not a folder; --wavs takes a folder of high-rate audio files"),
         (("--ckpt", ckpts["spline"], "--data", tmp_path, "--out", tmp_path / "x"), "is a folder, not a file"),
         (("--ckpt", h5, "--data", h5, "--out", tmp_path / "x"), "not a loadable afilm checkpoint"),
         (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "x", "--threads", "0"),

@@ -102,6 +102,9 @@ def command(
     max_plots = 20 if max_plots is None else max_plots
     if data is not None:  # the input's faults first (missing, a folder, a Keras file), before the outputs
         evaluate.check_patch_input(data)
+    if wavs is not None and wavs.is_file():  # "not a folder" said nothing of what --wavs takes
+        raise AfilmError(f"{wavs} is a file, not a folder; --wavs takes a folder of high-rate audio files "
+                         "(each one a row): put the file in a folder of its own")
     if wavs is not None and not wavs.is_dir():
         raise AfilmError(f"{wavs}: not a folder")
     csv_path, json_path = evaluate.result_paths(out)
