@@ -272,6 +272,9 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
 
     code, out = run("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r")
     assert code == 0 and (tmp_path / "r" / "metrics.csv").is_file()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "wavs").mkdir()
+    sf.write(tmp_path / "wavs" / "a.wav", np.zeros(16000, np.float32), 16000)
     assert f"checkpoint: {ckpts['spline']}" in " ".join(out.err.split())  # which model, said on screen
     for args, message in [
         (("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "r"), "exists; pass --force"),
@@ -280,6 +283,12 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
         # the missing input is said even where the outputs exist
         (("--ckpt", ckpts["spline"], "--data", tmp_path / "no.h5", "--out", tmp_path / "r"), "no such HDF5"),
         (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "none", "--out", tmp_path / "r"), "not a folder"),
+        # the input's faults before the outputs': r/ holds results
+        (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "empty", "--out", tmp_path / "r"),
+         "no audio files in this folder"),
+        (("--ckpt", ckpts["spline"], "--wavs", tmp_path / "wavs", "--degrade", "bogus", "--out",
+          tmp_path / "r"),
+         "--degrade 'bogus': use one of"),
         # a file given to --wavs: what it takes is said
         (("--ckpt", ckpts["spline"], "--wavs", h5, "--out", tmp_path / "x"),
          f"{h5} is a file, not a folder; --wavs takes a folder of high-rate audio files"),

@@ -105,8 +105,10 @@ def command(
     if wavs is not None and wavs.is_file():  # "not a folder" said nothing of what --wavs takes
         raise AfilmError(f"{wavs} is a file, not a folder; --wavs takes a folder of high-rate audio files "
                          "(each one a row): put the file in a folder of its own")
-    if wavs is not None and not wavs.is_dir():
-        raise AfilmError(f"{wavs}: not a folder")
+    if wavs is not None:  # an empty folder or a bad --degrade was said only after "exists; pass --force"
+        evaluate.find_audio(wavs)  # not a folder, or no audio file in it
+    if degrade is not None:
+        infer.check_degrade(degrade)
     csv_path, json_path = evaluate.result_paths(out)
     if not force and (csv_path.exists() or json_path.exists()):
         raise AfilmError(f"{csv_path if csv_path.exists() else json_path} exists; pass --force to overwrite "
