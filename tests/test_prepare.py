@@ -856,3 +856,18 @@ def test_a_patch_file_held_open_for_writing_elsewhere_is_said_so(libri_mini, tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("name", ["a/b", "/abs/x", ".."])
+def test_a_name_that_is_a_path_is_refused_before_anything_is_written(libri_mini, tmp_path, name):
+    """--name a/b wrote into <out>/a/ (where 'afilm train --data-dir <out>' does not look), and --name /x
+    outside --out altogether."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(sorted(libri_mini.rglob("*.flac"))[0], corpus / "one.flac")
+    name = str(tmp_path / "abs" / "x") if name.startswith("/") else name
+    proc = run_cli("prepare", "folder", str(corpus), "--name", name, "--patch", "2048", "--val-fraction", "0",
+                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2 and "not a path" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "abs").exists()
+    assert not list(tmp_path.glob("*.h5"))

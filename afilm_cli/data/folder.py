@@ -106,6 +106,10 @@ def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None 
                    force: bool = False):
     """Library entry point of `afilm prepare folder`."""
     recipe.validate()
+    if name is not None and ("/" in name or os.sep in name or name in (".", "..")):
+        # "a/b" wrote into <out>/a/, where 'afilm train --data-dir <out>' does not look; "/x" outside --out
+        raise AfilmError(f"--name {name!r}: a name for the output files, not a path (no '/'); give their "
+                         "folder with --out")
     root = Path(root)
     train, val, info = folder_splits(root, val_fraction=val_fraction, by_subfolder=by_subfolder,
                                      val_dir=val_dir, seed=recipe.seed, recipe=recipe)
@@ -141,8 +145,8 @@ def folder(
                             "subfolders (speakers) instead of files.")] = False,
     val_dir: Annotated[Path | None, typer.Option("--val-dir", help="Use this folder as the validation "
                        "set (instead of --val-fraction or --by-subfolder).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Output name prefix (default: the folder's "
-                    "name).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Output name prefix, no '/' (default: the "
+                    "folder's name); the folder is --out.")] = None,
     out: cli.Out = Path("data"),
     force: cli.Force = False,
 ) -> None:
