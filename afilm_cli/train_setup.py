@@ -150,9 +150,10 @@ def find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
         train = Path(cfg.train)
     else:
         found = sorted(Path(cfg.data_dir).glob("*-train.h5"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        if not found:  # prepare writes to data/ unless told: the suggestion names this --data-dir
+            out = "" if Path(cfg.data_dir) == Path("data") else f" --out {_q(cfg.data_dir)}"
             raise AfilmError(f"no training data: no *-train.h5 in {cfg.data_dir}/; "
-                             "run 'afilm prepare vctk --r 4' first, or pass --train FILE")
+                             f"prepare some first (afilm prepare vctk --r 4{out}), or pass --train FILE")
         train = found[-1]
     if cfg.val:
         return train, Path(cfg.val)

@@ -1041,3 +1041,13 @@ def test_commands_suggested_for_a_run_folder_with_a_space_can_be_typed_as_given(
     resumed = _afilm("train", *shlex.split(suggested.group(1)), "--max-steps", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(tmp_path / "run ü 1" / "last.pt")["step"] == 2
+
+
+def test_no_training_data_suggests_a_prepare_that_writes_where_train_looks(tmp_path):
+    """With --data-dir elsewhere, the suggested 'afilm prepare vctk --r 4' wrote to data/, where this
+    train command would still not look."""
+    proc = _afilm("train", "--model", "afilm_tiny", "--data-dir", "my data", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "(afilm prepare vctk --r 4 --out 'my data')" in proc.stderr, proc.stderr
+    plain = _afilm("train", "--model", "afilm_tiny", cwd=tmp_path)
+    assert "(afilm prepare vctk --r 4)" in plain.stderr, plain.stderr
