@@ -871,3 +871,33 @@ def test_a_name_that_is_a_path_is_refused_before_anything_is_written(libri_mini,
     assert proc.returncode == 2 and "not a path" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "abs").exists()
     assert not list(tmp_path.glob("*.h5"))
+
+
+def test_ctrl_c_leaves_no_output_folder_the_run_made(libri_mini, tmp_path, monkeypatch):
+    """The partial file was removed on Ctrl-C, but the --out folder (and its parents) the run had made
+    stayed behind, empty; a refused run already took them out."""
+    import signal
+
+    real, seen = recipe_mod.file_signals, []
+
+    def file_signals(path, rec):
+        seen.append(path)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second file is worked on
+        return real(path, rec)
+
+    monkeypatch.setattr(recipe_mod, "file_signals", file_signals)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted(libri_mini.rglob("*.flac"))[:4]:
+        shutil.copy(f, corpus / f.name)
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "mine.txt").write_text("the user's")
+    with pytest.raises(KeyboardInterrupt):
+        prepare_folder(corpus, Recipe(r=4, multiple=1, patch=2048), val_fraction=0.0,
+                       out=tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(KeyboardInterrupt):  # a folder that was there before stays, with what it held
+        seen.clear()
+        prepare_folder(corpus, Recipe(r=4, multiple=1, patch=2048), val_fraction=0.0, out=tmp_path / "kept")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]

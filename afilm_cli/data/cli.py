@@ -200,8 +200,12 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                   TextColumn("files"), TimeElapsedColumn(), console=err) as progress:
         for plan in todo:
             task = progress.add_task(plan.part, total=len(plan.sources))
-            res = prepare_split(plan, recipe, root=root, extra_attrs=extra, warn=warn,
-                                advance=lambda task=task: progress.advance(task))
+            try:
+                res = prepare_split(plan, recipe, root=root, extra_attrs=extra, warn=warn,
+                                    advance=lambda task=task: progress.advance(task))
+            except BaseException:  # Ctrl-C or an error: the folders it made go too, where left empty
+                _remove_empty(new_dirs)
+                raise
             results.append(res)
             if res.status == "empty":
                 msg = (f"no patches for {plan.part}: {len(res.skipped)} of {len(plan.sources)} files were "
