@@ -203,7 +203,7 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
             try:
                 res = prepare_split(plan, recipe, root=root, extra_attrs=extra, warn=warn,
                                     advance=lambda task=task: progress.advance(task))
-            except BaseException:  # Ctrl-C or an error: the folders it made go too, where left empty
+            except KeyboardInterrupt:  # Ctrl-C: the folders the run made go too, where left empty
                 _remove_empty(new_dirs)
                 raise
             results.append(res)
