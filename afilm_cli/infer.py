@@ -165,12 +165,31 @@ def output_length(n_in: int, sr_in: int, sr_out: int) -> int:
     return (2 * n_in * sr_out + sr_in) // (2 * sr_in)
 
 
+# the cubic spline needs 4 low-rate samples; decimate's filtfilt needs more than 27 high-rate ones
+SPLINE_MIN = 4
+DECIMATE_MIN = 28
+
+
+def _too_short(n: int, sr_in: int, minimum: int, why: str) -> AfilmError:
+    """Said in the file's own frames and rate, not in the internal signals' samples."""
+    return AfilmError(f"{n} frame{'s' if n != 1 else ''} at {sr_in} Hz ({1000 * n / sr_in:.3g} ms) is too "
+                      f"short: {why}, so at least {minimum} frames at {sr_in} Hz are needed")
+
+
+def _spline_needs(loaded: Loaded) -> str:
+    low = float(loaded.low_rate)
+    return f"the cubic spline needs {SPLINE_MIN} samples at the model's input rate {low:g} Hz"
+
+
 def real_pipeline(src: Stage, sr_in: int, loaded: Loaded) -> tuple[Stage, int]:
     """Real low-rate input -> (spline stage at the model rate, exact output length)."""
-    lr = Resampled(src, sr_in, loaded.low_rate)
+    low = loaded.low_rate
+    # frames at sr_in whose resampling to the low rate gives SPLINE_MIN samples: ceil(n * low / sr_in) >= 4
+    minimum = int((SPLINE_MIN - 1) * sr_in / low) + 1
+    if src.length < minimum:
+        raise _too_short(src.length, sr_in, minimum, _spline_needs(loaded))
+    lr = Resampled(src, sr_in, low)
     length = output_length(src.length, sr_in, loaded.sr)
-    if length < 1:
-        raise AfilmError("input is too short to upsample")
     return Splined(lr, loaded.r, length), length
 
 
@@ -178,9 +197,17 @@ def simulate_pipeline(src: Stage, sr_in: int, loaded: Loaded, degrade: str | Non
                       ) -> tuple[Stage, Stage, Stage, int]:
     """High-rate ground truth -> (HR at the model rate, LR by ``degrade`` (default: the recipe's),
     spline, length)."""
+    method = degrade or loaded.degrade
+    need = (SPLINE_MIN - 1) * loaded.r + 1  # model-rate samples giving SPLINE_MIN low-rate ones
+    why = _spline_needs(loaded)
+    if method == "decimate" and loaded.r > 1 and DECIMATE_MIN > need:
+        need, why = DECIMATE_MIN, f"decimate needs {DECIMATE_MIN} samples at the model's rate {loaded.sr} Hz"
+    minimum = -(-(2 * need - 1) * sr_in // (2 * loaded.sr))  # the least n with output_length >= need
+    if src.length < minimum:
+        raise _too_short(src.length, sr_in, minimum, why)
     length = output_length(src.length, sr_in, loaded.sr)
     hr = Resampled(src, sr_in, loaded.sr, length)
-    lr = Degraded(hr, loaded.r, degrade or loaded.degrade)
+    lr = Degraded(hr, loaded.r, method)
     return hr, lr, Splined(lr, loaded.r, length), length
 
 

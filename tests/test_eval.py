@@ -181,7 +181,9 @@ def test_wavs_are_all_checked_before_the_first_is_evaluated(ckpts, wavs, tmp_pat
     assert reasons.keys() == {"junk.wav", "low.wav", "tiny.wav", "nan.wav", "silent.wav"}
     assert reasons["junk.wav"].startswith("cannot read audio")
     assert reasons["low.wav"].startswith("4000 Hz is below the model's rate 16000 Hz, so it cannot serve")
-    assert reasons["tiny.wav"] == "signal of 10 samples is too short to decimate"
+    assert reasons["tiny.wav"] == ("10 frames at 16000 Hz (0.625 ms) is too short: decimate needs 28 "
+                                   "samples at the model's rate 16000 Hz, so at least 28 frames at 16000 Hz "
+                                   "are needed")
     assert reasons["nan.wav"] == "contains NaN or Inf samples"
     assert reasons["silent.wav"] == "silent (every sample is zero)"
     assert result.protocol["skipped_silent"] == ["silent.wav"]  # as before the reasons were kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -375,13 +376,32 @@ def test_simulate_refuses_input_below_the_model_rate(tmp_path, ckpts):
 
 
 def test_a_file_too_short_for_the_spline_is_named(tmp_path, ckpts):
+    """Said in the file's frames and rate, with the least it takes; it named the internal low-rate
+    signal's samples ("signal of 3 low-rate samples"), which a user never sees."""
     path = write(tmp_path / "click.wav", np.full(3, 0.1), 4000)  # 3 low-rate samples; a spline needs 4
-    with pytest.raises(AfilmError, match=r"click\.wav: signal of 3 low-rate samples is too short"):
+    with pytest.raises(AfilmError, match=re.escape(
+            f"{path}: 3 frames at 4000 Hz (0.75 ms) is too short: the cubic spline needs 4 samples at the "
+            "model's input rate 4000 Hz, so at least 4 frames at 4000 Hz are needed")):
         infer.upsample_file(path, tmp_path / "click.afilm.wav", loaded(ckpts))
+    # at 48 kHz: ceil(n / 12) low-rate samples, so 37 frames are the least; 36 are refused
+    for n in (36, 37):
+        path = write(tmp_path / f"c{n}.wav", np.full(n, 0.1), 48000)
+        if n == 36:
+            with pytest.raises(AfilmError, match=r"36 frames at 48000 Hz \(0\.75 ms\) is too short: .* at "
+                                                 r"least 37 frames at 48000 Hz are needed"):
+                infer.upsample_file(path, tmp_path / "c.afilm.wav", loaded(ckpts))
+        else:
+            infer.upsample_file(path, tmp_path / "c.afilm.wav", loaded(ckpts))
+            assert sf.info(str(tmp_path / "c.afilm.wav")).frames == round(37 / 3)
+            (tmp_path / "c.afilm.wav").unlink()
     hr = write(tmp_path / "hr.wav", np.full(12, 0.1), 16000)
-    with pytest.raises(AfilmError, match=r"hr\.wav: signal of 3 low-rate samples is too short"):
+    with pytest.raises(AfilmError, match=r"hr\.wav: 12 frames at 16000 Hz \(0\.75 ms\) is too short: the "
+                                         r"cubic spline needs 4 samples .* at least 13 frames"):
         infer.simulate_file(hr, tmp_path / "hr", loaded(ckpts), degrade="subsample")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["click.wav", "hr.wav"]
+    with pytest.raises(AfilmError, match=r"hr\.wav: 12 frames .* decimate needs 28 samples at the model's "
+                                         r"rate 16000 Hz, so at least 28 frames at 16000 Hz are needed"):
+        infer.simulate_file(hr, tmp_path / "hr", loaded(ckpts), degrade="decimate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c36.wav", "c37.wav", "click.wav", "hr.wav"]
 
 
 def speech(libri_mini, sr, seconds=2.0, k=0) -> np.ndarray:
@@ -407,7 +427,8 @@ def test_bad_files_among_several_are_named_and_the_others_written(tmp_path, ckpt
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert lines[0].startswith("afilm: error: ") and "b.wav: cannot read audio" in lines[0]
     assert lines[1].startswith("afilm: error: ") and lines[1].endswith(
-        "short2.wav: signal of 2 low-rate samples is too short for a cubic spline (it needs 4)")
+        "short2.wav: 2 frames at 4000 Hz (0.5 ms) is too short: the cubic spline needs 4 samples at the "
+        "model's input rate 4000 Hz, so at least 4 frames at 4000 Hz are needed")
     assert lines[-1] == "afilm: error: 2 of 4 files failed (said above); the others were written"
     written = sorted(str(p.relative_to(tmp_path / "mix.afilm")) for p in (tmp_path / "mix.afilm").rglob("*")
                      if p.is_file())
@@ -418,8 +439,9 @@ def test_bad_files_among_several_are_named_and_the_others_written(tmp_path, ckpt
     # one input alone: its error is the run's one line
     line = error_line(run_main(capsys, "upsample", tmp_path / "mix" / "sub" / "short2.wav",
                                "--ckpt", ckpts["spline"]))
-    assert line.endswith("short2.wav: signal of 2 low-rate samples is too short for a cubic spline "
-                         "(it needs 4)")
+    assert line.endswith("short2.wav: 2 frames at 4000 Hz (0.5 ms) is too short: the cubic spline needs "
+                         "4 samples at the model's input rate 4000 Hz, so at least 4 frames at 4000 Hz are "
+                         "needed")
     # only bad files: nothing is written and the summary does not say otherwise
     out = run_main(capsys, "upsample", tmp_path / "mix" / "b.wav", tmp_path / "mix" / "sub" / "short2.wav",
                    "--ckpt", ckpts["spline"], "-o", tmp_path / "none/")
@@ -433,7 +455,8 @@ def test_bad_files_among_several_are_named_and_the_others_written(tmp_path, ckpt
     write(tmp_path / "sim" / "b.wav", x[:10], 16000)
     out = run_main(capsys, "upsample", tmp_path / "sim", "--simulate", "--ckpt", ckpts["spline"], "-q")
     assert out.returncode == 2
-    assert "b.wav: signal of 10 samples is too short to decimate" in out.stderr
+    assert ("b.wav: 10 frames at 16000 Hz (0.625 ms) is too short: decimate needs 28 samples at the "
+            "model's rate 16000 Hz, so at least 28 frames at 16000 Hz are needed") in out.stderr
     assert sorted(p.name for p in (tmp_path / "sim.afilm").iterdir()) == ["a.hr.wav", "a.lr.wav", "a.pr.wav"]
 
 
