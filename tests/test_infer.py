@@ -1189,3 +1189,20 @@ def test_an_existing_file_as_the_output_folder_is_said_once(tmp_path, ckpts, cap
     with pytest.raises(AfilmError, match=r"is a file, not a folder$"):  # one input, -o plain/ (a folder)
         infer.plan_outputs([tmp_path / "in" / "a.wav"], str(tmp_path / "plain") + "/", simulate=False)
     assert (tmp_path / "plain").read_text() == "mine"
+
+
+def test_upsample_stderr_has_no_blank_line_on_a_pipe(tmp_path, ckpts, libri_mini):
+    """rich's progress bar, stopped on a stderr that is no terminal, printed a blank line between the
+    per-file lines and the closing one (and above errors raised while it ran). The real CLI, stderr a
+    pipe, with a warning, one file written and one that fails while streaming."""
+    write(tmp_path / "a.wav", speech(libri_mini, 16000, 0.5), 16000)
+    x = speech(libri_mini, 4000, 0.5)
+    x[1000] = np.nan
+    write(tmp_path / "nan.wav", x, 4000)
+    out = run_cli("upsample", tmp_path / "a.wav", tmp_path / "nan.wav", "--ckpt", ckpts["spline"],
+                  "-o", tmp_path / "out/")
+    lines = out.stderr.splitlines()
+    assert out.returncode == 2 and "" not in lines, out.stderr
+    assert lines[0].startswith("afilm: warning: ") and "16000 Hz is already at or above" in lines[0]
+    assert lines[1].endswith("a.afilm.wav") and "nan.wav" in lines[2] and "NaN" in lines[2], lines
+    assert lines[-1] == "afilm: error: 1 of 2 files failed (said above); the others were written", lines

@@ -127,7 +127,8 @@ def command(
     def warn(message: str) -> None:
         err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
 
-    with Progress(*columns, console=err, disable=quiet, transient=True) as bar:
+    # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line
+    with Progress(*columns, console=err, disable=quiet or not err.is_interactive, transient=True) as bar:
         task = bar.add_task("upsampling", total=sum(totals.values()))
         for src, target in pairs:
             if src not in totals:  # said above
