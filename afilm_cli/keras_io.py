@@ -369,8 +369,9 @@ def model_from_checkpoint_fast(ckpt: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def keras_arrays(model: torch.nn.Module) -> list[tuple[KerasWeight, np.ndarray]]:
-    """The model's weights as the original Keras model's ordered arrays (AFiLM / TFiLM paper configs)."""
+def keras_config(model: torch.nn.Module) -> Any:
+    """The model's config where the original Keras code builds the same network (the AFiLM / TFiLM
+    paper configs); one clear line otherwise."""
     cfg = getattr(model, "config", None)
     if getattr(cfg, "modulation", None) not in KERAS_MODELS:
         raise AfilmError(f"model {model.model_name}: only AFiLM / TFiLM U-Nets have a Keras counterpart")
@@ -380,6 +381,12 @@ def keras_arrays(model: torch.nn.Module) -> list[tuple[KerasWeight, np.ndarray]]
     if diff:
         raise AfilmError(f"model {model.model_name}: the original Keras code builds only the paper "
                          f"{kind.upper()}; this model differs in {', '.join(diff)}")
+    return cfg
+
+
+def keras_arrays(model: torch.nn.Module) -> list[tuple[KerasWeight, np.ndarray]]:
+    """The model's weights as the original Keras model's ordered arrays (AFiLM / TFiLM paper configs)."""
+    cfg = keras_config(model)
     sd = model.state_dict()
     out = []
     for want in keras_weight_list(cfg):

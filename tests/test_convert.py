@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from afilm_cli.checkpoint import load_checkpoint
+from afilm_cli.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from afilm_cli.errors import AfilmError
 from afilm_cli.keras_io import (
     KerasFile,
@@ -331,6 +331,13 @@ def test_export_refuses_models_keras_cannot_build(tmp_path):
     with pytest.raises(AfilmError, match="only the paper TFILM; this model differs in up_slope"):
         write_keras_h5(tmp_path / "leaky.h5", leaky)
     assert not (tmp_path / "leaky.h5").exists()
+    # the CLI names the checkpoint (it said "model spline: ..." alone) and writes nothing
+    for name in ("spline", "afilm_tiny"):
+        ckpt = save_checkpoint(tmp_path / f"{name}.pt", make_checkpoint(
+            create_model(name), {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}))
+        _one_line_error(_cli("to-keras", ckpt, "-o", tmp_path / "out.h5"), f"{ckpt}: model {name}: ",
+                        "Keras counterpart" if name == "spline" else "only the paper AFILM")
+        assert not (tmp_path / "out.h5").exists()
 
 
 # ---------------------------------------------------------------- Keras semantics, without TensorFlow
@@ -392,8 +399,9 @@ def test_keras_dilated_same_conv_matches_torch():
 
 def test_to_keras_takes_a_run_folder_as_upsample_does(tmp_path, monkeypatch):
     """'afilm convert to-keras RUN' said "no such checkpoint"; upsample, eval and train --init take a
-    run folder (its best.pt, else last.pt). The Keras writer is replaced: a paper-size model is 134 M
-    parameters, and what is checked here is which checkpoint is read and where the .h5 goes."""
+    run folder (its best.pt, else last.pt). The Keras writer and its paper-size check are replaced: a
+    paper-size model is 134 M parameters, and what is checked here is which checkpoint is read and where
+    the .h5 goes."""
     from typer.testing import CliRunner
 
     from afilm_cli import keras_io
@@ -403,6 +411,7 @@ def test_to_keras_takes_a_run_folder_as_upsample_does(tmp_path, monkeypatch):
 
     written = []
     monkeypatch.setattr(keras_io, "write_keras_h5", lambda out, net, **recipe: written.append((out, recipe)))
+    monkeypatch.setattr(keras_io, "keras_config", lambda net: net.config)  # a tiny model stands in
     run = tmp_path / "run"
     for name, r in (("last.pt", 4), ("best.pt", 2)):
         save_checkpoint(run / name, make_checkpoint(create_model("afilm_tiny"), {"r": r, "sr": 16000,

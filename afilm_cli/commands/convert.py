@@ -103,7 +103,7 @@ def to_keras(
     convert keras' reads back.
     """
     from afilm_cli.checkpoint import load_checkpoint
-    from afilm_cli.keras_io import model_from_checkpoint_fast, write_keras_h5
+    from afilm_cli.keras_io import keras_config, model_from_checkpoint_fast, write_keras_h5
     from afilm_cli.pretrained import checkpoint_path
 
     path = checkpoint_path(ckpt)  # a run folder (its best.pt, else last.pt) or a bundled model, as upsample
@@ -113,7 +113,8 @@ def to_keras(
     refuse_output(out, path, force, ".h5")
     try:
         net = model_from_checkpoint_fast(data)
-    except AfilmError as exc:  # weights that do not fit: said with the file, as upsample says it
+        keras_config(net)
+    except AfilmError as exc:  # weights that do not fit, a model Keras cannot build: said with the file
         raise AfilmError(f"{path}: {exc}") from None
     recipe = data["recipe"]
     write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"])
