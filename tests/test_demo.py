@@ -14,7 +14,7 @@ import torch
 from afilm_cli import metrics, pretrained
 from afilm_cli.audio import spline_up
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
-from afilm_cli.demo import ASSETS, demo_clips
+from afilm_cli.demo import ASSETS, MARKER, demo_clips
 from afilm_cli.models import create_model
 
 RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
@@ -132,3 +132,37 @@ def test_demo_says_when_its_folder_cannot_be_made(tmp_path, tiny_ckpt):
     assert out.stderr.strip().splitlines() == [
         "afilm: error: cannot create folder notes.txt/d: notes.txt is a file"]  # said before any work
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+# the real CLI, stopped by a Ctrl-C as the metrics are written (the wavs and the PNG are done by then)
+CTRL_C_AT_METRICS = ("import afilm_cli.evaluate as ev\n"
+                     "def stop(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+                     "ev.write_results = stop\n"
+                     "from afilm_cli.entry import run\nrun()\n")
+
+
+def test_ctrl_c_leaves_the_folder_as_it_found_it(tmp_path, tiny_ckpt):
+    """Ctrl-C part-way left the wavs without the PNG and metrics in a new folder, and in a previous
+    demo's folder new wavs beside the old run's metrics: a new folder now goes, an old one is kept whole."""
+    def interrupted(out):
+        return subprocess.run([sys.executable, "-c", CTRL_C_AT_METRICS, "demo", "--ckpt", str(tiny_ckpt),
+                               "--out", out, "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env={**os.environ, "AFILM_DISABLE_PLUGINS": "1"})
+
+    stopped = interrupted("new")
+    said = stopped.stderr.splitlines()
+    assert stopped.returncode == 130 and said[-1] == "afilm: interrupted" and "Traceback" not in stopped.stderr, said
+    assert not (tmp_path / "new").exists()
+    # a previous demo's folder (its outputs stand-ins), with a file of the user's: all as it was, nothing
+    # hidden left behind
+    old = tmp_path / "old"
+    old.mkdir()
+    stem = demo_clips()[0].stem
+    (old / MARKER).write_text("a previous demo's")
+    for name in (f"{stem}.lr.wav", f"{stem}.hr.wav", f"{stem}.pr.wav", f"{stem}.png", "metrics.csv",
+                 "summary.json", "notes.txt"):
+        (old / name).write_text(f"old {name}")
+    before = {p.name: p.read_bytes() for p in old.iterdir() if p.name != MARKER}  # the marker is rewritten
+    assert interrupted("old").returncode == 130
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != MARKER} == before
+    assert sorted(p.name for p in old.iterdir()) == sorted([*before, MARKER])

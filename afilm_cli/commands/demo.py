@@ -38,10 +38,16 @@ def command(
     demo.check_out_dir(out, force)
     dev = infer.resolve_device(device)
     loaded = demo.load_demo_model(ckpt, dev)  # a checkpoint the clip cannot serve fails before any output
+    made = not out.exists()
     make_output_dir(out)  # a folder that cannot be made is said before the work, not as it is written
     err = Console(stderr=True)
     err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
-    run = demo.run_demo(out, device=dev, force=force, loaded=loaded, threads=n_threads)
+    try:
+        run = demo.run_demo(out, device=dev, force=force, loaded=loaded, threads=n_threads)
+    except BaseException:  # Ctrl-C or an error: the folder made above goes too, where left empty
+        if made:
+            demo.remove_if_empty(out)
+        raise
     result = run["result"]
     p = result.protocol
     low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
