@@ -55,6 +55,9 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     assert summary["protocol"]["r"] == 4
     assert summary["protocol"]["bundled"] is None  # a checkpoint of the user's: its architecture's name
     assert "SNR" in out.stdout and "spline" in out.stdout
+    # stderr's lines are whole where it is no terminal (rich wrapped the last at 80 columns)
+    assert out.stderr.splitlines()[-1] == ("listen: .lr.wav is the 4 kHz input, .pr.wav the afilm output, "
+                                           ".hr.wav the original"), out.stderr
     # the metrics are those of the wavs written beside them: the prediction and the spline of the
     # written low-rate input against the written truth (16-bit files: within rounding)
     (x_lr, _), (x_hr, _), (x_pr, _) = (sf.read(d / f"{stem}.{k}.wav") for k in ("lr", "hr", "pr"))

@@ -41,7 +41,7 @@ def command(
     made = not out.exists()
     make_output_dir(out)  # a folder that cannot be made is said before the work, not as it is written
     err = Console(stderr=True)
-    err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...")
+    err.print("afilm demo: simulating the low-rate clip, upsampling, evaluating...", soft_wrap=True)
     try:
         run = demo.run_demo(out, device=dev, force=force, loaded=loaded, threads=n_threads)
     except BaseException:  # Ctrl-C or an error: the folder made above goes too, where left empty
@@ -59,4 +59,5 @@ def command(
     err.print(f"checkpoint: {escape(str(run['checkpoint']))}", soft_wrap=True)
     err.print(f"wrote into {escape(str(out))}/: {', '.join(files)}, "
               f"{', '.join(pl.name for pl in result.plots)}, metrics.csv, summary.json", soft_wrap=True)
-    err.print(f"listen: .lr.wav is the {low} input, .pr.wav the afilm output, .hr.wav the original")
+    err.print(f"listen: .lr.wav is the {low} input, .pr.wav the afilm output, .hr.wav the original",
+              soft_wrap=True)  # one line each, as the lines above: a pipe is 80 columns to rich
