@@ -36,6 +36,8 @@ def test_cli_quick_runs_every_section_and_prints_tables(report):
     # this machine has no CUDA: said once, plainly (the caption may wrap)
     assert "Triton kernels need CUDA" in " ".join(proc.stdout.split())
     assert {r["section"] for r in data["rows"]} == set(bench.SECTIONS)
+    # on a pipe (80 columns to rich) no cell is cut short: 'threads_chose…' had lost its value
+    assert "…" not in proc.stdout, proc.stdout
 
 
 def test_an_existing_json_is_kept_without_force(tmp_path):

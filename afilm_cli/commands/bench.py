@@ -98,7 +98,10 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
         return _kernel_table(rows, "; ".join(c for c in (caption, note) if c))
     table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
     for col in ("name", "variant", "median", "min", "max", "ratio", "settings"):
-        table.add_column(col, justify="right" if col in ("median", "min", "max", "ratio") else "left")
+        # a word too long for its column folds, never cut: on a narrow terminal or a pipe (80 columns)
+        # the settings lost their values ("threads_chose…", "degrade=subsamp…")
+        table.add_column(col, justify="right" if col in ("median", "min", "max", "ratio") else "left",
+                         overflow="fold")
     last = None
     for r in rows:
         if "error" in r:
