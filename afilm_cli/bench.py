@@ -114,10 +114,15 @@ def select_models(pattern: str | None, device: torch.device, quick: bool) -> lis
     default = ("*_tiny" if quick else CPU_PRESETS) if device.type == "cpu" else (
         "*_tiny,afilm" if quick else CUDA_PRESETS)
     names: list[str] = []
+    unmatched: list[str] = []  # each pattern must match: a mistyped name was dropped without a word
     for pat in (pattern or default).split(","):
-        names += [n for n in MODELS.names(pat.strip()) if n not in names]
-    if not names:
-        raise AfilmError(f"--models {pattern!r} matches no model; known: {', '.join(MODELS.names())}")
+        found = MODELS.names(pat.strip())
+        names += [n for n in found if n not in names]
+        if not found and pat.strip():
+            unmatched.append(pat.strip())
+    if not names or unmatched:
+        which = "" if not names else f": {', '.join(unmatched)}"
+        raise AfilmError(f"--models {pattern!r}{which} matches no model; known: {', '.join(MODELS.names())}")
     return names
 
 

@@ -208,6 +208,14 @@ def test_select_models_defaults_and_patterns():
     assert bench.select_models("spline, afilm_t*", cpu, quick=False) == ["spline", "afilm_tiny"]
 
 
+def test_a_model_pattern_that_matches_nothing_is_refused_beside_others():
+    """--models afilm_tiny,afilm_smal ran afilm_tiny alone, the mistyped name dropped without a word."""
+    proc = run_cli("bench", "--quick", "--model", "--models", "afilm_tiny,afilm_smal", "--device", "cpu")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr  # refused before any section ran
+    assert proc.stderr.startswith("afilm: error: --models 'afilm_tiny,afilm_smal': afilm_smal matches no "
+                                  "model; known: afilm,"), proc.stderr
+
+
 def test_cpu_variants_have_no_duplicate_thread_count():
     """With one thread allowed (OMP_NUM_THREADS=1), '1 threads' and '1 thread' were the same row twice."""
     cpu = torch.device("cpu")
