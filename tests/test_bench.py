@@ -257,3 +257,17 @@ def test_auto_thread_rows_say_when_their_runs_differed(monkeypatch):
     auto = [r["settings"]["threads_chosen"] for r in rows if r["settings"]["threads"] == "auto"]
     assert len(auto) == 2 and all(isinstance(c, str) and set(c.split(",")) == {"1", "2"} for c in auto), auto
     assert bench._threads_chosen([2, 2]) == 2 and bench._threads_chosen([None]) is None
+
+
+def test_a_failed_variants_error_is_shown_as_written():
+    """An error in brackets was read as rich markup: '[/x]' stopped the table with a MarkupError, and
+    '[batch, 1, T]' vanished from it."""
+    from rich.console import Console
+
+    from afilm_cli.commands.bench import _table
+
+    rows = bench.rate_rows("model", "afilm_tiny", {"a": [1.0], "b": "RuntimeError: input[batch, 1, T] [/x]"},
+                           work=1.0, unit="x realtime", baseline="a", settings={})
+    console = Console(width=200, record=True)
+    console.print(_table("model", rows, None))
+    assert "RuntimeError: input[batch, 1, T] [/x]" in console.export_text()

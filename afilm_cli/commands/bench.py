@@ -89,6 +89,7 @@ VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "preci
 
 
 def _table(section: str, rows: list[dict[str, Any]], note: str | None):
+    from rich.markup import escape
     from rich.table import Table
 
     common = {k: v for k, v in rows[0]["settings"].items() if all(r["settings"].get(k) == v for r in rows)}
@@ -105,7 +106,7 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
     last = None
     for r in rows:
         if "error" in r:
-            cells = ["", "", "", f"[red]{r['error']}[/red]"]
+            cells = ["", "", "", f"[red]{escape(r['error'])}[/red]"]  # an error's text, not markup
         else:
             cells = [_num(r["median"]), _num(r["min"]), _num(r["max"]),
                      "" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
