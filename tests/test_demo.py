@@ -89,6 +89,10 @@ def test_demo_refuses_a_foreign_folder(tmp_path, tiny_ckpt):
     assert out.stderr.strip().splitlines() == [
         "afilm: error: mine already holds files that the demo did not write; pass --force or --out"]
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # --help says so: --force read 'Overwrite existing outputs', which a rerun does without it
+    said = " ".join(run_cli("demo", "--help", cwd=tmp_path).stdout.replace("│", "").split())
+    assert "a rerun refreshes a previous demo's, a folder holding other files needs --force" in said
+    assert "Write into an --out folder that holds files the demo did not write (they are kept" in said
 
 
 @pytest.mark.skipif(not pretrained.DEFAULT, reason="no bundled model in this build")

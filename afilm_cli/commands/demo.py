@@ -10,18 +10,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from afilm_cli.commands.evaluate import summary_table
-from afilm_cli.commands.options import Device, Force, Threads
+from afilm_cli.commands.options import Device, Threads
 
 
 def command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the wavs, the PNG and the metrics.")
-                   ] = Path("afilm-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the wavs, the PNG and the metrics; a "
+                                      "rerun refreshes a previous demo's, a folder holding other files "
+                                      "needs --force.")] = Path("afilm-demo"),
     ckpt: Annotated[Path | None, typer.Option(
         "--ckpt", help="Checkpoint to demonstrate instead of the bundled pretrained model (the default, "
         "whatever runs/ holds): a .pt file, a run folder or a bundled model's name.")] = None,
     device: Device = "auto",
     threads: Threads = "auto",
-    force: Force = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Write into an --out folder that holds files "
+                                        "the demo did not write (they are kept; the demo's own file names "
+                                        "are overwritten).")] = False,
 ) -> None:
     """Simulate 4 kHz speech from a bundled 16 kHz clip, upsample it with the bundled pretrained model,
     and compare with cubic-spline interpolation (table, wavs, spectrogram PNG). With --ckpt, the low
