@@ -831,3 +831,23 @@ def test_the_tables_call_values_equal_as_shown_a_tie(ckpts, tmp_path):
              for line in text(bands_table(SimpleNamespace(bands=bands))).splitlines() if line.count("│") == 6]
     assert shown == [["0-2000", "0.0", "-37.2", "-37.2", "+0.00"],
                      ["2000-8000", "-20.0", "-20.0", "-21.0", "-0.01"]]
+
+
+def _eval_cli(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """`afilm eval ARGS --device cpu` in a subprocess, as a user runs it."""
+    res = subprocess.run([sys.executable, "-m", "afilm_cli", "eval", *map(str, args), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=180)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_cli_eval_max_plots_0_makes_no_plots_folder(ckpts, wavs, tmp_path):
+    """--plots DIR --max-plots 0 made DIR, left empty: no PNG is asked for, so no folder is made (the
+    count is a cap like any other, so 0 is not refused), and the closing line says why there is none."""
+    res = _eval_cli("--ckpt", ckpts["spline"], "--wavs", wavs, "--out", tmp_path / "res", "--plots",
+                    tmp_path / "png", "--max-plots", "0", "--limit", "1")
+    assert not (tmp_path / "png").exists()
+    assert (tmp_path / "res" / "metrics.csv").is_file()
+    assert res.stderr.splitlines()[-1].endswith("summary.json (no plots: --max-plots 0)"), res.stderr
+

@@ -75,7 +75,8 @@ def command(
     plots: Annotated[Path | None, typer.Option("--plots", help="Write LR / prediction / HR spectrogram "
                                                "PNGs into this folder.")] = None,
     max_plots: Annotated[int | None, typer.Option("--max-plots", min=0, help="With --plots: at most this "
-                                                  "many PNGs (default 20).")] = None,
+                                                  "many PNGs (default 20; 0: none, and the folder is neither "
+                                                  "made nor changed).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     degrade: Annotated[str | None, typer.Option(
         "--degrade", metavar="METHOD", help="With --wavs: make the low-rate input by decimate, resample or "
@@ -100,6 +101,9 @@ def command(
     if max_plots is not None and plots is None:  # accepted and ignored before
         raise AfilmError("--max-plots goes with --plots FOLDER: without it no PNG is written")
     max_plots = 20 if max_plots is None else max_plots
+    no_plots = plots is not None and max_plots == 0
+    if no_plots:  # no PNG asked for: no folder made (it was, empty), as without --plots
+        plots = None
     if data is not None:  # the input's faults first (missing, a folder, a Keras file), before the outputs
         evaluate.check_patch_input(data)
     if wavs is not None and wavs.is_file():  # "not a folder" said nothing of what --wavs takes
@@ -151,4 +155,6 @@ def command(
     Console().print(bands_table(result))
     err.print(f"checkpoint: {escape(str(p['checkpoint']))}", soft_wrap=True)  # the default may be runs/
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
+    if no_plots:
+        extra += " (no plots: --max-plots 0)"
     err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)
