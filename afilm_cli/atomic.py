@@ -62,8 +62,17 @@ def make_output_dir(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise AfilmError(f"cannot create folder {path}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise AfilmError(f"cannot write in folder {path}: permission denied")
+        why = "its file system is read-only" if _read_only(path) else "permission denied"
+        raise AfilmError(f"cannot write in folder {path}: {why}")
     return path
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (where os.access fails for root too)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return False
 
 
 def _fsync(path: Path) -> None:

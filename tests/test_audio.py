@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +224,26 @@ def test_make_output_dir_needs_write_permission(tmp_path):
         pytest.skip("running as root: folder permissions are not enforced")
     with pytest.raises(AfilmError, match="cannot write in folder"):
         make_output_dir(locked)
+
+
+def test_make_output_dir_on_a_read_only_file_system(tmp_path):
+    """An existing folder on a file system mounted read-only was said to be "permission denied", which
+    sent a user to chmod. A real read-only tmpfs, where the machine lets this process mount one."""
+    from afilm_cli.atomic import make_output_dir
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                             capture_output=True) if shutil.which("mount") else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
+    try:
+        with pytest.raises(AfilmError, match=f"cannot write in folder {ro}: its file system is read-only"):
+            make_output_dir(ro)
+        with pytest.raises(AfilmError, match=f"cannot create folder {ro / 'sub'}: Read-only file system"):
+            make_output_dir(ro / "sub")
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
 
 
 def test_a_wav_cut_short_is_refused_by_every_reader(vctk_mini, tmp_path):
