@@ -7,6 +7,8 @@ safe in tests, on servers and in threads.
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from afilm_cli.atomic import atomic_path
 from afilm_cli.metrics import stft
 
 N_FFT, HOP = 512, 128
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MARK = "afilm "  # how the PNG's Software text starts: what tells a PNG written here from any other
 
 
 def log_spectrogram(x: np.ndarray, n_fft: int = N_FFT, hop: int = HOP) -> np.ndarray:
@@ -56,6 +60,60 @@ def save_spectrograms(path: str | os.PathLike, panels: list[tuple[str, np.ndarra
     if title:
         fig.suptitle(title)
     path = Path(path)
+    import matplotlib
+
+    from afilm_cli import __version__
+
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png",
+                    metadata={"Software": f"{MARK}{__version__} (matplotlib {matplotlib.__version__})"})
     return path
+
+
+def written_here(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG that :func:`save_spectrograms` wrote: its Software text (read from the
+    chunks before the image data) starts with :data:`MARK`. False for any other file, or one unreadable."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                return False
+            while len(head := f.read(8)) == 8:
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or size > 1 << 16:  # the image data, or no metadata chunk
+                    return False
+                body = f.read(size + 4)[:size]  # and its CRC
+                if kind == b"tEXt":
+                    key, _, text = body.partition(b"\0")
+                    if key == b"Software":
+                        return text.startswith(MARK.encode())
+    except OSError:
+        return False
+    return False
+
+
+def remove_stale(folder: str | os.PathLike, keep: Iterable[str | os.PathLike],
+                 warn: Callable[[str], None] | None = None) -> list[Path]:
+    """Remove the PNGs in ``folder`` (not below it) that :func:`save_spectrograms` wrote (``written_here``)
+    and whose names are not in ``keep``: an earlier run's plots, where a run with --force writes its own.
+    Nothing else goes: another file of the same name, a hidden one, a link, a folder. A PNG that cannot be
+    removed is told to ``warn`` (the results are written by then). Returns the paths removed."""
+    keep = {Path(p).name for p in keep}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # no folder: nothing of an earlier run in it
+        return []
+    removed = []
+    for entry in entries:
+        if (not entry.name.endswith(".png") or entry.name.startswith(".") or entry.name in keep
+                or not entry.is_file(follow_symlinks=False) or not written_here(entry.path)):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if warn:
+                warn(f"cannot remove {entry.path}, a plot of an earlier run: {exc.strerror or exc}")
+            continue
+        removed.append(Path(entry.path))
+    return removed

@@ -851,3 +851,45 @@ def test_cli_eval_max_plots_0_makes_no_plots_folder(ckpts, wavs, tmp_path):
     assert (tmp_path / "res" / "metrics.csv").is_file()
     assert res.stderr.splitlines()[-1].endswith("summary.json (no plots: --max-plots 0)"), res.stderr
 
+
+def test_cli_eval_force_removes_the_plots_an_earlier_run_wrote_and_nothing_else(ckpts, wavs, h5, tmp_path):
+    """--force over an earlier run's --plots folder left its PNGs beside the new ones (other files' plots,
+    more than --max-plots). Once the results are written, the PNGs save_spectrograms wrote there (its mark
+    in the PNG's Software text) and this run did not are removed; any other file stays: one of the same
+    name that is no plot of ours, a PNG made elsewhere, a link, a hidden file, what is below the folder."""
+    from afilm_cli.plots import written_here
+
+    plots = tmp_path / "png"
+    ours = ["p225__p225_001.png", "p226__p226_002.png"]
+    _eval_cli("--ckpt", ckpts["spline"], "--wavs", wavs, "--out", tmp_path / "res", "--plots", plots)
+    assert sorted(p.name for p in plots.iterdir()) == ours and all(written_here(plots / n) for n in ours)
+    earlier = (plots / ours[0]).stat().st_ino  # the same bytes again: rewritten is a new file (atomic)
+    import matplotlib.image
+
+    matplotlib.image.imsave(plots / "photo.png", np.zeros((4, 4)))  # a PNG, but not of afilm eval
+    (plots / "notes.png").write_text("mine")
+    (plots / "sub").mkdir()
+    shutil.copy(plots / ours[1], plots / "sub" / ours[1])
+    shutil.copy(plots / ours[1], tmp_path / "target.png")
+    (plots / "link.png").symlink_to(tmp_path / "target.png")
+    shutil.copy(plots / ours[1], plots / ".hidden.png")
+    users = sorted(p.name for p in plots.iterdir() if p.name not in ours)
+    assert not written_here(plots / "photo.png") and not written_here(plots / "notes.png")
+
+    res = _eval_cli("--ckpt", ckpts["spline"], "--wavs", wavs, "--out", tmp_path / "res", "--plots", plots,
+                    "--max-plots", "1", "--force")
+    assert sorted(p.name for p in plots.iterdir()) == sorted([ours[0], *users])
+    assert written_here(plots / ours[0]) and (plots / ours[0]).stat().st_ino != earlier
+    assert "and 1 plot(s) in" in res.stderr and "(removed 1 PNG(s) an earlier run left there)" in res.stderr
+    assert (plots / "notes.png").read_text() == "mine" and (tmp_path / "target.png").is_file()
+    assert (plots / "sub" / ours[1]).is_file()
+
+    # another source (an HDF5 split) into the same folder: none of the wavs' plots stays
+    _eval_cli("--ckpt", ckpts["spline"], "--data", h5, "--out", tmp_path / "res", "--plots", plots,
+              "--max-plots", "2", "--force")
+    assert sorted(p.name for p in plots.iterdir()) == sorted(["patch_000000.png", "patch_000001.png", *users])
+    # without --force nothing is removed: a plot of another name is no obstacle, and stays
+    _eval_cli("--ckpt", ckpts["spline"], "--wavs", wavs, "--out", tmp_path / "res3", "--plots", plots,
+              "--max-plots", "1")
+    assert sorted(p.name for p in plots.iterdir()) == sorted(
+        ["patch_000000.png", "patch_000001.png", ours[0], *users])

@@ -73,7 +73,9 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.csv and summary.json.")
                    ] = Path("eval"),
     plots: Annotated[Path | None, typer.Option("--plots", help="Write LR / prediction / HR spectrogram "
-                                               "PNGs into this folder.")] = None,
+                                               "PNGs into this folder; with --force, the PNGs afilm wrote "
+                                               "there before and this run does not are removed once its "
+                                               "results are written (no other file).")] = None,
     max_plots: Annotated[int | None, typer.Option("--max-plots", min=0, help="With --plots: at most this "
                                                   "many PNGs (default 20; 0: none, and the folder is neither "
                                                   "made nor changed).")] = None,
@@ -102,7 +104,7 @@ def command(
         raise AfilmError("--max-plots goes with --plots FOLDER: without it no PNG is written")
     max_plots = 20 if max_plots is None else max_plots
     no_plots = plots is not None and max_plots == 0
-    if no_plots:  # no PNG asked for: no folder made (it was, empty), as without --plots
+    if no_plots:  # no PNG asked for: no folder made (it was, empty), none cleared with --force
         plots = None
     if data is not None:  # the input's faults first (missing, a folder, a Keras file), before the outputs
         evaluate.check_patch_input(data)
@@ -147,6 +149,12 @@ def command(
         else:
             result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn)
     csv_path, json_path = evaluate.write_results(result, out, force=force)
+    stale = []
+    if force and plots is not None:  # the plots of an earlier run no longer mixed with this one's
+        from afilm_cli.plots import remove_stale
+
+        stale = remove_stale(plots, result.plots,
+                             warn=lambda m: err.print(f"afilm: warning: {escape(m)}", soft_wrap=True))
 
     p = result.protocol
     table = summary_table(result, f"{evaluate.model_label(p)} vs spline, r={p['r']}, {p['sr']} Hz, "
@@ -155,6 +163,8 @@ def command(
     Console().print(bands_table(result))
     err.print(f"checkpoint: {escape(str(p['checkpoint']))}", soft_wrap=True)  # the default may be runs/
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
-    if no_plots:
+    if stale:
+        extra += f" (removed {len(stale)} PNG(s) an earlier run left there)"
+    elif no_plots:
         extra += " (no plots: --max-plots 0)"
     err.print(f"wrote {escape(str(csv_path))}, {escape(str(json_path))}{extra}", soft_wrap=True)
