@@ -525,3 +525,24 @@ def test_download_checks_the_microphone_the_run_uses(server, tmp_path, capsys):
     _download_corpus(root, None, url, None, "mic2")  # the other microphone's files are gone: restored
     assert "2 of the 2 files checked are missing" in capsys.readouterr().err and len(server.ranges) == 3
     assert sorted(p.name for p in audio.glob("*/*_mic2.flac")) == ["p225_001_mic2.flac", "p226_001_mic2.flac"]
+
+
+def test_download_on_a_pipe_leaves_no_bar_in_stderr(server, vctk_mini, tmp_path):
+    """rich's download bar, stopped on a stderr that is no terminal, printed its final render (a
+    40-character bar, '100% 0:00:00 3.0/3.0 MB 640 MB/s') between 'downloading' and the next line, or
+    above the error of a download that did not match its SHA-256. The real CLI, its stderr a pipe."""
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    url = f"{server.url}/VCTK-Corpus.zip"
+    proc = afilm(*prepare_args(url, tmp_path / "vctk", tmp_path / "data", "--sha256",
+                               hashlib.sha256(body).hexdigest()), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [f"downloading {url} into {tmp_path / 'vctk'}",
+                                            "extracting VCTK-Corpus.zip"], proc.stderr
+    assert "━" not in proc.stderr and "" not in proc.stderr.splitlines(), proc.stderr
+    proc = afilm(*prepare_args(url, tmp_path / "vctk2", tmp_path / "data", "--sha256", "0" * 64),
+                 cwd=tmp_path)
+    assert proc.returncode == 2
+    heads = [line.split(":")[0] for line in proc.stderr.splitlines()]
+    assert heads == ["downloading http", "afilm"], proc.stderr
+    assert "did not match the expected SHA-256" in proc.stderr.splitlines()[1]

@@ -901,3 +901,36 @@ def test_ctrl_c_leaves_no_output_folder_the_run_made(libri_mini, tmp_path, monke
         seen.clear()
         prepare_folder(corpus, Recipe(r=4, multiple=1, patch=2048), val_fraction=0.0, out=tmp_path / "kept")
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]
+
+
+def test_stderr_on_a_pipe_has_no_bar_left_in_it(vctk_mini, tmp_path):
+    """rich's progress bar, stopped on a stderr that is no terminal, printed each split's final render
+    (a 40-character bar, 'train ━━━…━ 2/2 files 0:00:00': the summary table has those numbers) above
+    the closing lines and the error of a training split without patches, and a blank line where every
+    output was kept. The real CLI, its stderr a pipe: the lines are the warnings, notes and errors only."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("p225_001.wav", "p225_002.wav", "p225_003.wav"):
+        shutil.copy(vctk_mini / "wav48" / "p225" / name, src / name)
+    (src / "zz.wav").write_bytes(b"not audio")
+    args = ("prepare", "folder", str(src), "--r", "4", "--multiple", "1", "--val-fraction", "0.34",
+            "--out", "o")
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    bad_file = src / "zz.wav"
+    assert proc.stderr.splitlines() == [f"warning: skipped {bad_file}: cannot read audio (Error opening "
+                                        f"'{bad_file}': Format not recognised.)"], proc.stderr
+    assert "src-r4-decimate-train.h5" in proc.stdout  # the summary table
+    proc = run_cli(*args, cwd=tmp_path)  # every output kept
+    assert proc.returncode == 0, proc.stderr
+    kept = [f"o/src-r4-decimate-{part}.h5 already exists with this recipe: skipped (--force rebuilds it)"
+            for part in ("train", "val")]
+    assert proc.stderr.splitlines() == kept, proc.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.wav").write_bytes(b"not audio")
+    proc = run_cli("prepare", "folder", str(bad), "--val-fraction", "0", "--out", "o2", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["warning", "warning", "afilm"], proc.stderr
+    assert lines[-1].startswith("afilm: error: no patches for train: 1 of 1 files were skipped"), proc.stderr

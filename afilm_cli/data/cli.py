@@ -196,8 +196,12 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
         else:
             todo.append(plan)
     new_dirs = _missing_dirs(plan.out.parent for plan in todo)
+    # no bar where stderr is no terminal (a pipe, a log file): none would show while it runs, and rich's
+    # Progress then printed each split's final bar (its files and time are in the summary table) above
+    # the error raised inside it, or a blank line where every output was kept
     with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("files"), TimeElapsedColumn(), console=err) as progress:
+                  TextColumn("files"), TimeElapsedColumn(), console=err,
+                  disable=not err.is_interactive) as progress:
         for plan in todo:
             task = progress.add_task(plan.part, total=len(plan.sources))
             try:

@@ -335,8 +335,11 @@ def _download_with_bar(archive: Archive, path: Path, sha256: str | None, progres
 
     note(f"downloading {archive.url} into {path.parent}")
     if progress is None:
+        # no bar where stderr is no terminal (a pipe, a log file): none would show while it runs, and
+        # rich's Progress then printed its final render, a 40-character bar at 100% (or where it stopped,
+        # above the error, which says the bytes itself) once the download was over
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                      console=err) as bar:
+                      console=err, disable=not err.is_interactive) as bar:
             task = bar.add_task("download", total=archive.size)
             download(archive.url, path, size=archive.size, sha256=sha256,
                      progress=lambda done, total: bar.update(task, completed=done, total=total))
