@@ -347,6 +347,9 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     if epoch >= cfg.epochs or _done(cfg, step):
         limit = "--epochs" if epoch >= cfg.epochs else "--max-steps (or give --max-steps 0: no limit)"
         run.warn(f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}")
+    elif cfg.compile:  # torch.compile works silently at the first step (minutes on a CPU): not a hang
+        val = " and the first validation" if val_loader is not None else ""
+        run.note(f"compiling the model with torch.compile: the first steps{val} take longer")
     with stop, run.progress() as bar:
         while epoch < cfg.epochs and not _done(cfg, step):
             bar.begin(epoch, epoch_step, n_batches)

@@ -78,6 +78,10 @@ class Run:
                  epoch_note="step records: epoch = the epoch being run, from 1; epoch records (and "
                             "checkpoints): epoch = epochs completed, epoch_step = steps into the next")
 
+    def note(self, message: str) -> None:
+        if self.master:
+            self.console.print(message, markup=False)
+
     def warn(self, message: str) -> None:
         if self.master:
             self.console.print(f"[yellow]warning:[/] {message}")
