@@ -309,6 +309,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     loader = PatchLoader(train_pf, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     val_loader = (PatchLoader(val_pf, cfg.batch_size, shuffle=False, rank=rank, world_size=world)
                   if val_pf else None)
+    no_bf16 = cfg.precision == "bf16" and device.type != "cuda"  # autocast is enabled on CUDA alone
+    if no_bf16:  # the checkpoints and the log record what the run trains in (and a resume goes on in)
+        cfg = dataclasses.replace(cfg, precision="fp32")
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf),
               train_fingerprint=train_pf.fingerprint())
     if run.master:
@@ -327,8 +330,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
                          ) if world > 1 else ("", "")
             run.warn(f"--batch-size {cfg.batch_size} is more than the {per_rank} training patches{each}: "
                      f"every epoch is one step, on a batch of {per_rank}{per}")
-        if cfg.precision == "bf16" and device.type != "cuda":  # autocast is enabled on CUDA alone
-            run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32")
+        if no_bf16:
+            run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32, "
+                     "and its checkpoints record fp32")
         for note in (rng_note, init_note):
             if note:
                 run.warn(note)

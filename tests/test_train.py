@@ -887,10 +887,16 @@ def test_a_bundled_model_as_model_is_refused_for_init(data, tmp_path):
 
 
 def test_bf16_on_cpu_is_said_to_train_in_fp32(data, tmp_path, capsys):
-    """--precision bf16 enables autocast on CUDA alone; on CPU it was accepted without a word."""
-    train(_cfg(data, tmp_path, max_steps=1, val=None, precision="bf16"))
+    """--precision bf16 enables autocast on CUDA alone; on CPU it was accepted without a word. And the
+    checkpoints and the log recorded bf16 for a run that trained in fp32 (so a resume on CUDA switched
+    to bf16): they record fp32, what ran."""
+    res = train(_cfg(data, tmp_path, max_steps=1, val=None, precision="bf16"))
     out = capsys.readouterr().out
-    assert "--precision bf16 is autocast on CUDA only: this run on cpu trains in fp32" in out
+    assert ("--precision bf16 is autocast on CUDA only: this run on cpu trains in fp32, and its checkpoints "
+            "record fp32") in out
+    assert load_checkpoint(res.last)["train_config"]["precision"] == "fp32"
+    assert _log(res.out)[0]["config"]["precision"] == "fp32"
+    assert resume_config(str(res.out)).precision == "fp32"
 
 
 def test_validation_patches_of_another_length_are_refused(data, tmp_path):
