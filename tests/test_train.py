@@ -223,6 +223,8 @@ def test_resume_after_epoch_is_bit_exact(data, tmp_path):
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
     kw = dict(model="tfilm_tiny", loss="rmse", epochs=2)
     full = train(_cfg(data, tmp_path, out=str(tmp_path / "full"), **kw))
+    # the handler pytest runs under: Python's own, or SIG_IGN where it was started in the background
+    before = signal.getsignal(signal.SIGINT)
 
     def interrupt(step):
         if step == 4:  # the first batch of epoch 2
@@ -232,7 +234,7 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(data, tmp_path):
     assert cut.interrupted and (cut.epoch, cut.step) == (1, 4)
     ckpt = load_checkpoint(cut.last)
     assert ckpt["interrupted"] and (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (1, 1, 4)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     done = train(_cfg(data, tmp_path, out=None, resume=str(cut.last), **kw))
     assert (done.epoch, done.step, done.interrupted) == (2, 6, False)
     assert _steps_after_resume(cut.out) == [5, 6]  # on from the saved step, not from the start
