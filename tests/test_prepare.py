@@ -936,3 +936,100 @@ def test_stderr_on_a_pipe_has_no_bar_left_in_it(vctk_mini, tmp_path):
     lines = proc.stderr.splitlines()
     assert [line.split(":")[0] for line in lines] == ["warning", "warning", "afilm"], proc.stderr
     assert lines[-1].startswith("afilm: error: no patches for train: 1 of 1 files were skipped"), proc.stderr
+
+
+PATCH_1000 = ("warning: --patch 1000 is not a multiple of 256: the built-in networks (afilm, tfilm, their "
+              "presets and the bundled models) cannot train on it ('afilm train' refuses it); nearest valid: "
+              "768 or 1024 (a plugin model may take 1000)")
+
+
+def _install_example_plugin(site: Path) -> None:
+    """tests/plugin_pkg as pip would install it (the package and a .dist-info naming its entry points)."""
+    import tomllib
+
+    pkg = ROOT / "tests" / "plugin_pkg"
+    project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
+    shutil.copytree(pkg / "afilm_example_plugin", site / "afilm_example_plugin")
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                   f"Version: {project['version']}\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+        for group, eps in project["entry-points"].items()))
+
+
+def test_a_patch_length_the_built_in_networks_cannot_take_is_warned_about_for_every_dataset_once(
+        vctk_mini, tmp_path, capsys):
+    """Only vctk and folder warned, each from its own command: a plugin dataset with a --patch option
+    (the documented example, installed as pip would) prepared --patch 1000 without a word, as did the
+    library's prepare_folder. run_prepare now says it for every dataset, once a run; vctk, which says it
+    before a download, is not repeated by run_prepare."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:3]:
+        shutil.copy(f, corpus / f.name)
+    site = tmp_path / "site"
+    _install_example_plugin(site)
+    env = {"PYTHONPATH": str(site), "AFILM_DISABLE_PLUGINS": "0"}
+    proc = run_cli("prepare", "mycorpus", str(corpus), "--patch", "1000", "--multiple", "1", "--out", "p",
+                   cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines().count(PATCH_1000) == 1, proc.stderr
+    with PatchFile(tmp_path / "p" / "mycorpus-r4-decimate-train.h5") as pf:
+        assert pf.patch == 1000
+    proc = run_cli("prepare", "mycorpus", str(corpus), "--patch", "1024", "--multiple", "1", "--out", "p2",
+                   cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "--patch" not in proc.stderr, proc.stderr
+    # vctk: said first (before a download would start), and not again when its plans run
+    root = tmp_path / "vctk" / "wav48" / "p225"
+    root.mkdir(parents=True)
+    for f in sorted(corpus.iterdir()):
+        shutil.copy(f, root / f.name)
+    proc = run_cli("prepare", "vctk", "--root", str(tmp_path / "vctk"), "--patch", "1000", "--multiple", "1",
+                   "--out", "v", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == PATCH_1000 and lines.count(PATCH_1000) == 1, proc.stderr
+    assert (tmp_path / "v" / "vctk-single-r4-decimate-train.h5").is_file()
+    # the library, in one process: every run says it (nothing remembered between runs), once
+    capsys.readouterr()
+    for out in ("lib1", "lib2"):
+        prepare_folder(corpus, Recipe(r=4, patch=1000, multiple=1), val_fraction=0.0, out=tmp_path / out)
+        assert capsys.readouterr().err.splitlines().count(PATCH_1000) == 1
+    prepare_folder(corpus, Recipe(r=4, patch=1024, multiple=1), val_fraction=0.0, out=tmp_path / "lib3")
+    assert "--patch" not in capsys.readouterr().err
+
+
+def test_the_summary_never_splits_a_path_on_an_80_column_pipe(vctk_mini, tmp_path):
+    """The summary table folded the --out folder in its title and each file name in its output column
+    at 80 columns (stdout a pipe), so a script reading it got a path broken over lines. The real CLI
+    with COLUMNS=80 and a long --out and --name: the figures stay in a table that fits, and each output
+    is one line, 'train: PATH', whole."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:3]:
+        shutil.copy(f, corpus / f.name)
+    out = tmp_path / "a-rather-long-output-folder" / "that-keeps-going" / "prepared-speech-data-2024"
+    name = "speech_corpus_with_a_long_descriptive_name"
+    args = ("prepare", "folder", str(corpus), "--r", "4", "--multiple", "1", "--val-fraction", "0.34",
+            "--out", str(out), "--name", name)
+    paths = {part: out / f"{name}-r4-decimate-{part}.h5" for part in ("train", "val")}
+    for rerun in (False, True):  # written, then kept
+        proc = run_cli(*args, cwd=tmp_path, env={"COLUMNS": "80"})
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert f"train: {paths['train']}" in lines and f"val:   {paths['val']}" in lines, proc.stdout
+        table = [line for line in lines if not line.startswith(("train:", "val:"))]
+        assert table and all(len(line.rstrip()) <= 80 for line in table), proc.stdout
+        rows = {cells[0]: cells[1:] for line in table if line.startswith("│")
+                for cells in [[c.strip() for c in line.strip("│").split("│")]]}
+        assert set(rows) == {"train", "val"}, proc.stdout  # one line a split: nothing folded
+        with PatchFile(paths["train"]) as pf:
+            patches = len(pf)
+        if rerun:
+            assert rows["train"] == ["-", "-", "-", "-", str(patches), "-", "existed"], proc.stdout
+        else:
+            files, skipped, speakers, hours, n, seconds, status = rows["train"]
+            assert (files, skipped, speakers, n, status) == ("2", "0", "1", str(patches), "written")
+            assert float(hours) > 0 and float(seconds) >= 0

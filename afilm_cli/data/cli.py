@@ -25,13 +25,14 @@ real audio with it and trains on the result)::
     def mycorpus(
         root: Annotated[Path, typer.Argument(help="The corpus folder.")],
         r: cli.R = 4,
+        patch: cli.Patch = 8192,
         seed: cli.Seed = 0,
         multiple: cli.Multiple = 128,
         out: cli.Out = Path("data"),
         force: cli.Force = False,
     ) -> None:
         """My corpus (this docstring is the help of `afilm prepare mycorpus --help`)."""
-        recipe = Recipe(r=r, seed=seed, multiple=multiple).validate()
+        recipe = Recipe(r=r, patch=patch, seed=seed, multiple=multiple).validate()
         files = [(path, path.parent.name) for path in audio.find_audio_files(root)]  # (file, speaker)
         held_out = pick_fraction([path for path, _ in files], 0.1, seed)
         paths = default_output_paths("mycorpus", recipe.r, recipe.degrade, recipe.sr, out)
@@ -60,7 +61,10 @@ The pieces:
   corpus folder: file paths are recorded relative to it, and a training list with no file is refused
   as "ROOT: no audio files found" (or "no such folder"). An output of the same recipe and files is kept
   unless ``force``. Files that cannot be used are skipped with a warning; a training split with no
-  patch at all is refused.
+  patch at all is refused. A ``recipe.patch`` that is not a multiple of 256 (the length every built-in
+  network needs; 'afilm train' refuses another) is prepared, with one warning naming the nearest valid
+  lengths. A dataset with long work before run_prepare (vctk's download) says it first with
+  ``cli.warn_patch(recipe)`` and passes ``patch_checked=True``, so that it is said once.
 - Errors: raise ``afilm_cli.errors.AfilmError`` for a one-line message and exit status 2.
 '''  # ''' quotes: the example holds docstrings
 
@@ -81,6 +85,7 @@ from afilm_cli.data.recipe import (
     SplitPlan,
     SplitResult,
     existing_output_ok,
+    patch_warning,
     prepare_split,
     split_fingerprint,
     val_path_for,
@@ -126,6 +131,15 @@ def warn(message: str) -> None:
 def note(message: str) -> None:
     """A progress line on stderr, never wrapped: paths and checksums in it stay copyable."""
     err.print(escape(message), soft_wrap=True)
+
+
+def warn_patch(recipe: Recipe) -> None:
+    """Warn where ``recipe.patch`` is a length the built-in networks cannot train on (not a multiple of
+    256), naming the nearest valid ones. :func:`run_prepare` calls it for every dataset, built-in or
+    plugin; one with long work before that (vctk's download) calls it first and passes run_prepare
+    ``patch_checked=True``, so that the run says it once."""
+    if message := patch_warning(recipe):
+        warn(message)
 
 
 def _stale_val(train_out: Path, force: bool) -> None:
@@ -176,12 +190,17 @@ def check_plans(plans: list[SplitPlan], root: Path | None = None) -> list[SplitP
 
 
 def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str, Any],
-                root: Path | None = None, force: bool = False) -> list[SplitResult]:
+                root: Path | None = None, force: bool = False, patch_checked: bool = False
+                ) -> list[SplitResult]:
     """Write every plan's output (skipping finished ones unless ``force``), then print a summary.
 
-    Refused (AfilmError, nothing written, no folder made) for plans :func:`check_plans` refuses, and
-    when the training split gives no patch (every file skipped or shorter than one patch)."""
+    A patch length the built-in networks cannot take is warned about first (:func:`warn_patch`), unless
+    ``patch_checked``: the caller has called warn_patch already. Refused (AfilmError, nothing written, no
+    folder made) for plans :func:`check_plans` refuses, and when the training split gives no patch
+    (every file skipped or shorter than one patch)."""
     recipe.validate()
+    if not patch_checked:
+        warn_patch(recipe)
     plans = check_plans(plans, root)
     extra = {"split": split_info, "split_sources": split_fingerprint(plans, root)}
     if not any(plan.part == "val" for plan in plans):
@@ -250,16 +269,24 @@ def _existing(plan: SplitPlan) -> SplitResult:
 
 
 def print_summary(results: list[SplitResult]) -> None:
-    folders = sorted({str(res.out.parent) for res in results})
-    table = Table(title=f"afilm prepare -> {', '.join(folders)}", title_justify="left")
+    """The figures of each split in a table, then each output file's path on a line of its own
+    ("train: PATH"): a path is never wrapped or cut, however narrow the terminal or long the path, so a
+    script reading stdout (80 columns on a pipe) gets it whole. The table holds short words and
+    figures only, about 76 columns wide."""
+    table = Table(title="afilm prepare", title_justify="left")
     for col in ("split", "files", "skipped", "speakers", "hours", "patches", "seconds", "output"):
-        table.add_column(col, justify="left" if col in ("split", "output") else "right",
-                         overflow="fold")
-    for res in sorted(results, key=lambda r: r.part != "train"):
+        table.add_column(col, justify="left" if col in ("split", "output") else "right", overflow="fold")
+    results = sorted(results, key=lambda r: r.part != "train")
+    for res in results:
         if res.status == "exists":
-            table.add_row(res.part, "-", "-", "-", "-", str(res.patches), "-", f"{res.out.name} (existed)")
+            table.add_row(res.part, "-", "-", "-", "-", str(res.patches), "-", "existed")
             continue
-        out = res.out.name if res.status == "written" else "(not written: no patches)"
         table.add_row(res.part, str(res.files), str(len(res.skipped)), str(res.speakers),
-                      f"{res.seconds_audio / 3600:.3f}", str(res.patches), f"{res.seconds:.1f}", out)
-    Console(highlight=False).print(table)
+                      f"{res.seconds_audio / 3600:.3f}", str(res.patches), f"{res.seconds:.1f}",
+                      "written" if res.status == "written" else "not written")
+    console = Console(highlight=False)
+    console.print(table)
+    width = max((len(res.part) for res in results), default=0) + 1
+    for res in results:
+        if res.status != "empty":  # not written (no patches): no file to name
+            console.print(f"{res.part + ':':<{width}} {res.out}", markup=False, soft_wrap=True)

@@ -24,7 +24,6 @@ from afilm_cli.data.recipe import (
     SplitPlan,
     check_usable,
     default_output_paths,
-    patch_warning,
     pick_fraction,
 )
 from afilm_cli.errors import AfilmError
@@ -156,7 +155,5 @@ def folder(
         raise AfilmError(f"--val-dir names the validation files: {given} would pick others; give one of them")
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or 4096, sam=1.0 if sam is None else sam,
                     degrade=degrade or "decimate", seed=seed, multiple=multiple, speed=speed).validate()
-    if note := patch_warning(recipe):
-        cli.warn(note)
     prepare_folder(root, recipe, name=name, val_fraction=0.1 if val_fraction is None else val_fraction,
                    by_subfolder=by_subfolder, val_dir=val_dir, out=out, force=force)

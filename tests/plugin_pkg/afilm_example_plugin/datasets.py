@@ -15,13 +15,14 @@ from afilm_cli.registry import DATASETS
 def mycorpus(
     root: Annotated[Path, typer.Argument(help="The corpus folder.")],
     r: cli.R = 4,
+    patch: cli.Patch = 8192,
     seed: cli.Seed = 0,
     multiple: cli.Multiple = 128,
     out: cli.Out = Path("data"),
     force: cli.Force = False,
 ) -> None:
     """My corpus (this docstring is the help of `afilm prepare mycorpus --help`)."""
-    recipe = Recipe(r=r, seed=seed, multiple=multiple).validate()
+    recipe = Recipe(r=r, patch=patch, seed=seed, multiple=multiple).validate()
     files = [(path, path.parent.name) for path in audio.find_audio_files(root)]  # (file, speaker)
     held_out = pick_fraction([path for path, _ in files], 0.1, seed)
     paths = default_output_paths("mycorpus", recipe.r, recipe.degrade, recipe.sr, out)
