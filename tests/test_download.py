@@ -272,10 +272,11 @@ def test_a_marker_without_its_entries_is_redone(server, vctk_mini, tmp_path, cap
     (root / ".afilm-extracted-c.zip").write_text(archive.url + "\n")  # an older marker, nothing extracted
     fetch_and_extract(archive, root, progress=lambda *a: None)
     assert len(server.ranges) == 1 and (root / "VCTK-Corpus" / "wav48" / "p225").is_dir()
-    # the URL, the top-level entries, then every file extracted below them
+    # the URL, the top-level entries, then every file extracted below them, with its size
     assert (root / ".afilm-extracted-c.zip").read_text().splitlines() == [
         archive.url, "VCTK-Corpus",
-        *(f"VCTK-Corpus/wav48/{spk}/{spk}_00{i}.wav" for spk in ("p225", "p226") for i in (1, 2, 3))]
+        *(f"VCTK-Corpus/wav48/{spk}/{spk}_00{i}.wav\t{size}" for spk in ("p225", "p226") for i in (1, 2, 3)
+          if (size := (vctk_mini / f"wav48/{spk}/{spk}_00{i}.wav").stat().st_size))]
     fetch_and_extract(archive, root, progress=lambda *a: None)
     assert len(server.ranges) == 1  # there: nothing done
     shutil.rmtree(root / "VCTK-Corpus")
@@ -426,7 +427,7 @@ def test_a_deleted_speaker_folder_is_restored_by_download(server, vctk_mini, tmp
 def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys,
                                                                        monkeypatch):
     """A kept archive (here a tar.gz) restores deleted files without a request; files still there,
-    even changed ones, are left as they are."""
+    even changed ones of the size extracted (sizes are compared, not contents), are left as they are."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for spk in ("p225", "p226"):
@@ -439,7 +440,8 @@ def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, v
     wav48 = root / "VCTK-Corpus" / "wav48"
     (wav48 / "p225" / "p225_002.wav").unlink()
     (wav48 / "p226" / "p226_003.wav").unlink()
-    (wav48 / "p225" / "p225_001.wav").write_bytes(b"changed")
+    changed = b"c" * (wav48 / "p225" / "p225_001.wav").stat().st_size
+    (wav48 / "p225" / "p225_001.wav").write_bytes(changed)
     lost = ("2 of the 6 files checked are missing (VCTK-Corpus/wav48/p225: 1 of 3, VCTK-Corpus/wav48/p226: "
             "1 of 3)")
 
@@ -468,7 +470,7 @@ def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, v
     assert len(server.ranges) == 1 and (root / "v.tar.gz").exists()
     assert (wav48 / "p225/p225_002.wav").read_bytes() == (vctk_mini / "wav48/p225/p225_002.wav").read_bytes()
     assert (wav48 / "p226" / "p226_003.wav").exists()
-    assert (wav48 / "p225" / "p225_001.wav").read_bytes() == b"changed"
+    assert (wav48 / "p225" / "p225_001.wav").read_bytes() == changed
     fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
     assert "all 6 files checked are there" in capsys.readouterr().err
 
@@ -492,6 +494,129 @@ def test_a_marker_of_the_previous_format_is_still_accepted(server, vctk_mini, tm
             "afilm: files not listed): not downloaded or extracted again") in capsys.readouterr().err
     short = shortfall(root, marker)
     assert not short and not short.listed and short.checked == 0
+
+
+def test_a_truncated_file_is_noticed_and_restored_by_download(server, vctk_mini, tmp_path):
+    """The marker records each file's size: a file cut short since (a full disk, a copy stopped midway)
+    is noticed like a deleted one, the message counting the damaged and the missing apart, and
+    --download writes it whole again; the files of the right size are not written."""
+    body = vctk_zip(vctk_mini)
+    server.files["VCTK-Corpus.zip"] = body
+    url, sha = f"{server.url}/VCTK-Corpus.zip", hashlib.sha256(body).hexdigest()
+    root, out = tmp_path / "vctk", tmp_path / "data"
+    fetch_and_extract(Archive(url, "VCTK-Corpus.zip", len(body), sha), root, progress=lambda *a: None)
+    wav48, src = root / "VCTK-Corpus" / "wav48", vctk_mini / "wav48"
+    cut = wav48 / "p225" / "p225_002.wav"
+    cut.write_bytes(src.joinpath("p225/p225_002.wav").read_bytes()[:1000])
+    kept = wav48 / "p225" / "p225_001.wav"
+    os.utime(kept, ns=(10**18, 10**18))
+
+    proc = afilm(*prepare_args(url, root, out, "--sha256", sha), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"VCTK-Corpus.zip was extracted into {root} before, but 1 of the 6 files checked are damaged, of "
+            "another size than extracted (VCTK-Corpus/wav48/p225: 1 of 3): downloading it again to restore "
+            "them\n") in proc.stderr
+    assert len(server.ranges) == 2 and "skipped" not in proc.stderr
+    assert cut.read_bytes() == src.joinpath("p225/p225_002.wav").read_bytes()
+    assert kept.stat().st_mtime_ns == 10**18 and not (root / "VCTK-Corpus.zip").exists()
+
+    # one cut short and one deleted: without --download, warned about, counted apart
+    cut.write_bytes(b"")
+    (wav48 / "p226" / "p226_003.wav").unlink()
+    plain = ["prepare", "vctk", "--root", str(root), "--r", "2", "--multiple", "1", "--out", str(out),
+             "--force"]
+    proc = afilm(*plain, cwd=tmp_path)
+    assert (f"warning: VCTK-Corpus.zip was extracted into {root} by --download, but 2 of the 6 files "
+            "checked are missing or damaged: 1 missing, 1 of another size than extracted "
+            "(VCTK-Corpus/wav48/p225: 1 of 3, VCTK-Corpus/wav48/p226: 1 of 3): preparing without the missing "
+            "ones and with the damaged ones as they are (add --download to restore them)\n") in proc.stderr
+    assert len(server.ranges) == 2
+    proc = afilm(*prepare_args(url, root, out, "--sha256", sha, "--force"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("but 2 of the 6 files checked are missing or damaged: 1 missing, 1 of another size than "
+            "extracted (VCTK-Corpus/wav48/p225: 1 of 3, VCTK-Corpus/wav48/p226: 1 of 3): downloading it "
+            "again") in proc.stderr
+    for spk, name in (("p225", "p225_002.wav"), ("p226", "p226_003.wav")):
+        assert (wav48 / spk / name).read_bytes() == (src / spk / name).read_bytes()
+    assert len(server.ranges) == 3 and kept.stat().st_mtime_ns == 10**18
+    proc = afilm(*prepare_args(url, root, out, "--sha256", sha, "--force"), cwd=tmp_path)
+    assert proc.returncode == 0 and "all 6 files checked are there: not downloaded" in proc.stderr
+    assert "damaged" not in proc.stderr and len(server.ranges) == 3
+
+
+def test_a_damaged_file_is_replaced_not_written_through(server, vctk_mini, tmp_path, capsys):
+    """From a kept tar.gz, no request: a file cut short is written whole again, and one replaced by a
+    link to a file of another size gets its own file back, the link's target left as it was (a target
+    in the root: one outside it is refused as an escape by the member check)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for spk in ("p225", "p226"):
+            for f in sorted((vctk_mini / "wav48" / spk).glob("*.wav"))[:3]:
+                tf.add(f, f"VCTK-Corpus/wav48/{spk}/{f.name}")
+    server.files["v.tar.gz"] = buf.getvalue()
+    archive = Archive(f"{server.url}/v.tar.gz", "v.tar.gz")
+    root = tmp_path / "root"
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    wav48, src = root / "VCTK-Corpus" / "wav48", vctk_mini / "wav48"
+    with open(wav48 / "p226" / "p226_001.wav", "r+b") as f:
+        f.truncate(44)
+    elsewhere = root / "elsewhere.wav"
+    elsewhere.write_bytes(b"not the corpus's")
+    (wav48 / "p225" / "p225_003.wav").unlink()
+    (wav48 / "p225" / "p225_003.wav").symlink_to(elsewhere)
+    capsys.readouterr()
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert (f"v.tar.gz was extracted into {root} before, but 2 of the 6 files checked are damaged, of "
+            "another size than extracted (VCTK-Corpus/wav48/p225: 1 of 3, VCTK-Corpus/wav48/p226: 1 of 3): "
+            f"extracting {root / 'v.tar.gz'} again to restore them") in capsys.readouterr().err
+    assert len(server.ranges) == 1
+    for name in ("p226/p226_001.wav", "p225/p225_003.wav"):
+        assert (wav48 / name).read_bytes() == (src / name).read_bytes()
+    assert not (wav48 / "p225" / "p225_003.wav").is_symlink()
+    assert elsewhere.read_bytes() == b"not the corpus's"
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert "all 6 files checked are there" in capsys.readouterr().err
+
+
+def test_a_marker_listing_files_without_sizes_is_still_accepted(server, vctk_mini, tmp_path, capsys):
+    """The previous afilm listed the files without their sizes: they are checked for existence only (a
+    file cut short goes unnoticed, as it did), a deleted one is restored, and the marker then written
+    records the sizes, so that the next run notices the damaged file and restores it."""
+    from afilm_cli.data.download import shortfall
+
+    body = vctk_zip(vctk_mini)
+    server.files["c.zip"] = body
+    archive = Archive(f"{server.url}/c.zip", "c.zip")
+    root = tmp_path / "r"
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    marker = root / ".afilm-extracted-c.zip"
+    sized = marker.read_text().splitlines()
+    old = [line.partition("\t")[0] for line in sized]
+    assert old != sized and old[2:] == [f"VCTK-Corpus/wav48/{spk}/{spk}_00{i}.wav" for spk in ("p225", "p226")
+                                        for i in (1, 2, 3)]
+    marker.write_text("\n".join(old) + "\n")  # as the previous afilm wrote it
+    wav48, src = root / "VCTK-Corpus" / "wav48", vctk_mini / "wav48"
+    cut = wav48 / "p225" / "p225_002.wav"
+    cut.write_bytes(b"RIFF")
+    short = shortfall(root, marker)
+    assert not short and short.listed and not short.sized and short.checked == 6
+    capsys.readouterr()
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert "before and all 6 files checked are there: not downloaded or extracted again" in \
+        capsys.readouterr().err
+    assert marker.read_text() == "\n".join(old) + "\n" and cut.read_bytes() == b"RIFF"
+
+    (wav48 / "p226" / "p226_002.wav").unlink()
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    err = capsys.readouterr().err
+    assert "but 1 of the 6 files checked are missing (VCTK-Corpus/wav48/p226: 1 of 3): extracting" in err
+    assert (wav48 / "p226" / "p226_002.wav").read_bytes() == (src / "p226" / "p226_002.wav").read_bytes()
+    assert cut.read_bytes() == b"RIFF"  # the restore checks what that marker could: existence
+    assert marker.read_text().splitlines() == sized  # now with the sizes
+    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    assert ("but 1 of the 6 files checked are damaged, of another size than extracted "
+            "(VCTK-Corpus/wav48/p225: 1 of 3): extracting") in capsys.readouterr().err
+    assert cut.read_bytes() == (src / "p225" / "p225_002.wav").read_bytes() and len(server.ranges) == 1
 
 
 def test_download_checks_the_microphone_the_run_uses(server, tmp_path, capsys):

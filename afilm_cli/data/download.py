@@ -5,9 +5,12 @@ that ignores Range restarts it from zero); the file gets its final name only onc
 checksum match. An archive already there under its final name is checked the same way and reused (never
 deleted on a mismatch: it may be the user's only copy). Extraction writes a marker file,
 ``.afilm-extracted-<archive>``: the URL, the archive's top-level entries, then the path of every file
-it extracted below them. A rerun does nothing while they are all there (checked per folder, one
-directory listing each: no stat per file), and restores what is missing otherwise. A marker of an older
-afilm (the URL, or the URL and the top-level entries) is still read: its entries are checked, not files.
+it extracted below them, each with its size ("VCTK-Corpus/wav48/p225/p225_001.wav<TAB>123456"). A rerun
+does nothing while they are all there with those sizes (checked per folder, one directory listing each,
+then a stat per file listed: no hashing), and restores what is missing or damaged (cut short, or any
+other size) otherwise. A marker of an older afilm is still read: one listing paths without sizes has its
+files checked for existence only; one with the URL, or the URL and the top-level entries, has its
+entries checked, not files.
 """
 
 from __future__ import annotations
@@ -203,24 +206,38 @@ def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
 
 
 def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
-                     restore: Callable[[str], bool] | None = None) -> tuple[list[str], list[str]]:
-    """``extract``, giving (every member's name, the regular files' names). With ``restore`` (a restore:
-    the archive was extracted there before), only the members not in ``into`` that it keeps (given the
-    path as the marker lists it) are written; those still there are left as they are."""
+                     restore: Callable[[str], bool] | None = None,
+                     sized: bool = False) -> tuple[list[str], dict[str, int]]:
+    """``extract``, giving (every member's name, the regular files' names -> their sizes). With
+    ``restore`` (a restore: the archive was extracted there before), only the members that it keeps
+    (given the path as the marker lists it) and that are not in ``into`` are written, and with ``sized``
+    (the marker recorded sizes) also the files there of another size than the member's (damaged: each
+    removed first, so that a link there is replaced, not written through); the others are left as they
+    are, a file of the right size but other content too (sizes are compared, not contents)."""
     archive, into = Path(archive), Path(into)
     into.mkdir(parents=True, exist_ok=True)
     target = into.resolve()
 
-    def wanted(name: str) -> bool:
-        return restore(PurePosixPath(name).as_posix()) and not (into / name).exists()
+    def wanted(name: str, size: int | None) -> bool:
+        if not restore(PurePosixPath(name).as_posix()):
+            return False
+        path = into / name
+        if not path.exists():
+            return True
+        if not sized or size is None or not path.is_file() or path.stat().st_size == size:
+            return False
+        path.unlink()
+        return True
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 names = zf.namelist()
                 for name in names:
                     _check_member(name, target)
-                files = [name for name in names if not name.endswith("/")]
-                zf.extractall(into, [name for name in names if wanted(name)] if restore else None)
+                # a name twice: the last one's, as extracted (getinfo gives the last)
+                files = {info.filename: info.file_size for info in zf.infolist() if not info.is_dir()}
+                zf.extractall(into, [name for name in dict.fromkeys(names) if wanted(name, files.get(name))]
+                              if restore else None)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
@@ -229,9 +246,9 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
                     _check_member(member.name, target)
                     if member.issym() or member.islnk():
                         raise AfilmError(f"{archive}: refusing link member {member.name!r}")
-                files = [member.name for member in members if member.isfile()]
+                files = {member.name: member.size for member in members if member.isfile()}
                 if restore:
-                    members = [member for member in members if wanted(member.name)]
+                    members = [member for member in members if wanted(member.name, files.get(member.name))]
                 tf.extractall(into, members,
                               **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         else:
@@ -249,14 +266,22 @@ def _top_level(names: list[str]) -> list[str]:
     return sorted(tops - {"__MACOSX"})  # removed after extraction
 
 
-def _below_top(files: list[str]) -> list[str]:
-    """The files' paths ("a/b/c.wav") that are inside a top-level folder, as the marker lists them."""
-    out = set()
-    for name in files:
+def _below_top(files: dict[str, int]) -> list[str]:
+    """The files ("a/b/c.wav" -> size) that are inside a top-level folder, as the marker lists them:
+    "a/b/c.wav<TAB>size"."""
+    out = {}
+    for name, size in files.items():
         path = PurePosixPath(name)
         if len(path.parts) > 1 and path.parts[0] != "__MACOSX" and "\n" not in name:
-            out.add(path.as_posix())
-    return sorted(out)
+            out[path.as_posix()] = size
+    return [f"{name}\t{size}" for name, size in sorted(out.items())]
+
+
+def _marker_line(line: str) -> tuple[str, int | None]:
+    """A marker's line as (path, size), the size None where it records none (an older afilm's marker,
+    or a top-level entry)."""
+    path, tab, size = line.rpartition("\t")
+    return (path, int(size)) if tab and size.isdigit() else (line, None)
 
 
 def _check_member(name: str, target: Path) -> None:
@@ -272,9 +297,10 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
 
     A marker file records a finished extraction: a second call does nothing while what it extracted
     is still there (``present(root)`` where given, else the archive's top-level entries; then every
-    file the marker lists that ``select`` keeps, all where it is None), and extracts again, or downloads
-    again where the archive is gone, once it is not. That restore writes only what is missing: of the
-    files ``select`` keeps where only some are gone, of every member where the entries are gone.
+    file the marker lists that ``select`` keeps, all where it is None, with the size it was extracted
+    with where the marker records it), and extracts again, or downloads again where the archive is
+    gone, once it is not. That restore writes only what is missing or of another size: of the files
+    ``select`` keeps where only some are gone or damaged, of every member where the entries are gone.
     An archive that was already in ``root`` is checked like a download, reused, and kept.
     """
     from afilm_cli.atomic import atomic_path, make_output_dir
@@ -286,13 +312,16 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
     path = root / archive.filename
     marker = root / f".afilm-extracted-{archive.filename}"
     restore = None  # what a restore writes (where missing): every member, or the files ``select`` keeps
+    sized = False  # and where of another size than extracted: the marker recorded sizes
     if marker.exists():
         again = f"extracting {path} again" if path.exists() else "downloading it again"
         if not (present or partial(_still_extracted, marker, archive.filename))(root):
             note(f"{archive.filename} was extracted into {root} before, but its files are gone: {again}")
             restore = _everything
+            sized = any(_marker_line(line)[1] is not None for line in marker.read_text().splitlines()[1:])
         elif short := shortfall(root, marker, select):
             restore = select or _everything
+            sized = short.sized
             note(f"{archive.filename} was extracted into {root} before, but {short.describe()}: {again} "
                  "to restore them")
         else:
@@ -316,7 +345,7 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
         # through a restore too, so one stopped midway restores again rather than extracting everything
         # over the files still there
         marker.unlink(missing_ok=True)
-    names, files = _extract_members(path, root, restore)
+    names, files = _extract_members(path, root, restore, sized)
     with atomic_path(marker) as tmp:  # a marker cut short would list fewer files
         tmp.write_text("\n".join([archive.url, *_top_level(names), *_below_top(files)]) + "\n")
     if reused and not ours and not keep:  # the user's own copy: not afilm's to delete
@@ -363,49 +392,87 @@ def _still_extracted(marker: Path, filename: str, root: Path) -> bool:
 
 @dataclass
 class Shortfall:
-    """What an extraction's marker lists and ``root`` no longer holds: folder -> (missing, listed)."""
+    """What an extraction's marker lists and ``root`` no longer holds, or holds damaged (of another size
+    than extracted): folder -> (missing or damaged, listed)."""
 
     missing: dict[str, tuple[int, int]]
     checked: int  # the files the marker lists that were looked for
     listed: bool  # False for a marker of an older afilm, which lists no files
+    damaged: int = 0  # of the files counted in ``missing``, those there but of another size
+    sized: bool = False  # the marker records sizes (False for an older afilm's: existence checked only)
 
     def __bool__(self) -> bool:
         return bool(self.missing)
 
+    @property
+    def lost(self) -> int:
+        """The files missing or damaged."""
+        return sum(n for n, _ in self.missing.values())
+
     def describe(self, most: int = 6) -> str:
         """"3 of the 6 files checked are missing (VCTK-Corpus/wav48/p226: all 2, VCTK-Corpus/wav48/p225:
-        1 of 3)", the folders relative to the root."""
-        lost = sum(n for n, _ in self.missing.values())
+        1 of 3)", the folders relative to the root; "are damaged, of another size than extracted (...)"
+        where all are there, "are missing or damaged: 2 missing, 1 of another size than extracted (...)"
+        where some are and some not, the folders then counting both."""
+        lost = self.lost
         folders = [f"{folder}: {f'all {total}' if n == total else f'{n} of {total}'}"
                    for folder, (n, total) in sorted(self.missing.items())]
         if len(folders) > most:
             folders[most:] = [f"{len(folders) - most} more folders"]
-        return f"{lost} of the {self.checked} files checked are missing ({', '.join(folders)})"
+        if not self.damaged:
+            what = "missing"
+        elif self.damaged == lost:
+            what = "damaged, of another size than extracted"
+        else:
+            what = (f"missing or damaged: {lost - self.damaged} missing, {self.damaged} of another size than "
+                    "extracted")
+        return f"{lost} of the {self.checked} files checked are {what} ({', '.join(folders)})"
 
 
 def shortfall(root: str | os.PathLike, marker: str | os.PathLike,
               select: Callable[[str], bool] | None = None) -> Shortfall:
     """The files ``marker`` lists (those ``select`` keeps, given the path relative to ``root``) that are
-    not in ``root``: one directory listing per folder, no stat per file (for VCTK 0.92, 132k files in
-    about 220 folders)."""
+    not in ``root``, or are there with another size than the marker records (cut short, say): one
+    directory listing per folder, then a stat per file listed with a size, no hashing (for VCTK 0.92,
+    132k files in about 220 folders). A marker of an older afilm, without sizes: existence only. A file
+    replaced by a folder or other non-file, or one that cannot be stat'ed, counts as there."""
     root = Path(root)
     lines = Path(marker).read_text().splitlines()[1:]
-    by_folder: dict[str, set[str]] = {}
-    listed = False
+    by_folder: dict[str, dict[str, int | None]] = {}
+    listed = sized = False
     for line in lines:
+        line, size = _marker_line(line)
         folder, slash, name = line.rpartition("/")
         if not slash:
             continue  # a top-level entry
         listed = True
+        sized = sized or size is not None
         if select is None or select(line):
-            by_folder.setdefault(folder, set()).add(name)
+            by_folder.setdefault(folder, {})[name] = size
     missing = {}
+    damaged = 0
     for folder, names in by_folder.items():
         try:
             with os.scandir(root / folder) as it:
-                there = {entry.name for entry in it}
+                there = {entry.name: entry for entry in it}
         except (FileNotFoundError, NotADirectoryError):
-            there = set()
-        if lost := len(names - there):
+            there = {}
+        lost = 0
+        for name, size in names.items():
+            if (entry := there.get(name)) is None:
+                lost += 1
+            elif size is not None and _file_size(entry) not in (None, size):
+                lost += 1
+                damaged += 1
+        if lost:
             missing[folder] = (lost, len(names))
-    return Shortfall(missing, sum(map(len, by_folder.values())), listed)
+    return Shortfall(missing, sum(map(len, by_folder.values())), listed, damaged, sized)
+
+
+def _file_size(entry: os.DirEntry) -> int | None:
+    """The size of the file ``entry`` names (a link followed); None for a folder or another non-file, or
+    where it cannot be stat'ed (it is there: nothing an extraction could put right)."""
+    try:
+        return entry.stat().st_size if entry.is_file() else None
+    except OSError:
+        return None

@@ -257,12 +257,12 @@ def vctk(
     out: cli.Out = Path("data"),
     force: Annotated[bool, typer.Option("--force", "-f", help="Rebuild outputs that already exist. It "
                      "does not download or extract the corpus again: --download restores files deleted "
-                     "from it; to replace damaged ones, delete them (or the corpus) and rerun with "
-                     "--download.")] = False,
+                     "from it or cut short (of another size than extracted); to replace ones damaged "
+                     "otherwise, delete them (or the corpus) and rerun with --download.")] = False,
     fetch: Annotated[bool, typer.Option("--download", help="Download and extract the corpus into --root "
                      "first (resumable; about 11 GB for 0.92); on a later run, restore the speakers' audio "
-                     "files deleted since (from the archive where it is still in --root, else downloaded "
-                     "again).")] = False,
+                     "files deleted or cut short since (from the archive where it is still in --root, else "
+                     "downloaded again).")] = False,
     release: Annotated[Literal["0.92", "0.80"] | None, typer.Option("--release", help="Which release "
                        "--download fetches (default 0.92), and which layout is used where --root holds "
                        "both (default 0.92).")] = None,
@@ -308,7 +308,7 @@ def _download_corpus(root: Path, release: str | None, url: str | None, sha256: s
     # a mirror's archive may be either release: any layout counts as extracted, unless --release says
     want = release or (None if url else "0.92")
     # and of what it extracted, the audio files of that layout (and --mic) must be there: deleted
-    # speakers or files are restored; another microphone's files, the transcripts, may go
+    # speakers or files, or files cut short, are restored; another microphone's files, the transcripts, may go
     download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want),
                                select=partial(_layout_audio, mic=mic, release=want))
     if not has_layout(root, want):  # not "pass --download", which find_layout would say
@@ -328,8 +328,10 @@ def _layout_audio(path: str, mic: str, release: str | None) -> bool:
 
 
 def _warn_lost_files(layout: Layout) -> None:
-    """Audio files of ``layout`` that `--download` extracted and that are gone since: warned about in one
-    line per archive (this run prepares without them; --download would restore them)."""
+    """Audio files of ``layout`` that `--download` extracted and that are gone since, or damaged (of
+    another size than extracted, where the marker records sizes): warned about in one line per archive
+    (this run prepares without the missing ones, with the damaged ones as they are, which may be skipped
+    as unreadable; --download would restore them)."""
     audio = layout.audio_dir
     for base in dict.fromkeys((audio.parent, audio.parent.parent)):  # the --download root: either
         inside = audio.relative_to(base).as_posix()
@@ -344,6 +346,8 @@ def _warn_lost_files(layout: Layout) -> None:
             except OSError:
                 continue  # an unreadable marker: nothing to compare with
             if short:
+                how = ("preparing without them" if not short.damaged else
+                       "preparing with them as they are" if short.damaged == short.lost else
+                       "preparing without the missing ones and with the damaged ones as they are")
                 cli.warn(f"{marker.name.removeprefix('.afilm-extracted-')} was extracted into {base} by "
-                         f"--download, but {short.describe()}: preparing without them (add --download to "
-                         "restore them)")
+                         f"--download, but {short.describe()}: {how} (add --download to restore them)")
