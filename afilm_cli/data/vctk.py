@@ -32,7 +32,7 @@ import typer
 
 from afilm_cli.atomic import make_output_dir
 from afilm_cli.data import cli, download
-from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, patch_warning, pick_fraction
+from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
 from afilm_cli.errors import AfilmError
 from afilm_cli.registry import DATASETS
 
@@ -197,7 +197,8 @@ def vctk_splits(speakers: dict[str, list[Path]], split: str, *, val_speakers: li
 
 def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "single", mic: str = "mic1",
                  val_speakers: list[str] | None = None, val_fraction: float | None = None,
-                 out: str | os.PathLike = "data", force: bool = False, release: str | None = None):
+                 out: str | os.PathLike = "data", force: bool = False, release: str | None = None,
+                 patch_checked: bool = False):
     """Library entry point of `afilm prepare vctk`.
 
     Writes ``<out>/vctk-<split>-r<r>-<degrade>-{train,val}.h5`` (see afilm_cli/data/recipe.py).
@@ -217,7 +218,8 @@ def prepare_vctk(root: str | os.PathLike, recipe: Recipe, *, split: str = "singl
         plans.append(SplitPlan("val", paths["val"], val))
     else:
         cli.warn(f"no validation files for --split {split}: writing {paths['train'].name} only")
-    return cli.run_prepare(recipe, plans, split_info=info, root=layout.audio_dir, force=force)
+    return cli.run_prepare(recipe, plans, split_info=info, root=layout.audio_dir, force=force,
+                           patch_checked=patch_checked)
 
 
 def _chosen_layout(root: str | os.PathLike, mic: str, release: str | None) -> Layout:
@@ -279,8 +281,7 @@ def vctk(
     s_stride, s_sam, s_degrade = SPLIT_DEFAULTS[split]
     recipe = Recipe(r=r, sr=sr, patch=patch, stride=stride or s_stride, sam=s_sam if sam is None else sam,
                     degrade=degrade or s_degrade, seed=seed, multiple=multiple, speed=speed).validate()
-    if note := patch_warning(recipe):  # before a download: the corpus is hours of work away
-        cli.warn(note)
+    cli.warn_patch(recipe)  # before a download: the corpus is hours of work away
     if fetch:
         _download_corpus(root, release, url, sha256, mic)
     elif url or sha256:  # most likely a forgotten --download: said, not silently dropped
@@ -289,7 +290,7 @@ def vctk(
                  f"ignored, using the corpus already in {root}")
     names = [s.strip() for s in val_speakers.split(",") if s.strip()] if val_speakers else None
     prepare_vctk(root, recipe, split=split, mic=mic, val_speakers=names, val_fraction=val_fraction,
-                 out=out, force=force, release=release)
+                 out=out, force=force, release=release, patch_checked=True)
 
 
 def _download_corpus(root: Path, release: str | None, url: str | None, sha256: str | None,
