@@ -161,6 +161,7 @@ def _protocol(loaded: Loaded, source: dict[str, Any], device: str | torch.device
         "checkpoint": str(loaded.path), "model_name": loaded.ckpt["model_name"],
         "bundled": bundled_name(loaded.path),  # the name the bundled models go by, None for others
         "parameters": count_parameters(loaded.model),
+        "input_level_dbfs": loaded.level_dbfs,  # the training data's; level_matched: the input brought to it
         "segment": segment,
         **source,
         "metrics": {"snr": "10 log10(sum ref^2 / sum err^2) over the whole item",
@@ -324,7 +325,8 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         source = {"data": str(pf.path), "data_kind": "h5", "data_recipe": {k: rec.get(k) for k in
                                                                            ("r", "sr", "degrade", "patch")},
                   "n_items": len(rows), "n_skipped_silent": n_silent,
-                  "degrade": rec.get("degrade") or loaded.recipe["degrade"], "threads": threads}
+                  "degrade": rec.get("degrade") or loaded.recipe["degrade"], "threads": threads,
+                  "level_matched": False}  # patches scored as they are, as training validates
         if note:
             source["note"] = note
     return EvalResult(rows, _protocol(loaded, source, device, pf.patch), plots, bands, pooled)
@@ -391,8 +393,8 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
                   plots_dir: Path | None = None, max_plots: int = 10,
                   progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
                   degrade: str | None = None, warn: Callable[[str], None] | None = None,
-                  threads: int | str = "auto", outputs: Callable[[list[Path]], None] | None = None
-                  ) -> EvalResult:
+                  threads: int | str = "auto", outputs: Callable[[list[Path]], None] | None = None,
+                  match_level: bool = True) -> EvalResult:
     """Every high-rate file is one row, simulated exactly as ``afilm upsample --simulate`` does, the
     low rate made by ``degrade`` (default: the checkpoint's recipe). Before the work, every file is
     checked (:func:`check_wav`); one that cannot be evaluated (unreadable, below the model's rate, too
@@ -402,7 +404,8 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     window, so that a long file moves a bar) and ``outputs`` the plot paths the run will write (none
     without ``plots_dir``; called once the files are checked, before the work). A file that cannot be
     read when its turn comes (changed since the check) is skipped and said as the others.
-    ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py)."""
+    ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py); ``match_level``: as
+    ``afilm upsample`` does, the model's input at its training level (afilm_cli/level.py)."""
     if degrade is not None:
         check_degrade(degrade)
     from afilm_cli.threads import resolve_threads
@@ -464,7 +467,7 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
         try:
             row, energy, head = _score_wav(path, loaded, degrade, window, name in plotted,
                                            batch_size=batch_size, device=device, progress=step,
-                                           threads=threads)
+                                           threads=threads, match_level=match_level)
         except AfilmError as exc:  # changed since the check: its row is lost, not the run's
             skipped.append({"item": name, "reason": str(exc).removeprefix(f"{path}: ")})
             (warn or print_warning)(f"{exc}: skipped")
@@ -487,7 +490,8 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
               "skipped": skipped,
               "mono": True, "degrade": degrade or loaded.degrade,
               "window": {"window": plan.window, "context": plan.context, "fade": plan.fade, "hop": plan.hop},
-              "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads}
+              "resampler": "scipy.signal.resample_poly (Kaiser 5.0)", "threads": threads,
+              "level_matched": match_level and loaded.level_dbfs is not None}
     return EvalResult(rows, _protocol(loaded, source, device, int(loaded.recipe["patch"])), plots, bands)
 
 

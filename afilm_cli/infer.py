@@ -7,12 +7,14 @@
 Real low-rate input is already band-limited (its recorder's anti-alias filter, and the polyphase
 resampler's own low-pass when its rate is above sr/r), so the recipe's degradation is *not* applied
 again; ``--simulate`` applies the checkpoint's recipe (decimate or subsample) to make its LR version.
+The spline signal goes through the model at the level of the model's training data (afilm_cli/level.py).
 Speed settings (precision, threads, compile, CUDA graphs) are documented in afilm_cli/windows.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections import Counter
@@ -30,6 +32,7 @@ from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
+from afilm_cli.level import Scaled, matching_gains, stage_level, unscaled
 
 # re-exported: the stages and windows were part of this module and are used through it
 from afilm_cli.stages import (  # noqa: F401
@@ -114,6 +117,11 @@ class Loaded:
         return Fraction(self.sr, self.r)
 
     @property
+    def level_dbfs(self) -> float | None:
+        """The RMS level of the training data (level.py), where the checkpoint records it."""
+        return self.ckpt.get("input_level_dbfs")
+
+    @property
     def degrade(self) -> str:
         """How --simulate and eval make the low-rate input by default: the recipe's (first) method."""
         return degrade_methods(self.recipe["degrade"])[0]
@@ -135,6 +143,10 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     except AfilmError:
         raise AfilmError(f"{path}: checkpoint recipe has unknown degradation "
                          f"{recipe.get('degrade')!r}") from None
+    level = ckpt.get("input_level_dbfs")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))
+                              or not math.isfinite(level)):
+        raise AfilmError(f"{path}: damaged checkpoint (input_level_dbfs {level!r} is not a finite number)")
     try:
         model = model_from_checkpoint(ckpt, device)
     except AfilmError as exc:  # weights that do not fit: said with the file they came from
@@ -252,10 +264,13 @@ def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
 def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
                   precision: str = "fp32", threads: int | str | None = "auto", compile: bool = False,
-                  graphs: str | bool | None = "auto", stats: dict | None = None) -> Iterator[np.ndarray]:
+                  graphs: str | bool | None = "auto", stats: dict | None = None, match_level: bool = True
+                  ) -> Iterator[np.ndarray]:
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
-    is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs)."""
+    is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
+    ``match_level``, each channel goes through the model at the level of the model's training data and
+    comes back at its own (level.py; models that record no level run as they are)."""
     from afilm_cli.models import check_length, model_name_of
 
     try:  # a model may refuse lengths beyond its multiple (the windows are multiples of it)
@@ -276,15 +291,22 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
         fixed = True
         if stats is not None:
             stats["cuda_graph"] = isinstance(model, GraphedForward)
-    return run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
-                       precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
+    gains = None
+    if match_level and loaded.level_dbfs is not None:
+        gains = matching_gains(stage_level(spline, length), loaded.level_dbfs)
+        spline = Scaled(spline, gains)
+        if stats is not None:
+            stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
+    blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
+                         precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
+    return blocks if gains is None else unscaled(blocks, gains)
 
 
 def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16, window: int | None = None,
             device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
             **speed: Any) -> np.ndarray:
     """In-memory convenience: the whole prediction as one (length, C) array. ``speed``: precision,
-    threads, compile, graphs, stats (see :func:`model_windows`)."""
+    threads, compile, graphs, stats, match_level (see :func:`model_windows`)."""
     plan = window_plan_for(loaded, length, window)
     blocks = list(model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                 progress=progress, **speed))

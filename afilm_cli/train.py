@@ -36,6 +36,7 @@ from afilm_cli.data.h5 import PatchFile
 from afilm_cli.data.loader import PatchLoader
 from afilm_cli.diagnostics import dead_gates, relu_open_fraction
 from afilm_cli.errors import AfilmError
+from afilm_cli.level import patches_level
 from afilm_cli.models import check_length, check_output
 from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
@@ -248,6 +249,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     from afilm_cli.models import create_model
 
     recipe = data_recipe(train_pf, cfg, ckpt)
+    level = patches_level(train_pf.data)  # checkpointed: inference brings its input to this level
     if ckpt is not None:
         check_resumed_epoch(ckpt, train_pf, cfg.batch_size, world)
     if val_pf is not None:
@@ -313,7 +315,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     if no_bf16:  # the checkpoints and the log record what the run trains in (and a resume goes on in)
         cfg = dataclasses.replace(cfg, precision="fp32")
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf),
-              train_fingerprint=train_pf.fingerprint())
+              train_fingerprint=train_pf.fingerprint(),
+              input_level_dbfs=round(level, 2) if math.isfinite(level) else None)
     if run.master:
         run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them
         for path in replaced:  # --force: the other run goes only now, with the new one known to be valid

@@ -39,12 +39,13 @@ class Run:
     """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
 
     def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, train_patches=None,
-                 train_fingerprint=None):
+                 train_fingerprint=None, input_level_dbfs=None):
         from rich.console import Console
 
         self.cfg, self.out, self.master = cfg, out, master
         # checkpointed: a resume mid-epoch needs the same file
         self.train_patches, self.train_fingerprint = train_patches, train_fingerprint
+        self.input_level_dbfs = input_level_dbfs  # the training data's RMS level (afilm_cli/level.py)
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
         self.console = Console(highlight=False, soft_wrap=True)
 
@@ -62,8 +63,9 @@ class Run:
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
         cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"
         where = "in memory" if in_memory else "read from disk per batch"
+        level = "" if self.input_level_dbfs is None else f", {self.input_level_dbfs:.1f} dBFS RMS"
         self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']}, {where}; "
-                           f"r={self.recipe['r']}, {self.recipe['sr']} Hz, {self.recipe['degrade']})")
+                           f"r={self.recipe['r']}, {self.recipe['sr']} Hz, {self.recipe['degrade']}{level})")
         self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")
@@ -72,7 +74,7 @@ class Run:
                                f"{resumed['epoch_step']} batches of the next; step {resumed['step']}")
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
-                 threads=threads, data_in_memory=in_memory,
+                 threads=threads, data_in_memory=in_memory, input_level_dbfs=self.input_level_dbfs,
                  metrics_note="val_snr: pooled, over all validation samples at once (afilm eval's snr is the "
                               "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)",
                  epoch_note="step records: epoch = the epoch being run, from 1; epoch records (and "
@@ -118,6 +120,7 @@ class Run:
                                    epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
                                    epoch_loss=epoch_loss, train_patches=self.train_patches,
                                    train_fingerprint=self.train_fingerprint,
+                                   input_level_dbfs=self.input_level_dbfs,
                                    metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
             save_checkpoint(self.last_path(), ckpt)
             if is_best:

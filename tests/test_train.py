@@ -157,11 +157,15 @@ def test_train_writes_checkpoints_log_and_metrics(data, tmp_path):
     assert ckpt["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": PATCH}
     assert ckpt["epoch"] == 2 and ckpt["step"] == 6 and ckpt["epoch_step"] == 0 and "optimizer" in ckpt
     assert ckpt["train_config"]["lr"] == 3e-4 and ckpt["afilm_version"]
+    # the RMS level of the training patches, which inference brings its input to (afilm_cli/level.py)
+    level = 10 * np.log10(np.mean(data["arrays"][0].astype(np.float64) ** 2))
+    assert ckpt["input_level_dbfs"] == pytest.approx(level, abs=0.005)
     model = model_from_checkpoint(ckpt)
     assert not model.training and res.best.is_file()
     lines = [json.loads(s) for s in (res.out / "log.jsonl").read_text().splitlines()]
     assert [x["type"] for x in lines] == ["start"] + ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch"]
     assert lines[0]["data_in_memory"] is True  # a small file is loaded, as the reference does
+    assert lines[0]["input_level_dbfs"] == ckpt["input_level_dbfs"]
     last = lines[-1]
     for key in ("train_loss", "val_loss", "val_rmse", "val_snr", "val_lsd", "spline_snr", "spline_lsd",
                 "patches_per_s"):

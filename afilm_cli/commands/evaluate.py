@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from afilm_cli.atomic import make_output_dir
-from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, Threads
+from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, NoMatchLevel, Threads
 from afilm_cli.errors import AfilmError
 
 LABELS = {"snr": ("SNR (dB, higher is better)", True), "segsnr": ("segmental SNR, reference (dB)", True),
@@ -87,6 +87,7 @@ def command(
     batch_size: BatchSize = 16,
     device: Device = "auto",
     threads: Threads = "auto",
+    no_match_level: NoMatchLevel = False,
     force: Force = False,
 ) -> None:
     """Evaluate a checkpoint and the cubic-spline baseline: SNR, segmental SNR (reference), LSD, and
@@ -100,6 +101,9 @@ def command(
         raise AfilmError("give exactly one of --data FILE.h5 or --wavs FOLDER")
     if data is not None and degrade is not None:
         raise AfilmError("--degrade goes with --wavs: an HDF5 split holds its low-rate input already")
+    if data is not None and no_match_level:
+        raise AfilmError("--no-match-level goes with --wavs: --data's patches are scored as they are, "
+                         "as training validates them")
     if max_plots is not None and plots is None:  # accepted and ignored before
         raise AfilmError("--max-plots goes with --plots FOLDER: without it no PNG is written")
     max_plots = 20 if max_plots is None else max_plots
@@ -147,7 +151,8 @@ def command(
         if data is not None:
             result = evaluate.evaluate_h5(loaded, data, **kwargs, warn=warn)
         else:
-            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn)
+            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn,
+                                            match_level=not no_match_level)
     csv_path, json_path = evaluate.write_results(result, out, force=force)
     stale = []
     if force and plots is not None:  # the plots of an earlier run no longer mixed with this one's

@@ -26,6 +26,11 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Patch
 Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed.")]
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "
                                       "or auto: the cores no other process is busy on (at least 1).")]
+NoMatchLevel = Annotated[bool, typer.Option(
+    "--no-match-level", help="Run the model on the input at its own level. By default each channel is "
+    "scaled to the level of the model's training data (recorded in its checkpoint, e.g. -24.4 dBFS RMS "
+    "for afilm_speech_r4) before the model and back after, since the models are not scale-invariant: "
+    "quiet input came out worse than the spline.")]
 
 
 def refuse_existing(out: Path, force: bool) -> None:

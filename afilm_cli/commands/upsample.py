@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from afilm_cli.commands.options import BatchSize, Device, Force, UpsampleCkpt
+from afilm_cli.commands.options import BatchSize, Device, Force, NoMatchLevel, UpsampleCkpt
 from afilm_cli.errors import AfilmError
 
 
@@ -53,6 +53,7 @@ def command(
         "--compile", help="torch.compile the model (on CUDA with its own CUDA graphs). For the paper "
         "AFiLM on an H100 it measured 214x realtime against the default CUDA graph's 221x, not counting "
         "the compile itself, which comes before the first window.")] = False,
+    no_match_level: NoMatchLevel = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Upsample audio with a trained model.
@@ -76,7 +77,8 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     speed = {"threads": parse_threads(threads), "precision": precision,
-             "graphs": "off" if no_cuda_graph else "auto", "compile": compile}
+             "graphs": "off" if no_cuda_graph else "auto", "compile": compile,
+             "match_level": not no_match_level}
     infer.resolve_precision(precision, dev)  # a typo fails here, before any file is read
     if precision == "bf16" and dev.type == "cpu" and not _native_bf16():
         err.print("afilm: warning: this CPU has no native bf16: it is emulated, 8-27x slower than fp32 "

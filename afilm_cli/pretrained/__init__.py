@@ -40,7 +40,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r4": Bundled(
         name="afilm_speech_r4",
         file="afilm_speech_r4.pt",
-        sha256="213a6112e6e56ac23c62467a3b868ec1de468761469dade248dbc51efed6bb1e",
+        sha256="f2e3c1a33f415e367bef4ebd9a93ba80d5eef3ab02f40139b2e70cfe15454b4f",
         card="afilm_speech_r4.md",
         description="pretrained: speech 4 kHz -> 16 kHz (afilm_small, LibriSpeech + VCTK)",
         r=4, sr=16000,
@@ -48,7 +48,7 @@ BUNDLED: dict[str, Bundled] = {
     "afilm_speech_r2": Bundled(
         name="afilm_speech_r2",
         file="afilm_speech_r2.pt",
-        sha256="9dfe0129c662c37d40401d8e44e5a8547dd448d1f882673a18b2a66481e91926",
+        sha256="9366c56299132639da0871610ef017979c467e4e64b4ec78cd39fa5d86b1475d",
         card="afilm_speech_r2.md",
         description="pretrained: speech 8 kHz -> 16 kHz (afilm_small, fine-tuned from afilm_speech_r4)",
         r=2, sr=16000,
@@ -140,7 +140,7 @@ def compact_checkpoint(src: str | Path, dst: str | Path) -> str:
 
     ckpt = load_checkpoint(src)
     keep = {k: ckpt[k] for k in ("format", "format_version", "afilm_version", "model_name", "model_config",
-                                 "recipe", "epoch", "step", "metrics") if k in ckpt}
+                                 "recipe", "input_level_dbfs", "epoch", "step", "metrics") if k in ckpt}
     keep["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     beyond = [k for k, v in keep["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
     if beyond:  # fp16 tops out at 65504: such weights would load as inf

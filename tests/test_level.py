@@ -1,0 +1,169 @@
+"""Input level matching (afilm_cli/level.py): a quiet recording is upsampled as well as a loud one."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from afilm_cli import infer, level
+from afilm_cli.audio import read_audio, resample
+from afilm_cli.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from afilm_cli.errors import AfilmError
+from afilm_cli.metrics import snr
+from afilm_cli.models import create_model
+from afilm_cli.pretrained import BUNDLED
+from afilm_cli.stages import ArraySource, Splined
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=240, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def speech(libri_mini):
+    """Three seconds of held-out speech at 16 kHz."""
+    path = sorted((libri_mini / "test-other").rglob("*.flac"))[0]
+    x, sr = read_audio(path, mono=True)
+    return resample(x, sr, 16000)[: 3 * 16000].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def r4():
+    return infer.load_model("afilm_speech_r4")
+
+
+def test_stage_level_is_the_rms_of_each_channel_over_many_blocks():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200_000, 2)) * [0.1, 0.001]  # longer than one measuring block
+    got = level.stage_level(ArraySource(x), len(x))
+    want = 10 * np.log10(np.mean(x**2, axis=0))
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert got[0] == pytest.approx(-20, abs=0.05) and got[1] == pytest.approx(-60, abs=0.05)
+    silent = level.stage_level(ArraySource(np.zeros((100, 1))), 100)
+    assert silent[0] == -math.inf
+    gains = level.matching_gains(np.array([-math.inf, -130.0, -44.4]), -24.4)
+    assert list(gains) == pytest.approx([1, 1, 10])
+
+
+def test_patches_level_reads_an_hdf5_dataset_in_chunks(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(1)
+    data = (rng.standard_normal((1000, 64, 1)) * 0.05).astype(np.float32)
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        f["data"] = data
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        got = level.patches_level(f["data"], chunk=300)  # chunks that do not divide the count
+    assert got == pytest.approx(10 * np.log10(np.mean(data.astype(np.float64) ** 2)), abs=1e-9)
+
+
+def test_bundled_models_record_the_level_of_their_training_data():
+    for name in BUNDLED:
+        loaded = infer.load_model(name)
+        # measured over the training patches (afilm prepare as in the model card): -24.40 / -24.20 dBFS
+        assert -30 < loaded.level_dbfs < -20, (name, loaded.level_dbfs)
+
+
+def test_upsampling_is_the_same_at_any_input_level(speech, r4):
+    lr = resample(speech, 16000, 4000).astype(np.float32)
+    loud = infer.upsample_array(lr, 4000, r4)
+    for scale in (1e-3, 8.0):
+        scaled = infer.upsample_array(lr * scale, 4000, r4)
+        np.testing.assert_allclose(scaled / scale, loud, rtol=0, atol=1e-5 * np.abs(loud).max())
+        # without matching the model sees another level and predicts something else
+        off = infer.upsample_array(lr * scale, 4000, r4, match_level=False)
+        assert np.abs(off / scale - loud).max() > 100 * 1e-5 * np.abs(loud).max()
+
+
+def test_channels_are_matched_each_to_its_own_level(speech, r4):
+    lr = resample(speech, 16000, 4000).astype(np.float32)
+    stereo = np.stack([lr, lr * 1e-3, np.zeros_like(lr)], axis=1)  # loud, quiet, silent
+    out = infer.upsample_array(stereo, 4000, r4)
+    mono = infer.upsample_array(lr, 4000, r4)
+    tol = 1e-5 * np.abs(mono).max()
+    np.testing.assert_allclose(out[:, 0], mono, atol=tol)
+    np.testing.assert_allclose(out[:, 1] * 1e3, mono, atol=tol)
+    assert np.isfinite(out[:, 2]).all()  # silence gets no gain: nothing to divide by zero
+
+
+def test_models_that_record_no_level_run_as_they_are(speech, tmp_path):
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "tiny.pt", make_checkpoint(create_model("afilm_tiny"), RECIPE))
+    loaded = infer.load_model(path)
+    assert loaded.level_dbfs is None
+    lr = resample(speech, 16000, 4000).astype(np.float32) * 1e-3
+    np.testing.assert_array_equal(infer.upsample_array(lr, 4000, loaded),
+                                  infer.upsample_array(lr, 4000, loaded, match_level=False))
+
+def test_the_gain_brings_the_spline_signal_to_the_training_level(speech, r4):
+    lr = resample(speech, 16000, 4000).astype(np.float32) * 1e-3
+    stage = Splined(ArraySource(lr), 4, len(lr) * 4)
+    stats: dict = {}
+    infer.predict(r4, stage, len(lr) * 4, stats=stats)
+    spline_rms = np.sqrt(np.mean(stage.read(0, len(lr) * 4) ** 2))
+    assert stats["gain_db"] == [pytest.approx(-24.4 - 20 * np.log10(spline_rms), abs=0.01)]
+    assert stats["gain_db"][0] > 50  # 60 dB down, speech at about -25 dBFS
+
+
+@pytest.mark.parametrize("value", [float("nan"), "loud", True])
+def test_a_damaged_level_is_refused(tmp_path, value):
+    ckpt = make_checkpoint(create_model("afilm_tiny"), RECIPE, input_level_dbfs=value)
+    path = save_checkpoint(tmp_path / "bad.pt", ckpt)
+    with pytest.raises(AfilmError, match="input_level_dbfs"):
+        infer.load_model(path)
+
+
+def test_cli_a_quiet_recording_scores_as_the_loud_one(tmp_path, speech):
+    sf.write(tmp_path / "loud.wav", speech, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "quiet.wav", speech * 1e-3, 16000, subtype="FLOAT")  # 60 dB down
+    scores = {}
+    for name, extra in (("loud", ()), ("quiet", ()), ("quiet", ("--no-match-level",))):
+        base = tmp_path / f"{name}{len(extra)}"
+        p = run_cli("upsample", "--simulate", tmp_path / f"{name}.wav", "-o", f"{base}.wav", *extra)
+        assert p.returncode == 0, p.stderr
+        pr, _ = sf.read(f"{base}.pr.wav")
+        hr, _ = sf.read(f"{base}.hr.wav")
+        lr, _ = sf.read(f"{base}.lr.wav")
+        scores[base.name] = snr(pr, hr)
+        from afilm_cli.audio import spline_up
+
+        scores["spline"] = snr(spline_up(lr, 4)[: len(hr)], hr)
+    assert scores["quiet0"] == pytest.approx(scores["loud0"], abs=0.01)
+    assert scores["quiet0"] > scores["spline"]
+    assert scores["quiet1"] < scores["quiet0"] - 1, scores  # without matching: the old, worse result
+
+
+def test_cli_eval_records_the_matching(tmp_path, speech):
+    (tmp_path / "wavs").mkdir()
+    sf.write(tmp_path / "wavs" / "a.wav", speech * 1e-3, 16000, subtype="FLOAT")
+    for flag, want in (((), True), (("--no-match-level",), False)):
+        out = tmp_path / f"eval{len(flag)}"
+        p = run_cli("eval", "--wavs", tmp_path / "wavs", "-o", out, *flag)
+        assert p.returncode == 0, p.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["protocol"]["level_matched"] is want
+        assert summary["protocol"]["input_level_dbfs"] == pytest.approx(-24.4)
+    a, b = (json.loads((tmp_path / f"eval{k}" / "summary.json").read_text())["summary"]["model"]["snr"]
+            for k in (0, 1))
+    assert a > b + 1
+    p = run_cli("eval", "--data", tmp_path / "x.h5", "--no-match-level")
+    assert p.returncode == 2 and "--no-match-level goes with --wavs" in p.stderr
+
+
+def test_compact_checkpoint_keeps_the_level(tmp_path):
+    ckpt = load_checkpoint(infer.load_model("afilm_speech_r4").path)
+    assert ckpt["input_level_dbfs"] == pytest.approx(-24.4)  # kept by compact_checkpoint below
+    from afilm_cli.pretrained import compact_checkpoint
+
+    compact_checkpoint(infer.load_model("afilm_speech_r4").path, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["input_level_dbfs"] == pytest.approx(-24.4)
