@@ -48,3 +48,24 @@ def libri_mini() -> Path:
 def _no_plugins_by_default(monkeypatch):
     # tests see only built-ins unless a test installs a plugin on purpose
     monkeypatch.setenv("AFILM_DISABLE_PLUGINS", os.environ.get("AFILM_TEST_PLUGINS_ON", "1"))
+
+
+@pytest.fixture
+def plugin_site(tmp_path) -> Path:
+    """tests/plugin_pkg as pip would install it, in a folder for PYTHONPATH: the package, and a
+    .dist-info naming every entry point its pyproject declares."""
+    import shutil
+
+    import tomllib
+
+    pkg, site = ROOT / "tests" / "plugin_pkg", tmp_path / "site"
+    project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
+    shutil.copytree(pkg / "afilm_example_plugin", site / "afilm_example_plugin")
+    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                   f"Version: {project['version']}\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
+        for group, eps in project["entry-points"].items()))
+    return site

@@ -424,10 +424,8 @@ def test_a_deleted_speaker_folder_is_restored_by_download(server, vctk_mini, tmp
     assert "does not download or extract the corpus again" in " ".join(proc.stdout.split())
 
 
-def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys,
-                                                                       monkeypatch):
-    """A kept archive (here a tar.gz) restores deleted files without a request; files still there,
-    even changed ones of the size extracted (sizes are compared, not contents), are left as they are."""
+def _kept_tar_extracted(server, vctk_mini, tmp_path) -> tuple[Archive, Path]:
+    """A tar.gz of 3 files each of p225 and p226, served, downloaded, extracted into ROOT and kept."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
         for spk in ("p225", "p226"):
@@ -437,6 +435,14 @@ def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, v
     archive = Archive(f"{server.url}/v.tar.gz", "v.tar.gz")
     root = tmp_path / "root"
     fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    return archive, root
+
+
+def test_a_few_deleted_files_are_noticed_and_restored_from_the_archive(server, vctk_mini, tmp_path, capsys,
+                                                                       monkeypatch):
+    """A kept archive (here a tar.gz) restores deleted files without a request; files still there,
+    even changed ones of the size extracted (sizes are compared, not contents), are left as they are."""
+    archive, root = _kept_tar_extracted(server, vctk_mini, tmp_path)
     wav48 = root / "VCTK-Corpus" / "wav48"
     (wav48 / "p225" / "p225_002.wav").unlink()
     (wav48 / "p226" / "p226_003.wav").unlink()
@@ -548,15 +554,7 @@ def test_a_damaged_file_is_replaced_not_written_through(server, vctk_mini, tmp_p
     """From a kept tar.gz, no request: a file cut short is written whole again, and one replaced by a
     link to a file of another size gets its own file back, the link's target left as it was (a target
     in the root: one outside it is refused as an escape by the member check)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for spk in ("p225", "p226"):
-            for f in sorted((vctk_mini / "wav48" / spk).glob("*.wav"))[:3]:
-                tf.add(f, f"VCTK-Corpus/wav48/{spk}/{f.name}")
-    server.files["v.tar.gz"] = buf.getvalue()
-    archive = Archive(f"{server.url}/v.tar.gz", "v.tar.gz")
-    root = tmp_path / "root"
-    fetch_and_extract(archive, root, keep=True, progress=lambda *a: None)
+    archive, root = _kept_tar_extracted(server, vctk_mini, tmp_path)
     wav48, src = root / "VCTK-Corpus" / "wav48", vctk_mini / "wav48"
     with open(wav48 / "p226" / "p226_001.wav", "r+b") as f:
         f.truncate(44)

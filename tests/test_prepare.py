@@ -943,24 +943,8 @@ PATCH_1000 = ("warning: --patch 1000 is not a multiple of 256: the built-in netw
               "768 or 1024 (a plugin model may take 1000)")
 
 
-def _install_example_plugin(site: Path) -> None:
-    """tests/plugin_pkg as pip would install it (the package and a .dist-info naming its entry points)."""
-    import tomllib
-
-    pkg = ROOT / "tests" / "plugin_pkg"
-    project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
-    shutil.copytree(pkg / "afilm_example_plugin", site / "afilm_example_plugin")
-    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
-                                   f"Version: {project['version']}\n")
-    (dist / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
-        for group, eps in project["entry-points"].items()))
-
-
 def test_a_patch_length_the_built_in_networks_cannot_take_is_warned_about_for_every_dataset_once(
-        vctk_mini, tmp_path, capsys):
+        vctk_mini, tmp_path, capsys, plugin_site):
     """Only vctk and folder warned, each from its own command: a plugin dataset with a --patch option
     (the documented example, installed as pip would) prepared --patch 1000 without a word, as did the
     library's prepare_folder. run_prepare now says it for every dataset, once a run; vctk, which says it
@@ -969,9 +953,7 @@ def test_a_patch_length_the_built_in_networks_cannot_take_is_warned_about_for_ev
     corpus.mkdir()
     for f in sorted((vctk_mini / "wav48" / "p225").glob("*.wav"))[:3]:
         shutil.copy(f, corpus / f.name)
-    site = tmp_path / "site"
-    _install_example_plugin(site)
-    env = {"PYTHONPATH": str(site), "AFILM_DISABLE_PLUGINS": "0"}
+    env = {"PYTHONPATH": str(plugin_site), "AFILM_DISABLE_PLUGINS": "0"}
     proc = run_cli("prepare", "mycorpus", str(corpus), "--patch", "1000", "--multiple", "1", "--out", "p",
                    cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -287,21 +287,6 @@ def test_unknown_model_hints_at_plugins(monkeypatch):
         reg.get("tinyconv")
 
 
-def _install_plugin_pkg(site: Path) -> None:
-    """tests/plugin_pkg as pip would install it: the package, and every entry point its pyproject declares."""
-    import tomllib
-
-    project = tomllib.loads((PLUGIN_SRC.parent / "pyproject.toml").read_text())["project"]
-    shutil.copytree(PLUGIN_SRC, site / PLUGIN_SRC.name)
-    dist = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
-                                   f"Version: {project['version']}\n")
-    (dist / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items())
-        for group, eps in project["entry-points"].items()))
-
-
 def test_the_documented_dataset_plugin_is_the_tested_one():
     """afilm_cli/data/cli.py's docstring example, line for line, is tests/plugin_pkg's dataset module."""
     from afilm_cli.data import cli
@@ -312,12 +297,11 @@ def test_the_documented_dataset_plugin_is_the_tested_one():
     assert '[project.entry-points."afilm.datasets"]\nexample = "afilm_example_plugin.datasets"' in text
 
 
-def test_example_dataset_plugin_prepares_data_that_trains(libri_mini, tmp_path):
+def test_example_dataset_plugin_prepares_data_that_trains(libri_mini, tmp_path, plugin_site):
     """The documented plugin through the real CLI: `afilm prepare mycorpus DIR` on LibriSpeech files writes
     a -train.h5 (and -val.h5) that `afilm train` takes; a folder with no audio is refused, no output folder
     made. Both of the package's entry points load without a warning (the second finds its module imported)."""
-    site = tmp_path / "site"
-    _install_plugin_pkg(site)
+    site = plugin_site
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for flac in sorted((libri_mini / "train-clean-100").glob("*.flac"))[:6]:
