@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -893,3 +894,45 @@ def test_cli_eval_force_removes_the_plots_an_earlier_run_wrote_and_nothing_else(
               "--max-plots", "1")
     assert sorted(p.name for p in plots.iterdir()) == sorted(
         ["patch_000000.png", "patch_000001.png", ours[0], *users])
+
+
+def test_cli_eval_tables_show_every_figure_whole_at_any_width(ckpts, wavs, tmp_path):
+    """On a narrow terminal or pipe (COLUMNS=40) rich cut the tables' figures with "…" ("16.8…", a wrong
+    number). Each figure of summary.json, rounded as shown, appears whole at every width, no line is
+    wider than COLUMNS, and a wide terminal still gets the tables (a narrow one: a heading and one
+    "column: value" line each, where even a table with its text wrapped to single words is too wide).
+    The CLI runs once, at 40 columns; the other widths are its tables printed again from summary.json,
+    by the function the CLI prints them with (at 40, exactly what the CLI printed)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from afilm_cli.commands.evaluate import fixed, print_tables
+
+    res = subprocess.run([sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["afilm_tiny"]),
+                          "--wavs", str(wavs), "--limit", "1", "--device", "cpu", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "40"})
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    figures = [fixed(v, 3) for system in saved["summary"].values() for v in system.values()]
+    for b in saved["bands"]:
+        figures += [f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", fixed(b["model_gain_db"], 2, sign=True),
+                    *(fixed(b[k], 1) for k in ("signal_db", "spline_error_db", "model_error_db"))]
+    assert len(figures) == 4 + 4 + 2 + 5 * len(saved["bands"]) and saved["bands"]
+    result = SimpleNamespace(protocol=saved["protocol"], summary=saved["summary"], pooled={},
+                             rows=[{}] * saved["n_items"],
+                             bands=SimpleNamespace(to_json=lambda: saved["bands"]))
+    shown = {}
+    for width in (30, 40, 60, 120):
+        console = Console(file=io.StringIO(), width=width)
+        print_tables(console, result)
+        shown[width] = out = console.file.getvalue()
+        for figure in figures:
+            assert re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d.])", out), (width, figure, out)
+        assert "…" not in out, (width, out)
+        assert max(map(len, out.splitlines())) <= width, (width, out)
+    assert shown[40] == res.stdout
+    for width in (60, 120):  # tables
+        assert "┃ band (Hz) ┃ signal ┃" in shown[width] and "│ SNR (dB," in shown[width], shown[width]
+    assert "│" not in shown[30] and "\n  model: " in shown[30] and "\n  model gain: " in shown[30], shown[30]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.segment import Segment
 from rich.table import Table
+from rich.text import Text
 
 from afilm_cli.atomic import make_output_dir
 from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, NoMatchLevel, Threads
@@ -25,7 +30,44 @@ def fixed(value: float, digits: int, sign: bool = False) -> str:
     return text.replace("-", "+" if sign else "", 1) if float(text) == 0 else text
 
 
-def summary_table(result, title: str) -> Table:
+class WholeFigures:
+    """A table whose figures are never cut: rich shortened a column too narrow for its cells with "…"
+    ("16.8…" at 40 columns, a wrong number; overflow="fold" split it over two lines instead). Each
+    column is kept at least as wide as its longest word (a figure has no space, so it is one word),
+    header included, so rich wraps the text at word boundaries instead; where even that table is wider
+    than the terminal, the rows are shown one after the other, a heading line and then one
+    "column: value" line each. A table that fits is printed as rich prints it: wide output is as before.
+    """
+
+    def __init__(self, table: Table, heading: Callable[[str], str] = str) -> None:
+        self.table = table
+        self.heading = heading  # a row's first cell as its heading in the plain layout
+        for column in table.columns:
+            words = [w for cell in (column.header, *column.cells) for w in str(cell).split()]
+            column.min_width = max(map(len, words), default=1)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.table)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        segments = list(console.render(self.table, options))  # uncropped: a line too long shows here
+        if all(Segment.get_line_length(line) <= options.max_width for line in Segment.split_lines(segments)):
+            yield from segments
+            return
+        table, text = self.table, console.render_str
+        if table.title:
+            yield text(str(table.title), style="table.title")
+        _, *headers = [str(c.header) for c in table.columns]
+        first, *others = [list(map(str, c.cells)) for c in table.columns]
+        for i, cell in enumerate(first):
+            yield text(self.heading(cell), style="bold")
+            for name, cells in zip(headers, others, strict=True):
+                yield Padding(Text.assemble(text(name), ": ", text(cells[i])), (0, 0, 0, 2), expand=False)
+        if table.caption:
+            yield text(str(table.caption), style="table.caption")
+
+
+def summary_table(result, title: str) -> WholeFigures:
     """Model and spline side by side, mean over items, and the SNRs of the truth low-passed at the
     low rate's Nyquist (what restoring the input band alone can reach); shared with `afilm demo`."""
     from afilm_cli.evaluate import LOWPASS  # lazy: it imports torch
@@ -48,10 +90,10 @@ def summary_table(result, title: str) -> Table:
         shown = fixed(m, 3), fixed(s, 3)  # "better" as shown: values equal to 3 decimals are a tie, not a win
         better = "yes" if (m > s) == higher and shown[0] != shown[1] else "no"
         table.add_row(label, *shown, better, fixed(low[key], 3) if key in low else "-")
-    return table
+    return WholeFigures(table)
 
 
-def bands_table(result) -> Table:
+def bands_table(result) -> WholeFigures:
     """Where the gain comes from: error energy per frequency band (evaluate.BandTotals)."""
     table = Table(title="error by frequency band, all items pooled (dB relative to the signal's energy)")
     for name in ("band (Hz)", "signal", "spline error", "model error", "model gain"):
@@ -59,8 +101,17 @@ def bands_table(result) -> Table:
     for b in result.bands.to_json():
         levels = (fixed(b[k], 1) for k in ("signal_db", "spline_error_db", "model_error_db"))
         table.add_row(f"{b['lo_hz']:.0f}-{b['hi_hz']:.0f}", *levels, fixed(b["model_gain_db"], 2, sign=True))
-    return table
+    return WholeFigures(table, heading=lambda band: f"{band} Hz")
 
+
+def print_tables(console: Console, result) -> None:
+    """The two tables `afilm eval` prints on stdout (callable on a summary.json's figures: the tests)."""
+    from afilm_cli.evaluate import model_label  # lazy: it imports torch
+
+    p = result.protocol
+    console.print(summary_table(result, f"{model_label(p)} vs spline, r={p['r']}, {p['sr']} Hz, "
+                                        f"{p['degrade']}, {len(result.rows)} item(s) of {escape(p['data'])}"))
+    console.print(bands_table(result))
 
 
 def command(
@@ -161,11 +212,8 @@ def command(
         stale = remove_stale(plots, result.plots,
                              warn=lambda m: err.print(f"afilm: warning: {escape(m)}", soft_wrap=True))
 
+    print_tables(Console(), result)
     p = result.protocol
-    table = summary_table(result, f"{evaluate.model_label(p)} vs spline, r={p['r']}, {p['sr']} Hz, "
-                                  f"{p['degrade']}, {len(result.rows)} item(s) of {escape(p['data'])}")
-    Console().print(table)
-    Console().print(bands_table(result))
     err.print(f"checkpoint: {escape(str(p['checkpoint']))}", soft_wrap=True)  # the default may be runs/
     extra = f" and {len(result.plots)} plot(s) in {escape(str(plots))}" if plots else ""
     if stale:
