@@ -26,10 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from afilm_cli.interrupts import RaisingCtrlC
+
 SR, R = 16000, 4  # model rate and upsampling factor of every model benchmark
 RECIPE = {"r": R, "sr": SR, "degrade": "decimate", "patch": 8192}
 CPU_PRESETS = "*_tiny,*_small"
 CUDA_PRESETS = "*_tiny,*_small,afilm,tfilm"
+# Ctrl-C during run_bench: raised where it lands and again at the next CTRL_C.check() of a loop, for
+# where it landed in a weakref callback and was dropped (h5py's, in bench_loader: afilm_cli/interrupts.py)
+CTRL_C = RaisingCtrlC()
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -42,16 +47,19 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
         for key, fn in fns.items():
             if key in errors:
                 continue
+            CTRL_C.check()
             try:
                 _sync()
                 t0 = time.perf_counter()
                 fn()
                 _sync()
             except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a compiler: report it
+                CTRL_C.check()  # a Ctrl-C some library turned into an error: a stop, not a failed variant
                 errors[key] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 continue
             if rep >= warmup:
                 times[key].append(time.perf_counter() - t0)
+    CTRL_C.check()
     return {k: (v if k not in errors else errors[k]) for k, v in times.items()}
 
 
@@ -190,7 +198,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
                 plan = infer.window_plan_for(loaded, length, win)
                 for _ in infer.model_windows(loaded, spline, length, plan, batch_size=batch, device=device,
                                              **speed):
-                    pass
+                    CTRL_C.check()
 
         fns, stats, chosen = {}, {}, {}
         for variant, s in variants.items():
@@ -246,7 +254,7 @@ def _autograd_run(loaded, lr, device, batch_size, window, s) -> Callable[[], Non
         for _ in infer.run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
                                    precision=s["precision"], threads=s["threads"], autograd=True,
                                    stats=s.get("stats")):
-            pass
+            CTRL_C.check()
     return run
 
 
@@ -322,6 +330,7 @@ def bench_loader(*, quick: bool = False, batch: int = 16, patch: int = 8192, rep
         rng = np.random.default_rng(0)
         with PatchWriter(path, patch) as w:
             for _ in range(n // 64):
+                CTRL_C.check()
                 x = rng.standard_normal((64, patch), np.float32)
                 w.append(x, x)
         lazy, loaded = PatchFile(path), PatchFile(path)
@@ -330,7 +339,7 @@ def bench_loader(*, quick: bool = False, batch: int = 16, patch: int = 8192, rep
             def epoch(pf):
                 def run():
                     for _ in PatchLoader(pf, batch, seed=0).batches(0):
-                        pass
+                        CTRL_C.check()  # a Ctrl-C dropped in h5py's weakref callbacks
                 return run
 
             fns = {"from disk per batch": epoch(lazy), "in memory": epoch(loaded)}
@@ -484,28 +493,30 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
     }
 
     def update(extra_rows: list[dict[str, Any]] = ()) -> None:
+        CTRL_C.check()
         if on_update:
             on_update({**report, "rows": report["rows"] + list(extra_rows)})
 
     update()  # written once before the work: an output that cannot be written is said now, not at the end
-    for section in SECTIONS:
-        if section not in sections:
-            continue
-        if progress:
-            progress(section)
-        t0 = time.perf_counter()
-        if section == "kernels":
-            rows, note = bench_kernels(device, quick=quick, layers=shapes, on_rows=update)
-            report["notes"]["kernels"] = note
-        elif section == "model":
-            rows = bench_model(names, device, quick=quick, on_rows=update)
-        elif section == "train":
-            rows = bench_train(names, device, quick=quick, on_rows=update)
-        else:
-            rows = bench_prepare(quick=quick)
-        report["rows"] += rows
-        report.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
-        update()
+    with CTRL_C:  # every Ctrl-C stops the run, one that lands in a weakref callback too
+        for section in SECTIONS:
+            if section not in sections:
+                continue
+            if progress:
+                progress(section)
+            t0 = time.perf_counter()
+            if section == "kernels":
+                rows, note = bench_kernels(device, quick=quick, layers=shapes, on_rows=update)
+                report["notes"]["kernels"] = note
+            elif section == "model":
+                rows = bench_model(names, device, quick=quick, on_rows=update)
+            elif section == "train":
+                rows = bench_train(names, device, quick=quick, on_rows=update)
+            else:
+                rows = bench_prepare(quick=quick)
+            report["rows"] += rows
+            report.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
+            update()
     report["load_avg_end"] = _loadavg()
     report["complete"] = True
     return report
