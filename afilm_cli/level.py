@@ -34,10 +34,15 @@ def stage_level(stage: Stage, length: int) -> np.ndarray:
     return np.array([dbfs(a / max(length, 1)) for a in acc])
 
 
-def patches_level(data, chunk: int = 256) -> float:
-    """RMS level (dBFS) over all samples of an (N, patch[, 1]) array or HDF5 dataset of patches."""
+def patches_level(data, chunk: int = 256, most: int | None = None) -> float:
+    """RMS level (dBFS) over all samples of an (N, patch[, 1]) array or HDF5 dataset of patches; with
+    ``most``, over at most that many blocks of ``chunk`` patches spread evenly over the file (a file
+    read from disk is not read whole for it before training starts)."""
+    starts = range(0, len(data), chunk)
+    if most is not None and len(starts) > most:
+        starts = [starts[k * len(starts) // most] for k in range(most)]
     total, count = 0.0, 0
-    for i in range(0, len(data), chunk):
+    for i in starts:
         block = np.asarray(data[i : i + chunk], dtype=np.float64)
         total += float(np.square(block).sum())
         count += block.size

@@ -243,13 +243,17 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
             dist.destroy_process_group()
 
 
+LEVEL_BLOCKS = 64  # of 256 patches: the training level of a file read from disk, from 16,384 patches
+
+
 def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, on_step, init=None
                     ) -> TrainResult:
     """Check the data against the model and the resumed run, build everything, then run the loop."""
     from afilm_cli.models import create_model
 
     recipe = data_recipe(train_pf, cfg, ckpt)
-    level = patches_level(train_pf.data)  # checkpointed: inference brings its input to this level
+    # checkpointed: inference brings its input to this level; a file read from disk is sampled
+    level = patches_level(train_pf.data, most=None if train_pf.in_memory else LEVEL_BLOCKS)
     if ckpt is not None:
         check_resumed_epoch(ckpt, train_pf, cfg.batch_size, world)
     if val_pf is not None:

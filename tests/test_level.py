@@ -167,3 +167,51 @@ def test_compact_checkpoint_keeps_the_level(tmp_path):
 
     compact_checkpoint(infer.load_model("afilm_speech_r4").path, tmp_path / "c.pt")
     assert load_checkpoint(tmp_path / "c.pt")["input_level_dbfs"] == pytest.approx(-24.4)
+
+
+def test_patches_level_samples_evenly_spread_blocks_when_asked():
+    rng = np.random.default_rng(2)
+    data = (rng.standard_normal((1000, 32)) * np.linspace(0.01, 1, 1000)[:, None]).astype(np.float32)
+    read: list[int] = []
+
+    class Counting:  # a dataset that records which blocks are read
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, index):
+            read.append(index.start)
+            return data[index]
+
+    got = level.patches_level(Counting(), chunk=10, most=5)
+    assert read == [0, 200, 400, 600, 800]  # spread over the file, not its first 50 patches
+    blocks = np.concatenate([data[i : i + 10] for i in read]).astype(np.float64)
+    assert got == pytest.approx(10 * np.log10(np.mean(blocks**2)), abs=1e-9)
+    read.clear()
+    assert level.patches_level(Counting(), chunk=10) == pytest.approx(
+        10 * np.log10(np.mean(data.astype(np.float64) ** 2)), abs=1e-9)
+    assert len(read) == 100  # without ``most``: every block
+
+
+def test_training_samples_the_level_of_a_file_read_from_disk(tmp_path, monkeypatch):
+    """A file too large for memory is not read whole for its level before training starts."""
+    import afilm_cli.data.h5 as h5
+    import afilm_cli.train as train_mod
+    from afilm_cli.data.h5 import PatchWriter
+    from afilm_cli.train import TrainConfig, train
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((8, 2048)) * 0.05).astype(np.float32)
+    attrs = {"r": 4, "sr": 16000, "patch": 2048, "stride": 2048, "degrade": "decimate", "sam": 1.0, "seed": 0}
+    with PatchWriter(tmp_path / "d-train.h5", 2048, attrs=attrs) as w:
+        w.append(x, x)
+    calls = []
+    real = train_mod.patches_level
+    monkeypatch.setattr(train_mod, "patches_level", lambda d, **kw: calls.append(kw) or real(d, **kw))
+    for budget, want in ((0, train_mod.LEVEL_BLOCKS), (1 << 30, None)):
+        monkeypatch.setattr(h5, "memory_budget", lambda b=budget: b)
+        res = train(TrainConfig(model="afilm_tiny", train=str(tmp_path / "d-train.h5"), val=None,
+                                out=str(tmp_path / f"run{budget}"), epochs=1, batch_size=8, device="cpu",
+                                progress=False, threads=1))
+        assert calls[-1] == {"most": want}
+        level_db = load_checkpoint(res.last)["input_level_dbfs"]
+        assert level_db == pytest.approx(10 * np.log10(np.mean(x.astype(np.float64) ** 2)), abs=0.005)
