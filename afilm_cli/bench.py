@@ -217,7 +217,9 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
                 settings[v]["threads_chosen"] = _threads_chosen(chosen[v][-repeats:])  # timed runs only
             if "cuda_graph" in st:  # False: the capture failed and the variant ran eager
                 settings[v]["cuda_graph"] = st["cuda_graph"]
-        rows += rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
+        preset_rows = rate_rows("model", name, results, seconds, "x realtime", baseline, settings)
+        mark_thread_mismatch(preset_rows)
+        rows += preset_rows
         if on_rows:  # before the sweep too: a run stopped during it keeps the preset's rows
             on_rows(list(rows))
         if (not quick if sweep is None else sweep) and name == names[0]:
@@ -234,6 +236,24 @@ def _noting_threads(fn: Callable[[], None], stats: dict, seen: list) -> Callable
         fn()
         seen.append(stats.get("threads"))
     return run
+
+
+def _threads_run(settings: dict[str, Any]) -> str | None:
+    """The thread count(s) a row's timed runs ran with: the pick of "auto", else the fixed count."""
+    chosen = settings.get("threads_chosen", settings.get("threads"))
+    return None if chosen in (None, "auto") else str(chosen)
+
+
+def mark_thread_mismatch(rows: list[dict[str, Any]]) -> None:
+    """Flag (``threads_differ: True``) each row whose ratio compares runs on another thread count than
+    its baseline's: "auto" picks per run from the machine's load, so a ratio such as inference_mode
+    over autograd-on eager could be 2 threads over 1, where it reads as the gain of inference_mode."""
+    base = next((r for r in rows if r["variant"] == r["baseline"]), None)
+    ran = _threads_run(base["settings"]) if base else None
+    for r in rows:
+        mine = _threads_run(r["settings"])
+        if r is not base and r.get("ratio") is not None and None not in (ran, mine) and mine != ran:
+            r["threads_differ"] = True
 
 
 def _threads_chosen(seen: list) -> int | str | None:

@@ -347,3 +347,42 @@ def test_ctrl_c_during_the_training_section_always_stops_the_bench():
                 proc.kill()
                 proc.communicate()
         _stopped_by_ctrl_c((proc.returncode, out, first + err))
+
+
+def test_a_ratio_between_runs_on_different_thread_counts_is_marked(monkeypatch):
+    """A ratio over a baseline that "auto" ran on another thread count compares thread counts as much
+    as the variants (afilm_tiny's inference_mode over autograd-on eager was 2 threads over 1 in a
+    recorded run): the row says so in the JSON and the table marks the ratio."""
+    from rich.console import Console
+
+    from afilm_cli import windows
+    from afilm_cli.commands.bench import THREADS_MARK, _table
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # each run of an auto variant samples the load once: the baseline's runs see a busy core (1 thread),
+    # the default's none (2); the fixed-count variants do not sample
+    loads = iter([1.0, 0.0] * 40)
+    monkeypatch.setattr(windows, "busy_elsewhere", lambda: next(loads))
+    rows = bench.bench_model(["afilm_tiny"], torch.device("cpu"), quick=True, seconds=0.5, repeats=2,
+                             sweep=False)
+    by = {r["variant"]: r for r in rows}
+    assert by["eager, autograd on"]["settings"]["threads_chosen"] == 1
+    assert by["inference_mode (default)"]["settings"]["threads_chosen"] == 2
+    assert by["inference_mode (default)"].get("threads_differ") is True
+    assert by["inference_mode, 2 threads"].get("threads_differ") is True
+    assert "threads_differ" not in by["inference_mode, 1 thread"]  # 1 over 1: a fair ratio
+    assert "threads_differ" not in by["eager, autograd on"]  # the baseline itself
+    console = Console(width=200, record=True)
+    console.print(_table("model", rows, None))
+    text = console.export_text()
+    marked = [line for line in text.splitlines() if f"x{THREADS_MARK}" in line]
+    assert len(marked) == 2 and "another thread count than the baseline" in text, text
+
+
+def test_ratios_between_runs_on_the_same_thread_count_are_not_marked():
+    rows = bench.rate_rows("model", "m", {"a": [1.0], "b": [0.5], "c": [0.5]}, work=1.0, unit="x realtime",
+                           baseline="a", settings={"a": {"threads": "auto", "threads_chosen": 2},
+                                                   "b": {"threads": 2}, "c": {"threads": "auto",
+                                                                              "threads_chosen": "2,1"}})
+    bench.mark_thread_mismatch(rows)
+    assert [r.get("threads_differ") for r in rows] == [None, None, True]

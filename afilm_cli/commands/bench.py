@@ -82,6 +82,7 @@ TITLES = {"kernels": "kernels: ms per call (ratio: eager time / this time)",
           "model": "inference: seconds of 16 kHz audio per second (x realtime)",
           "train": "training step: patches per second",
           "prepare": "data preparation: audio seconds per second"}
+THREADS_MARK = "*"  # a ratio between runs on different thread counts (bench.mark_thread_mismatch)
 # settings shown per row (what differs between variants); the rest go in the caption
 VARYING = {"model": ("batch_size", "window", "threads", "threads_chosen", "precision", "kernel", "graphs",
                      "compile", "cudnn_benchmark"),
@@ -97,6 +98,9 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
     if section == "kernels":
         caption = ", ".join(f"{k}={common[k]}" for k in ("batch", "dtype", "C", "T", "block") if k in common)
         return _kernel_table(rows, "; ".join(c for c in (caption, note) if c))
+    if any(r.get("threads_differ") for r in rows):
+        caption = "; ".join(c for c in (caption, f"{THREADS_MARK}: ran on another thread count than the "
+                                        "baseline (see threads / threads_chosen)") if c)
     table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
     for col in ("name", "variant", "median", "min", "max", "ratio", "settings"):
         # a word too long for its column folds, never cut: on a narrow terminal or a pipe (80 columns)
@@ -109,7 +113,8 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
             cells = ["", "", "", f"[red]{escape(r['error'])}[/red]"]  # an error's text, not markup
         else:
             cells = [_num(r["median"]), _num(r["min"]), _num(r["max"]),
-                     "" if r["ratio"] is None else f"{r['ratio']:.2f}x"]
+                     "" if r["ratio"] is None
+                     else f"{r['ratio']:.2f}x" + (THREADS_MARK if r.get("threads_differ") else "")]
         settings = " ".join(f"{k}={_fmt(r['settings'][k])}" for k in VARYING[section]
                             if k in r["settings"] and k not in common)
         table.add_row("" if r["name"] == last else r["name"], r["variant"], *cells, settings)
