@@ -47,7 +47,8 @@ class Run:
         self.train_patches, self.train_fingerprint = train_patches, train_fingerprint
         self.input_level_dbfs = input_level_dbfs  # the training data's RMS level (afilm_cli/level.py)
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
-        self.console = Console(highlight=False, soft_wrap=True)
+        # no markup: the lines hold paths and messages, where '[x]' is text (warn() marks up its label)
+        self.console = Console(highlight=False, soft_wrap=True, markup=False)
 
     def make_folder(self) -> None:
         """Create the run folder (a fresh name when none was given), or say in one line why it cannot
@@ -86,7 +87,9 @@ class Run:
 
     def warn(self, message: str) -> None:
         if self.master:
-            self.console.print(f"[yellow]warning:[/] {message}")
+            from rich.markup import escape
+
+            self.console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
 
     def log(self, **record) -> None:
         if self.master:

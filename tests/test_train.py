@@ -1092,3 +1092,21 @@ def test_compile_is_said_before_the_first_step(data, tmp_path, capsys, monkeypat
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[lines.index(said) - 1].startswith("model: afilm_tiny"), p.stdout
+
+
+def test_paths_with_brackets_are_shown_as_written(data, tmp_path):
+    """Run and data paths went through rich markup: 'd[red]/x-train.h5' was shown as 'd/x-train.h5',
+    'run [x]' as 'run ', and a '[/y]' in --out stopped the run with a MarkupError traceback."""
+    folder = tmp_path / "d[red]"
+    folder.mkdir()
+    train_file = folder / "x-train.h5"
+    train_file.write_bytes(data["train"].read_bytes())
+    args = ("train", "--model", "afilm_tiny", "--train", "d[red]/x-train.h5", "--val", "d[red]/x-train.h5",
+            "--batch-size", "8", "--threads", "1", "--no-progress", "--max-steps", "1")
+    p = _afilm(*args, "--out", "run [x]", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "train: d[red]/x-train.h5 (24 patches" in p.stdout and "val:   d[red]/x-train.h5 (24" in p.stdout
+    assert "run: run [x]\n" in p.stdout and "--val is the training file (d[red]/x-train.h5)" in p.stdout
+    p = _afilm(*args, "--out", "run[/y]", cwd=tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "run: run[/y]\n" in p.stdout
