@@ -563,6 +563,23 @@ def test_models_cli_shows_a_model_card():
         MODELS.unregister("card_test_model")
 
 
+
+def test_models_cli_info_shows_a_plugins_text_as_written():
+    """A description or registry meta holding '[/x]' stopped 'models --info' with a MarkupError
+    traceback, and '[bold]' or '[batch, 1, T]' vanished (rich markup); the listing escaped it already."""
+    @MODELS.register("bracket_test_model", description="tiny [/x] model for [batch, 1, T] [bold]",
+                     source="[/y]")
+    def _builder(**overrides):
+        return create_model("afilm_tiny", **overrides)
+
+    try:
+        result = CliRunner().invoke(app, ["models", "--info", "bracket_test_model"])
+        assert result.exit_code == 0, repr(result.exception)
+        assert "bracket_test_model: tiny [/x] model for [batch, 1, T] [bold]" in result.output
+        assert 'registry meta: {"source": "[/y]"}' in result.output
+    finally:
+        MODELS.unregister("bracket_test_model")
+
 def _env() -> dict[str, str]:
     import os
 

@@ -63,13 +63,14 @@ def _show(console: Any, d: dict[str, Any]) -> None:
 
     meta = dict(d["meta"])
     card = meta.pop("card", None)
-    console.print(f"[bold]{d['name']}[/bold]: {meta.pop('description', '')}")
+    # a plugin's text is shown as written: '[/x]' in it stopped the command (rich markup)
+    console.print(f"[bold]{escape(d['name'])}[/bold]: {escape(str(meta.pop('description', '')))}")
     params = "unknown" if d["parameters"] is None else f"{d['parameters']:,}"
     console.print(f"parameters: {params}   length multiple: {d['length_multiple']}")
     if d.get("error"):
         console.print(f"(could not build: {escape(d['error'])})")
     if meta:
-        console.print("registry meta: " + json.dumps(meta, default=str))
+        console.print("registry meta: " + json.dumps(meta, default=str), markup=False)
     if d["config"] == {}:  # a heading over nothing looked like a failure to show it
         console.print("config: none (nothing for create_model to override)")
     elif d["config"] is not None:
@@ -79,7 +80,7 @@ def _show(console: Any, d: dict[str, Any]) -> None:
         for key, value in d["config"].items():
             if d["config"].get("modulation") == "tfilm" and key in TRANSFORMER_FIELDS:
                 continue  # a tfilm model has no transformer: these are its defaults, unused
-            console.print(f"  {key} = {json.dumps(value)}", highlight=False)
+            console.print(f"  {key} = {json.dumps(value)}", highlight=False, markup=False)
     if d.get("plan"):
         table = Table(title="modulation layers for an 8192-sample input")
         for col in ("stage", "samples", "channels", "block", "tokens"):
