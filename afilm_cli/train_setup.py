@@ -182,6 +182,10 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
     if missing:
         raise AfilmError(f"{pf.path} does not record its {'/'.join(missing)} (a file from the reference "
                          "code?); pass --r, --sr and --degrade, e.g. --r 4 --sr 16000 --degrade decimate")
+    # as prepare's Recipe.validate: else recorded in checkpoints that upsample and eval cannot use
+    if rec["r"] < 2 or rec["sr"] < 1 or rec["sr"] % rec["r"]:
+        raise AfilmError(f"{pf.path}: r={rec['r']} and sr={rec['sr']} are not a recipe: r must be 2 or above "
+                         "and divide sr (the low rate sr/r is a whole number of Hz), e.g. --r 4 --sr 16000")
     if ckpt is not None:
         for key in ("r", "sr", "degrade"):
             if ckpt["recipe"][key] != rec[key]:

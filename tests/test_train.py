@@ -1110,3 +1110,20 @@ def test_paths_with_brackets_are_shown_as_written(data, tmp_path):
     p = _afilm(*args, "--out", "run[/y]", cwd=tmp_path)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert "run: run[/y]\n" in p.stdout
+
+
+@pytest.mark.parametrize("r, sr", [(0, 16000), (1, 16000), (4, 0), (4, -5), (4, 16001)])
+def test_a_recipe_upsample_cannot_use_is_refused_before_training(data, tmp_path, r, sr):
+    """--r 0, --r 1, --sr 0, a negative --sr or an --sr that --r does not divide were taken for a file
+    without a recipe, trained on and recorded: upsample then failed on every checkpoint of the run
+    ('checkpoint recipe lacks integer r and sr', 'signal of -10 samples', 'low rate 4000.25 Hz')."""
+    ref = tmp_path / "ref-train.h5"
+    x, y = data["arrays"]
+    with h5py.File(ref, "w") as f:
+        f.create_dataset("data", data=x[:, :, None])
+        f.create_dataset("label", data=y[:, :, None])
+    cfg = _cfg(data, tmp_path, train=str(ref), val=None, max_steps=1, degrade="decimate")
+    with pytest.raises(AfilmError, match=rf"r={r} and sr={sr} are not a recipe: r must be 2 or above and "
+                                         r"divide sr") as err:
+        train(replace(cfg, r=r, sr=sr))
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
