@@ -1127,3 +1127,18 @@ def test_a_recipe_upsample_cannot_use_is_refused_before_training(data, tmp_path,
                                          r"divide sr") as err:
         train(replace(cfg, r=r, sr=sr))
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_with_no_better_epoch_says_it_saved_no_best(data, tmp_path):
+    """Resumed into a new folder, a run whose epochs never beat the score it resumed with writes no
+    best.pt there; the closing line said 'best: None'."""
+    res = train(_cfg(data, tmp_path, epochs=1))
+    ckpt = load_checkpoint(res.last)
+    ckpt["best"] = 0.0  # a score no epoch beats
+    torch.save(ckpt, tmp_path / "start.pt")
+    p = _afilm("train", "--resume", "start.pt", "--out", "branch", "--epochs", "2", "--no-progress",
+               cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "branch" / "best.pt").exists()
+    assert p.stdout.splitlines()[-1] == ("done: 2 epochs, 6 steps; best: none (no epoch of this run beat the "
+                                         "best score it resumed with); last: branch/last.pt"), p.stdout

@@ -122,8 +122,9 @@ def command(
                    f"afilm train --resume {shlex.quote(str(result.out))}", err=True)
         raise typer.Exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {result.best}; "
-                   f"last: {result.last}")
+        # none in a run resumed into a new folder whose epochs never beat the score it resumed with
+        best = result.best or "none (no epoch of this run beat the best score it resumed with)"
+        typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {best}; last: {result.last}")
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
