@@ -223,7 +223,7 @@ def train(cfg: TrainConfig, on_step=None) -> TrainResult:
         raise AfilmError("--init starts a new run from weights and --resume continues a run: use one")
     ckpt = load_resume(cfg) if cfg.resume else None
     init = load_init(cfg) if cfg.init else None
-    train_file, val_file = find_data(cfg)
+    train_file, val_file = find_data(cfg, ckpt)
     # absolute, so that a resume from another folder finds the same files
     cfg = dataclasses.replace(cfg, train=str(train_file.resolve()),
                               val=str(val_file.resolve()) if val_file else None)

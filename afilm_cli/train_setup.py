@@ -144,8 +144,9 @@ def resume_config(path: str, **changes: Any) -> TrainConfig:
     return TrainConfig(**{**stored, **changes, "resume": str(path)})
 
 
-def find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """The train/val files: as given, or the newest *-train.h5 under data_dir and its *-val.h5."""
+def find_data(cfg: TrainConfig, ckpt: dict[str, Any] | None = None) -> tuple[Path, Path | None]:
+    """The train/val files: as given, or the newest *-train.h5 under data_dir and its *-val.h5;
+    ``ckpt``: the resumed checkpoint, whose files' absence is said as such."""
     if cfg.train:
         train = Path(cfg.train)
     else:
@@ -155,6 +156,15 @@ def find_data(cfg: TrainConfig) -> tuple[Path, Path | None]:
             raise AfilmError(f"no training data: no *-train.h5 in {cfg.data_dir}/; "
                              f"prepare some first (afilm prepare vctk --r 4{out}), or pass --train FILE")
         train = found[-1]
+    if ckpt is not None:  # the resumed run's own files, by the absolute paths it recorded: moved since?
+        gone = [(kind, option, path) for kind, option, path in (("training", "--train", cfg.train),
+                                                                 ("validation", "--val", cfg.val))
+                if path and path == ckpt["train_config"].get(option[2:]) and not Path(path).exists()]
+        if gone:
+            files = " and ".join(f"{kind} file {path}" for kind, _, path in gone)
+            options = " and ".join(f"{option} FILE" for _, option, _ in gone)
+            raise AfilmError(f"the resumed run's {files} {'are' if len(gone) > 1 else 'is'} not there any "
+                             f"more; if moved, pass {options}")
     if cfg.val:
         return train, Path(cfg.val)
     from afilm_cli.data.recipe import read_split_sources, val_path_for

@@ -1142,3 +1142,29 @@ def test_a_resumed_run_with_no_better_epoch_says_it_saved_no_best(data, tmp_path
     assert not (tmp_path / "branch" / "best.pt").exists()
     assert p.stdout.splitlines()[-1] == ("done: 2 epochs, 6 steps; best: none (no epoch of this run beat the "
                                          "best score it resumed with); last: branch/last.pt"), p.stdout
+
+
+def test_a_resumed_run_whose_data_moved_says_so(data, tmp_path):
+    """The run's files are recorded by absolute path; moved since, the resume said only '...: no such
+    HDF5 file', leaving the user to guess that --train and --val point a resumed run elsewhere."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for key in ("train", "val"):
+        shutil.copy(data[key], folder / data[key].name)
+    res = train(_cfg(data, tmp_path, epochs=1, train=str(folder / data["train"].name),
+                     val=str(folder / data["val"].name)))
+    folder.rename(tmp_path / "moved")
+    gone = (r"^the resumed run's training file .*/data/vctk-mini-r4-train\.h5 and validation file "
+            r".*/data/vctk-mini-r4-val\.h5 are not there any more; if moved, pass --train FILE and "
+            r"--val FILE$")
+    with pytest.raises(AfilmError, match=gone):
+        train(resume_config(str(res.out), epochs=2))
+    moved_train = str(tmp_path / "moved" / data["train"].name)
+    with pytest.raises(AfilmError, match=r"^the resumed run's validation file .* is not there any more; if "
+                                         r"moved, pass --val FILE$"):
+        train(resume_config(str(res.out), epochs=2, train=moved_train))
+    done = train(resume_config(str(res.out), epochs=2, train=moved_train,
+                               val=str(tmp_path / "moved" / data["val"].name)))
+    assert done.epoch == 2
+    with pytest.raises(AfilmError, match=r"nope\.h5: no such HDF5 file$"):  # a file typed, not the run's
+        train(resume_config(str(res.out), epochs=3, train=str(tmp_path / "nope.h5")))
