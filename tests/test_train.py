@@ -1168,3 +1168,14 @@ def test_a_resumed_run_whose_data_moved_says_so(data, tmp_path):
     assert done.epoch == 2
     with pytest.raises(AfilmError, match=r"nope\.h5: no such HDF5 file$"):  # a file typed, not the run's
         train(resume_config(str(res.out), epochs=3, train=str(tmp_path / "nope.h5")))
+
+
+def test_data_dir_with_resume_is_refused(data, tmp_path):
+    """--data-dir on --resume was taken and never looked in: the run went on with its recorded files
+    (or failed on them, moved) while the user believed it read the folder named."""
+    res = train(_cfg(data, tmp_path, epochs=1))
+    p = _afilm("train", "--resume", str(res.out), "--epochs", "2", "--data-dir", "elsewhere", cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr == ("afilm: error: --data-dir: a resumed run goes on with its own training and "
+                        "validation files; to give others, pass --train FILE (and --val FILE)\n")
+    assert load_checkpoint(res.last)["epoch"] == 1

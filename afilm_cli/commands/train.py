@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from afilm_cli.commands.options import DEGRADE_METAVAR, DEGRADE_SPEC, Device, Force, Seed, Threads
+from afilm_cli.errors import AfilmError
 
 Opt = typer.Option
 
@@ -45,7 +46,8 @@ def command(
                                       "reference). Default: the newest data/*-train.h5.")] = None,
     val: Annotated[Path | None, Opt("--val", help="Validation patches. Default: the training file's sibling "
                                     "*-val.h5; without one, best.pt follows the training loss.")] = None,
-    data_dir: Annotated[Path, Opt("--data-dir", help="Where to look for the default files.")] = Path("data"),
+    data_dir: Annotated[Path, Opt("--data-dir", help="Where to look for the default files (not with "
+                                  "--resume: the run keeps its own).")] = Path("data"),
     epochs: Annotated[int | None, Opt("--epochs", min=1, help="Epochs in all (default 20).")] = None,
     batch_size: Annotated[int | None, Opt("--batch-size", "-b", min=1,
                                           help="Patches per step (per process under torchrun). "
@@ -98,6 +100,9 @@ def command(
               "out": str(out) if out else None, "device": device, "threads": parse_threads(threads),
               "compile": compile, "precision": precision, "log_every": log_every, "progress": not no_progress,
               "force": force}
+    if resume is not None and _typed(ctx, "data_dir"):  # it was taken and never looked in
+        raise AfilmError("--data-dir: a resumed run goes on with its own training and validation files; "
+                         "to give others, pass --train FILE (and --val FILE)")
     if resume is not None:
         # the run keeps its own settings (threads and precision included: resume is exact at the same
         # ones); only what the user typed is passed on (and checked)
