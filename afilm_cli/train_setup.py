@@ -75,6 +75,12 @@ def resume_path(spec: str) -> Path:
     """The checkpoint --resume names: a file, or a run folder's last.pt. A folder with a log but no
     last.pt is a run that saved nothing (it stopped in its first epoch): said so, not "no such file"."""
     path = Path(spec)
+    if not path.exists() and path.name == str(spec):  # a bundled model's name: --init's, not --resume's
+        from afilm_cli.pretrained import BUNDLED
+
+        if str(spec) in BUNDLED:
+            raise AfilmError(f"{spec} is a bundled model, not a run: there is nothing to resume; start a new "
+                             f"run from its weights with --init {spec}")
     if not path.is_dir():
         return path
     if not (path / "last.pt").exists() and (path / "best.pt").exists():  # --force would delete it
@@ -135,7 +141,8 @@ def resume_config(path: str, **changes: Any) -> TrainConfig:
     ckpt = load_checkpoint(resume_path(path))
     stored = dict(ckpt.get("train_config") or {})
     if not stored:
-        raise AfilmError(f"{path}: not a training checkpoint (no train_config); it cannot be resumed")
+        raise AfilmError(f"{path}: not a training checkpoint (no train_config), so it cannot be resumed; "
+                         f"start a new run from its weights with --init {_q(path)}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     stored = {k: v for k, v in stored.items() if k in known}
     stored["betas"] = tuple(stored.get("betas", (0.9, 0.999)))

@@ -1179,3 +1179,19 @@ def test_data_dir_with_resume_is_refused(data, tmp_path):
     assert p.stderr == ("afilm: error: --data-dir: a resumed run goes on with its own training and "
                         "validation files; to give others, pass --train FILE (and --val FILE)\n")
     assert load_checkpoint(res.last)["epoch"] == 1
+
+
+def test_resume_of_a_bundled_model_points_to_init(tmp_path):
+    """'--resume afilm_speech_r4' said 'no such checkpoint', and its file 'not a training checkpoint ...
+    it cannot be resumed', neither naming --init, which fine-tunes it."""
+    p = _afilm("train", "--resume", "afilm_speech_r4", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr == (
+        "afilm: error: afilm_speech_r4 is a bundled model, not a run: there is nothing to resume; start a "
+        "new run from its weights with --init afilm_speech_r4\n")
+    from afilm_cli.pretrained import bundled_checkpoint_path
+
+    shutil.copy(bundled_checkpoint_path("afilm_speech_r4"), tmp_path / "weights.pt")
+    p = _afilm("train", "--resume", "weights.pt", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.endswith(
+        "cannot be resumed; start a new run from its weights with --init weights.pt\n"), p.stderr
+    assert not (tmp_path / "runs").exists()
