@@ -14,6 +14,7 @@ Speed settings (precision, threads, compile, CUDA graphs) are documented in afil
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import sys
@@ -22,14 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import DEGRADE_METHODS, degrade_methods
+from afilm_cli.audio import DEGRADE_METHODS, check_not_truncated, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
 from afilm_cli.level import Scaled, matching_gains, stage_level, unscaled
@@ -324,27 +325,53 @@ def _subtype(fmt_path: Path, like: str | None) -> str:
     return next((s for s in _SUBTYPES.get(like or "", ()) if sf.check_format(fmt, s)), "PCM_16")
 
 
-def _write_blocks(path: Path, blocks: Iterator[np.ndarray], sr: int, channels: int, subtype: str
+def _write_blocks(path: Path | BinaryIO, blocks: Iterator[np.ndarray], sr: int, channels: int, subtype: str
                   ) -> tuple[int, float]:
     """Stream blocks into ``path`` atomically; PCM output is clipped (libsndfile would wrap). Returns
-    the number of samples clipped (all channels) and the largest magnitude among them (0 if none)."""
+    the number of samples clipped (all channels) and the largest magnitude among them (0 if none).
+    ``path`` a binary stream (stdout): a WAV built in memory (its header is written last, and a pipe
+    cannot be sought back to) and written to it whole at the end."""
+    if not isinstance(path, Path):
+        buf = io.BytesIO()
+        found = _encode(buf, "WAV", blocks, sr, channels, subtype)
+        write_stream(path, buf.getbuffer())
+        return found
+    with atomic_path(path) as tmp:
+        found = _encode(str(tmp), "FLAC" if path.suffix.lower() == ".flac" else "WAV", blocks, sr, channels,
+                        subtype)
+    return found
+
+
+def _encode(target: str | BinaryIO, fmt: str, blocks: Iterator[np.ndarray], sr: int, channels: int,
+            subtype: str) -> tuple[int, float]:
     clip = subtype.startswith("PCM")
     clipped, peak = 0, 0.0
-    with atomic_path(path) as tmp:
-        with sf.SoundFile(str(tmp), "w", samplerate=int(sr), channels=channels, subtype=subtype,
-                          format="FLAC" if path.suffix.lower() == ".flac" else "WAV") as f:
-            for block in blocks:
-                if clip:
-                    over = np.abs(block) > 1.0  # counted per block: the file never exists in memory
-                    if over.any():
-                        clipped += int(over.sum())
-                        peak = max(peak, float(np.abs(block[over]).max()))
-                    block = np.clip(block, -1.0, 1.0)
-                f.write(block)
+    with sf.SoundFile(target, "w", samplerate=int(sr), channels=channels, subtype=subtype, format=fmt) as f:
+        for block in blocks:
+            if clip:
+                over = np.abs(block) > 1.0  # counted per block: the file never exists in memory
+                if over.any():
+                    clipped += int(over.sum())
+                    peak = max(peak, float(np.abs(block[over]).max()))
+                block = np.clip(block, -1.0, 1.0)
+            f.write(block)
     return clipped, peak
 
 
-def clip_warning(path: Path, clipped: int, peak: float, like: str | None, subtype: str) -> str | None:
+def write_stream(stream: BinaryIO, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``stream`` (stdout); a reader that has gone (``| head``) is one line."""
+    try:
+        stream.write(data)
+        stream.flush()
+    except BrokenPipeError:
+        # what is still buffered would fail again at exit, as a traceback: it goes to /dev/null instead
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        raise AfilmError(f"{stream_name(stream)}: closed before all the audio was written (broken pipe)"
+                         ) from None
+
+
+def clip_warning(path: Path | str, clipped: int, peak: float, like: str | None, subtype: str) -> str | None:
     """The warning for PCM samples clipped while writing ``path`` (None if none were): how many, and
     what would have kept them, as :func:`_subtype` chooses the output's sample format."""
     if not clipped:
@@ -373,17 +400,115 @@ def naming(path: str | os.PathLike) -> Iterator[None]:
         raise AfilmError(f"{path}: {exc}") from None
 
 
-def input_rate(path: Path) -> int:
+# -------------------------------------------------------------------------------- stdin and stdout
+STDIO = "-"  # the CLI's name for stdin (an input) and stdout (-o -); a file named - is ./-
+
+
+class AudioBytes:
+    """A whole audio file in memory, for the functions that take a file path: stdin, the CLI's ``-``.
+    ``data``: its bytes, or a binary stream (sys.stdin.buffer) read whole the first time they are needed,
+    after the run's checks. A pipe cannot be sought, and the streamed path seeks: it does in a BytesIO."""
+
+    def __init__(self, data: bytes | BinaryIO, name: str = "stdin"):
+        self._data, self.name = data, name
+
+    @property
+    def data(self) -> bytes:
+        if not isinstance(self._data, bytes):
+            self._data = self._data.read()
+        return self._data
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BytesSource(FileSource):
+    """:class:`FileSource` over :class:`AudioBytes`: any format libsndfile reads from memory."""
+
+    def __init__(self, audio: AudioBytes):
+        self.path = Path(audio.name)  # names it in messages
+        if not audio.data:
+            raise AfilmError(f"{audio.name}: no audio (empty)")
+        try:
+            self.f = sf.SoundFile(io.BytesIO(audio.data))
+        except Exception as exc:  # LibsndfileError's own words, without the BytesIO's repr
+            reason = getattr(exc, "error_string", None) or str(exc).splitlines()[0] or type(exc).__name__
+            raise AfilmError(f"{audio.name}: not audio libsndfile can read: {reason}") from None
+        self.sr, self.channels, self.length = self.f.samplerate, self.f.channels, self.f.frames
+        self.subtype = self.f.subtype
+        try:
+            check_not_truncated(audio.name, self.f.extra_info)
+            if self.length <= 0:
+                raise AfilmError(f"{audio.name}: no audio (0 frames)")
+        except AfilmError:
+            self.f.close()
+            raise
+        self._whole = None
+
+
+def open_source(path: str | os.PathLike | AudioBytes) -> FileSource:
+    """A file, or :class:`AudioBytes`, as a stage; a file named - by its full path (libsndfile would
+    take the name ``-`` for its own stdin)."""
+    if isinstance(path, AudioBytes):
+        return BytesSource(path)
+    return FileSource(Path(path).absolute() if str(path) == STDIO else path)
+
+
+def stream_name(stream: BinaryIO) -> str:
+    return "stdout" if getattr(stream, "name", None) in ("<stdout>", 1) else "the output stream"
+
+
+def check_stdio(inputs: list[str], out: str | None, simulate: bool) -> bool:
+    """Whether the CLI's ``-`` is in the run: an input reads stdin, ``-o -`` writes stdout, and so does
+    stdin without -o. What it cannot do is refused in one line before anything is read."""
+    reads = STDIO in inputs
+    writes = out == STDIO or (reads and out is None)
+    if not (reads or writes):
+        return False
+    if simulate:
+        raise AfilmError("--simulate writes three files (NAME.lr.wav, NAME.hr.wav, NAME.pr.wav): it does not "
+                         "read stdin or write stdout (-); save the audio to a file first")
+    if reads and len(inputs) > 1:
+        raise AfilmError("- (stdin) can only be the one input (a file named - is ./-)")
+    if writes and len(inputs) > 1:
+        raise AfilmError("-o - (stdout) takes one input file, not several")
+    if writes and not reads and Path(inputs[0]).is_dir():
+        raise AfilmError(f"-o - (stdout) takes one input file, not a folder ({inputs[0]})")
+    if writes and sys.stdout.isatty():
+        raise AfilmError("stdout is a terminal, and binary audio would go to it: redirect it (> out.wav, "
+                         "| ffmpeg -i - ...) or pass -o FILE")
+    if reads and sys.stdin.isatty():
+        raise AfilmError("stdin is a terminal: pipe audio in (< in.wav, ffmpeg ... -f wav - |) or name "
+                         "a file")
+    return True
+
+
+def stdio_pairs(inputs: list[str], out: str | None) -> list[tuple[Path | AudioBytes, Path | BinaryIO]]:
+    """The one (input, output) of a run that :func:`check_stdio` let through: stdin (read when first
+    needed) or the file, to stdout or the -o file."""
+    src = AudioBytes(sys.stdin.buffer) if inputs[0] == STDIO else Path(inputs[0])
+    if out is None or out == STDIO:
+        return [(src, sys.stdout.buffer)]
+    target = Path(out)
+    if out.endswith(("/", os.sep)) or target.is_dir():
+        raise AfilmError(f"-o {out}: stdin is one file's audio; name a .wav or .flac file (or - for stdout)")
+    if target.suffix.lower() not in (".wav", ".flac"):
+        raise AfilmError(f"{out}: afilm writes WAV or FLAC; end the output name with .wav or .flac "
+                         "(or -o - for stdout)")
+    return [(src, target)]
+
+
+def input_rate(path: Path | AudioBytes) -> int:
     """The sample rate of an audio file (one clear line naming it if it cannot be read)."""
-    with contextlib.closing(FileSource(path)) as src:
+    with contextlib.closing(open_source(path)) as src:
         return int(src.sr)
 
 
-def count_windows(path: Path, loaded: Loaded, window: int | None = None, *, simulate: bool = False,
-                  degrade: str | None = None) -> int:
+def count_windows(path: Path | AudioBytes, loaded: Loaded, window: int | None = None, *,
+                  simulate: bool = False, degrade: str | None = None) -> int:
     """The model windows ``path`` will take; also the check, before any output is written, that it can
     be upsampled (readable, long enough, at a usable rate): one clear line naming it if not."""
-    with naming(path), contextlib.closing(FileSource(path)) as src:
+    with naming(path), contextlib.closing(open_source(path)) as src:
         if simulate:
             check_simulate_rate(src.path, src.sr, loaded)
             length = simulate_pipeline(src, src.sr, loaded, degrade)[3]
@@ -392,15 +517,19 @@ def count_windows(path: Path, loaded: Loaded, window: int | None = None, *, simu
     return len(window_plan_for(loaded, length, window).starts(length))
 
 
-def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loaded | str | os.PathLike, *,
-                  batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
-                  progress: Callable[[int], None] | None = None, warn: Callable[[str], None] | None = None,
-                  **speed: Any) -> dict[str, Any]:
+def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike | BinaryIO,
+                  loaded: Loaded | str | os.PathLike, *, batch_size: int = 16, window: int | None = None,
+                  device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                  warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel.
-    ``loaded``: see :func:`as_loaded`."""
+    ``path``: a file or :class:`AudioBytes` (stdin); ``out``: a .wav or .flac path, or a binary stream
+    (sys.stdout.buffer) that gets a WAV, written whole at the end. ``loaded``: see :func:`as_loaded`."""
     loaded = as_loaded(loaded, device)
-    with contextlib.closing(FileSource(path)) as src:
-        check_not_input(Path(out), src.path)
+    target = out if hasattr(out, "write") else Path(out)
+    name = str(target) if isinstance(target, Path) else stream_name(target)
+    with contextlib.closing(open_source(path)) as src:
+        if isinstance(target, Path) and not isinstance(path, AudioBytes):
+            check_not_input(target, src.path)
         message = low_rate_warning(src.sr, loaded)
         if message:
             (warn or print_warning)(f"{src.path}: {message}")
@@ -409,12 +538,12 @@ def upsample_file(path: str | os.PathLike, out: str | os.PathLike, loaded: Loade
         plan = window_plan_for(loaded, length, window)
         blocks = model_windows(loaded, spline, length, plan, batch_size=batch_size, device=device,
                                progress=progress, **speed)
-        sub = _subtype(Path(out), src.subtype)
-        message = clip_warning(Path(out), *_write_blocks(Path(out), blocks, loaded.sr, src.channels, sub),
+        sub = _subtype(target if isinstance(target, Path) else Path("stdout.wav"), src.subtype)
+        message = clip_warning(name, *_write_blocks(target, blocks, loaded.sr, src.channels, sub),
                                src.subtype, sub)
         if message:
             (warn or print_warning)(message)
-        return {"input": str(src.path), "output": str(out), "sr_in": src.sr, "sr_out": loaded.sr,
+        return {"input": str(src.path), "output": name, "sr_in": src.sr, "sr_out": loaded.sr,
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
 
 
@@ -475,7 +604,7 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
     the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples.
     ``loaded``: see :func:`as_loaded`."""
     loaded = as_loaded(loaded, device)
-    with contextlib.closing(FileSource(path)) as src:
+    with contextlib.closing(open_source(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
         with naming(path):
             hr, lr, spline, length = simulate_pipeline(src, src.sr, loaded, degrade)
@@ -631,6 +760,8 @@ def _is_sim_output(p: Path) -> bool:
 def existing_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> list[Path]:
     found = []
     for _, target in pairs:
+        if not isinstance(target, Path):  # stdout
+            continue
         paths = list(simulate_paths(target).values()) if simulate else [target]
         found += [p for p in paths if p.exists()]
     return found

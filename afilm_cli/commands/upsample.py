@@ -15,8 +15,10 @@ from afilm_cli.errors import AfilmError
 
 
 def command(
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).",
-                                                 show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Audio files or folders (searched recursively). - : one file's audio read from stdin (WAV, "
+        "FLAC, OGG...), written to stdout unless -o names a file; a file named - is ./-.",
+        show_default=False)],
     ckpt: UpsampleCkpt = None,
     out: Annotated[str | None, typer.Option(
         "--out", "-o", metavar="PATH", help="Output file, .wav or .flac (one input), or folder (several "
@@ -24,7 +26,8 @@ def command(
         "--simulate, the base name of the .lr/.hr/.pr.wav files (x.wav -> x.lr.wav ...; they are always "
         "WAV, so .flac is refused). Default: "
         "IN.afilm.wav beside each input (.flac for a FLAC input); a folder DIR goes to DIR.afilm/ "
-        "beside it (x.wav and x.ogg there: x.wav.afilm.wav, x.ogg.afilm.wav).")] = None,
+        "beside it (x.wav and x.ogg there: x.wav.afilm.wav, x.ogg.afilm.wav). - : a WAV to stdout "
+        "(one input; the default for stdin).")] = None,
     simulate: Annotated[bool, typer.Option(
         "--simulate", help="Treat the input as high-rate ground truth: degrade it with the checkpoint's "
         "recipe and write IN.lr.wav (at sr/r), IN.hr.wav and IN.pr.wav (at sr), as the reference does.")
@@ -61,7 +64,8 @@ def command(
     The input is taken as real low-rate audio at whatever rate it has: it is resampled to the model's
     low rate (sr/r), spline-upsampled, and run through the model in overlapping cross-faded windows.
     The output is at the model's rate with exactly round(frames * sr / input rate) frames; every
-    channel is processed. Memory does not grow with the file's length.
+    channel is processed. Memory does not grow with the file's length, except that stdin and stdout
+    (-) are held whole.
 
     Without --ckpt (and no runs/*/best.pt of yours here), each file goes to the bundled model made for
     its rate: afilm_speech_r2 (8 kHz -> 16 kHz) from 8 kHz up, afilm_speech_r4 (4 kHz -> 16 kHz)
@@ -87,16 +91,18 @@ def command(
         if not simulate:
             raise AfilmError("--degrade goes with --simulate (real low-rate input is taken as it is)")
         infer.check_degrade(degrade)
+    stdio = infer.check_stdio(inputs, out, simulate)  # `-`: refused where it cannot be, before any reading
     # one model for every file, loaded first so that a bad --ckpt is said before the inputs are looked at
     fixed = infer.load_model(ckpt, dev) if ckpt is not None or simulate else None
-    pairs = infer.plan_outputs(inputs, out, simulate)
+    pairs = (infer.stdio_pairs(inputs, out) if stdio  # stdin is read when its rate is first needed
+             else infer.plan_outputs([Path(i) for i in inputs], out, simulate))
     clash = infer.existing_outputs(pairs, simulate)
     if clash and not force:
         raise AfilmError(f"{clash[0]} exists; pass --force to overwrite"
                          + (f" ({len(clash) - 1} more)" if len(clash) > 1 else ""))
-    failed: list[Path] = []
+    failed: list[object] = []
 
-    def fail(src: Path, exc: AfilmError) -> None:
+    def fail(src: object, exc: AfilmError) -> None:
         """One input is the whole run: its error is the error. Of several, a bad one is named and the
         others go on (the run still ends non-zero)."""
         if len(pairs) == 1:
@@ -152,7 +158,7 @@ def command(
             except AfilmError as exc:  # found only while streaming (NaN samples): the other files go on
                 fail(src, exc)
                 continue
-            if not quiet:
+            if not quiet and not stdio:  # said in the summary
                 err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
     if failed:
         raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); "
@@ -162,7 +168,8 @@ def command(
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
                           + (f" for {sum(v is m for v in models.values())} of them" if len(used) > 1 else "")
                           for m in used)
-        err.print(f"{len(pairs)} file(s) upsampled with {names} on {dev}", soft_wrap=True)
+        what = escape(f"{src} upsampled to {written}") if stdio else f"{len(pairs)} file(s) upsampled"
+        err.print(f"{what} with {names} on {dev}", soft_wrap=True)
 
 
 def _native_bf16() -> bool:
