@@ -269,6 +269,10 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         if changed:  # the models take the spline-upsampled signal at the high rate, whatever the ratio
             init_note = (f"{init['path']} was trained for another recipe ({', '.join(changed)}); the new run "
                          "is fine-tuned for its data's")
+    if ckpt is not None and cfg.out and Path(cfg.out).resolve() != Path(ckpt["path"]).parent.resolve():
+        idle = _nothing_to_do(cfg, ckpt["epoch"], ckpt["step"])
+        if idle:  # a new folder would hold a log alone, and --force would have removed a run there for it
+            raise AfilmError(f"{idle}; nothing was written to {cfg.out}")
     out, replaced = run_dir(cfg, ckpt)  # every rank checks, before the rendezvous: a refusal never hangs one
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -355,9 +359,9 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
     n_batches = len(loader)
     if val_loader is None:
         run.warn("no validation data: best.pt follows the training loss")
-    if epoch >= cfg.epochs or _done(cfg, step):
-        limit = "--epochs" if epoch >= cfg.epochs else "--max-steps (or give --max-steps 0: no limit)"
-        run.warn(f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}")
+    idle = _nothing_to_do(cfg, epoch, step)
+    if idle:
+        run.warn(idle)
     elif cfg.compile:  # torch.compile works silently at the first step (minutes on a CPU): not a hang
         val = " and the first validation" if val_loader is not None else ""
         run.note(f"compiling the model with torch.compile: the first steps{val} take longer")
@@ -501,6 +505,14 @@ def _gate_check(run, loader: PatchLoader, device: torch.device) -> dict[str, flo
                  "barely reach the output any more, and a ReLU that has closed does not reopen. Start "
                  "again with --model-arg up_slope=0.2 (a LeakyReLU there) --model-arg final_init_std=1e-3.")
     return gates
+
+
+def _nothing_to_do(cfg: TrainConfig, epoch: int, step: int) -> str | None:
+    """Why a run resumed at ``epoch`` and ``step`` has no step left to run, if it has none."""
+    if not (epoch >= cfg.epochs or _done(cfg, step)):
+        return None
+    limit = "--epochs" if epoch >= cfg.epochs else "--max-steps (or give --max-steps 0: no limit)"
+    return f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}"
 
 
 def _done(cfg: TrainConfig, step: int) -> bool:

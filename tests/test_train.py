@@ -1195,3 +1195,19 @@ def test_resume_of_a_bundled_model_points_to_init(tmp_path):
     assert p.returncode == 2 and p.stderr.endswith(
         "cannot be resumed; start a new run from its weights with --init weights.pt\n"), p.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_into_another_folder_with_nothing_to_do_writes_nothing(data, tmp_path):
+    """A finished run resumed into another folder with no step left made that folder with a log alone
+    (its 'done' line named a last.pt that was not there, and a later --resume of it said the run saved
+    nothing); with --force over another run's folder, that run's checkpoints were deleted for it."""
+    res = train(_cfg(data, tmp_path, epochs=1))
+    other = train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "other"), seed=1))
+    kept = {p.name: p.read_bytes() for p in other.out.iterdir()}
+    for out, force in ((tmp_path / "new", False), (other.out, True)):
+        with pytest.raises(AfilmError, match=rf"^nothing to do: the run has done 1 epochs and 3 steps; raise "
+                                             rf"--epochs; nothing was written to {re.escape(str(out))}$"):
+            train(resume_config(str(res.out), out=str(out), force=force))
+    assert not (tmp_path / "new").exists()
+    assert {p.name: p.read_bytes() for p in other.out.iterdir()} == kept
+    assert train(resume_config(str(res.out))).step == 3  # in its own folder: a warning, as before
