@@ -501,9 +501,15 @@ def _gate_check(run, loader: PatchLoader, device: torch.device) -> dict[str, flo
     dead = dead_gates(gates)
     if dead:
         shown = ", ".join(f"{name} {100 * gates[name]:.2f}%" for name in dead)
+        fix = "--model-arg up_slope=0.2 (a LeakyReLU there) --model-arg final_init_std=1e-3"
+        if run.cfg.init or run.cfg.resume:  # these keep the checkpoint's architecture: --model-arg is refused
+            how = (f"Start a new run without --init, with --model {run.cfg.model} {fix} (--init keeps the "
+                   "architecture of its weights)" if run.cfg.init else f"Start a new run with --model "
+                   f"{run.cfg.model} {fix} (a resumed run keeps its architecture)")
+        else:
+            how = f"Start again with {fix}"
         run.warn(f"ReLU gate(s) nearly closed ({shown} of inputs above zero): the layers below them "
-                 "barely reach the output any more, and a ReLU that has closed does not reopen. Start "
-                 "again with --model-arg up_slope=0.2 (a LeakyReLU there) --model-arg final_init_std=1e-3.")
+                 f"barely reach the output any more, and a ReLU that has closed does not reopen. {how}.")
     return gates
 
 

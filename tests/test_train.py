@@ -595,7 +595,14 @@ def test_a_closed_relu_gate_is_logged_and_warned_about(data, tmp_path):
     assert p.returncode == 0, p.stderr
     out = " ".join((p.stdout + p.stderr).split())
     assert "up.0 0.00%" in out and "up_slope=0.2" in out
-    assert "up.1" not in out.split("ReLU gate")[1].split("Start again")[0]  # only the closed one is named
+    assert "up.1" not in out.split("ReLU gate")[1].split("Start a")[0]  # only the closed one is named
+    # --init keeps the architecture of its weights (--model-arg is refused with it): the advice says so
+    assert ("does not reopen. Start a new run without --init, with --model afilm_tiny --model-arg "
+            "up_slope=0.2 (a LeakyReLU there) --model-arg final_init_std=1e-3 (--init keeps the "
+            "architecture of its weights).") in out, out
+    refused = _afilm("train", "--init", tmp_path / "closed.pt", "--model-arg", "up_slope=0.2", "--train",
+                     data["train"], cwd=tmp_path)
+    assert refused.returncode == 2 and "--model-arg (up_slope) cannot change it" in refused.stderr
 
 
 def test_progress_goes_to_plain_lines_where_the_output_is_not_a_terminal(monkeypatch):
