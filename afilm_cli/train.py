@@ -42,6 +42,7 @@ from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
     check_resumed_epoch,
+    counted,
     data_recipe,
     find_data,
     init_model_name,  # noqa: F401  (public here: afilm train --init uses it)
@@ -339,8 +340,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         if cfg.batch_size > per_rank:  # the loader keeps a partial batch (no drop_last): fewer patches a step
             each, per = (f" each of the {world} processes gets ({len(train_pf)} in all)", " per process"
                          ) if world > 1 else ("", "")
-            run.warn(f"--batch-size {cfg.batch_size} is more than the {per_rank} training patches{each}: "
-                     f"every epoch is one step, on a batch of {per_rank}{per}")
+            run.warn(f"--batch-size {cfg.batch_size} is more than the {counted(per_rank, 'training patch')}"
+                     f"{each}: every epoch is one step, on a batch of {per_rank}{per}")
         if no_bf16:
             run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32, "
                      "and its checkpoints record fp32")
@@ -518,7 +519,8 @@ def _nothing_to_do(cfg: TrainConfig, epoch: int, step: int) -> str | None:
     if not (epoch >= cfg.epochs or _done(cfg, step)):
         return None
     limit = "--epochs" if epoch >= cfg.epochs else "--max-steps (or give --max-steps 0: no limit)"
-    return f"nothing to do: the run has done {epoch} epochs and {step} steps; raise {limit}"
+    return (f"nothing to do: the run has done {counted(epoch, 'epoch')} and {counted(step, 'step')}; "
+            f"raise {limit}")
 
 
 def _done(cfg: TrainConfig, step: int) -> bool:

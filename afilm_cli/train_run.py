@@ -16,7 +16,7 @@ from afilm_cli.atomic import make_output_dir
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
 from afilm_cli.errors import AfilmError
 from afilm_cli.interrupts import CtrlC
-from afilm_cli.train_setup import get_rng
+from afilm_cli.train_setup import counted, get_rng
 
 
 def claim_new_folder(base: Path) -> Path:
@@ -62,17 +62,19 @@ class Run:
               ) -> None:
         params = sum(p.numel() for p in self.raw_model.parameters())
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
-        cpu = f"{threads} CPU thread{'s' if threads != 1 else ''}{' each' if procs else ''}"
+        cpu = f"{counted(threads, 'CPU thread')}{' each' if procs else ''}"
         where = "in memory" if in_memory else "read from disk per batch"
         level = "" if self.input_level_dbfs is None else f", {self.input_level_dbfs:.1f} dBFS RMS"
-        self.console.print(f"train: {train_file} ({n_train} patches of {self.recipe['patch']}, {where}; "
-                           f"r={self.recipe['r']}, {self.recipe['sr']} Hz, {self.recipe['degrade']}{level})")
-        self.console.print(f"val:   {val_file} ({n_val} patches)" if val_file else "val:   none")
+        rec = self.recipe
+        self.console.print(f"train: {train_file} ({counted(n_train, 'patch')} of {rec['patch']}, {where}; "
+                           f"r={rec['r']}, {rec['sr']} Hz, {rec['degrade']}{level})")
+        self.console.print(f"val:   {val_file} ({counted(n_val, 'patch')})" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")
         if resumed:
-            self.console.print(f"resuming {resumed['path']}: {resumed['epoch']} epochs done, then "
-                               f"{resumed['epoch_step']} batches of the next; step {resumed['step']}")
+            done, then = counted(resumed["epoch"], "epoch"), counted(resumed["epoch_step"], "batch")
+            self.console.print(f"resuming {resumed['path']}: {done} done, then {then} of the next; "
+                               f"step {resumed['step']}")
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
                  threads=threads, data_in_memory=in_memory, input_level_dbfs=self.input_level_dbfs,

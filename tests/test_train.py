@@ -427,7 +427,7 @@ def test_cli_finds_prepared_data_and_says_so(data, tmp_path):
                cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "data/vctk-mini-r4-train.h5 (24 patches" in p.stdout and "data/vctk-mini-r4-val.h5 (8" in p.stdout
-    assert "spline" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
+    assert "spline" in p.stdout and "done: 1 epoch, 3 steps" in p.stdout
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith("afilm_tiny-")
     assert {"last.pt", "best.pt", "log.jsonl"} <= {f.name for f in run.iterdir()}
@@ -543,7 +543,7 @@ def test_cli_init_from_the_bundled_model_takes_its_architecture(data, tmp_path):
                "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress", "--out", "ft",
                "--lr-schedule", "cosine", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "afilm_small" in p.stdout and "done: 1 epochs, 3 steps" in p.stdout
+    assert "afilm_small" in p.stdout and "done: 1 epoch, 3 steps" in p.stdout
     ckpt = load_checkpoint(tmp_path / "ft" / "last.pt")
     assert ckpt["model_name"] == "afilm_small" and ckpt["train_config"]["lr_schedule"] == "cosine"
 
@@ -948,7 +948,7 @@ def test_max_steps_0_drops_a_resumed_runs_limit(data, tmp_path, capsys):
     part = train(_cfg(data, tmp_path, epochs=2, max_steps=4))
     assert train(resume_config(str(part.out))).step == 4  # the limit stays with the run
     said = " ".join(capsys.readouterr().out.split())
-    assert "nothing to do: the run has done 1 epochs and 4 steps; raise --max-steps (or give --max-steps " \
+    assert "nothing to do: the run has done 1 epoch and 4 steps; raise --max-steps (or give --max-steps " \
            "0: no limit)" in said
     done = train(resume_config(str(part.out), max_steps=0))
     assert (done.epoch, done.step) == (2, 6)
@@ -1039,7 +1039,7 @@ def test_a_batch_size_above_the_patch_count_is_warned_about(data, tmp_path):
     said = " ".join(p.stdout.split())
     assert ("warning: --batch-size 64 is more than the 24 training patches: every epoch is one step, on a "
             "batch of 24" in said)
-    assert "done: 1 epochs, 1 steps" in said
+    assert "done: 1 epoch, 1 step" in said
     p = _afilm("train", "--model", "afilm_tiny", "--train", str(data["train"]), "--val", str(data["val"]),
                "--max-steps", "1", "--batch-size", "24", "--device", "cpu", "--threads", "1", "--out", "run2",
                "--no-progress", cwd=tmp_path)
@@ -1212,9 +1212,40 @@ def test_resume_into_another_folder_with_nothing_to_do_writes_nothing(data, tmp_
     other = train(_cfg(data, tmp_path, epochs=1, out=str(tmp_path / "other"), seed=1))
     kept = {p.name: p.read_bytes() for p in other.out.iterdir()}
     for out, force in ((tmp_path / "new", False), (other.out, True)):
-        with pytest.raises(AfilmError, match=rf"^nothing to do: the run has done 1 epochs and 3 steps; raise "
+        with pytest.raises(AfilmError, match=rf"^nothing to do: the run has done 1 epoch and 3 steps; raise "
                                              rf"--epochs; nothing was written to {re.escape(str(out))}$"):
             train(resume_config(str(res.out), out=str(out), force=force))
     assert not (tmp_path / "new").exists()
     assert {p.name: p.read_bytes() for p in other.out.iterdir()} == kept
     assert train(resume_config(str(res.out))).step == 3  # in its own folder: a warning, as before
+
+
+def test_counts_of_one_are_said_in_the_singular(data, tmp_path, capsys):
+    """train said '1 epochs', '1 patches', '1 steps', 'stopped 1 batches into an epoch': a count of one
+    took the plural in its lines and messages."""
+    x, y = data["arrays"]
+    one = _write(tmp_path / "one.h5", x[10:11], y[10:11])
+    one_val = _write(tmp_path / "one-val.h5", x[12:13], y[12:13])
+    two = _write(tmp_path / "two.h5", x[10:12], y[10:12])
+    p = _afilm("train", "--model", "afilm_tiny", "--train", str(one), "--val", str(one_val), "--epochs", "1",
+               "--batch-size", "2", "--device", "cpu", "--threads", "1", "--out", "run", "--no-progress",
+               cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    said = " ".join(p.stdout.split())
+    assert "one.h5 (1 patch of 2048, in memory;" in said and "one-val.h5 (1 patch)" in said
+    assert "1 CPU thread;" in said
+    assert ("--batch-size 2 is more than the 1 training patch: every epoch is one step, on a batch of 1"
+            in said)
+    assert p.stdout.splitlines()[-1].startswith("done: 1 epoch, 1 step; best: run/best.pt")
+    train(resume_config(str(tmp_path / "run")))
+    said = " ".join(capsys.readouterr().out.split())
+    assert "nothing to do: the run has done 1 epoch and 1 step; raise --epochs" in said
+    part = train(_cfg(data, tmp_path, train=str(two), val=None, batch_size=1, max_steps=3,
+                      out=str(tmp_path / "part")))  # one epoch of two steps, then one step of the next
+    with pytest.raises(AfilmError, match=r"one.h5 holds 1 patch, but .*last.pt stopped 1 batch into an epoch "
+                                         r"of .*two.h5 \(2 patches\)"):
+        train(resume_config(str(part.out), train=str(one)))
+    capsys.readouterr()
+    assert train(resume_config(str(part.out), max_steps=4)).step == 4
+    said = " ".join(capsys.readouterr().out.split())
+    assert "last.pt: 1 epoch done, then 1 batch of the next; step 3" in said

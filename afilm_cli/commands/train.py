@@ -90,6 +90,7 @@ def command(
     """
     from afilm_cli import train as training
     from afilm_cli.threads import parse_threads
+    from afilm_cli.train_setup import counted
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "loss": loss,
              "max_steps": max_steps, "r": r, "sr": sr, "degrade": degrade}
@@ -129,7 +130,8 @@ def command(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         # none in a run resumed into a new folder whose epochs never beat the score it resumed with
         best = result.best or "none (no epoch of this run beat the best score it resumed with)"
-        typer.echo(f"done: {result.epoch} epochs, {result.step} steps; best: {best}; last: {result.last}")
+        typer.echo(f"done: {counted(result.epoch, 'epoch')}, {counted(result.step, 'step')}; best: {best}; "
+                   f"last: {result.last}")
 
 
 def _typed(ctx: typer.Context, name: str) -> bool:
