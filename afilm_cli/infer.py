@@ -519,12 +519,13 @@ def count_windows(path: Path | AudioBytes, loaded: Loaded, window: int | None = 
 
 def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike | BinaryIO,
                   loaded: Loaded | str | os.PathLike, *, batch_size: int = 16, window: int | None = None,
-                  device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                  device: str | torch.device | None = None, progress: Callable[[int], None] | None = None,
                   warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel.
     ``path``: a file or :class:`AudioBytes` (stdin); ``out``: a .wav or .flac path, or a binary stream
-    (sys.stdout.buffer) that gets a WAV, written whole at the end. ``loaded``: see :func:`as_loaded`."""
-    loaded = as_loaded(loaded, device)
+    (sys.stdout.buffer) that gets a WAV, written whole at the end. ``loaded``: see :func:`as_loaded`;
+    ``device``: see :func:`placed`."""
+    loaded, device = placed(loaded, device)
     target = out if hasattr(out, "write") else Path(out)
     name = str(target) if isinstance(target, Path) else stream_name(target)
     with contextlib.closing(open_source(path)) as src:
@@ -547,6 +548,18 @@ def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike |
                 "frames_in": src.length, "frames_out": length, "channels": src.channels}
 
 
+def placed(loaded: Loaded | str | os.PathLike, device: str | torch.device | None
+           ) -> tuple[Loaded, torch.device]:
+    """``loaded`` (see :func:`as_loaded`) and the device to run it on: ``device``, or where None, the
+    one the model was loaded on (the CPU for a name or path), so that a model loaded on CUDA is run
+    there without naming the device again."""
+    loaded = as_loaded(loaded, "cpu" if device is None else device)
+    if device is None:
+        tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+        device = tensors[0].device if tensors else "cpu"
+    return loaded, torch.device(device)
+
+
 def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike, *, batch_size: int = 16,
                    window: int | None = None, device: str | torch.device | None = None,
                    warn: Callable[[str], None] | None = None, **speed: Any) -> np.ndarray:
@@ -566,14 +579,11 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike
         raise AfilmError("audio holds NaN or infinite samples")
     if x.dtype.kind == "i":  # integer PCM, as soundfile reads it with dtype='int16' / 'int32'
         x = x / float(2 ** (8 * x.dtype.itemsize - 1))
-    loaded = as_loaded(loaded, "cpu" if device is None else device)
+    loaded, device = placed(loaded, device)
     message = low_rate_warning(int(sr_in), loaded)
     if message:
         (warn or print_warning)(message)
     spline, length = real_pipeline(ArraySource(x), int(sr_in), loaded)
-    if device is None:
-        tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
-        device = tensors[0].device if tensors else "cpu"
     y = predict(loaded, spline, length, batch_size=batch_size, window=window, device=device, **speed)
     return y[:, 0] if x.ndim == 1 else y
 
@@ -597,13 +607,13 @@ def simulate_paths(out_base: Path) -> dict[str, Path]:
 
 
 def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: Loaded | str | os.PathLike, *,
-                  batch_size: int = 16, window: int | None = None, device: str | torch.device = "cpu",
+                  batch_size: int = 16, window: int | None = None, device: str | torch.device | None = None,
                   progress: Callable[[int], None] | None = None, degrade: str | None = None,
                   warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
     the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples.
-    ``loaded``: see :func:`as_loaded`."""
-    loaded = as_loaded(loaded, device)
+    ``loaded``: see :func:`as_loaded`; ``device``: see :func:`placed`."""
+    loaded, device = placed(loaded, device)
     with contextlib.closing(open_source(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)
         with naming(path):

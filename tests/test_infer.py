@@ -1206,3 +1206,38 @@ def test_upsample_stderr_has_no_blank_line_on_a_pipe(tmp_path, ckpts, libri_mini
     assert lines[0].startswith("afilm: warning: ") and "16000 Hz is already at or above" in lines[0]
     assert lines[1].endswith("a.afilm.wav") and "nan.wav" in lines[2] and "NaN" in lines[2], lines
     assert lines[-1] == "afilm: error: 1 of 2 files failed (said above); the others were written", lines
+
+
+def test_file_functions_run_the_model_where_it_was_loaded(tmp_path, ckpts, monkeypatch):
+    """upsample_file and simulate_file, like upsample_array, run a model on the device it was loaded
+    on unless told another: they defaulted to the CPU, so a model loaded on CUDA was fed CPU batches.
+    A model on PyTorch's 'meta' device stands in for one on a GPU here: the windowed path is captured."""
+    src = write(tmp_path / "in.wav", np.sin(np.arange(16000) / 7.0) * 0.3, 16000)
+    lo = loaded(ckpts, "afilm_tiny")
+    lo.model.to("meta")
+    seen = []
+
+    def model_windows(loaded_, spline, length, plan, *, device, **kw):
+        seen.append(torch.device(device))
+        yield np.zeros((length, spline.channels), np.float32)
+
+    monkeypatch.setattr(infer, "model_windows", model_windows)
+    monkeypatch.setattr(infer, "predict", lambda *a, device, **kw: seen.append(torch.device(device))
+                        or np.zeros((a[2], 1), np.float32))
+    infer.upsample_file(src, tmp_path / "up.wav", lo)
+    infer.simulate_file(src, tmp_path / "sim", lo)
+    infer.upsample_array(np.zeros(4000, np.float32), 4000, lo)
+    assert seen == [torch.device("meta")] * 3
+    infer.upsample_file(src, tmp_path / "up2.wav", lo, device="cpu")  # named: as asked
+    assert seen[-1] == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_model_loaded_on_cuda_upsamples_files_there(tmp_path, ckpts):
+    src = write(tmp_path / "in.wav", np.sin(np.arange(16000) / 7.0) * 0.3, 4000)
+    on_cuda = infer.load_model(ckpts["afilm_tiny"], device="cuda")
+    on_cpu = infer.load_model(ckpts["afilm_tiny"])
+    infer.upsample_file(src, tmp_path / "gpu.wav", on_cuda)
+    infer.upsample_file(src, tmp_path / "cpu.wav", on_cpu)
+    np.testing.assert_allclose(sf.read(tmp_path / "gpu.wav")[0], sf.read(tmp_path / "cpu.wav")[0], atol=1e-4)
