@@ -340,8 +340,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         if cfg.batch_size > per_rank:  # the loader keeps a partial batch (no drop_last): fewer patches a step
             each, per = (f" each of the {world} processes gets ({len(train_pf)} in all)", " per process"
                          ) if world > 1 else ("", "")
-            run.warn(f"--batch-size {cfg.batch_size} is more than the {counted(per_rank, 'training patch')}"
-                     f"{each}: every epoch is one step, on a batch of {per_rank}{per}")
+            few = counted(per_rank, "training patch", "training patches")
+            run.warn(f"--batch-size {cfg.batch_size} is more than the {few}{each}: every epoch is one step, "
+                     f"on a batch of {per_rank}{per}")
         if no_bf16:
             run.warn(f"--precision bf16 is autocast on CUDA only: this run on {device.type} trains in fp32, "
                      "and its checkpoints record fp32")

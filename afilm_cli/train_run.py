@@ -66,13 +66,14 @@ class Run:
         where = "in memory" if in_memory else "read from disk per batch"
         level = "" if self.input_level_dbfs is None else f", {self.input_level_dbfs:.1f} dBFS RMS"
         rec = self.recipe
-        self.console.print(f"train: {train_file} ({counted(n_train, 'patch')} of {rec['patch']}, {where}; "
+        self.console.print(f"train: {train_file} ({_patches(n_train)} of {rec['patch']}, {where}; "
                            f"r={rec['r']}, {rec['sr']} Hz, {rec['degrade']}{level})")
-        self.console.print(f"val:   {val_file} ({counted(n_val, 'patch')})" if val_file else "val:   none")
+        self.console.print(f"val:   {val_file} ({_patches(n_val)})" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")
         if resumed:
-            done, then = counted(resumed["epoch"], "epoch"), counted(resumed["epoch_step"], "batch")
+            done = counted(resumed["epoch"], "epoch")
+            then = counted(resumed["epoch_step"], "batch", "batches")
             self.console.print(f"resuming {resumed['path']}: {done} done, then {then} of the next; "
                                f"step {resumed['step']}")
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
@@ -182,6 +183,10 @@ class EpochBar:
             left = (task.total - task.completed) * (now - self.epoch_start) / max(done, 1)
             self.console.print(f"epoch {task.fields['epoch']}: step {task.completed:.0f}/{task.total:.0f}  "
                                f"loss {loss:.4g}  {rate:.1f} patches/s  {_clock(left)} left", markup=False)
+
+
+def _patches(n: int) -> str:
+    return counted(n, "patch", "patches")
 
 
 def _clock(seconds: float) -> str:

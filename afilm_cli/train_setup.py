@@ -24,9 +24,9 @@ RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "lr_schedule", "betas
                 "world_size")
 
 
-def counted(n: int, word: str) -> str:
-    """``n`` and ``word``, plural unless ``n`` is 1: '1 epoch', '3 epochs', '0 patches', '2 batches'."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith(('ch', 'sh', 's', 'x')) else 's'}"
+def counted(n: int, word: str, plural: str | None = None) -> str:
+    """``n`` and ``word``, or unless ``n`` is 1 ``plural`` (default ``word`` + 's'): '1 epoch', '3 epochs'."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _q(path: Any) -> str:
@@ -60,8 +60,9 @@ def set_rng(rng: dict[str, list[torch.Tensor]], rank: int, world: int, device: t
     """Restore each rank's random state; with another number of processes, say so (returned)."""
     if len(rng["cpu"]) != world:
         torch.manual_seed(torch.initial_seed() + rank)
-        return (f"checkpoint was written by {counted(len(rng['cpu']), 'process')}, this run has {world}: "
-                "resuming at the same patches of the epoch, but not bit-exactly")
+        procs = counted(len(rng["cpu"]), "process", "processes")
+        return (f"checkpoint was written by {procs}, this run has {world}: resuming at the "
+                "same patches of the epoch, but not bit-exactly")
     torch.set_rng_state(rng["cpu"][rank])
     if device.type == "cuda" and rng["cuda"][rank].numel():
         torch.cuda.set_rng_state(rng["cuda"][rank], device)
@@ -239,10 +240,10 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
         if digest is None or digest == train_pf.fingerprint():
             return
     was = ckpt["train_config"].get("train")
-    stopped = f"{ckpt['path']} stopped {counted(ckpt['epoch_step'], 'batch')} into an epoch"
+    stopped = f"{ckpt['path']} stopped {counted(ckpt['epoch_step'], 'batch', 'batches')} into an epoch"
     what = (f"holds other patches than {was} ({n} of each), on which {stopped}" if old == n else
-            f"holds {counted(n, 'patch')}, but {stopped} of {was}"
-            + (f" ({counted(old, 'patch')})" if old is not None else ""))
+            f"holds {counted(n, 'patch', 'patches')}, but {stopped} of {was}"
+            + (f" ({counted(old, 'patch', 'patches')})" if old is not None else ""))
     raise AfilmError(f"{train_pf.path} {what}, which cannot go on over another file; resume with --train "
                      f"{_q(was)}, or start a new run from these weights with --init {_q(ckpt['path'])}")
 

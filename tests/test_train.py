@@ -1249,3 +1249,7 @@ def test_counts_of_one_are_said_in_the_singular(data, tmp_path, capsys):
     assert train(resume_config(str(part.out), max_steps=4)).step == 4
     said = " ".join(capsys.readouterr().out.split())
     assert "last.pt: 1 epoch done, then 1 batch of the next; step 3" in said
+    train(resume_config(str(part.out)))  # and more than one in the plural
+    said = " ".join(capsys.readouterr().out.split())
+    assert "two.h5 (2 patches of 2048" in said
+    assert "nothing to do: the run has done 2 epochs and 4 steps" in said
