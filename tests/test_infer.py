@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_helpers import run_main
 from scipy import signal
 from torch import nn
 
@@ -31,22 +32,6 @@ RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
 def run_cli(*args, cwd=None, timeout=180):
     return subprocess.run([sys.executable, "-m", "afilm_cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
-
-
-def run_main(capsys, *args):
-    """The real entry point in-process (argument parsing, error mapping) without a subprocess's
-    start-up cost; returns a CompletedProcess (returncode, stdout, stderr)."""
-    from afilm_cli.main import main
-
-    argv = sys.argv
-    sys.argv = ["afilm", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exc.value.code or 0, out.out, out.err)
 
 
 def error_line(out) -> str:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import cli_helpers
 import numpy as np
 import pytest
 import soundfile as sf
@@ -28,18 +29,9 @@ def afilm(*args, cwd, input=None, stdin=None, stdout=subprocess.PIPE, timeout=18
 
 
 def run_main(capsys, *args):
-    """The real entry point in-process, for refusals said before anything is read."""
-    from afilm_cli.main import main
-
-    argv = sys.argv
-    sys.argv = ["afilm", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main()
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, exc.value.code or 0, out.out.encode(), out.err.encode())
+    """The real entry point in-process, for refusals said before anything is read (output as bytes)."""
+    out = cli_helpers.run_main(capsys, *args)
+    return subprocess.CompletedProcess(out.args, out.returncode, out.stdout.encode(), out.stderr.encode())
 
 
 def error_line(out) -> str:
