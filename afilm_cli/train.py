@@ -42,12 +42,14 @@ from afilm_cli.threads import num_threads, resolve_threads
 from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
     check_resumed_epoch,
+    check_resumed_val,
     counted,
     data_recipe,
     find_data,
     init_model_name,  # noqa: F401  (public here: afilm train --init uses it)
     load_init,
     load_resume,
+    patches_record,
     pick_device,
     resume_config,  # noqa: F401  (public here: afilm train --resume uses it)
     run_dir,
@@ -257,6 +259,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     level = patches_level(train_pf.data, most=None if train_pf.in_memory else LEVEL_BLOCKS)
     if ckpt is not None:
         check_resumed_epoch(ckpt, train_pf, cfg.batch_size, world)
+        check_resumed_val(ckpt, val_pf)
     if val_pf is not None:
         val_recipe = data_recipe(val_pf, cfg, ckpt)
         for key in ("r", "sr", "degrade"):
@@ -323,8 +326,8 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
     no_bf16 = cfg.precision == "bf16" and device.type != "cuda"  # autocast is enabled on CUDA alone
     if no_bf16:  # the checkpoints and the log record what the run trains in (and a resume goes on in)
         cfg = dataclasses.replace(cfg, precision="fp32")
-    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device, train_patches=len(train_pf),
-              train_fingerprint=train_pf.fingerprint(),
+    run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device,
+              patches=patches_record("train", train_pf) | patches_record("val", val_pf),
               input_level_dbfs=round(level, 2) if math.isfinite(level) else None)
     if run.master:
         run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them

@@ -38,13 +38,14 @@ def claim_new_folder(base: Path) -> Path:
 class Run:
     """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
 
-    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, train_patches=None,
-                 train_fingerprint=None, input_level_dbfs=None):
+    def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, patches=None,
+                 input_level_dbfs=None):
         from rich.console import Console
 
         self.cfg, self.out, self.master = cfg, out, master
-        # checkpointed: a resume mid-epoch needs the same file
-        self.train_patches, self.train_fingerprint = train_patches, train_fingerprint
+        # checkpointed (train_setup.patches_record): a resume mid-epoch needs the same training patches,
+        # and any resume the same validation patches (best.pt compares scores on one set)
+        self.patches = patches or {}
         self.input_level_dbfs = input_level_dbfs  # the training data's RMS level (afilm_cli/level.py)
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
         # no markup: the lines hold paths and messages, where '[x]' is text (warn() marks up its label)
@@ -124,8 +125,7 @@ class Run:
         if self.master:
             ckpt = make_checkpoint(self.raw_model, self.recipe, optimizer=self.optimizer.state_dict(),
                                    epoch=epoch, epoch_step=epoch_step, step=step, best=best, rng=rng,
-                                   epoch_loss=epoch_loss, train_patches=self.train_patches,
-                                   train_fingerprint=self.train_fingerprint,
+                                   epoch_loss=epoch_loss, **self.patches,
                                    input_level_dbfs=self.input_level_dbfs,
                                    metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
             save_checkpoint(self.last_path(), ckpt)

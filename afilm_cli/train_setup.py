@@ -180,6 +180,8 @@ def find_data(cfg: TrainConfig, ckpt: dict[str, Any] | None = None) -> tuple[Pat
                              f"more; if moved, pass {options}")
     if cfg.val:
         return train, Path(cfg.val)
+    if ckpt is not None and ckpt["train_config"].get("val") is None:
+        return train, None  # the run had none: a *-val.h5 that appeared since would change best.pt's scale
     from afilm_cli.data.recipe import read_split_sources, val_path_for
 
     sibling = val_path_for(train) if train.name.endswith("-train.h5") else None
@@ -223,6 +225,24 @@ def data_recipe(pf: PatchFile, cfg: TrainConfig, ckpt: dict[str, Any] | None) ->
     return rec
 
 
+def patches_record(kind: str, pf: PatchFile | None) -> dict[str, Any]:
+    """What a checkpoint records of the run's ``kind`` ("train" or "val") patches: their count and
+    :meth:`PatchFile.fingerprint`, as ``<kind>_patches`` and ``<kind>_fingerprint`` (None: no such file)."""
+    return {f"{kind}_patches": len(pf) if pf is not None else None,
+            f"{kind}_fingerprint": pf.fingerprint() if pf is not None else None}
+
+
+def same_patches(ckpt: dict[str, Any], kind: str, pf: PatchFile) -> bool | None:
+    """Whether ``pf`` holds the ``kind`` patches ``ckpt`` recorded (:func:`patches_record`): the same
+    count and fingerprint (a checkpoint with the count but no fingerprint: the count alone); None where
+    the checkpoint records no count (written before it was recorded)."""
+    old = ckpt.get(f"{kind}_patches")
+    if old is None:
+        return None
+    digest = ckpt.get(f"{kind}_fingerprint")
+    return old == len(pf) and (digest is None or digest == pf.fingerprint())
+
+
 def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: int, world: int) -> None:
     """A run stopped inside an epoch goes on with the rest of that epoch's batch order, which only means
     something on the training file it was stopped on: refused on a file with another patch count, or
@@ -231,14 +251,13 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
         return
     old = ckpt.get("train_patches")
     n = len(train_pf)
-    if old is None:  # checkpoints from before it was recorded: refuse at least an epoch with no step left
+    same = same_patches(ckpt, "train", train_pf)
+    if same is None:  # checkpoints from before it was recorded: refuse at least an epoch with no step left
         per_rank = -(-n // world)
         if steps_for_world(ckpt["epoch_step"], len(ckpt["rng"]["cpu"]), world) < -(-per_rank // batch_size):
             return
-    elif old == n:
-        digest = ckpt.get("train_fingerprint")  # None in checkpoints from before it was recorded
-        if digest is None or digest == train_pf.fingerprint():
-            return
+    elif same:
+        return
     was = ckpt["train_config"].get("train")
     stopped = f"{ckpt['path']} stopped {counted(ckpt['epoch_step'], 'batch', 'batches')} into an epoch"
     what = (f"holds other patches than {was} ({n} of each), on which {stopped}" if old == n else
@@ -246,6 +265,37 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
             + (f" ({counted(old, 'patch', 'patches')})" if old is not None else ""))
     raise AfilmError(f"{train_pf.path} {what}, which cannot go on over another file; resume with --train "
                      f"{_q(was)}, or start a new run from these weights with --init {_q(ckpt['path'])}")
+
+
+def check_resumed_val(ckpt: dict[str, Any], val_pf: PatchFile | None) -> None:
+    """A resumed run compares each epoch's score with the best the run has had (best.pt's): its
+    validation loss, or without validation its training loss, which only compare on the same patches.
+    Refused: a validation file where the run had none, none where it had one, and other patches than
+    it had (count and fingerprint, as the training patches of check_resumed_epoch); the same patches
+    moved elsewhere are the same set. Checkpoints from before the validation patches were recorded
+    (no val_patches) are compared on presence alone: their path is all there is to go on, and it
+    would refuse a moved copy, which is the same set."""
+    was = ckpt["train_config"].get("val")
+    if val_pf is None and was is None:
+        return
+    if val_pf is not None and was is not None and same_patches(ckpt, "val", val_pf) is not False:
+        return
+    best = Path(ckpt["path"]).parent / "best.pt"
+    init = f"--init {_q(best if best.exists() else ckpt['path'])}"
+    why = "best.pt compares scores on one validation set"
+    if was is None:
+        raise AfilmError(f"{ckpt['path']} was trained without validation (best.pt follows its training "
+                         f"loss), so --val {val_pf.path} cannot be added on resume: {why}; resume without "
+                         f"--val, or start a new run that validates on it with {init}")
+    if val_pf is None:
+        raise AfilmError(f"{ckpt['path']} validated on {was}, and this resume has no validation file: {why}; "
+                         f"pass --val {_q(was)} (or a moved copy of it), or start a new run without "
+                         f"validation with {init}")
+    old, n = ckpt["val_patches"], len(val_pf)
+    count = f"{n} of each" if old == n else f"{counted(n, 'patch', 'patches')}, not {old}"
+    raise AfilmError(f"{val_pf.path} holds other validation patches than {was} ({count}), on which "
+                     f"{ckpt['path']} chose best.pt: {why}; resume with --val {_q(was)} (or a moved copy of "
+                     f"it), or start a new run that validates on {val_pf.path} with {init}")
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -887,6 +887,8 @@ def test_resume_mid_epoch_refuses_other_patches_of_the_same_count(data, tmp_path
                                          r"each\), on which .*last.pt stopped 2 batches into an epoch.*"
                                          r"--train .*--init "):
         train(_cfg(data, tmp_path, train=str(other), **resume))
+    # with the run's validation file: copy.h5 has no *-val.h5 beside it, and the run validated
+    resume["val"] = str(data["val"])
     assert train(_cfg(data, tmp_path, train=str(copy), epochs=1, **resume)).step == 3
 
 
@@ -1253,3 +1255,61 @@ def test_counts_of_one_are_said_in_the_singular(data, tmp_path, capsys):
     said = " ".join(capsys.readouterr().out.split())
     assert "two.h5 (2 patches of 2048" in said
     assert "nothing to do: the run has done 2 epochs and 4 steps" in said
+
+
+def test_a_resumed_run_validates_on_the_patches_it_validated_on(data, tmp_path):
+    """best.pt holds the run's best score, which a resumed run compares its epochs with: resumed with
+    --val OTHER, new epochs were scored on OTHER against a best measured on the run's own validation
+    set; a run without validation, resumed after a *-val.h5 appeared beside its training file (or with
+    --val), compared validation losses with its best training loss."""
+    x, y = data["arrays"]
+    other = _write(tmp_path / "other.h5", x[8:16], y[8:16])  # 8 patches, as the run's, but others
+    fewer = _write(tmp_path / "fewer.h5", x[8:12], y[8:12])
+    moved = tmp_path / "moved-val.h5"
+    shutil.copy(data["val"], moved)
+    res = train(_cfg(data, tmp_path, epochs=1))
+    ckpt = load_checkpoint(res.last)
+    assert ckpt["val_patches"] == 8 and ckpt["val_fingerprint"] == PatchFile(data["val"]).fingerprint()
+    before = {p.name: p.read_bytes() for p in res.out.iterdir()}
+    p = _afilm("train", "--resume", "run", "--val", str(other), "--epochs", "2", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert p.stderr == (f"afilm: error: {other} holds other validation patches than {data['val']} (8 of "
+                        f"each), on which run/last.pt chose best.pt: best.pt compares scores on one "
+                        f"validation set; resume with --val {data['val']} (or a moved copy of it), or start "
+                        f"a new run that validates on {other} with --init run/best.pt\n")
+    with pytest.raises(AfilmError, match=r"fewer.h5 holds other validation patches than .* \(4 patches, not "
+                                         r"8\), on which"):
+        train(resume_config(str(res.out), epochs=2, val=str(fewer)))
+    # the run's training file alone, under a name without a *-val.h5 beside it: no validation file
+    alone = tmp_path / "alone" / "solo-train.h5"
+    alone.parent.mkdir()
+    shutil.copy(data["train"], alone)
+    with pytest.raises(AfilmError, match=r"^.*run/last.pt validated on .*vctk-mini-r4-val.h5, and this "
+                                         r"resume has no validation file: best.pt compares scores on one "
+                                         r"validation set; pass --val .* \(or a moved copy of it\), or start "
+                                         r"a new run without validation with --init .*run/best.pt$"):
+        train(_cfg(data, tmp_path, epochs=2, out=None, resume=str(res.out), train=str(alone), val=None))
+    assert {p.name: p.read_bytes() for p in res.out.iterdir()} == before  # refused before any work
+    assert train(resume_config(str(res.out), epochs=2, val=str(moved))).epoch == 2  # the same patches, moved
+    # a run without validation goes on without it: a *-val.h5 that appears is not taken up, --val refused
+    solo = train(_cfg(data, tmp_path, epochs=1, train=str(alone), val=None, out=str(tmp_path / "solo")))
+    assert load_checkpoint(solo.last)["val_patches"] is None
+    shutil.copy(data["val"], alone.parent / "solo-val.h5")
+    p = _afilm("train", "--resume", "solo", "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "val:   none" in p.stdout and "val_loss" not in load_checkpoint(solo.last)["metrics"]
+    p = _afilm("train", "--resume", "solo", "--epochs", "3", "--val", str(data["val"]), cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr == (
+        f"afilm: error: solo/last.pt was trained without validation (best.pt follows its training loss), so "
+        f"--val {data['val']} cannot be added on resume: best.pt compares scores on one validation set; "
+        f"resume without --val, or start a new run that validates on it with --init solo/best.pt\n")
+    # checkpoints from before the validation patches were recorded: presence compared, contents cannot be
+    for path in (res.last, solo.last):
+        old = load_checkpoint(path)
+        del old["val_patches"], old["val_fingerprint"]
+        torch.save(old, path.parent / "old.pt")
+    assert train(resume_config(str(res.out / "old.pt"), epochs=3, val=str(other),
+                               out=str(tmp_path / "old-run"))).epoch == 3
+    with pytest.raises(AfilmError, match=r"old.pt was trained without validation"):
+        train(resume_config(str(solo.out / "old.pt"), epochs=3, val=str(other),
+                            out=str(tmp_path / "old-solo")))
