@@ -1015,3 +1015,19 @@ def test_the_summary_never_splits_a_path_on_an_80_column_pipe(vctk_mini, tmp_pat
             files, skipped, speakers, hours, n, seconds, status = rows["train"]
             assert (files, skipped, speakers, n, status) == ("2", "0", "1", str(patches), "written")
             assert float(hours) > 0 and float(seconds) >= 0
+
+
+def test_a_split_that_sam_left_without_patches_says_so(vctk_mini, tmp_path):
+    """Every file used holds a patch at least: a split without any was emptied by --sam, not by files
+    "shorter than one patch", which the message said of files as long as 8 s."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(vctk_mini / "wav48" / "p225" / "p225_001.wav", corpus / "a.wav")  # 2 s: 7 patches at most
+    (corpus / "b.wav").write_bytes(b"not audio")
+    proc = run_cli("prepare", "folder", str(corpus), "--sam", "0.001", "--val-fraction", "0",
+                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last == ("afilm: error: no patches for train: 1 of 2 files were skipped and --sam 0.001 kept none "
+                    "of the patches of the 1 usable file"), proc.stderr
+    assert "shorter" not in last and "Traceback" not in proc.stderr

@@ -231,14 +231,25 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                 raise
             results.append(res)
             if res.status == "empty":
-                msg = (f"no patches for {plan.part}: {len(res.skipped)} of {len(plan.sources)} files were "
-                       f"skipped and the rest are shorter than one patch ({recipe.patch} samples)")
+                msg = f"no patches for {plan.part}: {_why_empty(res, plan, recipe)}"
                 if plan.part == "train":
                     _remove_empty(new_dirs)
                     raise AfilmError(msg)
                 warn(msg + f"; {plan.out.name} not written")
     print_summary(results)
     return results
+
+
+def _why_empty(res: SplitResult, plan: SplitPlan, recipe: Recipe) -> str:
+    """Why a split gave no patch: its files were skipped (too short among the reasons, each warned about),
+    or --sam kept none of the patches of those that were not (every file used holds one patch at least)."""
+    why = []
+    if res.skipped:
+        why.append(f"{len(res.skipped)} of {len(plan.sources)} files were skipped")
+    if res.files:
+        why.append(f"--sam {recipe.sam:g} kept none of the patches of the {res.files} usable "
+                   f"file{'s' * (res.files != 1)}")
+    return " and ".join(why)
 
 
 def _missing_dirs(folders) -> list[Path]:
