@@ -1031,3 +1031,23 @@ def test_a_split_that_sam_left_without_patches_says_so(vctk_mini, tmp_path):
     assert last == ("afilm: error: no patches for train: 1 of 2 files were skipped and --sam 0.001 kept none "
                     "of the patches of the 1 usable file"), proc.stderr
     assert "shorter" not in last and "Traceback" not in proc.stderr
+
+
+def test_a_forced_rerun_whose_validation_gives_no_patches_leaves_no_old_val_file(vctk_mini, tmp_path):
+    """--force with a recipe under which the validation files give no patch (here a patch longer than
+    both): the earlier run's -val.h5, of another patch length, was left beside the new train file, for
+    'afilm train' to pair with it."""
+    out = tmp_path / "out"
+    args = ("prepare", "vctk", "--root", str(vctk_mini), "--val-fraction", "0.2", "--seed", "7",
+            "--multiple", "1", "--out", str(out))
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    paths = default_output_paths("vctk-single", 4, "decimate", out=out)
+    with PatchFile(paths["val"]) as pf:
+        assert pf.recipe["sources"] == ["p225/p225_001.wav", "p225/p225_009.wav"]  # 2.1 and 5.6 s
+    proc = run_cli(*args, "--patch", "90112", "--force", cwd=tmp_path)  # 5.6 s at 16 kHz
+    assert proc.returncode == 0, proc.stderr
+    assert "vctk-single-r4-decimate-val.h5 not written" in proc.stderr
+    assert f"removed {paths['val']}: it came from an earlier run" in proc.stderr
+    assert not paths["val"].exists()
+    with PatchFile(paths["train"]) as pf:
+        assert pf.patch == 90112

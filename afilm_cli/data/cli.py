@@ -236,6 +236,10 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                     _remove_empty(new_dirs)
                     raise AfilmError(msg)
                 warn(msg + f"; {plan.out.name} not written")
+                if plan.out.exists():  # an earlier run's (--force): train would pair it with this one's
+                    plan.out.unlink()
+                    warn(f"removed {plan.out}: it came from an earlier run, and this run's validation split "
+                         "has no patches ('afilm train' would have paired it with the new training file)")
     print_summary(results)
     return results
 
