@@ -470,7 +470,8 @@ def test_cli_ctrl_c_saves_a_resumable_checkpoint(data, tmp_path):
     assert ckpt["interrupted"] and ckpt["step"] >= 2
     p = _afilm("train", "--resume", "run", "--epochs", str(ckpt["epoch"] + 1), "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "resuming" in p.stdout and f"done: {ckpt['epoch'] + 1} epochs" in p.stdout
+    epochs = ckpt["epoch"] + 1
+    assert "resuming" in p.stdout and f"done: {epochs} epoch{'s' if epochs != 1 else ''}," in p.stdout
     again = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not again["interrupted"] and again["step"] == 6 * (ckpt["epoch"] + 1)
     assert _steps_after_resume(tmp_path / "run") == list(range(ckpt["step"] + 1, again["step"] + 1))
