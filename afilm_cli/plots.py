@@ -57,8 +57,8 @@ def save_spectrograms(path: str | os.PathLike, panels: list[tuple[str, np.ndarra
     axes[0].set_ylabel("frequency (Hz)")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="dB", fraction=0.03)
-    if title:
-        fig.suptitle(title)
+    if title:  # as written: a file's name with two '$' was mathtext (mangled, or a traceback)
+        fig.suptitle(title, parse_math=False)
     path = Path(path)
     import matplotlib
 

@@ -260,6 +260,30 @@ def test_plot_names_never_collide(ckpts, vctk_mini, tmp_path):
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == names
 
 
+def test_plot_titles_are_file_names_as_written(ckpts, vctk_mini, tmp_path, monkeypatch):
+    """A name with two '$' went to matplotlib's mathtext as the PNG's title: 'cost $5 to $10.wav' was
+    titled 'cost 5to10.wav' in italics, and 'take$^$1.wav' stopped the run with a ValueError traceback
+    after its work, nothing written. The real CLI."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav")
+    for name in ("take$^$1.wav", "cost $5 to $10.wav"):
+        sf.write(folder / name, x[: sr], sr)
+    args = [sys.executable, "-m", "afilm_cli", "eval", "--ckpt", str(ckpts["spline"]), "--wavs", str(folder),
+            "--out", str(tmp_path / "res"), "--plots", str(tmp_path / "png"), "--device", "cpu"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["cost $5 to $10.png", "take$^$1.png"]
+    assert (tmp_path / "res" / "metrics.csv").exists()
+    from matplotlib.figure import Figure
+
+    titles, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, *a, **kw: titles.append(suptitle(self, *a, **kw)))
+    evaluate.evaluate_wavs(infer.load_model(ckpts["spline"]), folder, plots_dir=tmp_path / "again")
+    assert [t.get_text() for t in titles] == ["cost $5 to $10.wav", "take$^$1.wav"]
+    assert not any(t.get_parse_math() for t in titles)  # drawn as text, not as mathtext
+
+
 def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     from afilm_cli.main import main
 
