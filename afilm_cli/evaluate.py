@@ -263,8 +263,9 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
             if rec.get(key) is not None and int(rec[key]) != int(loaded.recipe[key]):
                 raise AfilmError(f"{pf.path}: data has {key}={rec[key]} but the checkpoint was trained with "
                                  f"{key}={loaded.recipe[key]}")
-        note = None
-        if rec.get("degrade") not in (None, loaded.recipe["degrade"]):
+        note = None  # data degraded a way the checkpoint never saw: 'decimate' is in 'decimate+resample'
+        if rec.get("degrade") is not None and not (set(str(rec["degrade"]).split("+"))
+                                                   <= set(str(loaded.recipe["degrade"]).split("+"))):
             note = (f"data degraded with {rec['degrade']!r}, checkpoint trained with "
                     f"{loaded.recipe['degrade']!r}")
         multiple = int(getattr(loaded.model, "length_multiple", 1))

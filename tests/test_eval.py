@@ -341,6 +341,27 @@ def test_cli_eval_h5_and_errors(ckpts, h5, tmp_path, capsys):
     assert json.loads((tmp_path / "s" / "summary.json").read_text())["protocol"]["degrade"] == "subsample"
 
 
+def test_h5_degraded_one_of_the_checkpoints_ways_is_no_mismatch(h5, tmp_path):
+    """A checkpoint trained on decimate+resample (afilm_speech_r4, the default) saw decimate input: a
+    'decimate' split was warned about as 'data degraded with 'decimate', checkpoint trained with
+    'decimate+resample'' and summary.json noted it. A way it never saw is still said."""
+    ckpt = save_checkpoint(tmp_path / "both.pt", make_checkpoint(create_model("spline"),
+                                                                 {**RECIPE, "degrade": "decimate+resample"}))
+    loaded = infer.load_model(ckpt)
+    for degrade, said in [("decimate", False), ("decimate+resample", False), ("resample+decimate", False),
+                          ("subsample", True), ("decimate+subsample", True)]:
+        split = tmp_path / f"{degrade}.h5"
+        with PatchFile(h5) as pf, PatchWriter(split, 8192, attrs={**pf.recipe, "degrade": degrade}) as w:
+            w.append(*pf.read(slice(0, 1)))
+        warnings = []
+        result = evaluate.evaluate_h5(loaded, split, warn=warnings.append)
+        assert bool(warnings) == said and ("note" in result.protocol) == said, (degrade, warnings)
+        if said:
+            assert warnings == [f"data degraded with {degrade!r}, checkpoint trained with "
+                                "'decimate+resample'"]
+        assert result.protocol["degrade"] == degrade
+
+
 def test_wavs_with_another_degradation(ckpts, wavs):
     loaded = infer.load_model(ckpts["spline"])
     dec = evaluate.evaluate_wavs(loaded, wavs)
