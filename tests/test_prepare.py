@@ -1051,3 +1051,25 @@ def test_a_forced_rerun_whose_validation_gives_no_patches_leaves_no_old_val_file
     assert not paths["val"].exists()
     with PatchFile(paths["train"]) as pf:
         assert pf.patch == 90112
+
+
+def test_another_folder_of_the_same_name_is_never_taken_for_the_one_prepared(vctk_mini, tmp_path):
+    """Two folders named alike, holding files named alike, into one --out: the second run said 'already
+    exists with this recipe: skipped' and left the first folder's patches under its name."""
+    a, b = tmp_path / "a" / "clips", tmp_path / "b" / "clips"
+    for folder, speaker in ((a, "p225"), (b, "p226")):
+        folder.mkdir(parents=True)
+        for n in (1, 2, 3):
+            shutil.copy(vctk_mini / "wav48" / speaker / f"{speaker}_00{n}.wav", folder / f"{n}.wav")
+    assert run_cli("prepare", "folder", "a/clips", "--out", "o", cwd=tmp_path).returncode == 0
+    proc = run_cli("prepare", "folder", "b/clips", "--out", "o", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"afilm: error: o/clips-r4-decimate-train.h5 was prepared from the files in {a}, not {b}; use "
+        "--force to rebuild it from these, or another --out to keep both")
+    forced = run_cli("prepare", "folder", "b/clips", "--out", "o", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    with PatchFile(tmp_path / "o" / "clips-r4-decimate-train.h5") as pf:
+        assert pf._f.attrs["source_root"] == str(b)
+    again = run_cli("prepare", "folder", "b/clips", "--out", "o", cwd=tmp_path)  # the same folder: kept
+    assert again.returncode == 0 and "already exists with this recipe: skipped" in again.stderr

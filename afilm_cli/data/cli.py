@@ -58,13 +58,13 @@ The pieces:
   one "val" plan (a "val" plan without files is dropped with a warning; without one, only the training
   file is written). ``split_info`` is a JSON-able dict saying how the files were divided: it is stored
   as the outputs' ``split`` attribute and, with the file lists, compared on a rerun. ``root`` is the
-  corpus folder: file paths are recorded relative to it, and a training list with no file is refused
-  as "ROOT: no audio files found" (or "no such folder"). An output of the same recipe and files is kept
-  unless ``force``. Files that cannot be used are skipped with a warning; a training split with no
-  patch at all is refused. A ``recipe.patch`` that is not a multiple of 256 (the length every built-in
-  network needs; 'afilm train' refuses another) is prepared, with one warning naming the nearest valid
-  lengths. A dataset with long work before run_prepare (vctk's download) says it first with
-  ``cli.warn_patch(recipe)`` and passes ``patch_checked=True``, so that it is said once.
+  corpus folder: file paths are recorded relative to it, and a training list with no file is refused as
+  "ROOT: no audio files found" (or "no such folder"). An output of the same recipe and files, from the
+  same ``root``, is kept unless ``force``. Files that cannot be used are skipped with a warning; a
+  training split with no patch at all is refused. A ``recipe.patch`` that is not a multiple of 256 (the
+  length every built-in network needs; 'afilm train' refuses another) is prepared, with one warning
+  naming the nearest valid lengths. A dataset with long work before run_prepare (vctk's download) says
+  it first with ``cli.warn_patch(recipe)`` and passes ``patch_checked=True``, so that it is said once.
 - Errors: raise ``afilm_cli.errors.AfilmError`` for a one-line message and exit status 2.
 '''  # ''' quotes: the example holds docstrings
 
@@ -203,12 +203,13 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
         warn_patch(recipe)
     plans = check_plans(plans, root)
     extra = {"split": split_info, "split_sources": split_fingerprint(plans, root)}
+    checked = {**extra} if root is None else {**extra, "source_root": str(Path(root).resolve())}
     if not any(plan.part == "val" for plan in plans):
         _stale_val(plans[0].out, force)
     results: list[SplitResult] = []
     todo: list[SplitPlan] = []
     for plan in plans:
-        if not force and existing_output_ok(plan.out, {**recipe.for_part(plan.part).attrs(), **extra}):
+        if not force and existing_output_ok(plan.out, {**recipe.for_part(plan.part).attrs(), **checked}):
             err.print(f"{escape(str(plan.out))} already exists with this recipe: skipped "
                       "(--force rebuilds it)", soft_wrap=True)
             results.append(_existing(plan))

@@ -312,6 +312,7 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
         with h5py.File(out, "r") as f:
             found = {k: _plain(f.attrs[k]) if k in f.attrs else ATTR_DEFAULTS.get(k) for k in CHECKED_ATTRS}
             listed = _plain(f.attrs["split_sources"]) if "split_sources" in f.attrs else None
+            source_root = _plain(f.attrs["source_root"]) if "source_root" in f.attrs else None
     except OSError as exc:
         if locked(exc):  # the file is fine: "not readable, --force to rebuild it" misled
             raise AfilmError(f"{out}: exists, and another process has it open for writing (HDF5 file "
@@ -325,6 +326,10 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
     if diff:
         raise AfilmError(f"{out} exists with a different recipe: {', '.join(diff)}; "
                          f"use --force to rebuild it or --out for another folder")
+    # another folder's files under the same names (two 'clips' folders into one --out) fingerprint alike
+    if source_root is not None and attrs.get("source_root") not in (None, source_root):
+        raise AfilmError(f"{out} was prepared from the files in {source_root}, not {attrs['source_root']}; "
+                         "use --force to rebuild it from these, or another --out to keep both")
     # outputs written before this attribute existed carry none: they are taken on their recipe alone
     if listed is not None and "split_sources" in attrs and listed != attrs["split_sources"]:
         raise AfilmError(f"{out} was prepared from another list of files (files added, removed or split "
