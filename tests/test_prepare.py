@@ -1073,3 +1073,17 @@ def test_another_folder_of_the_same_name_is_never_taken_for_the_one_prepared(vct
         assert pf._f.attrs["source_root"] == str(b)
     again = run_cli("prepare", "folder", "b/clips", "--out", "o", cwd=tmp_path)  # the same folder: kept
     assert again.returncode == 0 and "already exists with this recipe: skipped" in again.stderr
+
+
+def test_skipped_files_are_recorded_as_the_sources_are(vctk_mini, tmp_path):
+    """The 'skipped' attribute held each path as typed (relative to the shell's folder then, meaningless
+    from anywhere else), where 'sources' beside it is relative to the corpus folder."""
+    corpus = tmp_path / "corpus"
+    (corpus / "spk").mkdir(parents=True)
+    shutil.copy(vctk_mini / "wav48" / "p225" / "p225_001.wav", corpus / "spk" / "a.wav")
+    (corpus / "spk" / "b.wav").write_bytes(b"not audio")
+    proc = run_cli("prepare", "folder", "corpus", "--val-fraction", "0", "--out", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "out" / "corpus-r4-decimate-train.h5", "r") as f:
+        assert json.loads(f.attrs["sources"]) == ["spk/a.wav"]
+        assert json.loads(f.attrs["skipped"]) == ["spk/b.wav"]

@@ -282,7 +282,7 @@ def prepare_split(plan: SplitPlan, recipe: Recipe, *, root: Path | None = None,
             else:
                 writer.finish(recipe.multiple)
             writer.attrs["sources"] = used
-            writer.attrs["skipped"] = [f for f, _ in result.skipped]
+            writer.attrs["skipped"] = [_rel(Path(f), root) for f, _ in result.skipped]  # as "sources"
             result.patches = writer.count
     except _NoPatches:
         result.status = "empty"
