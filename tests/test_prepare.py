@@ -1087,3 +1087,14 @@ def test_skipped_files_are_recorded_as_the_sources_are(vctk_mini, tmp_path):
     with h5py.File(tmp_path / "out" / "corpus-r4-decimate-train.h5", "r") as f:
         assert json.loads(f.attrs["sources"]) == ["spk/a.wav"]
         assert json.loads(f.attrs["skipped"]) == ["spk/b.wav"]
+
+
+def test_a_folder_in_the_place_of_an_output_is_said_to_be_one(vctk_mini, tmp_path):
+    """It was called 'not a readable HDF5 file; use --force to rebuild it', and --force then failed."""
+    out = tmp_path / "out"
+    (out / "vctk-single-r4-decimate-train.h5").mkdir(parents=True)
+    for extra in ((), ("--force",)):
+        proc = run_cli("prepare", "vctk", "--root", str(vctk_mini), "--out", str(out), *extra, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        last = proc.stderr.splitlines()[-1]
+        assert "vctk-single-r4-decimate-train.h5" in last and "folder" in last and "use --force" not in last

@@ -308,6 +308,9 @@ def existing_output_ok(out: Path, attrs: dict[str, Any]) -> bool:
     """
     if not out.exists():
         return False
+    if out.is_dir():  # "not readable, --force to rebuild it" misled: --force cannot write over a folder
+        raise AfilmError(f"{out}: is a folder, where this run writes its output; move it away or use another "
+                         "--out")
     try:
         with h5py.File(out, "r") as f:
             found = {k: _plain(f.attrs[k]) if k in f.attrs else ATTR_DEFAULTS.get(k) for k in CHECKED_ATTRS}
