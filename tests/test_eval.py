@@ -888,6 +888,45 @@ def _eval_cli(*args, check: bool = True) -> subprocess.CompletedProcess:
     return res
 
 
+# the real CLI, stopped by a Ctrl-C as the results are written (the PNGs are done by then)
+CTRL_C_AT_RESULTS = ("import afilm_cli.evaluate as ev\n"
+                     "def stop(*args, **kwargs):\n    raise KeyboardInterrupt\n"
+                     "ev.write_results = stop\n"
+                     "from afilm_cli.entry import run\nrun()\n")
+
+
+def test_cli_eval_stopped_before_its_results_leaves_no_folder_or_png_it_made(ckpts, wavs, tmp_path):
+    """Ctrl-C part-way left the --out folder it had made (empty) and the PNGs written so far, so the
+    rerun was refused ('png/p225__p225_001.png exists; pass --force'); a --plots folder that could not be
+    made left the --out folder made just before. Now what the run made goes; what was there stays."""
+    base = ["eval", "--ckpt", str(ckpts["spline"]), "--wavs", str(wavs), "--device", "cpu"]
+
+    def run(*args, stop=True):
+        code = ["-c", CTRL_C_AT_RESULTS] if stop else ["-m", "afilm_cli"]
+        return subprocess.run([sys.executable, *code, *base, *args], capture_output=True, text=True,
+                              timeout=180, cwd=tmp_path)
+
+    stopped = run("--out", "res/deep", "--plots", "png")
+    said = stopped.stderr.splitlines()
+    assert stopped.returncode == 130 and said[-1] == "afilm: interrupted", said
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    done = run("--out", "res/deep", "--plots", "png", stop=False)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert names == ["p225__p225_001.png", "p226__p226_002.png"]
+    # folders that were there, and a file of the user's in one: kept as they were
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.png").write_bytes(PNG_MAGIC)
+    (tmp_path / "empty").mkdir()
+    assert run("--out", "empty", "--plots", "mine").returncode == 130
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["photo.png"] and (tmp_path / "empty").is_dir()
+    # a --plots folder that cannot be made: the --out folder made before it goes too
+    (tmp_path / "afile").write_text("")
+    refused = run("--out", "new", "--plots", "afile/png", stop=False)
+    assert refused.returncode == 2 and "cannot create folder afile/png: afile is a file" in refused.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_cli_eval_max_plots_0_makes_no_plots_folder(ckpts, wavs, tmp_path):
     """--plots DIR --max-plots 0 made DIR, left empty: no PNG is asked for, so no folder is made (the
     count is a cap like any other, so 0 is not refused), and the closing line says why there is none."""

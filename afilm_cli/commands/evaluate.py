@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -177,34 +178,51 @@ def command(
     err = Console(stderr=True)
     dev = infer.resolve_device(device)
     loaded = infer.load_model(ckpt, dev)
+    # the folders this run makes and the PNGs it writes where none was, removed where it stops before its
+    # results (Ctrl-C, an error): they were left, and a rerun was refused for a PNG of the one stopped
+    made: list[Path] = []
+    new_pngs: list[Path] = []
+
     def before_work(paths: list[Path]) -> None:
         # the PNGs this run will write, named once the inputs are checked: kept as metrics.csv is
         existing = next((p for p in paths if p.exists()), None)
         if existing is not None and not force:
             raise AfilmError(f"{existing} exists; pass --force to overwrite or --plots for another folder")
+        new_pngs.extend(p for p in paths if not p.exists())
         # the folders made (or refused) before the work, not at its end, and not for a run refused above
-        make_output_dir(out)
-        if plots is not None:
-            make_output_dir(plots)
+        for folder in (out, plots) if plots is not None else (out,):
+            made.extend(reversed([p for p in (folder, *folder.parents) if not p.exists()]))
+            make_output_dir(folder)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line,
     # which stood above every error raised inside it and above the lines below
-    with Progress(*columns, console=err, transient=True, disable=not err.is_interactive) as bar:
-        task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
-        kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots, max_plots=max_plots,
-                      progress=lambda n: bar.advance(task, n), total=lambda n: bar.update(task, total=n),
-                      threads=n_threads, outputs=before_work)
+    try:
+        with Progress(*columns, console=err, transient=True, disable=not err.is_interactive) as bar:
+            task = bar.add_task("evaluating", total=None)  # set once the files are checked and counted
+            kwargs = dict(batch_size=batch_size, device=dev, limit=limit, plots_dir=plots,
+                          max_plots=max_plots, progress=lambda n: bar.advance(task, n),
+                          total=lambda n: bar.update(task, total=n), threads=n_threads, outputs=before_work)
 
-        def warn(message: str) -> None:
-            err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
+            def warn(message: str) -> None:
+                err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
 
-        if data is not None:
-            result = evaluate.evaluate_h5(loaded, data, **kwargs, warn=warn)
-        else:
-            result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn,
-                                            match_level=not no_match_level)
-    csv_path, json_path = evaluate.write_results(result, out, force=force)
+            if data is not None:
+                result = evaluate.evaluate_h5(loaded, data, **kwargs, warn=warn)
+            else:
+                result = evaluate.evaluate_wavs(loaded, wavs, degrade=degrade, **kwargs, warn=warn,
+                                                match_level=not no_match_level)
+        csv_path, json_path = evaluate.write_results(result, out, force=force)
+    except BaseException:  # Ctrl-C or an error before the results: the PNGs and folders it made go
+        from afilm_cli.plots import written_here
+
+        for png in new_pngs:
+            if written_here(png):
+                png.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # where left empty
+        raise
     stale = []
     if force and plots is not None:  # the plots of an earlier run no longer mixed with this one's
         from afilm_cli.plots import remove_stale
