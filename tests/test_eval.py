@@ -376,6 +376,21 @@ def test_wavs_with_another_degradation(ckpts, wavs):
         evaluate.evaluate_wavs(loaded, wavs, degrade="decimate+resample")
 
 
+def test_wavs_default_degradation_is_the_recipes_first_method_as_help_says(wavs, tmp_path):
+    """A checkpoint trained on decimate+resample (afilm_speech_r4) is scored on decimate input alone
+    without --degrade; --help said 'instead of the checkpoint's recipe', as if both were used."""
+    ckpt = save_checkpoint(tmp_path / "both.pt", make_checkpoint(create_model("spline"),
+                                                                 {**RECIPE, "degrade": "decimate+resample"}))
+    result = evaluate.evaluate_wavs(infer.load_model(ckpt), wavs, limit=1)
+    assert result.protocol["degrade"] == "decimate"
+    assert result.protocol["checkpoint_degrade"] == "decimate+resample"
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "eval", "--help"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    said = " ".join(out.stdout.replace("│", "").split())
+    assert ("instead of the checkpoint's recipe's (its first method where it joins several: decimate for "
+            "afilm_speech_r4's decimate+resample)") in said
+
+
 def test_wavs_folder_of_links_to_speaker_folders(ckpts, wavs, tmp_path):
     for speaker in ("p225", "p226"):
         (tmp_path / speaker).symlink_to(wavs / speaker, target_is_directory=True)

@@ -134,7 +134,8 @@ def command(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N items.")] = None,
     degrade: Annotated[str | None, typer.Option(
         "--degrade", metavar="METHOD", help="With --wavs: make the low-rate input by decimate, resample or "
-        "subsample (see 'afilm prepare folder --help') instead of the checkpoint's recipe: how the model "
+        "subsample (see 'afilm prepare folder --help') instead of the checkpoint's recipe's (its first "
+        "method where it joins several: decimate for afilm_speech_r4's decimate+resample): how the model "
         "copes with input low-passed another way.")] = None,
     batch_size: BatchSize = 16,
     device: Device = "auto",
