@@ -328,11 +328,9 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         cfg = dataclasses.replace(cfg, precision="fp32")
     run = Run(cfg, out, rank == 0, raw_model, optimizer, recipe, device,
               patches=patches_record("train", train_pf) | patches_record("val", val_pf),
-              input_level_dbfs=round(level, 2) if math.isfinite(level) else None)
+              input_level_dbfs=round(level, 2) if math.isfinite(level) else None, replacing=replaced)
     if run.master:
-        run.make_folder()  # before the other run's files go: a folder that cannot be written keeps them
-        for path in replaced:  # --force: the other run goes only now, with the new one known to be valid
-            path.unlink()
+        run.make_folder()  # a folder that cannot be written is said before the first step
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
                   resumed=ckpt and {**ckpt, "epoch_step": state[1]}, threads=threads,
                   in_memory=train_pf.in_memory)
@@ -352,7 +350,10 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         for note in (rng_note, init_note):
             if note:
                 run.warn(note)
-    return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
+    try:
+        return _loop(cfg, run, (model, eval_model), loader, val_loader, state, device, on_step)
+    finally:
+        run.abandon()  # --force: a run that saved nothing leaves the run it was to replace as it was
 
 
 def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
@@ -455,6 +456,8 @@ def _refuse_unused_model_args(model: torch.nn.Module, model_args: dict[str, Any]
 
 def _kept(run) -> str:
     """What a run stopped by a non-finite loss or weights leaves that is still good."""
+    if run.replacing:  # --force: nothing saved yet, and the run it was to replace is still there
+        return f"nothing was saved, and the earlier run in {run.out} is kept as it was"
     if not run.last_path().exists():
         return f"nothing was saved in {run.out}"
     best = run.best_path()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ class Run:
     """What rank 0 does beside the maths: printing, the JSONL log, the progress bar, checkpoints."""
 
     def __init__(self, cfg, out, master, raw_model, optimizer, recipe, device, patches=None,
-                 input_level_dbfs=None):
+                 input_level_dbfs=None, replacing=()):
         from rich.console import Console
 
         self.cfg, self.out, self.master = cfg, out, master
@@ -48,6 +49,10 @@ class Run:
         self.patches = patches or {}
         self.input_level_dbfs = input_level_dbfs  # the training data's RMS level (afilm_cli/level.py)
         self.raw_model, self.optimizer, self.recipe, self.device = raw_model, optimizer, recipe, device
+        # --force over another run: its files (train_setup.run_dir) stay until this run's first checkpoint
+        # replaces them (save), and this run logs to log.jsonl.new until then, so that a run that fails
+        # before it leaves the other as it was (abandon); never a log of two runs
+        self.replacing = list(replacing)
         # no markup: the lines hold paths and messages, where '[x]' is text (warn() marks up its label)
         self.console = Console(highlight=False, soft_wrap=True, markup=False)
 
@@ -58,6 +63,17 @@ class Run:
             self.out = claim_new_folder(self.out)
         else:
             make_output_dir(self.out)
+        if self.replacing:
+            self._log_path().unlink(missing_ok=True)  # of an earlier attempt that was killed
+
+    def _log_path(self) -> Path:
+        return self.out / ("log.jsonl.new" if self.replacing else "log.jsonl")
+
+    def abandon(self) -> None:
+        """The run ends: one that saved no checkpoint over another run's files leaves them as they were
+        (its own log, log.jsonl.new, goes; what went wrong was said)."""
+        if self.master and self.replacing:
+            self._log_path().unlink(missing_ok=True)
 
     def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False
               ) -> None:
@@ -97,7 +113,7 @@ class Run:
 
     def log(self, **record) -> None:
         if self.master:
-            with open(self.out / "log.jsonl", "a") as f:
+            with open(self._log_path(), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
     def summary(self, m: dict[str, Any], is_best: bool) -> None:
@@ -133,6 +149,12 @@ class Run:
                 save_checkpoint(self.out / "best.pt", ckpt)
             if interrupted:
                 self.log(type="interrupted", epoch=epoch, epoch_step=epoch_step, step=step)
+            if self.replacing:  # the first checkpoint: the other run's files this one did not write go
+                if not is_best:
+                    (self.out / "best.pt").unlink(missing_ok=True)
+                new_log = self._log_path()
+                self.replacing = []
+                os.replace(new_log, self._log_path())
         return self.last_path()
 
     def progress(self) -> EpochBar:

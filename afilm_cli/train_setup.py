@@ -306,10 +306,10 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[Path, list[Path]]:
-    """The run folder and the files of another run in it that --force replaces (removed by the caller
-    once every check has passed, not here); refuses a folder that holds another run unless --force,
-    and a resume in place from a checkpoint other than the folder's last.pt (it would overwrite the
-    run's later steps) unless --force."""
+    """The run folder and the files of another run in it that --force replaces (not here: they stay
+    until the new run saves its first checkpoint, train_run.Run.save); refuses a folder that holds
+    another run unless --force, and a resume in place from a checkpoint other than the folder's last.pt
+    (it would overwrite the run's later steps) unless --force."""
     if cfg.out:
         out = Path(cfg.out)
     elif ckpt is not None:

@@ -1314,3 +1314,40 @@ def test_a_resumed_run_validates_on_the_patches_it_validated_on(data, tmp_path):
     with pytest.raises(AfilmError, match=r"old.pt was trained without validation"):
         train(resume_config(str(solo.out / "old.pt"), epochs=3, val=str(other),
                             out=str(tmp_path / "old-solo")))
+
+
+def test_force_keeps_the_replaced_run_until_the_new_one_saves(data, tmp_path):
+    """--force deleted the run already in --out before the new run had saved anything: a new run that
+    failed at its first step (NaN patches, a double Ctrl-C) left the folder with a log alone."""
+    old = train(_cfg(data, tmp_path, epochs=1))
+    before = {p.name: p.read_bytes() for p in old.out.iterdir()}
+    assert set(before) == {"last.pt", "best.pt", "log.jsonl"}
+    d, l = (a.copy() for a in data["arrays"])
+    d[5, 100] = np.nan
+    bad = _write(tmp_path / "nan-train.h5", d, l)
+    p = _afilm("train", "--model", "afilm_tiny", "--train", str(bad), "--val", str(data["val"]), "--out",
+               "run", "--force", "--batch-size", "24", "--device", "cpu", "--no-progress", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.endswith("nothing was saved, and the earlier run in run is kept as it was\n")
+    assert {p.name: p.read_bytes() for p in old.out.iterdir()} == before  # and no log.jsonl.new left
+
+    def second_ctrl_c(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(data, tmp_path, epochs=1, force=True, seed=1), on_step=second_ctrl_c)
+    assert {p.name: p.read_bytes() for p in old.out.iterdir()} == before
+    # the first checkpoint replaces the old run: its best.pt goes (an interrupted save is no best) and
+    # the new log, written aside until then, takes the old one's place
+    before_signal = signal.getsignal(signal.SIGINT)
+    cut = train(_cfg(data, tmp_path, epochs=1, force=True, seed=1),
+                on_step=lambda step: os.kill(os.getpid(), signal.SIGINT))
+    assert signal.getsignal(signal.SIGINT) is before_signal
+    assert cut.interrupted and sorted(p.name for p in cut.out.iterdir()) == ["last.pt", "log.jsonl"]
+    assert load_checkpoint(cut.last)["step"] == 1 and load_checkpoint(cut.last)["train_config"]["seed"] == 1
+    assert [r["type"] for r in _log(cut.out)] == ["start", "step", "interrupted"]
+    p = subprocess.run([sys.executable, "-m", "afilm_cli", "train", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "400"})  # each option's help on one line
+    line = next(s for s in p.stdout.splitlines() if "--force" in s)
+    assert "Its files stay until this run saves its first checkpoint" in " ".join(line.split())

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from afilm_cli.commands.options import DEGRADE_METAVAR, DEGRADE_SPEC, Device, Force, Seed, Threads
+from afilm_cli.commands.options import DEGRADE_METAVAR, DEGRADE_SPEC, Device, Seed, Threads
 from afilm_cli.errors import AfilmError
 
 Opt = typer.Option
@@ -82,7 +82,9 @@ def command(
     log_every: Annotated[int, Opt("--log-every", min=1, help="A JSONL step line every N steps.")] = 50,
     no_progress: Annotated[bool, Opt("--no-progress", help="No progress bar (nor, where the output is "
                                      "not a terminal, the plain progress line).")] = False,
-    force: Force = False,
+    force: Annotated[bool, Opt("--force", "-f", help="Replace the run already in --out. Its files stay "
+                               "until this run saves its first checkpoint (then those it does not write "
+                               "go), so a run that fails before that leaves it as it was.")] = False,
 ) -> None:
     """Train a model on HDF5 patches: MSE, Adam, checkpoints every epoch, exact --resume.
 
