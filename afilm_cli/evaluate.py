@@ -280,16 +280,17 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
         silent = silent_patches(pf, n)
         n_silent = int(silent.sum())
         if n_silent == n:
-            raise AfilmError(f"{pf.path}: every one of the {n} patches evaluated is silent (label all zero); "
-                             "nothing to evaluate")
+            which = "the one patch evaluated is" if n == 1 else f"every one of the {n} patches evaluated is"
+            raise AfilmError(f"{pf.path}: {which} silent (label all zero); nothing to evaluate")
         plotted = np.flatnonzero(~silent)[:max_plots] if plots_dir is not None else []
         if outputs:
             outputs([plots_dir / f"patch_{i:06d}.png" for i in plotted] if plots_dir is not None else [])
         if note and warn:  # said once no error can follow before the work
             warn(note)
         if n_silent:
-            (warn or print_warning)(f"{pf.path}: {n_silent} of {n} patches are silent (label all zero): "
-                                    "skipped, since their SNR would swamp the means")
+            are, their = ("is", "its") if n_silent == 1 else ("are", "their")
+            (warn or print_warning)(f"{pf.path}: {n_silent} of {n} patches {are} silent (label all zero): "
+                                    f"skipped, since {their} SNR would swamp the means")
         if total:
             total(n - n_silent)
         rows, plots = [], []
@@ -449,8 +450,11 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
                                            if s["reason"] in (SILENT, CANCELLED) else "")
         (warn or print_warning)(f"{folder / s['item']}: {why}")
     if multichannel:  # said once: a folder of stereo files would otherwise warn per file
-        (warn or print_warning)(f"{folder}: {multichannel} of the {len(usable)} files have several channels; "
-                                "each is scored as the mean of its channels (mono)")
+        which = ("its one file has" if len(usable) == 1 else  # "1 of the 1 files have"
+                 f"{multichannel} of the {len(usable)} files {'has' if multichannel == 1 else 'have'}")
+        each = "it" if multichannel == 1 else "each"
+        (warn or print_warning)(f"{folder}: {which} several channels; {each} is scored as the mean of its "
+                                "channels (mono)")
     if total:
         total(sum(n for _, n in usable))
     rows, plots = [], []
@@ -482,8 +486,9 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
             title = name if whole else f"{name} (first {PLOT_SECONDS:g} s)"
             plots.append(_plot(plots_dir / plotted[name], lr, pred, hr, loaded, title))
     if not rows:  # every usable file failed when its turn came: no summary of nothing
-        raise AfilmError(f"{folder}: none of the {len(usable)} usable files could be read when evaluated; "
-                         "see the warnings above")
+        which = ("the one usable file could not" if len(usable) == 1 else
+                 f"none of the {len(usable)} usable files could")
+        raise AfilmError(f"{folder}: {which} be read when evaluated; see the warnings above")
     plan = window_plan_for(loaded, 1 << 30, window)
     source = {"data": str(folder), "data_kind": "wavs", "n_items": len(rows),
               # skipped_silent: the names alone, as before `skipped` (every file left out, with why)

@@ -444,7 +444,7 @@ def test_stereo_files_are_said_mixed_and_cancelling_channels_are_not_called_zero
     assert result.protocol["skipped_silent"] == ["anti.wav"]
     assert warnings == [f"{folder / 'anti.wav'}: silent once its channels are mixed to mono (they cancel): "
                         "skipped, since its SNR would swamp the means",
-                        f"{folder}: 1 of the 2 files have several channels; each is scored as the mean of "
+                        f"{folder}: 1 of the 2 files has several channels; it is scored as the mean of "
                         "its channels (mono)"]
     rows = {row["item"]: row for row in result.rows}
     assert rows["both.wav"]["spline_snr"] == pytest.approx(rows["mono.wav"]["spline_snr"], abs=1e-3)
@@ -637,6 +637,41 @@ def test_h5_silent_patches_are_skipped_once_said_and_left_out_of_every_total(ckp
     only = _with_silent_patches(h5, tmp_path / "tmp.h5", [0, 0, 0])
     with pytest.raises(AfilmError, match="every one of the 3 patches evaluated is silent"):
         evaluate.evaluate_h5(lo, only, limit=3)
+
+
+def test_a_count_of_one_is_said_in_the_singular(ckpts, h5, vctk_mini, tmp_path, monkeypatch):
+    """'1 of the 1 files have several channels; each is scored', '1 of 5 patches are silent', 'every one
+    of the 1 patches evaluated is silent', 'none of the 1 usable files could be read'."""
+    lo = infer.load_model(ckpts["spline"])
+    x, sr = read_audio(vctk_mini / "wav48" / "p225" / "p225_001.wav", mono=True)
+    folder = tmp_path / "st"
+    folder.mkdir()
+    sf.write(folder / "both.wav", np.stack([x, 0.5 * x], 1), sr)
+    warnings = []
+    evaluate.evaluate_wavs(lo, folder, warn=warnings.append)
+    assert warnings == [f"{folder}: its one file has several channels; it is scored as the mean of its "
+                        "channels (mono)"]
+    sf.write(folder / "mono.wav", x, sr)
+    sf.write(folder / "b2.wav", np.stack([x, 0.5 * x], 1), sr)
+    evaluate.evaluate_wavs(lo, folder, warn=warnings.append)
+    assert warnings[-1] == (f"{folder}: 2 of the 3 files have several channels; each is scored as the mean "
+                            "of its channels (mono)")
+    with PatchFile(h5) as pf:
+        n = len(pf)
+    one = _with_silent_patches(h5, tmp_path / "one.h5", [0])
+    evaluate.evaluate_h5(lo, one, warn=warnings.append)
+    assert warnings[-1] == (f"{one}: 1 of {n + 1} patches is silent (label all zero): skipped, since its SNR "
+                            "would swamp the means")
+    with pytest.raises(AfilmError, match=r"the one patch evaluated is silent \(label all zero\); nothing"):
+        evaluate.evaluate_h5(lo, one, limit=1)
+
+    def spoilt(path, *args, **kwargs):
+        raise AfilmError(f"{path}: spoilt since the check")
+
+    monkeypatch.setattr(evaluate, "_score_wav", spoilt)
+    said = f"^{re.escape(str(folder))}: the one usable file could not be read when evaluated"
+    with pytest.raises(AfilmError, match=said):
+        evaluate.evaluate_wavs(lo, folder, limit=1, warn=warnings.append)
 
 
 def test_a_file_spoilt_after_the_check_costs_its_row_not_the_run(ckpts, wavs, tmp_path):
