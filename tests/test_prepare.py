@@ -386,6 +386,34 @@ def test_folder_by_subfolder_librispeech(libri_mini, tmp_path):
         np.testing.assert_allclose(f["data"][0, :, 0], up[:8192], atol=2e-5)
 
 
+def test_by_subfolder_never_holds_out_the_files_directly_in_the_folder(tmp_path, libri_mini):
+    """--by-subfolder holds out speakers: files directly in the folder have none known, so they train;
+    they were one group, '.', held out whole for some seeds. A folder with no subfolders says so."""
+    root = tmp_path / "corpus"
+    for spk in ("a", "b", "c"):
+        (root / spk).mkdir(parents=True)
+        for k in range(2):
+            (root / spk / f"{spk}{k}.wav").touch()  # listing only: no recipe, nothing is read
+    for k in range(3):
+        (root / f"loose{k}.wav").touch()
+    held = set()
+    for seed in range(12):
+        train, val, _ = folder_splits(root, val_fraction=0.5, by_subfolder=True, seed=seed)
+        assert val and not any(p.parent == root for p, _ in val), (seed, val)
+        assert sum(p.parent == root for p, _ in train) == 3
+        held |= {p.parent.name for p, _ in val}
+    assert held == {"a", "b", "c"}
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k, src in enumerate(sorted((libri_mini / "test-other").rglob("*.flac"))[:2]):
+        shutil.copy(src, flat / f"{k}.flac")
+    out = subprocess.run([sys.executable, "-m", "afilm_cli", "prepare", "folder", flat, "--by-subfolder",
+                          "--val-fraction", "0.5", "--r", "2", "--multiple", "1", "--out", tmp_path / "o"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "--by-subfolder: the folder has no subfolders of audio" in out.stderr, out.stderr
+
+
 def test_folder_with_two_degradations_writes_each_file_both_ways(vctk_mini, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -2,7 +2,8 @@
 
 The same recipe as VCTK (afilm_cli/data/recipe.py); the validation set is, in order of precedence,
 a separate folder (``--val-dir``), whole top-level subfolders (``--by-subfolder``: one subfolder =
-one speaker, so no speaker is in both sets), or files, picked deterministically by ``--seed`` for
+one speaker, so no speaker is in both sets; files directly in the folder, of no known speaker, always
+train), or files, picked deterministically by ``--seed`` for
 ``--val-fraction`` (default 0.1; 0 writes only the training file). Outputs are named after the
 folder: ``<out>/<name>-r<r>-<degrade>-{train,val}.h5``.
 """
@@ -71,7 +72,8 @@ def folder_splits(root: str | os.PathLike, *, val_fraction: float = 0.1, by_subf
     if by_subfolder:
         members: dict[str, list[Path]] = {}  # a subfolder of unusable files holds none
         for p in candidates:
-            members.setdefault(_top(p, root), []).append(p)
+            if _top(p, root) != ".":  # files directly in root: their speaker is unknown, they train
+                members.setdefault(_top(p, root), []).append(p)
         groups = sorted(members)
         # a subfolder is usable when one of its files is (read until one is): silent files pass the header
         usable_group = (lambda g: any(usable(p) for p in members[g])) if usable else None
@@ -120,7 +122,8 @@ def prepare_folder(root: str | os.PathLike, recipe: Recipe, *, name: str | None 
     else:
         why = f"--val-fraction {val_fraction}"
         if by_subfolder:
-            why += " of the subfolders picked none"
+            why += " of the subfolders picked none" if any(_top(p, root) != "." for p, _ in train) else (
+                " with --by-subfolder: the folder has no subfolders of audio")
         elif val_fraction > 0:  # a file the recipe cannot use never takes a validation place
             why += ": fewer than 2 usable files"
         cli.warn(f"no validation files ({why}): writing {paths['train'].name} only")
@@ -141,7 +144,8 @@ def folder(
     speed: cli.Speed = "1",
     val_fraction: cli.ValFraction = None,
     by_subfolder: Annotated[bool, typer.Option("--by-subfolder", help="Hold out whole top-level "
-                            "subfolders (speakers) instead of files.")] = False,
+                            "subfolders (speakers) instead of files; files directly in the folder "
+                            "always train.")] = False,
     val_dir: Annotated[Path | None, typer.Option("--val-dir", help="Use this folder as the validation "
                        "set (instead of --val-fraction or --by-subfolder).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Output name prefix, no '/' (default: the "
