@@ -564,8 +564,9 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike
                    window: int | None = None, device: str | torch.device | None = None,
                    warn: Callable[[str], None] | None = None, **speed: Any) -> np.ndarray:
     """Real low-rate audio in memory -> the prediction at ``loaded.sr``, as :func:`upsample_file` makes
-    it: ``x`` of shape (frames,) or (frames, channels) at ``sr_in`` Hz in (float, or integer PCM scaled
-    as soundfile does), float32 of the same shape with round(frames * loaded.sr / sr_in) frames out.
+    it: ``x`` of shape (frames,) or (frames, channels) at ``sr_in`` Hz in (float, or int16 / int32 PCM
+    scaled as soundfile does; int64, numpy's default integer, is refused), float32 of the same shape
+    with round(frames * loaded.sr / sr_in) frames out.
     ``loaded``: see :func:`as_loaded`. ``device``: default, the one the model was loaded on (the CPU
     for a name or path). ``speed``: see :func:`model_windows`."""
     x = np.asarray(x)
@@ -577,6 +578,10 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike
         raise AfilmError(f"sample rate must be a positive integer, not {sr_in!r}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise AfilmError("audio holds NaN or infinite samples")
+    if x.dtype == np.int64:  # numpy's default integer (np.array of a list of ints), not a PCM format
+        raise AfilmError("int64 audio is ambiguous (no PCM format has 64-bit samples; an array of "
+                         "16-bit samples made from Python ints is int64): pass int16 or int32 PCM, as "
+                         "soundfile reads it, or float (x / 32768 for 16-bit samples)")
     if x.dtype.kind == "i":  # integer PCM, as soundfile reads it with dtype='int16' / 'int32'
         x = x / float(2 ** (8 * x.dtype.itemsize - 1))
     loaded, device = placed(loaded, device)

@@ -1226,3 +1226,16 @@ def test_a_model_loaded_on_cuda_upsamples_files_there(tmp_path, ckpts):
     infer.upsample_file(src, tmp_path / "gpu.wav", on_cuda)
     infer.upsample_file(src, tmp_path / "cpu.wav", on_cpu)
     np.testing.assert_allclose(sf.read(tmp_path / "gpu.wav")[0], sf.read(tmp_path / "cpu.wav")[0], atol=1e-4)
+
+
+def test_upsample_array_refuses_int64_audio(ckpts):
+    """An int64 array (numpy's default integer: np.array of a list of 16-bit sample values) was scaled
+    as 64-bit PCM, by 2**63: speech came out as the model's output for silence, without a word."""
+    lo = loaded(ckpts, "spline")
+    pcm = np.round(np.random.default_rng(5).standard_normal(4000) * 3000).astype(np.int16)
+    with pytest.raises(AfilmError, match="int64 audio is ambiguous.*pass int16 or int32 PCM"):
+        infer.upsample_array(pcm.astype(np.int64), 4000, lo)
+    with pytest.raises(AfilmError, match="int64"):
+        infer.upsample_array([int(v) for v in pcm], 4000, lo)
+    np.testing.assert_allclose(infer.upsample_array(pcm.astype(np.int32) << 16, 4000, lo),
+                               infer.upsample_array(pcm, 4000, lo), atol=1e-7)
