@@ -271,7 +271,8 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
     ``match_level``, each channel goes through the model at the level of the model's training data and
-    comes back at its own (level.py; models that record no level run as they are)."""
+    comes back at its own (level.py; models that record no level run as they are). The model runs
+    in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
     try:  # a model may refuse lengths beyond its multiple (the windows are multiples of it)
@@ -281,6 +282,7 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
                          f"(upsample --window sets them): {exc}") from None
     device = torch.device(device)
     model = loaded.model
+    training = model.training  # it runs in eval mode, and is left in the mode it was given in
     fixed = compile
     if compile:
         if loaded.compiled is None:
@@ -300,7 +302,17 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
             stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
     blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
                          precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
-    return blocks if gains is None else unscaled(blocks, gains)
+    blocks = blocks if gains is None else unscaled(blocks, gains)
+    return _training_after(blocks, loaded.model) if training else blocks
+
+
+def _training_after(blocks: Iterator[np.ndarray], model: torch.nn.Module) -> Iterator[np.ndarray]:
+    """``blocks``, then ``model`` back in training mode (run_windows, CUDA graphs and compile put it
+    in eval mode): a model being fine-tuned goes on training with its dropout."""
+    try:
+        yield from blocks
+    finally:
+        model.train()
 
 
 def predict(loaded: Loaded, spline: Stage, length: int, *, batch_size: int = 16, window: int | None = None,

@@ -1239,3 +1239,20 @@ def test_upsample_array_refuses_int64_audio(ckpts):
         infer.upsample_array([int(v) for v in pcm], 4000, lo)
     np.testing.assert_allclose(infer.upsample_array(pcm.astype(np.int32) << 16, 4000, lo),
                                infer.upsample_array(pcm, 4000, lo), atol=1e-7)
+
+
+def test_a_model_in_training_mode_is_run_in_eval_mode_and_left_training(tmp_path, ckpts):
+    """A model being fine-tuned (``loaded.model.train()``) and upsampled on the way was left in eval
+    mode, so training went on without its dropout; it runs in eval mode (deterministic) and goes back."""
+    lo = loaded(ckpts, "afilm_tiny")
+    x = np.random.default_rng(6).standard_normal(4000).astype(np.float32) * 0.1
+    expected = infer.upsample_array(x, 4000, lo, threads=1)
+    lo.model.train()
+    np.testing.assert_array_equal(infer.upsample_array(x, 4000, lo, threads=1), expected)
+    assert lo.model.training and all(m.training for m in lo.model.modules())
+    infer.upsample_file(write(tmp_path / "in.wav", x, 4000), tmp_path / "out.wav", lo, threads=1)
+    infer.simulate_file(write(tmp_path / "hr.wav", x, 16000), tmp_path / "sim", lo, threads=1)
+    assert lo.model.training
+    lo.model.eval()
+    infer.upsample_array(x, 4000, lo, threads=1)
+    assert not lo.model.training
