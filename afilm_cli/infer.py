@@ -72,6 +72,28 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise AfilmError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
 
 
+def api_device(device: str | int | torch.device) -> torch.device:
+    """The ``device`` argument of the Python API (a torch.device, a name as torch takes it, or 'auto'
+    as :func:`resolve_device` takes it): one AfilmError line naming it as passed where it is no device
+    or a CUDA device this machine lacks (torch raised an AssertionError, 'Torch not compiled with CUDA
+    enabled', or a RuntimeError listing every device type it knows)."""
+    if isinstance(device, str) and device == "auto":
+        return resolve_device(device)
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise AfilmError(f"device {device!r} is not a device: pass 'cpu', 'cuda', 'cuda:N' or 'auto'"
+                         ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AfilmError(f"device {device!r}: no CUDA device is available (pass device='cpu')")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise AfilmError(f"device {device!r}: this machine has {count} CUDA device"
+                             f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    return dev
+
+
 def default_checkpoint(sr_in: int | None = None) -> Path:
     """The newest runs/*/best.pt under the current folder, else the bundled pretrained model: the one
     made for real input at ``sr_in`` Hz where given (pretrained.for_input_rate), else the default."""
@@ -134,6 +156,7 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from afilm_cli.pretrained import checkpoint_path
 
+    device = api_device(device)  # a device this machine lacks is said without the file's name
     path = default_checkpoint() if path is None else checkpoint_path(path)
     ckpt = load_checkpoint(path)
     recipe = dict(ckpt["recipe"])
@@ -565,6 +588,8 @@ def placed(loaded: Loaded | str | os.PathLike, device: str | torch.device | None
     """``loaded`` (see :func:`as_loaded`) and the device to run it on: ``device``, or where None, the
     one the model was loaded on (the CPU for a name or path), so that a model loaded on CUDA is run
     there without naming the device again."""
+    if device is not None:
+        device = api_device(device)
     loaded = as_loaded(loaded, "cpu" if device is None else device)
     if device is None:
         tensors = [*loaded.model.parameters(), *loaded.model.buffers()]

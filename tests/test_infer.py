@@ -1256,3 +1256,30 @@ def test_a_model_in_training_mode_is_run_in_eval_mode_and_left_training(tmp_path
     lo.model.eval()
     infer.upsample_array(x, 4000, lo, threads=1)
     assert not lo.model.training
+
+
+def test_a_device_this_machine_lacks_is_one_line_naming_the_argument(ckpts, monkeypatch):
+    """load_model(device='cuda') without CUDA raised torch's AssertionError ('Torch not compiled with
+    CUDA enabled'), upsample_array(device='cuda') that after a 'CUDA graph capture failed' warning, and a
+    misspelt device torch's RuntimeError listing its twenty device types; the CLI's --device wording is
+    for the CLI."""
+    from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    lo = loaded(ckpts, "afilm_tiny")
+    x = np.zeros(4000, np.float32)
+    calls = [lambda d: infer.load_model(ckpts["afilm_tiny"], device=d),
+             lambda d: model_from_checkpoint(load_checkpoint(ckpts["afilm_tiny"]), d),
+             lambda d: infer.upsample_array(x, 4000, lo, device=d),
+             lambda d: infer.upsample_array(x, 4000, ckpts["afilm_tiny"], device=d)]
+    for call in calls:
+        for device, match in [("cuda", r"^device 'cuda': no CUDA device is available \(pass device='cpu'\)$"),
+                              (torch.device("cuda:1"), "no CUDA device is available"),
+                              ("gpu", r"^device 'gpu' is not a device: pass 'cpu', 'cuda', 'cuda:N' or "
+                                      r"'auto'$"),
+                              (1.5, "is not a device")]:
+            with pytest.raises(AfilmError, match=match) as info:
+                call(device)
+            assert "--device" not in str(info.value)
+    assert infer.load_model(ckpts["afilm_tiny"], device="auto").model.final.conv.weight.device.type == "cpu"
+    assert infer.upsample_array(x, 4000, lo, device=torch.device("cpu")).shape == (16000,)
