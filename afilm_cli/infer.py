@@ -562,6 +562,9 @@ def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike |
     ``device``: see :func:`placed`."""
     loaded, device = placed(loaded, device)
     target = out if hasattr(out, "write") else Path(out)
+    if isinstance(target, Path) and target.suffix.lower() not in (".wav", ".flac"):  # WAV went under any name
+        raise AfilmError(f"{target}: upsample_file writes WAV or FLAC; end the output name with .wav or "
+                         ".flac")
     name = str(target) if isinstance(target, Path) else stream_name(target)
     with contextlib.closing(open_source(path)) as src:
         if isinstance(target, Path) and not isinstance(path, AudioBytes):

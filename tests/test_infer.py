@@ -1283,3 +1283,18 @@ def test_a_device_this_machine_lacks_is_one_line_naming_the_argument(ckpts, monk
             assert "--device" not in str(info.value)
     assert infer.load_model(ckpts["afilm_tiny"], device="auto").model.final.conv.weight.device.type == "cpu"
     assert infer.upsample_array(x, 4000, lo, device=torch.device("cpu")).shape == (16000,)
+
+
+def test_upsample_file_refuses_an_output_name_it_would_not_honour(tmp_path, ckpts):
+    """upsample_file(IN, 'x.ogg' or 'x.mp3' or 'x') wrote a WAV file under that name (the CLI refuses such
+    names before calling it); it is one line naming the two formats, and nothing is written."""
+    src = write(tmp_path / "in.wav", np.sin(np.arange(4000) / 7.0) * 0.3, 4000)
+    lo = loaded(ckpts, "spline")
+    for name in ("out.ogg", "out.mp3", "out", "out.wav.bak"):
+        with pytest.raises(AfilmError, match=r"out.*: upsample_file writes WAV or FLAC; end the output name "
+                                             r"with \.wav or \.flac$"):
+            infer.upsample_file(src, tmp_path / name, lo)
+        assert not (tmp_path / name).exists()
+    for name in ("out.wav", "out.FLAC"):
+        infer.upsample_file(src, tmp_path / name, lo)
+        assert sf.info(str(tmp_path / name)).format == ("WAV" if name.endswith("wav") else "FLAC")
