@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from afilm_cli import __version__
@@ -39,10 +40,23 @@ def make_checkpoint(model: torch.nn.Module, recipe: dict[str, Any], **extra: Any
         "afilm_version": __version__,
         "model_name": model.model_name,
         "model_config": model.config_dict(),
-        "recipe": {k: recipe[k] for k in RECIPE_KEYS},
+        "recipe": {k: _python_scalars(recipe[k]) for k in RECIPE_KEYS},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
+        **{k: _python_scalars(v) for k, v in extra.items()},
     }
+
+
+def _python_scalars(value: Any) -> Any:
+    """``value`` with its numpy scalars (an HDF5 attribute's np.int64, numpy math's np.float64) as the
+    Python numbers they hold, in dicts, lists and tuples too: torch.load(weights_only=True), the only
+    way afilm loads a checkpoint, refuses a file holding one."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) is dict:
+        return {k: _python_scalars(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_python_scalars(v) for v in value)
+    return value
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:

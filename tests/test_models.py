@@ -631,3 +631,23 @@ def test_up_slope_makes_the_up_gate_a_leaky_relu_that_cannot_close():
         model(x).square().mean().backward()
         grads[slope] = model.down[1].conv.weight.grad.abs().sum().item()
     assert grads[0.0] == 0.0 and grads[0.2] > 0.0
+
+
+def test_a_checkpoint_made_with_numpy_scalars_loads(tmp_path):
+    """A recipe read from a patch file's HDF5 attributes holds np.int64, and numpy math gives np.float64:
+    make_checkpoint kept them, save_checkpoint wrote the file, and every load of it was refused ('it
+    holds Python objects beyond tensors and plain data'). They are stored as the numbers they hold."""
+    from afilm_cli.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from afilm_cli.infer import load_model
+
+    model = create_model("spline")
+    recipe = {"r": np.int64(4), "sr": np.int32(16000), "degrade": np.str_("decimate"),
+              "patch": np.int64(8192)}
+    ckpt = make_checkpoint(model, recipe, input_level_dbfs=np.float64(-24.5),
+                           metrics={"snr": [np.float32(9.5)], "ok": (np.bool_(True),)})
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "np.pt", ckpt))
+    assert loaded["recipe"] == {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+    assert type(loaded["recipe"]["r"]) is int and type(loaded["input_level_dbfs"]) is float
+    assert loaded["metrics"] == {"snr": [9.5], "ok": (True,)}
+    lo = load_model(tmp_path / "np.pt")
+    assert (lo.r, lo.sr, lo.level_dbfs) == (4, 16000, -24.5)
