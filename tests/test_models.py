@@ -175,6 +175,12 @@ def test_check_length(name):
             model.check_length(m - 1)
     with pytest.raises(AfilmError):
         model.check_length(0)
+    # a negative length named 0 (or a negative one) as the shortest valid length
+    for t in (-m, -m - 1, -5 * m):
+        with pytest.raises(AfilmError) as info:
+            model.check_length(t)
+        if m > 1:
+            assert str(info.value).endswith(f"nearest valid lengths: {m} (the shortest valid length)")
 
 
 def test_forward_rejects_bad_length_and_shape():

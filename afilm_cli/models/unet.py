@@ -366,7 +366,7 @@ def check_length(t: int, multiple: int, model_name: str) -> None:
     if t > 0 and t % multiple == 0:
         return
     lower, upper = (t // multiple) * multiple, (t // multiple + 1) * multiple
-    near = f"{lower} or {upper}" if lower > 0 else f"{upper} (the shortest valid length)"
+    near = f"{lower} or {upper}" if lower > 0 else f"{multiple} (the shortest valid length)"  # t <= 0 too
     raise AfilmError(f"model {model_name}: input length {t} is not a multiple of {multiple}; "
                      f"nearest valid lengths: {near}")
 
