@@ -191,11 +191,19 @@ def as_loaded(model: Loaded | str | os.PathLike, device: str | torch.device = "c
 
 
 def window_plan_for(loaded: Loaded, length: int, window: int | None = None) -> WindowPlan:
+    if window is not None:  # 0 was taken as the default and a negative one as the shortest window
+        check_positive("window", window)
     multiple = int(getattr(loaded.model, "length_multiple", 1))
     return plan_windows(length, multiple, window or int(loaded.recipe.get("patch") or 8192))
 
 
 # ---------------------------------------------------------------------------------------- pipelines
+def check_positive(name: str, value: Any) -> None:
+    """A count argument of the Python API (``window``, ``batch_size``): a positive integer, or one line."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise AfilmError(f"{name} must be a positive integer, not {value!r}")
+
+
 def output_length(n_in: int, sr_in: int, sr_out: int) -> int:
     """round(n_in * sr_out / sr_in), exactly (halves round up)."""
     return (2 * n_in * sr_out + sr_in) // (2 * sr_in)
@@ -298,6 +306,7 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
+    check_positive("batch_size", batch_size)  # 0 or a negative one ran one window per batch
     try:  # a model may refuse lengths beyond its multiple (the windows are multiples of it)
         check_length(loaded.model, plan.window)
     except AfilmError as exc:

@@ -1298,3 +1298,22 @@ def test_upsample_file_refuses_an_output_name_it_would_not_honour(tmp_path, ckpt
     for name in ("out.wav", "out.FLAC"):
         infer.upsample_file(src, tmp_path / name, lo)
         assert sf.info(str(tmp_path / name)).format == ("WAV" if name.endswith("wav") else "FLAC")
+
+
+def test_a_window_or_batch_size_that_is_no_positive_integer_is_one_line(tmp_path, ckpts):
+    """upsample_array(window=0) ran with the checkpoint's patch, window=-5 with the shortest window and
+    batch_size=0 or -3 one window per batch, without a word (the CLI's options refuse them); batch_size=2.5
+    was a TypeError from range()."""
+    lo = loaded(ckpts, "afilm_tiny")
+    x = np.random.default_rng(7).standard_normal(4000).astype(np.float32) * 0.1
+    src, hr = write(tmp_path / "in.wav", x, 4000), write(tmp_path / "hr.wav", x, 16000)
+    calls = [lambda **kw: infer.upsample_array(x, 4000, lo, **kw),
+             lambda **kw: infer.upsample_file(src, tmp_path / "out.wav", lo, **kw),
+             lambda **kw: infer.simulate_file(hr, tmp_path / "sim", lo, **kw)]
+    for call in calls:
+        for name, value in [("window", 0), ("window", -5), ("window", 512.0), ("window", True),
+                            ("batch_size", 0), ("batch_size", -3), ("batch_size", 2.5)]:
+            with pytest.raises(AfilmError, match=rf"^{name} must be a positive integer, not {value!r}$"):
+                call(**{name: value})
+    assert not (tmp_path / "out.wav").exists()
+    assert infer.upsample_array(x, 4000, lo, window=np.int64(512), batch_size=np.int64(1)).shape == (16000,)
