@@ -77,8 +77,17 @@ class Registry:
         self._skipped: list[str] = []  # plugins of this group skipped with a warning
         self._plugins_loaded = False
 
-    def register(self, name: str | None = None, **meta: Any) -> Callable[[Callable], Callable]:
-        """Decorator: ``@MODELS.register("afilm", pretrained=False)``. ``meta`` is free-form info."""
+    def register(self, name: str | Callable | None = None, **meta: Any) -> Callable[[Callable], Callable]:
+        """Decorator: ``@MODELS.register("afilm", pretrained=False)``. ``meta`` is free-form info.
+        ``@MODELS.register`` without parentheses registers the function under its own name, as
+        ``@MODELS.register()`` does (it registered nothing and put the decorator in its place)."""
+        if callable(name) and not meta:  # the bare decorator: called with the function itself
+            return self._register(None, {}, sys._getframe(1))(name)
+        return self._register(name, meta, None)
+
+    def _register(self, name: str | None, meta: dict[str, Any], frame) -> Callable[[Callable], Callable]:
+        if name is not None and not isinstance(name, str):  # it was taken, and broke names() for all
+            raise TypeError(f"{self.kind} name must be a string, not {name!r}")
 
         def deco(fn: Callable) -> Callable:
             key = name or fn.__name__
@@ -87,7 +96,7 @@ class Registry:
                 raise ValueError(f"{self.kind} {key!r} is already registered" + (f" by {by}" if by else ""))
             self._builders[key] = fn
             self._meta[key] = dict(meta)
-            if _is_afilm(sys._getframe(1)):  # even where a plugin's import is what imported the built-ins
+            if _is_afilm(frame or sys._getframe(1)):  # even where a plugin's import imported the built-ins
                 self._origin[key] = "afilm (built-in)"
             elif _loading:
                 load = _loading[-1]

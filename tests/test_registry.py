@@ -37,6 +37,24 @@ def test_register_get_names_pattern():
     assert "a_tiny" in reg and "zzz" not in reg
 
 
+def test_register_without_parentheses_registers_under_the_function_name():
+    """``@reg.register`` (no parentheses) registered nothing and put the decorator in the function's
+    place; a name that is not a string was taken, and then every names() failed with fnmatch's
+    TypeError."""
+    reg = Registry("thing")
+
+    @reg.register
+    def c_bare():
+        return "c"
+
+    assert reg.names() == ["c_bare"] and reg.get("c_bare") is c_bare and c_bare() == "c"
+    assert reg.meta("c_bare") == {}
+    for bad in (3, b"x", ("a",)):
+        with pytest.raises(TypeError, match="thing name must be a string"):
+            reg.register(bad)(lambda: 1)
+    assert reg.names() == ["c_bare"]
+
+
 def test_duplicate_name_raises():
     reg = Registry("thing")
     reg.register("x")(lambda: 1)
