@@ -308,3 +308,12 @@ def test_bundled_models_go_by_their_bundled_name_in_reports():
     assert model_label({"bundled": "afilm_speech_r4", "model_name": "afilm_small"}) == \
         "afilm_speech_r4 (afilm_small)"
     assert model_label({"bundled": None, "model_name": "afilm_small"}) == "afilm_small"
+
+
+def test_for_input_rate_refuses_a_rate_that_is_no_positive_number():
+    """for_input_rate(0) and (-1) picked afilm_speech_r4, and None or '8000' were a TypeError from a
+    comparison inside it."""
+    for bad in (0, -1, -0.5, float("nan"), float("inf"), None, "8000", True, np.int64(0)):
+        with pytest.raises(AfilmError, match=r"^input rate must be a positive number of Hz, not "):
+            pretrained.for_input_rate(bad)
+    assert pretrained.for_input_rate(np.int64(8000)) == pretrained.for_input_rate(8000.0) == "afilm_speech_r2"

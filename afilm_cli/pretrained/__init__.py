@@ -8,11 +8,13 @@ swapped file fails loudly instead of producing quiet garbage.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from afilm_cli.errors import AfilmError
@@ -61,7 +63,10 @@ DEFAULT = "afilm_speech_r4"
 
 def for_input_rate(sr_in: int) -> str:
     """The bundled model for real input at ``sr_in`` Hz: of those made for an input rate at or below
-    it, the highest (it resamples away the least of the input's band); below them all, the lowest."""
+    it, the highest (it resamples away the least of the input's band); below them all, the lowest.
+    A rate that is not a positive number is one AfilmError line (0 and -1 picked a model)."""
+    if isinstance(sr_in, bool) or not isinstance(sr_in, (int, float, np.number)) or not 0 < sr_in < math.inf:
+        raise AfilmError(f"input rate must be a positive number of Hz, not {sr_in!r}")
     if not BUNDLED:
         return DEFAULT
     entries = sorted(BUNDLED.values(), key=lambda b: (b.low_rate, b.name != DEFAULT))
