@@ -85,11 +85,12 @@ def api_device(device: str | int | torch.device) -> torch.device:
         raise AfilmError(f"device {device!r} is not a device: pass 'cpu', 'cuda', 'cuda:N' or 'auto'"
                          ) from None
     if dev.type == "cuda":
+        shown = repr(str(device) if isinstance(device, torch.device) else device)  # 'cuda:1', not device(...)
         if not torch.cuda.is_available():
-            raise AfilmError(f"device {device!r}: no CUDA device is available (pass device='cpu')")
+            raise AfilmError(f"device {shown}: no CUDA device is available (pass device='cpu')")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise AfilmError(f"device {device!r}: this machine has {count} CUDA device"
+            raise AfilmError(f"device {shown}: this machine has {count} CUDA device"
                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
     return dev
 

@@ -1274,7 +1274,7 @@ def test_a_device_this_machine_lacks_is_one_line_naming_the_argument(ckpts, monk
              lambda d: infer.upsample_array(x, 4000, ckpts["afilm_tiny"], device=d)]
     for call in calls:
         for device, match in [("cuda", r"^device 'cuda': no CUDA device is available \(pass device='cpu'\)$"),
-                              (torch.device("cuda:1"), "no CUDA device is available"),
+                              (torch.device("cuda:1"), r"^device 'cuda:1': no CUDA device is available"),
                               ("gpu", r"^device 'gpu' is not a device: pass 'cpu', 'cuda', 'cuda:N' or "
                                       r"'auto'$"),
                               (1.5, "is not a device")]:
