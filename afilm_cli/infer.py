@@ -33,7 +33,7 @@ from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS, check_not_truncated, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
-from afilm_cli.level import Scaled, matching_gains, stage_level, unscaled
+from afilm_cli.level import Scaled, matching_gains, output_gains, stage_level, unscaled
 
 # re-exported: the stages and windows were part of this module and are used through it
 from afilm_cli.stages import (  # noqa: F401
@@ -303,7 +303,8 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
     ``match_level``, each channel goes through the model at the level of the model's training data and
-    comes back at its own (level.py; models that record no level run as they are). The model runs
+    comes back at its own (level.py; models that record no level run as they are), and a channel that
+    is digital silence (below level.SILENCE_DBFS) comes out silent. The model runs
     in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
@@ -327,15 +328,19 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
         fixed = True
         if stats is not None:
             stats["cuda_graph"] = isinstance(model, GraphedForward)
-    gains = None
-    if match_level and loaded.level_dbfs is not None:
-        gains = matching_gains(stage_level(spline, length), loaded.level_dbfs)
-        spline = Scaled(spline, gains)
-        if stats is not None:
-            stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
+    back = None
+    if match_level:  # also for a checkpoint without a level: a silent channel comes out silent
+        levels = stage_level(spline, length)
+        gains = np.ones(len(levels))
+        if loaded.level_dbfs is not None:
+            gains = matching_gains(levels, loaded.level_dbfs)
+            spline = Scaled(spline, gains)
+            if stats is not None:
+                stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
+        back = output_gains(levels, gains)
     blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
                          precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
-    blocks = blocks if gains is None else unscaled(blocks, gains)
+    blocks = blocks if back is None else unscaled(blocks, back)
     return _training_after(blocks, loaded.model) if training else blocks
 
 

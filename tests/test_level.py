@@ -93,7 +93,23 @@ def test_channels_are_matched_each_to_its_own_level(speech, r4):
     tol = 1e-5 * np.abs(mono).max()
     np.testing.assert_allclose(out[:, 0], mono, atol=tol)
     np.testing.assert_allclose(out[:, 1] * 1e3, mono, atol=tol)
-    assert np.isfinite(out[:, 2]).all()  # silence gets no gain: nothing to divide by zero
+    assert not out[:, 2].any()  # silence comes out silent (and gets no gain: nothing divided by zero)
+
+
+def test_digital_silence_comes_out_silent(tmp_path, r4):
+    """The spline of silence is silence; the model alone adds what its biases make of it (peak
+    -58 dBFS for afilm_speech_r4): a silent file, or a dead channel, was upsampled to that."""
+    silent = np.zeros(8000, np.float32)
+    assert np.abs(infer.upsample_array(silent, 4000, r4, match_level=False)).max() > 1e-4  # the model's own
+    assert not infer.upsample_array(silent, 4000, r4).any()
+    torch.manual_seed(0)  # a checkpoint that records no level: the same
+    path = save_checkpoint(tmp_path / "tiny.pt", make_checkpoint(create_model("afilm_tiny"), RECIPE))
+    assert not infer.upsample_array(np.zeros((8000, 2), np.float32), 4000, infer.load_model(path)).any()
+    sf.write(tmp_path / "dead.wav", np.stack([np.sin(np.arange(8000) / 5) * 0.1, silent], 1), 4000,
+             subtype="PCM_16")
+    infer.upsample_file(tmp_path / "dead.wav", tmp_path / "out.wav", r4)
+    out, _ = sf.read(tmp_path / "out.wav", dtype="int16")
+    assert out[:, 0].any() and not out[:, 1].any()
 
 
 def test_models_that_record_no_level_run_as_they_are(speech, tmp_path):
