@@ -409,9 +409,16 @@ def _encode(target: str | BinaryIO, fmt: str, blocks: Iterator[np.ndarray], sr: 
 
 
 def write_stream(stream: BinaryIO, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``stream`` (stdout); a reader that has gone (``| head``) is one line."""
+    """Write ``data`` to ``stream`` (stdout); a reader that has gone (``| head``) is one line. A reader
+    that goes part-way (``| head -c 100``) makes write() return short, without an error: what is left
+    is written again, and that fails with the broken pipe."""
+    view = memoryview(data).cast("B")
     try:
-        stream.write(data)
+        while view:
+            n = stream.write(view)
+            if not n:  # a stream that takes nothing (no error said): not all the audio went out
+                raise BrokenPipeError
+            view = view[n:]
         stream.flush()
     except BrokenPipeError:
         # what is still buffered would fail again at exit, as a traceback: it goes to /dev/null instead
@@ -419,6 +426,8 @@ def write_stream(stream: BinaryIO, data: bytes | memoryview) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
         raise AfilmError(f"{stream_name(stream)}: closed before all the audio was written (broken pipe)"
                          ) from None
+    except OSError as exc:  # > /dev/full: said for stdout, not as a bare 'No space left on device'
+        raise AfilmError(f"{stream_name(stream)}: cannot write the audio: {exc.strerror or exc}") from None
 
 
 def clip_warning(path: Path | str, clipped: int, peak: float, like: str | None, subtype: str) -> str | None:

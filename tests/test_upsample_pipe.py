@@ -183,3 +183,30 @@ def test_refusals_before_anything_is_read(speech, tmp_path, capsys, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "out.wav"]
     assert (tmp_path / "out.wav").read_bytes() == b"old"
     assert sys.stdin.buffer.read() == data  # stdin left unread
+
+
+def test_a_reader_that_quits_part_way_is_one_line(speech, tmp_path):
+    """`| head -c 100`: the reader takes the first bytes and goes. write() then returned short, without
+    an error, and the run said 'stdin upsampled to stdout' and exited 0 with most of the audio lost."""
+    proc = subprocess.Popen([sys.executable, "-m", "afilm_cli", "upsample", "-", "-q", *SAME], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    x, sr = sf.read(str(speech / "in.wav"), dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, np.tile(x, 3), sr, format="WAV", subtype="FLOAT")  # out: 288 kB, beyond a pipe's 64 kB
+    proc.stdin.write(buf.getvalue())
+    proc.stdin.close()
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=180) == 2 and err.strip() == (
+        "afilm: error: stdout: closed before all the audio was written (broken pipe)"), err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_stdout_is_one_line_naming_it(speech, tmp_path):
+    with open("/dev/full", "wb") as full:
+        out = afilm("upsample", speech / "in.wav", "-o", "-", "-q", *SAME, stdin=subprocess.DEVNULL,
+                    stdout=full, cwd=tmp_path)
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err.strip() == (
+        "afilm: error: stdout: cannot write the audio: No space left on device"), err
