@@ -386,3 +386,24 @@ def test_ratios_between_runs_on_the_same_thread_count_are_not_marked():
                                                                               "threads_chosen": "2,1"}})
     bench.mark_thread_mismatch(rows)
     assert [r.get("threads_differ") for r in rows] == [None, None, True]
+
+
+def test_cuda_kernel_table_folds_cells_on_a_pipe():
+    """On a pipe (80 columns) the CUDA kernel table, eight columns wide, cut its cells: 'triton_unfused'
+    read 'triton_…', and 'D1 pool_act_block_max fwd+bwd' lost its op."""
+    from rich.console import Console
+
+    from afilm_cli.commands.bench import _kernel_table
+
+    rows = []
+    for provider, ms in (("eager", 0.5), ("triton", 0.1), ("triton_unfused", 0.3), ("compile", 0.1)):
+        rows.append(dict(section="kernels", name="D1 pool_act_block_max fwd+bwd", variant=provider, unit="ms",
+                         median=ms, min=ms, max=ms, ratio=0.5 / ms, baseline="eager", timer="cuda graph",
+                         settings={"batch": 16, "gbps": 3000.0, "gbps_timer": "graph", "pct_peak": 62.5},
+                         launch_median=ms * 2, launch_min=ms * 2, launch_max=ms * 2, launch_ratio=0.5 / ms))
+    console = Console(width=80, record=True)
+    console.print(_kernel_table(rows, ""))
+    text = console.export_text()
+    assert "…" not in text, text
+    flat = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") > 3)
+    assert "triton_unfused" in flat, text

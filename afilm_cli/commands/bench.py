@@ -148,8 +148,9 @@ def _kernel_table(rows: list[dict[str, Any]], caption: str):
         caption += "; *: from the launch time (the graph capture failed)"
     table = Table(title="kernels: ms per call" + (" (GPU time in a CUDA graph; launch: per Python call)"
                                                   if graphed else ""), caption=caption)
-    for col in ["name", "variant", *cols] + (["error"] if failed else []):
-        table.add_column(col, justify="left" if col in ("name", "variant", "error") else "right")
+    for col in ["name", "variant", *cols] + (["error"] if failed else []):  # folded, never cut ('triton_…')
+        table.add_column(col, justify="left" if col in ("name", "variant", "error") else "right",
+                         overflow="fold")
     last = None
     for r in rows:
         s = r["settings"]
