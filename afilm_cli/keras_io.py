@@ -182,7 +182,12 @@ def read_keras_h5(path: str | os.PathLike, values: bool = True) -> KerasFile:
         raise AfilmError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
-    except OSError:
+    except OSError as exc:
+        cut = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(exc))
+        if cut:  # an HDF5 file cut short (an interrupted download or copy), not another kind of file
+            have, want = int(cut.group(1)), int(cut.group(2))
+            raise AfilmError(f"{path}: a truncated HDF5 file ({have:,} of its {want:,} bytes; an interrupted "
+                             "download or copy?)") from None
         hint = " (an afilm checkpoint? see 'afilm convert to-keras')" if path.suffix == ".pt" else ""
         raise AfilmError(f"{path}: not an HDF5 file{hint}") from None
     with f:

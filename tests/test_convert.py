@@ -534,3 +534,15 @@ def test_an_output_under_a_file_is_refused_before_the_work(tmp_path, monkeypatch
         assert isinstance(res.exception, AfilmError), res.output
         assert str(res.exception) == f"cannot write {out}: {pt} is a file, not a folder"
     assert work == []
+
+
+def test_a_truncated_h5_is_said_to_be_cut_short(tmp_path):
+    """A Keras .h5 cut short (an interrupted download) was "not an HDF5 file", as if it were some other
+    kind of file: it is said to be truncated, with how much of it is there."""
+    whole = _shapes_only_keras(tmp_path / "whole.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole.read_bytes()[:1000])
+    size = whole.stat().st_size
+    _one_line_error(_cli("keras", cut, "--r", "4", "-o", tmp_path / "x.pt"),
+                    f"{cut}: a truncated HDF5 file (1,000 of its {size:,} bytes; an interrupted download")
+    assert not (tmp_path / "x.pt").exists()
