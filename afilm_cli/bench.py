@@ -297,10 +297,12 @@ def _sweep(name, run, seconds, repeats, batch_size, window, device) -> list[dict
 # -------------------------------------------------------------------------------------------- train
 def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = False, batch: int | None = None,
                 patch: int = 8192, repeats: int | None = None,
-                on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+                on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+                skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """Training step throughput (patches/s): forward, MSE, backward, Adam(3e-4) on synthetic patches,
     as ``afilm train`` does per step (data loading excluded: :func:`bench_loader` times it after the
-    presets). CUDA compares torch ops, Triton and bf16. ``on_rows`` gets the rows so far after each preset."""
+    presets). CUDA compares torch ops, Triton and bf16. ``on_rows`` gets the rows so far after each preset;
+    ``skipped`` the presets without parameters (nothing to train)."""
     batch = batch or (4 if quick else 16)
     repeats = repeats or (2 if quick else 3)
     if device.type == "cpu":  # afilm_cli/models/conv.py: the input gradient as a forward convolution
@@ -319,7 +321,9 @@ def bench_train(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         torch.manual_seed(0)
         model = create_model(name).to(device).train()
         if count_parameters(model) == 0:
-            continue  # nothing to train (spline)
+            if skipped is not None:
+                skipped.append(name)
+            continue  # nothing to train (spline): said in the section's note
         opt = torch.optim.Adam(model.parameters(), lr=3e-4)
         x = torch.randn(batch, 1, patch, device=device) * 0.1
         y = x + 0.01 * torch.randn_like(x)
@@ -531,7 +535,11 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
             elif section == "model":
                 rows = bench_model(names, device, quick=quick, on_rows=update)
             elif section == "train":
-                rows = bench_train(names, device, quick=quick, on_rows=update)
+                untrained: list[str] = []
+                rows = bench_train(names, device, quick=quick, on_rows=update, skipped=untrained)
+                if untrained:  # it had been left out of the table without a word
+                    report["notes"]["train"] = (f"{', '.join(untrained)}: no parameters, nothing to train "
+                                                "(not timed)")
             else:
                 rows = bench_prepare(quick=quick)
             report["rows"] += rows

@@ -407,3 +407,11 @@ def test_cuda_kernel_table_folds_cells_on_a_pipe():
     assert "…" not in text, text
     flat = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.count("│") > 3)
     assert "triton_unfused" in flat, text
+
+
+def test_a_model_with_nothing_to_train_is_said_in_the_training_note():
+    """--train --models spline gave a table of the data-loading rows alone: the model asked for was
+    left out without a word."""
+    report = bench.run_bench(["train"], torch.device("cpu"), quick=True, models="spline")
+    assert {r["name"] for r in report["rows"]} == {"data loading (HDF5, shuffled)"}
+    assert report["notes"]["train"] == "spline: no parameters, nothing to train (not timed)"
