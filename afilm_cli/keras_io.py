@@ -195,6 +195,14 @@ def read_keras_h5(path: str | os.PathLike, values: bool = True) -> KerasFile:
             group, layout = f, "weights only"
         elif "model_weights" in f and "layer_names" in f["model_weights"].attrs:
             group, layout = f["model_weights"], "full model"
+        elif "data" in f and "label" in f:  # not Keras at all: Keras 3 advice would mislead
+            raise AfilmError(f"{path}: a split of patches written by 'afilm prepare' (datasets 'data' and "
+                             "'label'), not a Keras model or weights file")
+        elif not looks_like_keras(f):
+            names = sorted(f.keys())
+            held = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+            raise AfilmError(f"{path}: not a Keras model or weights file (an HDF5 file holding "
+                             f"{held or 'nothing'}, without Keras' 'layer_names' attribute)")
         else:
             raise AfilmError(f"{path}: not a Keras 2 HDF5 model or weights file (no 'layer_names' attribute; "
                              "Keras 3 '.weights.h5' and SavedModel folders are not supported: re-save with "

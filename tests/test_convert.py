@@ -546,3 +546,21 @@ def test_a_truncated_h5_is_said_to_be_cut_short(tmp_path):
     _one_line_error(_cli("keras", cut, "--r", "4", "-o", tmp_path / "x.pt"),
                     f"{cut}: a truncated HDF5 file (1,000 of its {size:,} bytes; an interrupted download")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_an_hdf5_file_that_is_not_keras_is_said_for_what_it_is(tmp_path):
+    """A split written by 'afilm prepare', or an empty HDF5 file, was refused as "not a Keras 2 HDF5 ...
+    Keras 3 '.weights.h5' and SavedModel folders are not supported: re-save with tf.keras 2", advice
+    for a Keras file it is not."""
+    split, empty = tmp_path / "train.h5", tmp_path / "empty.h5"
+    with h5py.File(split, "w") as f:
+        f.create_dataset("data", data=np.zeros((2, 8192, 1), np.float32))
+        f.create_dataset("label", data=np.zeros((2, 8192, 1), np.float32))
+    h5py.File(empty, "w").close()
+    for path, said in ((split, f"{split}: a split of patches written by 'afilm prepare' (datasets 'data' and "
+                                "'label'), not a Keras model or weights file"),
+                       (empty, f"{empty}: not a Keras model or weights file (an HDF5 file holding nothing")):
+        res = _cli("keras", path, "--r", "4", "-o", tmp_path / "x.pt")
+        _one_line_error(res, said)
+        assert "Keras 3" not in res.stderr
+    assert not (tmp_path / "x.pt").exists()
