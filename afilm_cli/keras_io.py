@@ -343,9 +343,10 @@ def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int |
     kf = read_keras_h5(path, values=False)
     if model is None:
         model = detect_model(kf)
-        if model is None:
-            raise AfilmError(f"{kf.path}: cannot tell AFiLM from TFiLM ({len(kf.entries)} arrays); "
-                             "pass --model")
+        if model is None:  # detected by count too: no --model can fit (it said "pass --model")
+            n_af, n_tf = (len(keras_weight_list(paper_config(m))) for m in KERAS_MODELS)
+            raise AfilmError(f"{kf.path}: {len(kf.entries)} weight arrays: another model than the original "
+                             f"AFILM ({n_af} arrays) and TFILM ({n_tf}), n_layers 4, 8192-sample input")
     expected = match_weights(kf, model)
     recipe, r_from = resolve_recipe(kf, r, sr, degrade)
     pairs = list(zip(expected, kf.load().values, strict=True))

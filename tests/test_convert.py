@@ -564,3 +564,15 @@ def test_an_hdf5_file_that_is_not_keras_is_said_for_what_it_is(tmp_path):
         _one_line_error(res, said)
         assert "Keras 3" not in res.stderr
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_file_of_another_model_is_not_sent_to_pass_model(tmp_path):
+    """A Keras file of neither model (18 arrays of a plain conv U-Net) was "cannot tell AFiLM from TFiLM
+    (18 arrays); pass --model", and either --model then failed on the count: it says what fits neither."""
+    arrays = [(layer, f"{layer}/{var}:0", (9, 4, 4) if var == "kernel" else (4,))
+              for layer in ("conv1d", "conv1d_1", "conv1d_2") for var in ("kernel", "bias")]
+    other = _write_keras(tmp_path / "unet.h5", arrays, "full", "audiounet")
+    res = _cli("keras", other, "--r", "4", "-o", tmp_path / "x.pt")
+    _one_line_error(res, f"{other}: 6 weight arrays: another model than the original AFILM (596 arrays) "
+                         "and TFILM (47)")
+    assert "--model" not in res.stderr
