@@ -795,7 +795,9 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
 def _refuse_inputs_as_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> None:
     """Any output that is any input (not only its own: a.wav a.afilm.wav) is refused; by file identity,
     as os.path.samefile compares, so a folder of many files is one stat per path."""
-    inputs = {_file_id(src): src for src, _ in pairs}
+    # one that is not there (a dangling link in a folder) is no output's input: it is said, as unreadable,
+    # when the inputs are read, and the others go on
+    inputs = {_file_id(src): src for src, _ in pairs if src.exists()}
     for writer, target in pairs:
         for path in (simulate_paths(target).values() if simulate else [target]):
             src = inputs.get(_file_id(path)) if path.exists() else None

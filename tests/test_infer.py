@@ -1317,3 +1317,17 @@ def test_a_window_or_batch_size_that_is_no_positive_integer_is_one_line(tmp_path
                 call(**{name: value})
     assert not (tmp_path / "out.wav").exists()
     assert infer.upsample_array(x, 4000, lo, window=np.int64(512), batch_size=np.int64(1)).shape == (16000,)
+
+
+def test_a_dangling_link_in_a_folder_is_named_and_the_others_written(tmp_path, ckpts, capsys, libri_mini):
+    """A link to a file that is gone, in a folder, is one unreadable input among several; it was a bare
+    'No such file or directory: ...' (exit 1) from a stat before anything was written."""
+    (tmp_path / "mix").mkdir()
+    write(tmp_path / "mix" / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    (tmp_path / "mix" / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    out = run_main(capsys, "upsample", tmp_path / "mix", "--ckpt", ckpts["spline"], "-q")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 2, out.stderr
+    assert lines[0] == f"afilm: error: {tmp_path / 'mix' / 'gone.wav'}: no such file"
+    assert lines[1] == "afilm: error: 1 of 2 files failed (said above); the others were written"
+    assert [p.name for p in (tmp_path / "mix.afilm").iterdir()] == ["a.afilm.wav"]
