@@ -750,8 +750,13 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     for item in inputs:
         if item.is_dir():
             root = out if out is not None else _folder_output(item)
-            files = sorted(p for p in find_audio_files(item)
-                           if ".afilm" not in p.name and not _is_sim_output(p))
+            found = find_audio_files(item)
+            files = sorted(p for p in found if ".afilm" not in p.name and not _is_sim_output(p))
+            if not files and found:  # it held only afilm's outputs (DIR.afilm/): they are not taken again
+                raise AfilmError(f"{item}: its {len(found)} audio file{'s' if len(found) != 1 else ''} "
+                                 f"{'are' if len(found) != 1 else 'is'} named as afilm's outputs (*.afilm.*, "
+                                 "*.lr/.hr/.pr.wav), which a folder run leaves out; name the files to "
+                                 "upsample them")
             if not files:
                 raise AfilmError(f"{item}: no audio files in this folder")
             # x.wav and x.ogg side by side keep their extension in the name (x.ogg.afilm.wav): a folder

@@ -1331,3 +1331,24 @@ def test_a_dangling_link_in_a_folder_is_named_and_the_others_written(tmp_path, c
     assert lines[0] == f"afilm: error: {tmp_path / 'mix' / 'gone.wav'}: no such file"
     assert lines[1] == "afilm: error: 1 of 2 files failed (said above); the others were written"
     assert [p.name for p in (tmp_path / "mix.afilm").iterdir()] == ["a.afilm.wav"]
+
+
+def test_a_folder_of_afilm_outputs_is_said_to_be_one(tmp_path, ckpts, capsys, libri_mini):
+    """A folder run leaves out files named as its outputs; a folder holding nothing else (an earlier
+    run's DIR.afilm/) was said to have 'no audio files in this folder'. Named as files, they are taken."""
+    (tmp_path / "mix").mkdir()
+    write(tmp_path / "mix" / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    write(tmp_path / "mix" / "b.wav", speech(libri_mini, 4000, 1.0, k=1), 4000, "PCM_16")
+    assert run_main(capsys, "upsample", tmp_path / "mix", "--ckpt", ckpts["spline"], "-q").returncode == 0
+    line = error_line(run_main(capsys, "upsample", tmp_path / "mix.afilm", "--ckpt", ckpts["spline"]))
+    assert line == (f"afilm: error: {tmp_path / 'mix.afilm'}: its 2 audio files are named as afilm's outputs "
+                    "(*.afilm.*, *.lr/.hr/.pr.wav), which a folder run leaves out; name the files to "
+                    "upsample them")
+    files = sorted((tmp_path / "mix.afilm").iterdir())
+    out = run_main(capsys, "upsample", *files, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "again/")
+    assert out.returncode == 0, out.stderr
+    again = sorted(p.name for p in (tmp_path / "again").iterdir())
+    assert again == ["a.afilm.afilm.wav", "b.afilm.afilm.wav"]
+    (tmp_path / "empty").mkdir()
+    assert error_line(run_main(capsys, "upsample", tmp_path / "empty", "--ckpt", ckpts["spline"])).endswith(
+        "empty: no audio files in this folder")
