@@ -440,14 +440,19 @@ def bench_kernels(device: torch.device, *, quick: bool = False, layers: Sequence
     torch.compile (one compile per op and mode takes minutes there). On CUDA every figure is timed
     twice: GPU time under CUDA graphs and launch time (see ``_kernel_rows``). ``on_rows`` gets the rows
     so far after each layer. Returns (rows, note)."""
-    from kernels.benchmark import run_kernel_benchmarks, triton_unavailable_reason
+    from kernels.benchmark import launch_time_ms, run_kernel_benchmarks, triton_unavailable_reason
 
     cpu = device.type == "cpu"
+    # CPU: a perf_counter loop whose counts are said in each row (the report's repeats/warmup are the
+    # other sections'); CUDA: triton.testing's timers, which run for a time, not a count (KERNEL_TIMERS)
+    timing = {"repeats": 3 if quick else 10, "warmup": 1 if quick else 3} if cpu else {}
+    timer = (lambda fn: launch_time_ms(fn, device, **timing)) if cpu else None
     raw = run_kernel_benchmarks(batch=2 if cpu else 16, quick=quick, device=device, layers=layers,
                                 compile=False if cpu else None,
                                 modes=("fwd", "fwd+bwd") if cpu and not quick else ("fwd", "bwd", "fwd+bwd"),
-                                on_layer=on_rows and (lambda raw: on_rows(_kernel_rows(raw))))
-    rows = _kernel_rows(raw)
+                                launch_timer=timer,
+                                on_layer=on_rows and (lambda raw: on_rows(_kernel_rows(raw, timing))))
+    rows = _kernel_rows(raw, timing)
     note = triton_unavailable_reason(device)
     if cpu:
         note = (note or "") + "; torch.compile skipped on CPU"
@@ -461,15 +466,16 @@ KERNEL_TIMERS = ("median/min/max: GPU time per call, replayed in a CUDA graph (t
                  "pays (CPU overhead included); GB/s and % of peak from the GPU time")
 
 
-def _kernel_rows(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _kernel_rows(raw: list[dict[str, Any]], timing: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Report rows of the kernel suite. Where CUDA graphs were timed (``timer`` "cuda graph"),
     median/min/max/ratio are the GPU time and eager GPU time / this one (None, with ``graph_error``,
     where the capture failed); elsewhere (``timer`` "launch") the launch time. ``launch_median``,
-    ``launch_min``, ``launch_max`` and ``launch_ratio`` always hold the launch timing."""
+    ``launch_min``, ``launch_max`` and ``launch_ratio`` always hold the launch timing. ``timing``
+    (CPU: repeats, warmup) goes into each row's settings."""
     rows = []
     for r in raw:
         detail = {k: r[k] for k in ("batch", "C", "T", "block", "dtype", "bytes", "copies", "gbps",
-                                    "gbps_timer", "pct_peak") if k in r}
+                                    "gbps_timer", "pct_peak") if k in r} | dict(timing or {})
         graphed = r.get("graph_ms_median") is not None or "graph_error" in r
         p, ratio = ("graph_ms", "x_eager") if graphed else ("launch_ms", "x_eager_launch")
         row = dict(section="kernels", name=f"{r['layer']} {r['op']} {r['mode']}", variant=r["provider"],
@@ -510,8 +516,8 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
         "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "system": system_info(), "device": str(device),
         "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R,
-                     # model/train/prepare: timed runs after one untimed warm-up (the kernel suite's own
-                     # timing is in its rows)
+                     # model/train/prepare: timed runs after one untimed warm-up (the kernel rows say
+                     # their own on CPU; on CUDA triton.testing's timers run for a time, see notes)
                      "repeats": 2 if quick else 3, "warmup": 1},
         "load_avg_start": _loadavg(), "notes": {}, "rows": [], "complete": False,
     }

@@ -415,3 +415,21 @@ def test_a_model_with_nothing_to_train_is_said_in_the_training_note():
     report = bench.run_bench(["train"], torch.device("cpu"), quick=True, models="spline")
     assert {r["name"] for r in report["rows"]} == {"data loading (HDF5, shuffled)"}
     assert report["notes"]["train"] == "spline: no parameters, nothing to train (not timed)"
+
+
+def test_cpu_kernel_rows_say_their_own_repeats(monkeypatch):
+    """The report's repeats/warmup (2 and 1 with --quick) are the other sections'; the kernel suite
+    timed 3 calls after 1 (10 after 3 without --quick) and no row said so."""
+    import kernels.benchmark as kb
+
+    calls = []
+    real = kb.launch_time_ms
+
+    def spy(fn, device, repeats, warmup):
+        calls.append((repeats, warmup))
+        return real(fn, device, repeats, warmup)
+
+    monkeypatch.setattr(kb, "launch_time_ms", spy)
+    rows, _ = bench.bench_kernels(torch.device("cpu"), quick=True, layers=["B"])
+    assert calls and set(calls) == {(3, 1)}
+    assert all((r["settings"]["repeats"], r["settings"]["warmup"]) == (3, 1) for r in rows)

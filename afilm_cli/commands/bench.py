@@ -96,7 +96,8 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
     common = {k: v for k, v in rows[0]["settings"].items() if all(r["settings"].get(k) == v for r in rows)}
     caption = ", ".join(f"{k}={v}" for k, v in common.items() if not isinstance(v, (list, dict)))
     if section == "kernels":
-        caption = ", ".join(f"{k}={common[k]}" for k in ("batch", "dtype", "C", "T", "block") if k in common)
+        caption = ", ".join(f"{k}={common[k]}" for k in ("batch", "dtype", "C", "T", "block", "repeats",
+                                                          "warmup") if k in common)
         return _kernel_table(rows, "; ".join(c for c in (caption, note) if c))
     if any(r.get("threads_differ") for r in rows):
         caption = "; ".join(c for c in (caption, f"{THREADS_MARK}: ran on another thread count than the "
