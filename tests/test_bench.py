@@ -433,3 +433,11 @@ def test_cpu_kernel_rows_say_their_own_repeats(monkeypatch):
     rows, _ = bench.bench_kernels(torch.device("cpu"), quick=True, layers=["B"])
     assert calls and set(calls) == {(3, 1)}
     assert all((r["settings"]["repeats"], r["settings"]["warmup"]) == (3, 1) for r in rows)
+
+
+def test_help_says_the_kernel_variants_are_not_interleaved():
+    """--help said every compared variant ran interleaved; the kernel suite times one provider's calls
+    after another's (kernels/benchmark.py)."""
+    proc = run_cli("bench", "--help", timeout=60)
+    words = " ".join(w for w in proc.stdout.split() if w != "│")  # wrapped inside typer's box
+    assert proc.returncode == 0 and "interleaved (kernels: one after another)" in words, proc.stdout

@@ -40,7 +40,8 @@ def command(
 ) -> None:
     """Benchmark afilm. Without a section option every section runs. Each figure is the median of
     several timed runs after an untimed warm-up, with min and max; variants that are compared run
-    side by side, interleaved, and the ratio is each one's speed over the first (> 1: faster)."""
+    side by side, interleaved (kernels: one after another), and the ratio is each one's speed over the
+    first (> 1: faster)."""
     from rich.console import Console
     from rich.markup import escape
 
