@@ -334,12 +334,10 @@ def keras_state_dict(pairs: list[tuple[KerasWeight, np.ndarray]], model: torch.n
     return sd
 
 
-def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int | None = None,
-                     sr: int | None = None, degrade: str | None = None):
-    """Read a Keras .h5 and return (afilm model, info) with info = {format, file, model, r, r_from,
-    recipe}; ``recipe`` is :func:`resolve_recipe`'s, checked before the arrays are read."""
-    from afilm_cli.models import create_model
-
+def check_keras_import(path: str | os.PathLike, model: str | None = None, r: int | None = None,
+                       sr: int | None = None, degrade: str | None = None):
+    """Everything an import checks before it reads an array (the file, the model, every shape, the
+    recipe): (KerasFile without values, model, expected weights, recipe, r_from)."""
     kf = read_keras_h5(path, values=False)
     if model is None:
         model = detect_model(kf)
@@ -349,6 +347,16 @@ def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int |
                              f"AFILM ({n_af} arrays) and TFILM ({n_tf}), n_layers 4, 8192-sample input")
     expected = match_weights(kf, model)
     recipe, r_from = resolve_recipe(kf, r, sr, degrade)
+    return kf, model, expected, recipe, r_from
+
+
+def load_keras_model(path: str | os.PathLike, model: str | None = None, r: int | None = None,
+                     sr: int | None = None, degrade: str | None = None):
+    """Read a Keras .h5 and return (afilm model, info) with info = {format, file, model, r, r_from,
+    recipe}; ``recipe`` is :func:`resolve_recipe`'s, checked before the arrays are read."""
+    from afilm_cli.models import create_model
+
+    kf, model, expected, recipe, r_from = check_keras_import(path, model, r, sr, degrade)
     pairs = list(zip(expected, kf.load().values, strict=True))
     with torch.device("meta"):  # no init: the weights come from the file
         net = create_model(model)

@@ -576,3 +576,19 @@ def test_a_file_of_another_model_is_not_sent_to_pass_model(tmp_path):
     _one_line_error(res, f"{other}: 6 weight arrays: another model than the original AFILM (596 arrays) "
                          "and TFILM (47)")
     assert "--model" not in res.stderr
+
+
+def test_the_files_faults_come_before_an_existing_output(tmp_path):
+    """With M.pt already there, 'convert keras M.h5' (no --r, a wrong --model, an r prepare refuses) said
+    "M.pt exists; pass --force", and with --force the file's own fault came only then."""
+    src = _shapes_only_keras(tmp_path / "m.h5")
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"earlier")
+    for args, said in (((), "do not store the upscaling ratio; pass --r"),
+                       (("--r", "4", "--model", "afilm"), "holds a Keras TFILM model"),
+                       (("--r", "3"), "cannot import with r=3")):
+        res = _cli("keras", src, *args)
+        _one_line_error(res, f"{src}: ", said)
+        assert "exists" not in res.stderr
+    _one_line_error(_cli("keras", src, "--r", "4"), f"{out} exists; pass --force")
+    assert out.read_bytes() == b"earlier"

@@ -68,14 +68,16 @@ def keras(
     """
     from afilm_cli.audio import degrade_methods
     from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
-    from afilm_cli.keras_io import KERAS_MODELS, load_keras_model, read_keras_h5
+    from afilm_cli.keras_io import KERAS_MODELS, check_keras_import, load_keras_model
 
     if model is not None and model not in KERAS_MODELS:
         raise AfilmError(f"--model must be one of {', '.join(KERAS_MODELS)}, got {model!r}")
     if degrade is not None:
         degrade_methods(degrade)  # a typo is one clear error, before the file is read
     out = out or model_h5.with_suffix(".pt")
-    read_keras_h5(model_h5, values=False)  # the input's own faults first: a .pt given here is not "exists"
+    # the input's own faults first (a .pt given here, another model, a missing or refused --r): an existing
+    # output said "exists; pass --force", and with --force the file's fault came only then
+    check_keras_import(model_h5, model, r, sr=sr, degrade=degrade)
     refuse_output(out, model_h5, force, ".pt")
     net, info = load_keras_model(model_h5, model, r, sr=sr, degrade=degrade)
     recipe = info.pop("recipe")  # r, sr and degrade resolved (given, recorded or default) and checked
