@@ -1352,3 +1352,34 @@ def test_a_folder_of_afilm_outputs_is_said_to_be_one(tmp_path, ckpts, capsys, li
     (tmp_path / "empty").mkdir()
     assert error_line(run_main(capsys, "upsample", tmp_path / "empty", "--ckpt", ckpts["spline"])).endswith(
         "empty: no audio files in this folder")
+
+
+def test_a_stopped_run_leaves_no_empty_folder_it_made(tmp_path, ckpts, capsys, monkeypatch, libri_mini):
+    """The writes make the output folders: a run that ends in an error or Ctrl-C before any file is in
+    them removes those it made (they were left empty); folders that were there, or hold outputs, stay."""
+    x = np.random.default_rng(9).standard_normal(8000) * 0.1
+    x[6000] = np.nan  # found only while streaming, after the folders are made
+    bad = write(tmp_path / "bad.wav", x, 4000)
+    out = run_main(capsys, "upsample", bad, "--ckpt", ckpts["spline"], "-o", tmp_path / "new" / "d" / "x.wav")
+    assert out.returncode == 2 and "NaN" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]
+    (tmp_path / "there").mkdir()
+    out = run_main(capsys, "upsample", bad, "--ckpt", ckpts["spline"], "-o", f"{tmp_path / 'there' / 'new'}/")
+    assert out.returncode == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav", "there"]
+    assert list((tmp_path / "there").iterdir()) == []
+    # Ctrl-C while the second file is written: the first one's folder stays, the second's goes
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    write(tmp_path / "in" / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    write(tmp_path / "in" / "sub" / "b.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    real = infer.upsample_file
+
+    def interrupted(src, target, *args, **kwargs):
+        if src.name == "b.wav":
+            Path(target).parent.mkdir(parents=True)  # as the write makes it
+            raise KeyboardInterrupt
+        return real(src, target, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "upsample_file", interrupted)
+    out = run_main(capsys, "upsample", tmp_path / "in", "--ckpt", ckpts["spline"], "-q")
+    assert out.returncode == 130, out.stderr
+    assert [p.name for p in (tmp_path / "in.afilm").iterdir()] == ["a.afilm.wav"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -135,34 +136,41 @@ def command(
     def warn(message: str) -> None:
         err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
 
-    # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line
-    with Progress(*columns, console=err, disable=quiet or not err.is_interactive, transient=True) as bar:
-        task = bar.add_task("upsampling", total=sum(totals.values()))
-        for src, target in pairs:
-            if src not in totals:  # said above
-                continue
-            bar.update(task, description=escape(src.name))
+    made = _missing_folders(pairs)  # made by the writes: removed again if empty when the run stops
+    try:
+        # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line
+        with Progress(*columns, console=err, disable=quiet or not err.is_interactive, transient=True) as bar:
+            task = bar.add_task("upsampling", total=sum(totals.values()))
+            for src, target in pairs:
+                if src not in totals:  # said above
+                    continue
+                bar.update(task, description=escape(src.name))
 
-            def advance(n: int) -> None:
-                bar.advance(task, n)
+                def advance(n: int) -> None:
+                    bar.advance(task, n)
 
-            kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, warn=warn,
-                          **speed)
-            try:
-                if simulate:
-                    info = infer.simulate_file(src, target, models[src], degrade=degrade, **kwargs)
-                    written = ", ".join(info["outputs"].values())
-                else:
-                    info = infer.upsample_file(src, target, models[src], **kwargs)
-                    written = info["output"]
-            except AfilmError as exc:  # found only while streaming (NaN samples): the other files go on
-                fail(src, exc)
-                continue
-            if not quiet and not stdio:  # said in the summary
-                err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
-    if failed:
-        raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); "
-                         + ("the others were written" if len(failed) < len(pairs) else "nothing was written"))
+                kwargs = dict(batch_size=batch_size, window=window, device=dev, progress=advance, warn=warn,
+                              **speed)
+                try:
+                    if simulate:
+                        info = infer.simulate_file(src, target, models[src], degrade=degrade, **kwargs)
+                        written = ", ".join(info["outputs"].values())
+                    else:
+                        info = infer.upsample_file(src, target, models[src], **kwargs)
+                        written = info["output"]
+                except AfilmError as exc:  # found only while streaming (NaN samples): the other files go on
+                    fail(src, exc)
+                    continue
+                if not quiet and not stdio:  # said in the summary
+                    err.print(f"{escape(str(src))} -> {escape(written)}", soft_wrap=True)
+        if failed:
+            rest = "the others were written" if len(failed) < len(pairs) else "nothing was written"
+            raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); {rest}")
+    except BaseException:  # Ctrl-C, or an error that ends the run: no empty folder of its own is left
+        for folder in made:
+            with contextlib.suppress(OSError):  # one that holds files stays
+                folder.rmdir()
+        raise
     if not quiet:
         used = {id(m): m for m in models.values()}.values()
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
@@ -170,6 +178,15 @@ def command(
                           for m in used)
         what = escape(f"{src} upsampled to {written}") if stdio else f"{len(pairs)} file(s) upsampled"
         err.print(f"{what} with {names} on {dev}", soft_wrap=True)
+
+
+def _missing_folders(pairs: list) -> list[Path]:
+    """The output folders not there yet, deepest first."""
+    missing: set[Path] = set()
+    for _, target in pairs:
+        if isinstance(target, Path):  # not stdout
+            missing.update(d for d in target.absolute().parents if not d.exists())
+    return sorted(missing, key=lambda d: len(d.parts), reverse=True)
 
 
 def _native_bf16() -> bool:
