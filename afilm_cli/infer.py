@@ -793,8 +793,29 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                              "them on its own with -o")
         done.add(src.resolve())
         unique.append((src, target))
+    for src, target in unique:
+        for path in (simulate_paths(target).values() if simulate else [target]):
+            _check_name_length(src, path)
     _refuse_inputs_as_outputs(unique, simulate)  # up front, --force or not: nothing of the run is written
     return unique
+
+
+# atomic_path writes .NAME.tmp-XXXXXXXX first: 14 bytes more than the output's name
+_TEMP_NAME_EXTRA = 14
+
+
+def _check_name_length(src: Path, out: Path) -> None:
+    """An output name longer than the file system takes (255 bytes on most; a long input name with
+    .afilm.wav added) is refused up front; it was a bare 'File name too long' OSError."""
+    try:
+        limit = os.pathconf(next(p for p in out.absolute().parents if p.is_dir()), "PC_NAME_MAX")
+    except (OSError, ValueError, StopIteration):
+        limit = 255
+    size = len(os.fsencode(out.name))
+    if size + _TEMP_NAME_EXTRA > limit:
+        raise AfilmError(f"{out}: the output's name is {size} bytes, and {limit - _TEMP_NAME_EXTRA} is the "
+                         f"most here (the file system's {limit}, less {_TEMP_NAME_EXTRA} for the temporary "
+                         f"name it is written under first); upsample {src} on its own with a shorter -o name")
 
 
 def _refuse_inputs_as_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> None:

@@ -1383,3 +1383,22 @@ def test_a_stopped_run_leaves_no_empty_folder_it_made(tmp_path, ckpts, capsys, m
     out = run_main(capsys, "upsample", tmp_path / "in", "--ckpt", ckpts["spline"], "-q")
     assert out.returncode == 130, out.stderr
     assert [p.name for p in (tmp_path / "in.afilm").iterdir()] == ["a.afilm.wav"]
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(tmp_path, ckpts, capsys, libri_mini):
+    """x.wav -> x.afilm.wav adds 6 bytes, and the temporary name 14 more: for a long input name (a
+    downloaded title) that was a bare 'File name too long: ...' (exit 1) from a stat, or 'cannot write
+    ...: File name too long' for a name the file system takes (245 bytes) after the work."""
+    x = speech(libri_mini, 4000, 1.0)
+    for stem, size in (("a" * 248, 258), ("b" * 235, 245)):
+        src = write(tmp_path / f"{stem}.wav", x, 4000, "PCM_16")
+        line = error_line(run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"]))
+        assert line == (f"afilm: error: {tmp_path / stem}.afilm.wav: the output's name is {size} bytes, and "
+                        "241 is the most here (the file system's 255, less 14 for the temporary name it is "
+                        f"written under first); upsample {src} on its own with a shorter -o name")
+        out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "short.wav",
+                       "--force")
+        assert out.returncode == 0, out.stderr
+    assert error_line(run_main(capsys, "upsample", tmp_path, "--ckpt", ckpts["spline"])).endswith(
+        "on its own with a shorter -o name")
+    assert not (tmp_path.parent / f"{tmp_path.name}.afilm").exists()
