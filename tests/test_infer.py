@@ -1402,3 +1402,12 @@ def test_an_output_name_too_long_for_the_file_system_is_one_line(tmp_path, ckpts
     assert error_line(run_main(capsys, "upsample", tmp_path, "--ckpt", ckpts["spline"])).endswith(
         "on its own with a shorter -o name")
     assert not (tmp_path.parent / f"{tmp_path.name}.afilm").exists()
+
+
+def test_the_summary_counts_files_in_the_singular_and_plural(tmp_path, ckpts, capsys, libri_mini):
+    x = speech(libri_mini, 4000, 1.0)
+    a, b = write(tmp_path / "a.wav", x, 4000, "PCM_16"), write(tmp_path / "b.wav", x, 4000, "PCM_16")
+    out = run_main(capsys, "upsample", a, "--ckpt", ckpts["spline"])
+    assert out.returncode == 0 and out.stderr.splitlines()[-1].startswith("1 file upsampled with "), out.stderr
+    out = run_main(capsys, "upsample", a, b, "--ckpt", ckpts["spline"], "-o", tmp_path / "two/")
+    assert out.returncode == 0 and out.stderr.splitlines()[-1].startswith("2 files upsampled with "), out.stderr
