@@ -1408,6 +1408,8 @@ def test_the_summary_counts_files_in_the_singular_and_plural(tmp_path, ckpts, ca
     x = speech(libri_mini, 4000, 1.0)
     a, b = write(tmp_path / "a.wav", x, 4000, "PCM_16"), write(tmp_path / "b.wav", x, 4000, "PCM_16")
     out = run_main(capsys, "upsample", a, "--ckpt", ckpts["spline"])
-    assert out.returncode == 0 and out.stderr.splitlines()[-1].startswith("1 file upsampled with "), out.stderr
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines()[-1].startswith("1 file upsampled with "), out.stderr
     out = run_main(capsys, "upsample", a, b, "--ckpt", ckpts["spline"], "-o", tmp_path / "two/")
-    assert out.returncode == 0 and out.stderr.splitlines()[-1].startswith("2 files upsampled with "), out.stderr
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines()[-1].startswith("2 files upsampled with "), out.stderr

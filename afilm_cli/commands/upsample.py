@@ -176,7 +176,8 @@ def command(
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
                           + (f" for {sum(v is m for v in models.values())} of them" if len(used) > 1 else "")
                           for m in used)
-        what = escape(f"{src} upsampled to {written}") if stdio else f"{len(pairs)} file{'s' if len(pairs) != 1 else ''} upsampled"
+        files = f"{len(pairs)} file{'s' if len(pairs) != 1 else ''}"
+        what = escape(f"{src} upsampled to {written}") if stdio else f"{files} upsampled"
         err.print(f"{what} with {names} on {dev}", soft_wrap=True)
 
 
