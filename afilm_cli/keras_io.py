@@ -290,18 +290,21 @@ def resolve_recipe(kf: KerasFile, r: int | None, sr: int | None = None, degrade:
                    ) -> tuple[dict[str, Any], str]:
     """The checkpoint recipe (r, sr, degrade, patch) of a Keras file and where r came from: r as
     :func:`resolve_r`; sr and degrade as given, else as the file records (a file afilm exported), else
-    16000 and subsample (the published VCTK-Multi models). The recipe must be one 'afilm prepare'
-    accepts (r dividing sr, so the low rate is a whole number of Hz): checked before any array is read."""
+    16000 and subsample (the published VCTK-Multi models); patch as the file records, else 8192. The
+    recipe must be one 'afilm prepare' accepts (r dividing sr, so the low rate is a whole number of Hz):
+    checked before any array is read."""
     from afilm_cli.data.recipe import Recipe
 
     r_value, r_from = resolve_r(kf, r)
-    recorded = {k: kf.attrs[f"afilm_{k}"] for k in ("sr", "degrade") if f"afilm_{k}" in kf.attrs}
-    recorded = {k: int(v) if k == "sr" else _text(v) for k, v in recorded.items()}
+    recorded = {k: kf.attrs[f"afilm_{k}"] for k in ("sr", "degrade", "patch") if f"afilm_{k}" in kf.attrs}
+    recorded = {k: _text(v) if k == "degrade" else int(v) for k, v in recorded.items()}
     for key, given in (("sr", sr), ("degrade", degrade)):
         if given is not None and key in recorded and given != recorded[key]:
             raise AfilmError(f"{kf.path}: the file records {key}={recorded[key]}, but --{key} {given} "
                              "was given")
-    recipe = Recipe(r=r_value, sr=sr or recorded.get("sr", 16000), patch=KERAS_INPUT_LENGTH,
+    # the training patch of a file afilm exported (upsample's default window), else the Keras input's
+    recipe = Recipe(r=r_value, sr=sr or recorded.get("sr", 16000),
+                    patch=recorded.get("patch", KERAS_INPUT_LENGTH),
                     degrade=degrade or recorded.get("degrade", "subsample"))
     try:
         recipe.validate()  # prepare's own rules, so a converted checkpoint is one afilm could have trained
@@ -423,10 +426,11 @@ def keras_arrays(model: torch.nn.Module) -> list[tuple[KerasWeight, np.ndarray]]
 
 
 def write_keras_h5(path: str | os.PathLike, model: torch.nn.Module, r: int | None = None,
-                   sr: int | None = None, degrade: str | None = None) -> Path:
+                   sr: int | None = None, degrade: str | None = None, patch: int | None = None) -> Path:
     """Write ``model`` as a Keras weights-only .h5 (save_weights layout): the original code loads it
-    with ``get_afilm().load_weights(path)`` (or get_tfilm). Records ``afilm_r``, ``afilm_sr`` and
-    ``afilm_degrade`` when given, which an import reads back."""
+    with ``get_afilm().load_weights(path)`` (or get_tfilm). Records ``afilm_r``, ``afilm_sr``,
+    ``afilm_degrade`` and ``afilm_patch`` (the training patch, where upsample's windows default to it;
+    the Keras model's input stays 8192) when given, which an import reads back."""
     import h5py
 
     arrays = keras_arrays(model)
@@ -445,6 +449,8 @@ def write_keras_h5(path: str | os.PathLike, model: torch.nn.Module, r: int | Non
             f.attrs["afilm_sr"] = int(sr)
         if degrade is not None:
             f.attrs["afilm_degrade"] = str(degrade)
+        if patch is not None:
+            f.attrs["afilm_patch"] = int(patch)
         f.attrs["afilm_model"] = model.config.modulation
         for name, items in layers.items():
             g = f.create_group(name)

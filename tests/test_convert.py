@@ -194,14 +194,16 @@ def test_tfilm_cli_import_export_and_refusals(tfilm_files, tmp_path):
     _one_line_error(_cli("keras", back, "--r", "2", "--out", tmp_path / "x.pt"), "records r=4", "--r 2")
     _one_line_error(_cli("keras", back, "--degrade", "decimate", "--out", tmp_path / "x.pt"),
                     "records degrade=subsample", "--degrade decimate")
-    # a model trained here with another recipe keeps it through the Keras file
-    ckpt["recipe"] = {**ckpt["recipe"], "degrade": "decimate+resample", "sr": 24000}  # r must divide it
+    # a model trained here with another recipe keeps it through the Keras file, its training patch
+    # (upsample's default window) too: it came back as the Keras input's 8192
+    ckpt["recipe"] = {**ckpt["recipe"], "degrade": "decimate+resample", "sr": 24000,  # r must divide it
+                      "patch": 16384}
     torch.save(ckpt, tmp_path / "mixed.pt")
     assert _cli("to-keras", tmp_path / "mixed.pt", "--out", tmp_path / "mixed.h5").returncode == 0
     res = _cli("keras", tmp_path / "mixed.h5", "--out", tmp_path / "mixed_back.pt")
     assert res.returncode == 0, res.stderr
     assert load_checkpoint(tmp_path / "mixed_back.pt")["recipe"] == {
-        "r": 4, "sr": 24000, "degrade": "decimate+resample", "patch": 8192}
+        "r": 4, "sr": 24000, "degrade": "decimate+resample", "patch": 16384}
     # a TFiLM file is not an AFiLM
     _one_line_error(_cli("keras", src, "--model", "afilm", "--r", "4", "--out", tmp_path / "y.pt"),
                     "TFILM", "--model tfilm")

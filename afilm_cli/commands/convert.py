@@ -119,6 +119,7 @@ def to_keras(
     except AfilmError as exc:  # weights that do not fit, a model Keras cannot build: said with the file
         raise AfilmError(f"{path}: {exc}") from None
     recipe = data["recipe"]
-    write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"])
+    write_keras_h5(out, net, r=recipe["r"], sr=recipe["sr"], degrade=recipe["degrade"],
+                   patch=recipe.get("patch"))
     typer.echo(f"{path} -> {out}: Keras {net.config.modulation} weights (save_weights layout), "
                f"r={data['recipe']['r']}")
