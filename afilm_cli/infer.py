@@ -770,6 +770,10 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
         else:
             if not item.exists():
                 raise AfilmError(f"{item}: no such file")
+            if not item.is_file():  # /dev/stdin, <(ffmpeg ...), a FIFO: it would be read once only
+                raise AfilmError(f"{item}: a pipe or device, not a file, and a file is read more than "
+                                 "once; give the audio on stdin as - (... | afilm upsample - -o out.wav) or "
+                                 "save it to a file first")
             if out is not None and (len(inputs) > 1 or out_is_dir or out.is_dir()):
                 target = out / (item.stem if simulate else default_output(item).name)
             elif out is not None:

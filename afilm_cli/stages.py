@@ -60,8 +60,10 @@ class FileSource(Stage):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            raise AfilmError(f"{self.path}: no such file" if not self.path.is_dir()
-                             else f"{self.path}: is a folder, expected an audio file")
+            raise AfilmError(f"{self.path}: is a folder, expected an audio file" if self.path.is_dir()
+                             else f"{self.path}: a pipe or device, not a file, and a file is read more than "
+                             "once; save the audio to a file first" if self.path.exists()
+                             else f"{self.path}: no such file")
         try:
             self.f = sf.SoundFile(str(self.path))
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...

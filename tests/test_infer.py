@@ -1413,3 +1413,22 @@ def test_the_summary_counts_files_in_the_singular_and_plural(tmp_path, ckpts, ca
     out = run_main(capsys, "upsample", a, b, "--ckpt", ckpts["spline"], "-o", tmp_path / "two/")
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines()[-1].startswith("2 files upsampled with "), out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_a_pipe_as_an_input_is_said_to_be_one(tmp_path, ckpts, capsys, libri_mini):
+    """/dev/stdin, <(ffmpeg ...) or a FIFO is no file to read more than once: it was 'no such file'."""
+    os.mkfifo(tmp_path / "fifo.wav")
+    line = error_line(run_main(capsys, "upsample", tmp_path / "fifo.wav", "--ckpt", ckpts["spline"], "-o",
+                               tmp_path / "out.wav"))
+    assert line == (f"afilm: error: {tmp_path / 'fifo.wav'}: a pipe or device, not a file, and a file is "
+                    "read more than once; give the audio on stdin as - (... | afilm upsample - -o out.wav) "
+                    "or save it to a file first")
+    # in a folder: named, and the others written
+    write(tmp_path / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    out = run_main(capsys, "upsample", tmp_path, "--ckpt", ckpts["spline"], "-q")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 2, out.stderr
+    assert lines[0] == (f"afilm: error: {tmp_path / 'fifo.wav'}: a pipe or device, not a file, and a file is "
+                        "read more than once; save the audio to a file first")
+    assert [p.name for p in (tmp_path.parent / f"{tmp_path.name}.afilm").iterdir()] == ["a.afilm.wav"]
