@@ -1432,3 +1432,20 @@ def test_a_pipe_as_an_input_is_said_to_be_one(tmp_path, ckpts, capsys, libri_min
     assert lines[0] == (f"afilm: error: {tmp_path / 'fifo.wav'}: a pipe or device, not a file, and a file is "
                         "read more than once; save the audio to a file first")
     assert [p.name for p in (tmp_path.parent / f"{tmp_path.name}.afilm").iterdir()] == ["a.afilm.wav"]
+
+
+def test_an_empty_name_is_refused_not_taken_as_the_current_folder(tmp_path, ckpts, capsys, monkeypatch,
+                                                                  libri_mini):
+    """`afilm upsample "$FILE"` with FILE unset: '' was Path('.'), and the whole current folder was
+    upsampled (into ../NAME.afilm); -o '' wrote beside the input as -o . does."""
+    monkeypatch.chdir(tmp_path)
+    src = write(tmp_path / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    assert error_line(run_main(capsys, "upsample", "", "--ckpt", ckpts["spline"])) == (
+        "afilm: error: an input is an empty name (an unset variable?): name a file or folder ('.' for the "
+        "current folder)")
+    (tmp_path / "sub").mkdir()
+    assert error_line(run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-o", "")) == (
+        "afilm: error: -o is an empty name (an unset variable?): name a file or folder ('.' for the current "
+        "folder)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "sub"]
+    assert not (tmp_path.parent / f"{tmp_path.name}.afilm").exists()

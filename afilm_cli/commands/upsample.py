@@ -92,6 +92,13 @@ def command(
         if not simulate:
             raise AfilmError("--degrade goes with --simulate (real low-rate input is taken as it is)")
         infer.check_degrade(degrade)
+    # an empty argument (an unset "$VAR") is no name: as a path it is '.', the whole current folder
+    if "" in inputs:
+        raise AfilmError("an input is an empty name (an unset variable?): name a file or folder ('.' for "
+                         "the current folder)")
+    if out == "":
+        raise AfilmError("-o is an empty name (an unset variable?): name a file or folder ('.' for the "
+                         "current folder)")
     stdio = infer.check_stdio(inputs, out, simulate)  # `-`: refused where it cannot be, before any reading
     # one model for every file, loaded first so that a bad --ckpt is said before the inputs are looked at
     fixed = infer.load_model(ckpt, dev) if ckpt is not None or simulate else None
