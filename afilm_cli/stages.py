@@ -84,7 +84,10 @@ class FileSource(Stage):
     def _read(self, start, stop):
         if not self.f.seekable():
             if self._whole is None:
-                self._whole = self._check(self.f.read(dtype="float64", always_2d=True), self.length)
+                # soundfile needs the count for a file it cannot seek in (GSM 6.10 WAV): read() was a
+                # ValueError ('frames must be specified for non-seekable files') shown as a traceback
+                self._whole = self._check(self.f.read(self.length, dtype="float64", always_2d=True),
+                                          self.length)
             return self._whole[start:stop]
         self.f.seek(start)
         return self._check(self.f.read(stop - start, dtype="float64", always_2d=True), stop - start)

@@ -1449,3 +1449,20 @@ def test_an_empty_name_is_refused_not_taken_as_the_current_folder(tmp_path, ckpt
         "folder)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "sub"]
     assert not (tmp_path.parent / f"{tmp_path.name}.afilm").exists()
+
+
+@pytest.mark.skipif(not sf.check_format("WAV", "GSM610"), reason="libsndfile without GSM 6.10")
+def test_a_wav_libsndfile_cannot_seek_in_is_upsampled(tmp_path, ckpts, capsys, libri_mini):
+    """GSM 6.10 WAV (telephone audio) is read whole, as it cannot be sought in; soundfile's read() needs
+    the frame count for that, and its ValueError was shown as a traceback."""
+    src = write(tmp_path / "gsm.wav", speech(libri_mini, 4000, 1.0), 4000, "GSM610")
+    assert not sf.SoundFile(str(src)).seekable()
+    out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "gsm.out.wav")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    # the same samples as a PCM_16 WAV (which can be sought in) give the same output
+    same = write(tmp_path / "same.wav", sf.read(str(src))[0], 4000, "PCM_16")
+    out = run_main(capsys, "upsample", same, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "same.out.wav")
+    assert out.returncode == 0, out.stderr
+    y, sr = sf.read(str(tmp_path / "gsm.out.wav"))
+    assert sr == 16000 and len(y) == 4 * sf.info(str(src)).frames
+    np.testing.assert_array_equal(y, sf.read(str(tmp_path / "same.out.wav"))[0])
