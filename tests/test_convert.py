@@ -420,12 +420,12 @@ def test_to_keras_takes_a_run_folder_as_upsample_does(tmp_path, monkeypatch):
                                                     "degrade": "decimate", "patch": 8192}))
     res = CliRunner().invoke(app, ["convert", "to-keras", str(run)])
     assert res.exit_code == 0, res.output
-    assert written == [(run / "best.h5", {"r": 2, "sr": 16000, "degrade": "decimate"})]
+    assert written == [(run / "best.h5", {"r": 2, "sr": 16000, "degrade": "decimate", "patch": 8192})]
     assert f"{run / 'best.pt'} -> {run / 'best.h5'}" in res.output
     (run / "best.pt").unlink()  # a run stopped before its first validation has only last.pt
     res = CliRunner().invoke(app, ["convert", "to-keras", str(run)])
     assert res.exit_code == 0, res.output
-    assert written[-1] == (run / "last.h5", {"r": 4, "sr": 16000, "degrade": "decimate"})
+    assert written[-1] == (run / "last.h5", {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192})
     # weights that do not fit their model: one line naming the file, as upsample says it
     import torch
 
