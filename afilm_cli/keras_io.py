@@ -277,8 +277,8 @@ def resolve_r(kf: KerasFile, r: int | None) -> tuple[int, str]:
     if len(hints) == 1:
         (hint,) = hints
         if r is not None and r != hint:
-            raise AfilmError(f"{kf.path}: the file name says r={hint}, but --r {r} was given "
-                             "(Keras files do not store r: pass the r the model was trained for)")
+            raise AfilmError(f"{kf.path}: the file name says r={hint}, but --r {r} was given (Keras files "
+                             f"do not store r: drop --r, or if the name is wrong, rename the file)")
         return hint, "file name"
     if r is None:
         raise AfilmError(f"{kf.path}: Keras files do not store the upscaling ratio; pass --r "

@@ -279,7 +279,8 @@ def test_r_resolution(tmp_path, stem, given, expected):
 
 
 def test_r_contradictions_fail(tmp_path):
-    with pytest.raises(AfilmError, match="file name says r=2, but --r 4"):
+    # the way out: the name's r is taken without --r, and a wrong name must be changed (--r cannot win)
+    with pytest.raises(AfilmError, match="file name says r=2, but --r 4 .*drop --r, or .*rename the file"):
         resolve_r(KerasFile(tmp_path / "afilm_r2.h5", "weights only", [], {}, None), 4)
     with pytest.raises(AfilmError, match="records r=8, but --r 4"):
         resolve_r(KerasFile(tmp_path / "m.h5", "weights only", [], {"afilm_r": 8}, None), 4)
