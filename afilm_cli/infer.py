@@ -751,7 +751,12 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
         if item.is_dir():
             root = out if out is not None else _folder_output(item)
             found = find_audio_files(item)
-            files = sorted(p for p in found if ".afilm" not in p.name and not _is_sim_output(p))
+            files = sorted(p for p in found if not _is_output(p))
+            if files and len(files) < len(found):  # a rerun on a folder that holds a run's outputs
+                left = len(found) - len(files)
+                print_warning(f"{item}: {left} file{'s' if left != 1 else ''} named as afilm's outputs "
+                              "(*.afilm.wav, *.afilm.flac, *.lr/.hr/.pr.wav) left out; name "
+                              f"{'them' if left != 1 else 'it'} to upsample {'them' if left != 1 else 'it'}")
             if not files and found:  # it held only afilm's outputs (DIR.afilm/): they are not taken again
                 raise AfilmError(f"{item}: its {len(found)} audio file{'s' if len(found) != 1 else ''} "
                                  f"{'are' if len(found) != 1 else 'is'} named as afilm's outputs (*.afilm.*, "
@@ -864,8 +869,10 @@ def _folder_output(folder: Path) -> Path:
     return named.with_name(named.name + ".afilm")
 
 
-def _is_sim_output(p: Path) -> bool:
-    return any(p.name.endswith(f".{k}.wav") for k in ("lr", "hr", "pr"))
+def _is_output(p: Path) -> bool:
+    """Named as an output of upsample (x.afilm.wav, x.ogg.afilm.flac) or --simulate (x.lr.wav ...)."""
+    return p.name.lower().endswith((".afilm.wav", ".afilm.flac")) or p.name.endswith((".lr.wav", ".hr.wav",
+                                                                                        ".pr.wav"))
 
 
 def existing_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> list[Path]:

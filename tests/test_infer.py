@@ -546,6 +546,18 @@ def test_plan_outputs_mirror_folders(tmp_path):
     assert [t.relative_to(tmp_path) for _, t in pairs] == [Path("out/a"), Path("out/sub/b")]
 
 
+def test_a_folder_run_leaves_out_afilms_outputs_only_and_says_so(tmp_path, capsys):
+    """A folder run leaves out files named as afilm's outputs (a rerun on a folder holding them), and
+    now says how many; it left out any name holding '.afilm' (x.afilmore.wav) without a word."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.wav", "b.afilmore.wav", "a.afilm.wav", "c.ogg.afilm.flac", "d.hr.wav"):
+        (tmp_path / "in" / name).write_bytes(b"")
+    pairs = infer.plan_outputs([tmp_path / "in"], None, simulate=False)
+    assert sorted(s.name for s, _ in pairs) == ["a.wav", "b.afilmore.wav"]
+    err = capsys.readouterr().err
+    assert "3 files named as afilm's outputs" in err and "left out" in err, err
+
+
 def test_plan_outputs_a_trailing_slash_names_a_folder(tmp_path):
     src = tmp_path / "clip.wav"
     src.write_bytes(b"")
