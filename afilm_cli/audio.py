@@ -55,7 +55,9 @@ def read_audio(path: str | os.PathLike, *, mono: bool = False) -> tuple[np.ndarr
     try:
         with sf.SoundFile(str(path)) as f:
             header = f.extra_info
-            x, sr = f.read(dtype="float32", always_2d=False), f.samplerate
+            # libsndfile cannot seek in some codecs (GSM 6.10, telephone audio): their length is asked for
+            frames = -1 if f.seekable() else f.frames
+            x, sr = f.read(frames, dtype="float32", always_2d=False), f.samplerate
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise AfilmError(f"{path}: cannot read audio ({reason})") from None
