@@ -177,11 +177,11 @@ def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], mo
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model the checkpoint describes, load its weights, put it in eval mode."""
-    from afilm_cli.infer import api_device
+    from afilm_cli.infer import resolve_device
     from afilm_cli.models import ModelContractError, create_model
     from afilm_cli.registry import UnknownNameError
 
-    device = api_device(device)  # before building: one line for a device this machine lacks
+    device = resolve_device(device, via="device")  # before building: one line for a device this machine lacks
     try:
         model = create_model(ckpt["model_name"], **ckpt["model_config"])
     except (UnknownNameError, ModelContractError):

@@ -61,36 +61,30 @@ BLOCK = 1 << 16  # samples per block when copying a stage to a file
 
 
 # ----------------------------------------------------------------------------------------- model I/O
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AfilmError(f"--device {device}: no CUDA device is available (use --device cpu)")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise AfilmError(f"unknown device {device!r} (use auto, cpu or cuda)") from None
-
-
-def api_device(device: str | int | torch.device) -> torch.device:
-    """The ``device`` argument of the Python API (a torch.device, a name as torch takes it, or 'auto'
-    as :func:`resolve_device` takes it): one AfilmError line naming it as passed where it is no device
-    or a CUDA device this machine lacks (torch raised an AssertionError, 'Torch not compiled with CUDA
-    enabled', or a RuntimeError listing every device type it knows)."""
+def resolve_device(device: str | int | torch.device = "auto", *, via: str = "--device") -> torch.device:
+    """A device as the CLI's ``--device`` takes it (``via``) or the Python API's ``device=``
+    (``via="device"``: a torch.device, a name as torch takes it, or 'auto'): 'auto' is CUDA where there
+    is one; one AfilmError line, in the caller's words, where it is no device or a CUDA device this
+    machine lacks (torch raised an AssertionError, 'Torch not compiled with CUDA enabled', or a
+    RuntimeError listing every device type it knows)."""
+    cli = via.startswith("--")
     if isinstance(device, str) and device == "auto":
-        return resolve_device(device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = device if isinstance(device, torch.device) else torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise AfilmError(f"device {device!r} is not a device: pass 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        raise AfilmError(f"unknown device {device!r} (use auto, cpu or cuda)" if cli else
+                         f"device {device!r} is not a device: pass 'cpu', 'cuda', 'cuda:N' or 'auto'"
                          ) from None
     if dev.type == "cuda":
         shown = repr(str(device) if isinstance(device, torch.device) else device)  # 'cuda:1', not device(...)
+        named = f"{via} {device}" if cli else f"device {shown}"
         if not torch.cuda.is_available():
-            raise AfilmError(f"device {shown}: no CUDA device is available (pass device='cpu')")
+            raise AfilmError(f"{named}: no CUDA device is available "
+                             + ("(use --device cpu)" if cli else "(pass device='cpu')"))
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise AfilmError(f"device {shown}: this machine has {count} CUDA device"
+            raise AfilmError(f"{named}: this machine has {count} CUDA device"
                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
     return dev
 
@@ -157,7 +151,7 @@ def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from afilm_cli.pretrained import checkpoint_path
 
-    device = api_device(device)  # a device this machine lacks is said without the file's name
+    device = resolve_device(device, via="device")  # a missing device: said without the file
     path = default_checkpoint() if path is None else checkpoint_path(path)
     ckpt = load_checkpoint(path)
     recipe = dict(ckpt["recipe"])
@@ -616,7 +610,7 @@ def placed(loaded: Loaded | str | os.PathLike, device: str | torch.device | None
     one the model was loaded on (the CPU for a name or path), so that a model loaded on CUDA is run
     there without naming the device again."""
     if device is not None:
-        device = api_device(device)
+        device = resolve_device(device, via="device")
     loaded = as_loaded(loaded, "cpu" if device is None else device)
     if device is None:
         tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
