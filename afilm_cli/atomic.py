@@ -26,7 +26,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise AfilmError(f"cannot write {path}: {blocker} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path)}.tmp-", suffix=path.suffix, dir=path.parent)
     except OSError as exc:  # named for the file asked for, not the temporary one
         raise AfilmError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -48,6 +48,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+# mkstemp's name is the stem with "." before it and ".tmp-" plus 8 random characters after it
+_TEMP_EXTRA = 14
+
+
+def _temp_stem(path: Path) -> str:
+    """``path``'s stem, cut so that the temporary name fits where ``path``'s name fits: a name of
+    242-255 bytes (the usual limit) is valid, and its temporary name must not be what fails."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf on Windows
+        limit = 255
+    stem = os.fsencode(path.stem)
+    room = limit - _TEMP_EXTRA - len(os.fsencode(path.suffix))
+    # cut on a character boundary: the bytes dropped are a temporary name's, never the output's
+    return stem[:max(room, 1)].decode(errors="ignore") if len(stem) > room else path.stem
 
 
 def make_output_dir(path: str | os.PathLike) -> Path:

@@ -803,10 +803,6 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
     return unique
 
 
-# atomic_path writes .NAME.tmp-XXXXXXXX first: 14 bytes more than the output's name
-_TEMP_NAME_EXTRA = 14
-
-
 def _check_name_length(src: Path, out: Path) -> None:
     """An output name longer than the file system takes (255 bytes on most; a long input name with
     .afilm.wav added) is refused up front; it was a bare 'File name too long' OSError."""
@@ -815,10 +811,9 @@ def _check_name_length(src: Path, out: Path) -> None:
     except (OSError, ValueError, StopIteration):
         limit = 255
     size = len(os.fsencode(out.name))
-    if size + _TEMP_NAME_EXTRA > limit:
-        raise AfilmError(f"{out}: the output's name is {size} bytes, and {limit - _TEMP_NAME_EXTRA} is the "
-                         f"most here (the file system's {limit}, less {_TEMP_NAME_EXTRA} for the temporary "
-                         f"name it is written under first); upsample {src} on its own with a shorter -o name")
+    if size > limit:
+        raise AfilmError(f"{out}: the output's name is {size} bytes, and the file system takes at most "
+                         f"{limit}; upsample {src} on its own with a shorter -o name")
 
 
 def _refuse_inputs_as_outputs(pairs: list[tuple[Path, Path]], simulate: bool) -> None:

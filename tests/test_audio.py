@@ -139,6 +139,21 @@ def test_atomic_outputs_reach_the_disk_before_their_name(tmp_path, monkeypatch):
             pass
 
 
+def test_an_atomic_output_may_have_the_longest_name_the_file_system_takes(tmp_path):
+    """The temporary name (.NAME.tmp-XXXXXXXX) was 14 bytes longer than the output's: a checkpoint, patch
+    file or table named with 242-255 bytes failed with 'File name too long' after the work."""
+    from afilm_cli import atomic
+
+    for name in ("c" * 251 + ".csv", "c" * 240 + "\u00e9\u00e9\u00e9\u00e9\u00e9" + ".h5", "d" * 255):
+        assert len(name.encode()) in (253, 255)
+        with atomic.atomic_path(tmp_path / name) as tmp:
+            assert len(tmp.name.encode()) <= 255 and tmp.name.endswith((tmp_path / name).suffix)
+            tmp.write_bytes(b"data")
+        assert (tmp_path / name).read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["c" * 251 + ".csv", "c" * 240 + "\u00e9" * 5 + ".h5", "d" * 255])
+
+
 @pytest.mark.parametrize("r", [2, 3, 4, 8])
 @pytest.mark.parametrize("m", [4, 9, 11, 12, 50])
 def test_spline_fast_path_equals_splev_at_every_length(r, m):

@@ -1398,22 +1398,27 @@ def test_a_stopped_run_leaves_no_empty_folder_it_made(tmp_path, ckpts, capsys, m
 
 
 def test_an_output_name_too_long_for_the_file_system_is_one_line(tmp_path, ckpts, capsys, libri_mini):
-    """x.wav -> x.afilm.wav adds 6 bytes, and the temporary name 14 more: for a long input name (a
-    downloaded title) that was a bare 'File name too long: ...' (exit 1) from a stat, or 'cannot write
-    ...: File name too long' for a name the file system takes (245 bytes) after the work."""
+    """x.wav -> x.afilm.wav adds 6 bytes: for a long input name (a downloaded title) that was a bare 'File
+    name too long: ...' (exit 1) from a stat. A name the file system takes is written, up to its 255 bytes:
+    the temporary name it is written under first is cut to fit (it was 14 bytes longer, and 242-255 byte
+    names failed after the work with 'cannot write ...: File name too long')."""
     x = speech(libri_mini, 4000, 1.0)
-    for stem, size in (("a" * 248, 258), ("b" * 235, 245)):
-        src = write(tmp_path / f"{stem}.wav", x, 4000, "PCM_16")
-        line = error_line(run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"]))
-        assert line == (f"afilm: error: {tmp_path / stem}.afilm.wav: the output's name is {size} bytes, and "
-                        "241 is the most here (the file system's 255, less 14 for the temporary name it is "
-                        f"written under first); upsample {src} on its own with a shorter -o name")
-        out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "short.wav",
-                       "--force")
-        assert out.returncode == 0, out.stderr
+    src = write(tmp_path / f"{'a' * 250}.wav", x, 4000, "PCM_16")
+    line = error_line(run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"]))
+    assert line == (f"afilm: error: {tmp_path / ('a' * 250)}.afilm.wav: the output's name is 260 bytes, and "
+                    f"the file system takes at most 255; upsample {src} on its own with a shorter -o name")
+    out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-q", "-o", tmp_path / "short.wav")
+    assert out.returncode == 0, out.stderr
     assert error_line(run_main(capsys, "upsample", tmp_path, "--ckpt", ckpts["spline"])).endswith(
         "on its own with a shorter -o name")
     assert not (tmp_path.parent / f"{tmp_path.name}.afilm").exists()
+    # 255 bytes in all; the second with a 3-byte character where the temporary name is cut (byte 237)
+    for stem in ("b" * 245, "b" * 236 + "\u20ac" + "b" * 6):
+        src = write(tmp_path / f"{stem}.wav", x, 4000, "PCM_16")
+        out = run_main(capsys, "upsample", src, "--ckpt", ckpts["spline"], "-q")
+        assert out.returncode == 0, out.stderr
+        assert len(os.fsencode(f"{stem}.afilm.wav")) == 255
+        assert sf.info(tmp_path / f"{stem}.afilm.wav").samplerate == 16000
 
 
 def test_the_summary_counts_files_in_the_singular_and_plural(tmp_path, ckpts, capsys, libri_mini):
