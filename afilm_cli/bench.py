@@ -123,7 +123,7 @@ def select_models(pattern: str | None, device: torch.device, quick: bool) -> lis
         "*_tiny,afilm" if quick else CUDA_PRESETS)
     names: list[str] = []
     unmatched: list[str] = []  # each pattern must match: a mistyped name was dropped without a word
-    for pat in (pattern or default).split(","):
+    for pat in (default if pattern is None else pattern).split(","):
         found = MODELS.names(pat.strip())
         names += [n for n in found if n not in names]
         if not found and pat.strip():
@@ -422,7 +422,7 @@ def select_layers(pattern: str | None) -> list[str] | None:
     from afilm_cli.errors import AfilmError
     from kernels.benchmark import LAYERS
 
-    if not pattern:
+    if pattern is None:
         return None
     known = [name for name, *_ in LAYERS]
     names = [p.strip() for p in pattern.split(",") if p.strip()]
@@ -507,7 +507,8 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
 
     for option, value, used_by in (("--models", models, ("model", "train")),
                                    ("--layers", layers, ("kernels",))):
-        if value and not set(used_by) & set(sections):  # accepted and ignored before, unknown names too
+        # accepted and ignored before, unknown names too; '' (an unset variable) is no default either
+        if value is not None and not set(used_by) & set(sections):
             raise AfilmError(f"{option} applies to the {' and '.join(used_by)} section(s), which this run "
                              "does not measure")
     names = select_models(models, device, quick) if {"model", "train"} & set(sections) else []

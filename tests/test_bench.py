@@ -117,6 +117,14 @@ def test_models_and_layers_for_sections_not_run_are_refused():
                                     (["model"], {"layers": "ZZ"}, "--layers applies to the kernels section")):
         with pytest.raises(AfilmError, match=match):
             bench.run_bench(sections, torch.device("cpu"), quick=True, **kwargs)
+    # empty (--models "$UNSET"): it ran the default set, or slipped past the section check
+    for sections, kwargs, match in ((["prepare"], {"models": ""}, "--models applies to the "),
+                                    (["model"], {"layers": ""}, "--layers applies to the kernels"),
+                                    (["train"], {"models": ""}, "--models '' matches no model; known: "),
+                                    (["kernels"], {"layers": " , "}, r"--layers ' , ': unknown layer\(s\) "
+                                     r"\(none given\); known: D1,")):
+        with pytest.raises(AfilmError, match=match):
+            bench.run_bench(sections, torch.device("cpu"), quick=True, **kwargs)
 
 
 def test_run_bench_reports_partial_results_as_it_goes():
