@@ -283,6 +283,26 @@ def test_a_failed_variants_error_is_shown_as_written():
     assert "RuntimeError: input[batch, 1, T] [/x]" in console.export_text()
 
 
+def test_a_settings_column_is_shown_only_where_a_row_has_settings():
+    """On a CPU every train row's settings are the same (in the caption): the column was shown empty."""
+    from rich.console import Console
+
+    from afilm_cli.commands.bench import _table
+
+    same = {"kernel": "torch", "bf16": False, "batch": 16}
+    rows = bench.rate_rows("train", "afilm_tiny", {"fp32": [10.0, 11.0], "again": [9.0]}, work=1.0,
+                           unit="patches/s", baseline="fp32", settings={"fp32": same, "again": same})
+    console = Console(width=120, record=True)
+    console.print(_table("train", rows, None))
+    text = console.export_text()
+    assert "settings" not in text and "kernel=torch" in text  # the caption holds them
+    rows[1]["settings"] = {**same, "bf16": True}
+    console = Console(width=120, record=True)
+    console.print(_table("train", rows, None))
+    text = console.export_text()
+    assert "settings" in text and "bf16=True" in text
+
+
 # A training step of the real CLI that ends by dropping an object watched by a weakref callback, as
 # h5py frees each of its objects, with Ctrl-C arriving while that callback runs (raise_signal runs
 # the handler at once, in the callback). Python drops a KeyboardInterrupt raised there.

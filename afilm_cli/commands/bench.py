@@ -104,22 +104,24 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
         caption = "; ".join(c for c in (caption, f"{THREADS_MARK}: ran on another thread count than the "
                                         "baseline (see threads / threads_chosen)") if c)
     table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
-    for col in ("name", "variant", "median", "min", "max", "ratio", "settings"):
+    settings = [" ".join(f"{k}={_fmt(r['settings'][k])}" for k in VARYING[section]
+                         if k in r["settings"] and k not in common) for r in rows]
+    # the settings column only where a row has one (on a CPU every train row's are the caption's)
+    for col in ("name", "variant", "median", "min", "max", "ratio", *(["settings"] if any(settings) else [])):
         # a word too long for its column folds, never cut: on a narrow terminal or a pipe (80 columns)
         # the settings lost their values ("threads_chose…", "degrade=subsamp…")
         table.add_column(col, justify="right" if col in ("median", "min", "max", "ratio") else "left",
                          overflow="fold")
     last = None
-    for r in rows:
+    for r, varied in zip(rows, settings, strict=True):
         if "error" in r:
             cells = ["", "", "", f"[red]{escape(r['error'])}[/red]"]  # an error's text, not markup
         else:
             cells = [_num(r["median"]), _num(r["min"]), _num(r["max"]),
                      "" if r["ratio"] is None
                      else f"{r['ratio']:.2f}x" + (THREADS_MARK if r.get("threads_differ") else "")]
-        settings = " ".join(f"{k}={_fmt(r['settings'][k])}" for k in VARYING[section]
-                            if k in r["settings"] and k not in common)
-        table.add_row("" if r["name"] == last else r["name"], r["variant"], *cells, settings)
+        table.add_row("" if r["name"] == last else r["name"], r["variant"], *cells,
+                      *([varied] if any(settings) else []))
         last = r["name"]
     return table
 
