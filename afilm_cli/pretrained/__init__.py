@@ -124,6 +124,8 @@ def checkpoint_path(spec: str | os.PathLike) -> Path:
                          "them once its first epoch ends)")
     if not path.exists() and str(spec) in BUNDLED:
         return bundled_checkpoint_path(str(spec))
+    if path.is_file() and bundled_name(path):  # the bundled file by its path (as the demo prints it)
+        return bundled_checkpoint_path(bundled_name(path))
     if not path.exists() and str(spec) in MODELS:  # a model's name, but one without trained weights
         name = str(spec)
         if name == "spline":

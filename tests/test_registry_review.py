@@ -1,0 +1,80 @@
+"""Found by using the registries, plugins, `afilm models` and the bundled weights as a user and a plugin
+author would: each test is one defect that was seen through the real CLI or the library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from afilm_cli import pretrained
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.errors import AfilmError
+from afilm_cli.models import create_model
+
+RECIPE = {"r": 4, "sr": 16000, "degrade": "decimate", "patch": 8192}
+MODEL_CLASS = """\
+import torch
+
+class M(torch.nn.Module):
+    length_multiple = 1
+
+    def __init__(self, name):
+        super().__init__()
+        self.model_name = name
+
+    def forward(self, x):
+        return x
+
+    def config_dict(self):
+        return {}
+
+    def check_length(self, t):
+        return None
+"""
+
+
+def _plugin(site: Path, module: str, group: str, body: str) -> None:
+    """A one-module plugin as pip leaves it: the module and a .dist-info naming its entry point."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(MODEL_CLASS + textwrap.dedent(body))
+    dist = site / f"{module}-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{module} = {module}\n")
+
+
+def _cli(*args: str, site: Path | None = None, columns: int = 200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AFILM_DISABLE_PLUGINS": "0" if site else "1", "COLUMNS": str(columns)}
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_bundled_file_named_by_its_path_is_checked_too(tmp_path, monkeypatch):
+    """`afilm demo` prints the bundled model's path ('checkpoint: .../afilm_speech_r4.pt'); given back as
+    `--ckpt` that path, a damaged file (a byte flipped in the weights) loaded without the SHA-256 check
+    and was reported as the bundled model. By name it was refused."""
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, make_checkpoint(create_model("afilm_tiny"), RECIPE))
+    entry = pretrained.Bundled("fake", "m.pt", pretrained.sha256sum(path), "card.md", "fake", r=4, sr=16000)
+    monkeypatch.setattr(pretrained, "HERE", tmp_path)
+    monkeypatch.setitem(pretrained.BUNDLED, "fake", entry)
+    assert pretrained.checkpoint_path(path) == path
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    for spec in ("fake", path, str(path)):
+        with pytest.raises(AfilmError, match="does not match the recorded"):
+            pretrained.checkpoint_path(spec)
+    copy = tmp_path / "elsewhere" / "m.pt"  # a copy of it elsewhere is the user's own file
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    assert pretrained.checkpoint_path(copy) == copy
