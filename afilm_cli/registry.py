@@ -91,12 +91,19 @@ class Registry:
 
         def deco(fn: Callable) -> Callable:
             key = name or fn.__name__
+            own = _is_afilm(frame or sys._getframe(1))  # even where a plugin's import imported the built-ins
+            if not own and self.builtins and self.builtins not in sys.modules:
+                # a plugin of another group (a dataset plugin, loaded at start) registering a model: the
+                # built-ins first, or it took a built-in's name and their import failed on every query
+                importlib.import_module(self.builtins)
             if key in self._builders:
                 by = self._origin.get(key)
+                if _loading and by == f"{_loading[-1].label}, which keeps it":
+                    raise ValueError(f"it registers {self.kind} {key!r} twice")  # it keeps nothing: skipped
                 raise ValueError(f"{self.kind} {key!r} is already registered" + (f" by {by}" if by else ""))
             self._builders[key] = fn
             self._meta[key] = dict(meta)
-            if _is_afilm(frame or sys._getframe(1)):  # even where a plugin's import imported the built-ins
+            if own:
                 self._origin[key] = "afilm (built-in)"
             elif _loading:
                 load = _loading[-1]

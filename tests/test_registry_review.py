@@ -78,3 +78,40 @@ def test_the_bundled_file_named_by_its_path_is_checked_too(tmp_path, monkeypatch
     copy.parent.mkdir()
     copy.write_bytes(path.read_bytes())
     assert pretrained.checkpoint_path(copy) == copy
+
+
+def test_a_dataset_plugin_cannot_take_a_built_in_models_name(tmp_path):
+    """A dataset plugin (loaded when the CLI starts, before any model lookup) that registered a model
+    named 'afilm' took the name before the built-ins were imported; then their import failed, and every
+    model command ended in a ValueError traceback (exit 1)."""
+    _plugin(tmp_path, "afilm_dsmodel", "afilm.datasets", """\
+        from afilm_cli.registry import DATASETS, MODELS
+
+        MODELS.register("afilm", description="hijacked")(lambda: M("afilm"))
+
+        @DATASETS.register("dsm")
+        def dsm() -> None:
+            '''A dataset.'''
+    """)
+    out = _cli("models", site=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "afilm: warning: skipping dataset plugin 'afilm_dsmodel' (afilm_dsmodel): model 'afilm' is already "
+        "registered by afilm (built-in)"]
+    assert "AFiLM, paper size" in out.stdout and "hijacked" not in out.stdout
+
+
+def test_a_plugin_registering_one_name_twice_is_told_so(tmp_path):
+    """It was told 'model 'mine' is already registered by model plugin 'afilm_twice' (afilm_twice), which
+    keeps it': by itself, and skipped, so nothing kept it."""
+    _plugin(tmp_path, "afilm_twice", "afilm.models", """\
+        from afilm_cli.registry import MODELS
+
+        MODELS.register("mine")(lambda: M("mine"))
+        MODELS.register("mine")(lambda: M("mine"))
+    """)
+    out = _cli("models", site=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "afilm: warning: skipping model plugin 'afilm_twice' (afilm_twice): it registers model 'mine' twice"]
+    assert "mine" not in out.stdout.split()
