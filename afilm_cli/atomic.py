@@ -37,7 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        _fsync(tmp)  # the data on disk before the name: a crash then leaves the old file, not an empty one
+        fsync_file(tmp)  # the data on disk before the name: a crash leaves the old file, not an empty one
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         # writers report a full disk in their own words (libsndfile "System error.", torch.save
@@ -92,7 +92,7 @@ def _read_only(path: Path) -> bool:
         return False
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -7,6 +7,7 @@ metrics, train_config). ``upsample``/``eval`` need nothing but the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shlex
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from afilm_cli import __version__
-from afilm_cli.atomic import atomic_path
+from afilm_cli.atomic import atomic_path, fsync_file
 from afilm_cli.errors import AfilmError
 
 FORMAT = "afilm-checkpoint"
@@ -60,10 +61,23 @@ def _python_scalars(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    return path
+    return save_checkpoints(ckpt, [path])[0]
+
+
+def save_checkpoints(ckpt: dict[str, Any], paths: list, *, stale: tuple = ()) -> list[Path]:
+    """Write ``ckpt`` to each of ``paths`` (a run's last.pt and best.pt), every one in full before any
+    name changes; then the ``stale`` files go and the new names take their places, last ``paths[0]``.
+    A run killed while saving leaves the files as they were, never a new last.pt beside an old best.pt
+    (what is left is a few renames apart, not a save)."""
+    paths = [Path(p) for p in paths]
+    with contextlib.ExitStack() as renames:  # atomic_path renames on exit, the last entered first
+        for path in paths:
+            tmp = renames.enter_context(atomic_path(path))
+            torch.save(ckpt, tmp)
+            fsync_file(tmp)  # now, not between two renames
+        # reached once all are written: the stale files go before the renames
+        renames.callback(lambda: [Path(p).unlink(missing_ok=True) for p in stale])
+    return paths
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from afilm_cli.atomic import make_output_dir
-from afilm_cli.checkpoint import make_checkpoint, save_checkpoint
+from afilm_cli.checkpoint import make_checkpoint, save_checkpoints
 from afilm_cli.errors import AfilmError
 from afilm_cli.interrupts import CtrlC
 from afilm_cli.train_setup import counted, get_rng
@@ -144,14 +144,13 @@ class Run:
                                    epoch_loss=epoch_loss, **self.patches,
                                    input_level_dbfs=self.input_level_dbfs,
                                    metrics=metrics_, train_config=self.cfg.to_dict(), interrupted=interrupted)
-            save_checkpoint(self.last_path(), ckpt)
-            if is_best:
-                save_checkpoint(self.out / "best.pt", ckpt)
+            best_pt = self.out / "best.pt"
+            # the first checkpoint over another run: that run's best.pt goes unless this one replaces it
+            stale = (best_pt,) if self.replacing and not is_best else ()
+            save_checkpoints(ckpt, [self.last_path(), *([best_pt] if is_best else [])], stale=stale)
             if interrupted:
                 self.log(type="interrupted", epoch=epoch, epoch_step=epoch_step, step=step)
-            if self.replacing:  # the first checkpoint: the other run's files this one did not write go
-                if not is_best:
-                    (self.out / "best.pt").unlink(missing_ok=True)
+            if self.replacing:  # and the new log, written aside until now, takes the old one's place
                 new_log = self._log_path()
                 self.replacing = []
                 os.replace(new_log, self._log_path())

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -1339,6 +1340,20 @@ def test_force_keeps_the_replaced_run_until_the_new_one_saves(data, tmp_path):
     assert {p.name: p.read_bytes() for p in old.out.iterdir()} == before
     # the first checkpoint replaces the old run: its best.pt goes (an interrupted save is no best) and
     # the new log, written aside until then, takes the old one's place
+    # killed while saving its first checkpoint (here: at the second file, best.pt): last.pt was new
+    # beside the old best.pt, and `upsample --ckpt run` took the old run's model without a word
+    real_save, saves = torch.save, []
+
+    def killed_at_best(obj, f, *a, **k):
+        saves.append(Path(f).name)
+        if len(saves) == 2:
+            raise SystemExit(137)
+        return real_save(obj, f, *a, **k)
+
+    with mock.patch.object(torch, "save", killed_at_best), pytest.raises(SystemExit):
+        train(_cfg(data, tmp_path, epochs=1, force=True, seed=1))
+    assert saves[0].startswith(".last.tmp-") and saves[1].startswith(".best.tmp-")
+    assert {p.name: p.read_bytes() for p in old.out.iterdir()} == before
     before_signal = signal.getsignal(signal.SIGINT)
     cut = train(_cfg(data, tmp_path, epochs=1, force=True, seed=1),
                 on_step=lambda step: os.kill(os.getpid(), signal.SIGINT))
