@@ -137,13 +137,14 @@ def _hdf5_kind(path: Path) -> str:
     try:
         with h5py.File(path, "r") as f:
             keras = "layer_names" in f.attrs or "model_weights" in f or "layers" in f  # Keras 2 / Keras 3
-            patches = "patch" in f.attrs and "r" in f.attrs
+            # afilm prepare's recipe attributes, or the bare data/label pair of the original prep_vctk.py
+            patches = ("patch" in f.attrs and "r" in f.attrs) or {"data", "label"} <= set(f.keys())
     except OSError:
         return f"a damaged HDF5 file (if it is a Keras model: {convert})"
     if keras:
         return f"a Keras .h5 (HDF5) file; {convert}"
     if patches:
-        return "an HDF5 file of training patches (from 'afilm prepare'), not a model"
+        return "an HDF5 file of training patches (data and label, as 'afilm prepare' writes), not a model"
     return f"an HDF5 file (if it is a Keras model: {convert})"
 
 

@@ -595,3 +595,18 @@ def test_the_files_faults_come_before_an_existing_output(tmp_path):
         assert "exists" not in res.stderr
     _one_line_error(_cli("keras", src, "--r", "4"), f"{out} exists; pass --force")
     assert out.read_bytes() == b"earlier"
+
+
+def test_a_patch_file_without_afilms_attributes_given_as_a_checkpoint_is_named(tmp_path):
+    """The original prep_vctk.py writes data/label and no attributes: given as a checkpoint (to-keras,
+    upsample, eval) it was 'an HDF5 file (if it is a Keras model: import it ...)'."""
+    with h5py.File(tmp_path / "vctk-speaker1-train.4.16000.8192.8192.0.25.h5", "w") as f:
+        f["data"] = np.zeros((2, 8192, 1), np.float32)
+        f["label"] = np.zeros((2, 8192, 1), np.float32)
+    p = subprocess.run([sys.executable, "-m", "afilm_cli", "convert", "to-keras",
+                        str(tmp_path / "vctk-speaker1-train.4.16000.8192.8192.0.25.h5"), "-o",
+                        str(tmp_path / "out.h5")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.endswith(
+        ": not a loadable afilm checkpoint: an HDF5 file of training patches (data and label, as 'afilm "
+        "prepare' writes), not a model\n"), p.stderr
+    assert not (tmp_path / "out.h5").exists()
