@@ -115,3 +115,21 @@ def test_a_plugin_registering_one_name_twice_is_told_so(tmp_path):
     assert out.stderr.splitlines() == [
         "afilm: warning: skipping model plugin 'afilm_twice' (afilm_twice): it registers model 'mine' twice"]
     assert "mine" not in out.stdout.split()
+
+
+def test_models_on_a_narrow_terminal_shows_whole_names_and_counts():
+    """COLUMNS=40 cut every long name to 'afilm_…' and the counts to '134,72…': what a user types next
+    (`--info NAME`, `--model NAME`) was not on the screen."""
+    from afilm_cli.models import count_parameters
+    from afilm_cli.registry import MODELS
+
+    out = _cli("models", columns=40)
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout and max(map(len, out.stdout.splitlines())) <= 40, out.stdout
+    words = out.stdout.split()
+    for name in MODELS.names():
+        assert name in words, name
+    with torch.device("meta"):
+        assert f"{count_parameters(create_model('afilm')):,}" in out.stdout
+    wide = _cli("models", columns=200)  # a wide terminal keeps the table
+    assert wide.returncode == 0 and "┃ name" in wide.stdout

@@ -17,6 +17,8 @@ def command(
 ) -> None:
     """List the registered models (built-ins and plugins) with their parameter counts."""
     from rich.console import Console
+    from rich.markup import escape
+    from rich.padding import Padding
     from rich.table import Table
 
     from afilm_cli.models import describe_model
@@ -29,18 +31,29 @@ def command(
     if info is not None:
         _show(console, describe_model(info, with_model=True))
         return
-    table = Table(title="afilm models")
-    for col, just in (("name", "left"), ("parameters", "right"), ("length multiple", "right"),
-                      ("description", "left")):
-        table.add_column(col, justify=just)
     names = MODELS.names(pattern)
     if not names:
         raise AfilmError(f"no model matches {pattern!r}; known: {', '.join(MODELS.names())}")
+    rows = []
     for name in names:
         d = describe_model(name)
         params = "?" if d["parameters"] is None else f"{d['parameters']:,}"
         lm = "?" if d["length_multiple"] is None else str(d["length_multiple"])
-        table.add_row(name, params, lm, _description(d))
+        rows.append((escape(name), params, lm, _description(d)))
+    # the table, where its names and counts fit whole beside a description of 20 columns (13 for the
+    # borders); else one model a paragraph (COLUMNS=40 cut the names to 'afilm_…', the counts to '134,72…')
+    if console.width < 13 + max(len(r[0]) for r in rows) + max(len(r[1]) for r in rows) + 8 + 20:
+        for name, params, lm, text in rows:
+            console.print(f"[bold]{name}[/bold]  {params} parameters, length multiple {lm}", highlight=False)
+            if text:
+                console.print(Padding(text, (0, 0, 0, 2)), highlight=False)
+        return
+    table = Table(title="afilm models")
+    for col, just in (("name", "left"), ("parameters", "right"), ("length multiple", "right"),
+                      ("description", "left")):
+        table.add_column(col, justify=just)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
