@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from afilm_cli.errors import AfilmError
@@ -82,6 +82,26 @@ def make_output_dir(path: str | os.PathLike) -> Path:
         why = "its file system is read-only" if _read_only(path) else "permission denied"
         raise AfilmError(f"cannot write in folder {path}: {why}")
     return path
+
+
+def missing_folders(folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """The folders (and their parents) not there yet, deepest first: those a run is about to make, for
+    :func:`remove_empty` to take out again where the run stops before it writes anything in them."""
+    missing: set[Path] = set()
+    for folder in folders:
+        for p in (Path(folder), *Path(folder).parents):
+            if p.exists():
+                break
+            missing.add(p)
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(folders: Iterable[Path]) -> None:
+    """Take out the folders a stopped or refused run made, deepest first (a run that wrote nothing
+    leaves no trace); one that holds a file (something else wrote there meanwhile) stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            folder.rmdir()
 
 
 def _read_only(path: Path) -> bool:

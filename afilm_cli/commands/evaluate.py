@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +16,7 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from afilm_cli.atomic import make_output_dir
+from afilm_cli.atomic import make_output_dir, missing_folders, remove_empty
 from afilm_cli.commands.options import BatchSize, Ckpt, Device, Force, NoMatchLevel, Threads
 from afilm_cli.errors import AfilmError
 
@@ -192,7 +191,7 @@ def command(
         new_pngs.extend(p for p in paths if not p.exists())
         # the folders made (or refused) before the work, not at its end, and not for a run refused above
         for folder in (out, plots) if plots is not None else (out,):
-            made.extend(reversed([p for p in (folder, *folder.parents) if not p.exists()]))
+            made[:0] = missing_folders([folder])  # deepest first
             make_output_dir(folder)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
@@ -220,9 +219,7 @@ def command(
         for png in new_pngs:
             if written_here(png):
                 png.unlink(missing_ok=True)
-        for folder in reversed(made):
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # where left empty
+        remove_empty(made)  # where left empty
         raise
     stale = []
     if force and plots is not None:  # the plots of an earlier run no longer mixed with this one's

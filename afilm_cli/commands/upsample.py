@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from afilm_cli.atomic import missing_folders, remove_empty
 from afilm_cli.commands.options import BatchSize, Device, Force, NoMatchLevel, UpsampleCkpt
 from afilm_cli.errors import AfilmError
 
@@ -143,7 +143,8 @@ def command(
     def warn(message: str) -> None:
         err.print(f"afilm: warning: {escape(message)}", soft_wrap=True)
 
-    made = _missing_folders(pairs)  # made by the writes: removed again if empty when the run stops
+    # made by the writes (not stdout): removed again where left empty when the run stops
+    made = missing_folders(target.absolute().parent for _, target in pairs if isinstance(target, Path))
     try:
         # no bar where stderr is no terminal: none would show, and rich's Progress then ends with a blank line
         with Progress(*columns, console=err, disable=quiet or not err.is_interactive, transient=True) as bar:
@@ -174,9 +175,7 @@ def command(
             rest = "the others were written" if len(failed) < len(pairs) else "nothing was written"
             raise AfilmError(f"{len(failed)} of {len(pairs)} files failed (said above); {rest}")
     except BaseException:  # Ctrl-C, or an error that ends the run: no empty folder of its own is left
-        for folder in made:
-            with contextlib.suppress(OSError):  # one that holds files stays
-                folder.rmdir()
+        remove_empty(made)
         raise
     if not quiet:
         used = {id(m): m for m in models.values()}.values()
@@ -186,15 +185,6 @@ def command(
         files = f"{len(pairs)} file{'s' if len(pairs) != 1 else ''}"
         what = escape(f"{src} upsampled to {written}") if stdio else f"{files} upsampled"
         err.print(f"{what} with {names} on {dev}", soft_wrap=True)
-
-
-def _missing_folders(pairs: list) -> list[Path]:
-    """The output folders not there yet, deepest first."""
-    missing: set[Path] = set()
-    for _, target in pairs:
-        if isinstance(target, Path):  # not stdout
-            missing.update(d for d in target.absolute().parents if not d.exists())
-    return sorted(missing, key=lambda d: len(d.parts), reverse=True)
 
 
 def _native_bf16() -> bool:

@@ -80,6 +80,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from afilm_cli.atomic import missing_folders, remove_empty
 from afilm_cli.data.recipe import (
     Recipe,
     SplitPlan,
@@ -215,7 +216,7 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
             results.append(_existing(plan))
         else:
             todo.append(plan)
-    new_dirs = _missing_dirs(plan.out.parent for plan in todo)
+    new_dirs = missing_folders(plan.out.parent for plan in todo)
     # no bar where stderr is no terminal (a pipe, a log file): none would show while it runs, and rich's
     # Progress then printed each split's final bar (its files and time are in the summary table) above
     # the error raised inside it, or a blank line where every output was kept
@@ -228,13 +229,13 @@ def run_prepare(recipe: Recipe, plans: list[SplitPlan], *, split_info: dict[str,
                 res = prepare_split(plan, recipe, root=root, extra_attrs=extra, warn=warn,
                                     advance=lambda task=task: progress.advance(task))
             except KeyboardInterrupt:  # Ctrl-C: the folders the run made go too, where left empty
-                _remove_empty(new_dirs)
+                remove_empty(new_dirs)
                 raise
             results.append(res)
             if res.status == "empty":
                 msg = f"no patches for {plan.part}: {_why_empty(res, plan, recipe)}"
                 if plan.part == "train":
-                    _remove_empty(new_dirs)
+                    remove_empty(new_dirs)
                     raise AfilmError(msg)
                 warn(msg + f"; {plan.out.name} not written")
                 if plan.out.exists():  # an earlier run's (--force): train would pair it with this one's
@@ -255,26 +256,6 @@ def _why_empty(res: SplitResult, plan: SplitPlan, recipe: Recipe) -> str:
         why.append(f"--sam {recipe.sam:g} kept none of the patches of the {res.files} usable "
                    f"file{'s' * (res.files != 1)}")
     return " and ".join(why)
-
-
-def _missing_dirs(folders) -> list[Path]:
-    """Folders (and their missing parents) that do not exist yet, deepest first."""
-    missing: set[Path] = set()
-    for folder in folders:
-        for p in (folder, *folder.parents):
-            if p.exists():
-                break
-            missing.add(p)
-    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Take out the folders a refused run made (a run that wrote nothing leaves no trace)."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (something else wrote there meanwhile) or already gone
-            pass
 
 
 def _existing(plan: SplitPlan) -> SplitResult:
