@@ -22,6 +22,7 @@ import re
 import shutil
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -53,6 +54,7 @@ VCTK_ARCHIVES = {
 
 Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_SCHEMES = ("http", "https", "ftp", "file")  # what urllib.request opens
 
 
 def parse_sha256(text: str, option: str = "--sha256") -> str:
@@ -62,6 +64,19 @@ def parse_sha256(text: str, option: str = "--sha256") -> str:
     if not _SHA256.fullmatch(value):
         raise AfilmError(f"{option} {text!r} is not a SHA-256: expected 64 hexadecimal digits")
     return value.lower()
+
+
+def parse_url(text: str, option: str = "--url") -> str:
+    """``text`` as a URL urllib can open, or a one-line error, before any folder is made: without a scheme
+    (a host and path as a browser shows them) urllib raised ValueError, and an empty one (an unset
+    "$MIRROR") would be taken for no --url at all, the default 11 GB archive."""
+    value = text.strip()
+    parts = urllib.parse.urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES or not (parts.netloc or scheme == "file" and parts.path):
+        raise AfilmError(f"{option} {text!r} is not a URL: expected one starting with http:// or https:// "
+                         "(or ftp://, file://)")
+    return value
 
 
 def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha256: str | None = None,

@@ -296,6 +296,8 @@ def vctk(
 def _download_corpus(root: Path, release: str | None, url: str | None, sha256: str | None,
                      mic: str = "mic1") -> None:
     """--download: the options checked before any network access, then fetch_and_extract."""
+    if url is not None:
+        url = download.parse_url(url)
     if sha256:
         sha256 = download.parse_sha256(sha256)
     if root.exists() and not root.is_dir():

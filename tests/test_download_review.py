@@ -1,0 +1,110 @@
+"""`afilm prepare vctk --download` used as a demanding user would: bad URLs, redirect loops, a full disk,
+a stopped extraction, odd archive members. A real HTTP server on 127.0.0.1 (a thread in this process)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from afilm_cli.data.vctk import _download_corpus
+from afilm_cli.errors import AfilmError
+
+
+class Server:
+    """Serves ``files`` (name -> bytes); ``redirect_loop`` sends every request back to itself."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.redirect_loop = False
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                if outer.redirect_loop:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = outer.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def afilm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "afilm_cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+
+def vctk_tar(vctk_mini: Path, speakers=("p225", "p226"), n: int = 3) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for spk in speakers:
+            for f in sorted((vctk_mini / "wav48" / spk).glob("*.wav"))[:n]:
+                tf.add(f, f"VCTK-Corpus/wav48/{spk}/{f.name}")
+    return buf.getvalue()
+
+
+def test_a_url_that_is_not_one_is_refused_in_one_line_before_anything(server, tmp_path):
+    """--url without a scheme (a host and path pasted as they show in a browser) was urllib's ValueError
+    'unknown url type', shown as a traceback; --url '' (an unset "$MIRROR") silently downloaded the
+    default 11 GB archive instead."""
+    root = tmp_path / "vctk"
+    proc = afilm("prepare", "vctk", "--download", "--root", str(root), "--url", "example.org/VCTK.zip",
+                 cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "afilm: error: --url 'example.org/VCTK.zip' is not a URL: expected one starting with http:// or "
+        "https:// (or ftp://, file://)"], proc.stderr
+    assert not root.exists()  # nothing made before the URL was checked
+    for bad in ("", "   ", "notaurl", "http://", "mailto:a@b.c"):
+        with pytest.raises(AfilmError, match=r"^--url .* is not a URL"):
+            _download_corpus(root, None, bad, None)
+    assert server.requests == [] and not root.exists()
+
+
+def _tar(path: Path, *members: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for m in members:
+            tf.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = 1 if kind == tarfile.REGTYPE else 0
+    return info
