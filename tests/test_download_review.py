@@ -96,6 +96,19 @@ def test_a_url_that_is_not_one_is_refused_in_one_line_before_anything(server, tm
     assert server.requests == [] and not root.exists()
 
 
+def test_a_redirect_loop_is_one_line(server, tmp_path):
+    """urllib's message for a redirect loop spans three lines ('... infinite loop.\\nThe last 30x error
+    message was:\\nFound')."""
+    server.redirect_loop = True
+    url = f"{server.url}/VCTK-Corpus.tar.gz"
+    proc = afilm("prepare", "vctk", "--download", "--root", str(tmp_path / "vctk"), "--url", url,
+                 cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[1:] == [
+        f"afilm: error: cannot download {url}: HTTP 302: the server redirects in a loop (or more than 10 "
+        "times)"], proc.stderr
+
+
 def _tar(path: Path, *members: tarfile.TarInfo) -> Path:
     with tarfile.open(path, "w") as tf:
         for m in members:

@@ -155,7 +155,10 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
             part.unlink()  # longer than the file on the server, or unverifiable: not ours, start over
             validator.unlink(missing_ok=True)
             return _fetch(url, part, 0, progress, chunk, timeout)
-        raise AfilmError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
+        reason = f"{exc.code} {' '.join(str(exc.reason).split())}"  # one line
+        if "infinite loop" in reason:  # urllib's three lines for a redirect loop
+            reason = f"{exc.code}: the server redirects in a loop (or more than 10 times)"
+        raise AfilmError(f"cannot download {url}: HTTP {reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise AfilmError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
     with resp:
