@@ -17,9 +17,11 @@ both. ``AFILM_DISABLE_PLUGINS=1`` skips them all.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -136,7 +138,9 @@ class Registry:
 
     def _unknown(self, name: str) -> str:
         """'unknown model 'x'; known: ...', and where a plugin's name could be missing, why."""
-        msg = f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}"
+        near = self._near(name)
+        said = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+        msg = f"unknown {self.kind} {name!r}{said}; known: {', '.join(self.names()) or 'none'}"
         if self.group is None:
             return msg
         if plugins_disabled():
@@ -147,6 +151,16 @@ class Registry:
             return msg + f" (skipped plugin{s}: {', '.join(self._skipped)}; see the warning{s} above)"
         return msg + (f" (if it is a plugin's, install the package that provides it: entry-point group "
                       f"{self.group})")
+
+    def _near(self, name: str) -> list[str]:
+        """Known names close to ``name``, case, hyphens and spaces aside ('afilm-small': afilm_small)."""
+        def norm(text: str) -> str:
+            return re.sub(r"[\s_-]+", "_", str(text).strip().lower())
+
+        names = {norm(n): n for n in reversed(self.names())}
+        if norm(name) in names:
+            return [names[norm(name)]]
+        return [names[n] for n in difflib.get_close_matches(norm(name), list(names), n=2, cutoff=0.8)]
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)

@@ -68,7 +68,10 @@ def test_unknown_name_lists_known_names():
     reg.register("tfilm")(lambda: 1)
     with pytest.raises(AfilmError) as info:
         reg.get("afim")
-    assert str(info.value) == "unknown model 'afim'; known: afilm, tfilm"
+    assert str(info.value) == "unknown model 'afim' (did you mean 'afilm'?); known: afilm, tfilm"
+    with pytest.raises(AfilmError) as info:
+        reg.get("zzz")
+    assert str(info.value) == "unknown model 'zzz'; known: afilm, tfilm"
 
 
 def test_builtin_models_registered():

@@ -133,3 +133,13 @@ def test_models_on_a_narrow_terminal_shows_whole_names_and_counts():
         assert f"{count_parameters(create_model('afilm')):,}" in out.stdout
     wide = _cli("models", columns=200)  # a wide terminal keeps the table
     assert wide.returncode == 0 and "┃ name" in wide.stdout
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("afilm-small", "afilm_small"), ("AFILM_TINY", "afilm_tiny"),
+                                              ("afilm small", "afilm_small"), ("tflim", "tfilm")])
+def test_an_unknown_name_suggests_the_near_one(typed, meant):
+    """'afilm-small' (a hyphen for the underscore) was answered with the list alone."""
+    from afilm_cli.registry import MODELS
+
+    with pytest.raises(AfilmError, match=rf"^unknown model '{typed}' \(did you mean '{meant}'\?\); known: "):
+        MODELS.get(typed)
