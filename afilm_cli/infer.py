@@ -570,6 +570,35 @@ def count_windows(path: Path | AudioBytes, loaded: Loaded, window: int | None = 
     return len(window_plan_for(loaded, length, window).starts(length))
 
 
+def plan_models(pairs: list[tuple[Path | AudioBytes, Any]], fixed: Loaded | None, device: torch.device, *,
+                window: int | None = None, simulate: bool = False, degrade: str | None = None,
+                fail: Callable[[Path | AudioBytes, AfilmError], None]) -> tuple[dict, dict]:
+    """Each input's model (``fixed``, else default_checkpoint's for its rate, each loaded once) and its
+    count of model windows: the check, before anything is written, that every input can be upsampled
+    (readable, long enough, at a usable rate). An input that cannot is given to ``fail`` (which may
+    raise) and left out of both."""
+    if fixed is not None:
+        models = {src: fixed for src, _ in pairs}
+    else:
+        paths = {}
+        for src, _ in pairs:
+            try:
+                rate = input_rate(src)
+            except AfilmError as exc:
+                fail(src, exc)
+                continue
+            paths[src] = default_checkpoint(rate)  # no model at all is no one file's fault
+        by_path = {path: load_model(path, device) for path in dict.fromkeys(paths.values())}
+        models = {src: by_path[path] for src, path in paths.items()}
+    totals = {}
+    for src, model in models.items():
+        try:
+            totals[src] = count_windows(src, model, window, simulate=simulate, degrade=degrade)
+        except AfilmError as exc:
+            fail(src, exc)
+    return models, totals
+
+
 def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike | BinaryIO,
                   loaded: Loaded | str | os.PathLike, *, batch_size: int = 16, window: int | None = None,
                   device: str | torch.device | None = None, progress: Callable[[int], None] | None = None,

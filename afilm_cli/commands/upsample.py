@@ -119,25 +119,8 @@ def command(
         err.print(f"afilm: error: {escape(str(exc))}", soft_wrap=True)
 
     # every input checked (readable, long enough, usable rate) before anything is written
-    if fixed is not None:
-        models = {src: fixed for src, _ in pairs}
-    else:  # real input: the bundled model made for each file's rate, unless runs/ holds one of yours
-        paths = {}
-        for src, _ in pairs:
-            try:
-                rate = infer.input_rate(src)
-            except AfilmError as exc:
-                fail(src, exc)
-                continue
-            paths[src] = infer.default_checkpoint(rate)  # no model at all is no one file's fault
-        by_path = {path: infer.load_model(path, dev) for path in dict.fromkeys(paths.values())}
-        models = {src: by_path[path] for src, path in paths.items()}
-    totals = {}
-    for src, model in models.items():
-        try:
-            totals[src] = infer.count_windows(src, model, window, simulate=simulate, degrade=degrade)
-        except AfilmError as exc:
-            fail(src, exc)
+    models, totals = infer.plan_models(pairs, fixed, dev, window=window, simulate=simulate, degrade=degrade,
+                                       fail=fail)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
 
     def warn(message: str) -> None:
