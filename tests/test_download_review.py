@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from afilm_cli.data import download as dl
 from afilm_cli.data.vctk import _download_corpus
 from afilm_cli.errors import AfilmError
 
@@ -107,6 +108,19 @@ def test_a_redirect_loop_is_one_line(server, tmp_path):
     assert proc.stderr.splitlines()[1:] == [
         f"afilm: error: cannot download {url}: HTTP 302: the server redirects in a loop (or more than 10 "
         "times)"], proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_during_the_download_says_so(server, tmp_path):
+    """A write that fails for want of space was 'interrupted at N bytes (OSError(28, 'No space left on
+    device')); rerun to resume': a Python repr, and a rerun on the same full disk fails the same way."""
+    server.files["v.tar"] = b"x" * 300_000
+    dest = tmp_path / "v.tar"
+    dest.with_name("v.tar.part").symlink_to("/dev/full")  # every write: ENOSPC
+    with pytest.raises(AfilmError) as info:
+        dl.download(f"{server.url}/v.tar", dest)
+    assert str(info.value) == (f"cannot write {dest}.part: the disk is full (0 bytes of {server.url}/v.tar "
+                               "downloaded, kept); free some space and rerun to resume")
 
 
 def _tar(path: Path, *members: tarfile.TarInfo) -> Path:

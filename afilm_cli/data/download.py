@@ -15,6 +15,7 @@ entries checked, not files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -180,16 +181,28 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
         done = start
         try:
             with open(part, "ab" if resumed else "wb") as f:
-                while block := resp.read(chunk):
+                while block := _read(resp, chunk, url, done):
                     f.write(block)
                     done += len(block)
                     if progress:
                         progress(done, total)
-        except (OSError, http.client.HTTPException) as exc:
-            raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc!r}); "
-                             "rerun to resume") from None
+        except OSError as exc:  # writing the file (the network's errors are _read's): a rerun alone fails too
+            kept = f"{part.stat().st_size if part.is_file() else done} bytes of {url} downloaded, kept"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise AfilmError(f"cannot write {part}: the disk is full ({kept}); free some space and rerun "
+                                 "to resume") from None
+            raise AfilmError(f"cannot write {part}: {exc.strerror or exc} ({kept})") from None
     if total is not None and done < total:
         raise AfilmError(f"download of {url} interrupted at {done} of {total} bytes; rerun to resume")
+
+
+def _read(resp, chunk: int, url: str, done: int) -> bytes:
+    """The next block of the body, or the download's error in one line (the connection lost, say)."""
+    try:
+        return resp.read(chunk)
+    except (OSError, http.client.HTTPException) as exc:
+        raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc!r}); "
+                         "rerun to resume") from None
 
 
 def _validator_path(part: Path) -> Path:
