@@ -3,8 +3,10 @@ a stopped extraction, odd archive members. A real HTTP server on 127.0.0.1 (a th
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from afilm_cli.data import download as dl
+from afilm_cli.data.download import extract
 from afilm_cli.data.vctk import _download_corpus
 from afilm_cli.errors import AfilmError
 
@@ -121,6 +124,28 @@ def test_a_full_disk_during_the_download_says_so(server, tmp_path):
         dl.download(f"{server.url}/v.tar", dest)
     assert str(info.value) == (f"cannot write {dest}.part: the disk is full (0 bytes of {server.url}/v.tar "
                                "downloaded, kept); free some space and rerun to resume")
+
+
+def test_extraction_checks_the_free_space_first(vctk_mini, tmp_path, monkeypatch):
+    """An archive whose files do not fit was extracted until the disk was full, then
+    'afilm: error: No space left on device (AFILM_DEBUG=1 shows where)', a corpus half there."""
+    archive = tmp_path / "VCTK-Corpus.tar.gz"
+    archive.write_bytes(vctk_tar(vctk_mini))
+    need = sum(m.size for m in tarfile.open(archive).getmembers())
+    real = shutil.disk_usage
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: real(p)._replace(free=need // 2))
+    with pytest.raises(AfilmError, match=rf"^{archive}: its files need {need / 1e6:.1f} MB, and "
+                       rf"{tmp_path / 'x'} has {need // 2 / 1e6:.1f} MB free: free some space"):
+        extract(archive, tmp_path / "x")
+    assert not (tmp_path / "x" / "VCTK-Corpus").exists()
+    monkeypatch.setattr(dl.shutil, "disk_usage", real)
+
+    def full(*args, **kwargs):  # the space went while extracting (another process wrote too)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full)
+    with pytest.raises(AfilmError, match=rf"^cannot extract {archive} into {tmp_path / 'y'}: the disk is "
+                       "full; free some space and rerun"):
+        extract(archive, tmp_path / "y")
 
 
 def _tar(path: Path, *members: tarfile.TarInfo) -> Path:

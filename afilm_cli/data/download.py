@@ -267,8 +267,10 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
                     _check_member(name, target)
                 # a name twice: the last one's, as extracted (getinfo gives the last)
                 files = {info.filename: info.file_size for info in zf.infolist() if not info.is_dir()}
-                zf.extractall(into, [name for name in dict.fromkeys(names) if wanted(name, files.get(name))]
-                              if restore else None)
+                chosen = ([name for name in dict.fromkeys(names) if wanted(name, files.get(name))]
+                          if restore else None)
+                _check_space(archive, into, sum(files.get(name, 0) for name in chosen or files))
+                zf.extractall(into, chosen)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
@@ -280,6 +282,7 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
                 files = {member.name: member.size for member in members if member.isfile()}
                 if restore:
                     members = [member for member in members if wanted(member.name, files.get(member.name))]
+                _check_space(archive, into, sum(member.size for member in members if member.isfile()))
                 tf.extractall(into, members,
                               **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         else:
@@ -288,7 +291,25 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise AfilmError(f"{archive}: corrupt archive ({exc}); delete it and rerun to download it "
                          "again") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the space went while extracting (another writer)
+            raise AfilmError(f"cannot extract {archive} into {into}: the disk is full; free some space and "
+                             "rerun") from None
+        raise
     return names, files
+
+
+def _check_space(archive: Path, into: Path, need: int) -> None:
+    """Before extracting: the files' ``need`` bytes fit in the free space of ``into`` (an archive
+    that did not was extracted until the disk was full, then 'No space left on device')."""
+    free = shutil.disk_usage(into).free
+    if need > free:  # the files alone: blocks and folders take a little more (then the disk-full error)
+        raise AfilmError(f"{archive}: its files need {_amount(need)}, and {into} has {_amount(free)} free: "
+                         "free some space and rerun")
+
+
+def _amount(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _top_level(names: list[str]) -> list[str]:
