@@ -55,6 +55,7 @@ def test_demo_writes_wavs_png_and_metrics(tmp_path, tiny_ckpt):
     assert summary["protocol"]["r"] == 4
     assert summary["protocol"]["bundled"] is None  # a checkpoint of the user's: its architecture's name
     assert "SNR" in out.stdout and "spline" in out.stdout
+    assert "on 1 held-out clip, 4 kHz -> 16 kHz" in " ".join(out.stdout.split())  # it said 'clip(s)'
     # stderr's lines are whole where it is no terminal (rich wrapped the last at 80 columns)
     assert out.stderr.splitlines()[-1] == ("listen: .lr.wav is the 4 kHz input, .pr.wav the afilm output, "
                                            ".hr.wav the original"), out.stderr

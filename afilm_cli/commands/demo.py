@@ -54,7 +54,8 @@ def command(
     result = run["result"]
     p = result.protocol
     low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
-    title = (f"{model_label(p)} vs cubic spline on {len(result.rows)} held-out clip(s), "
+    n = len(result.rows)
+    title = (f"{model_label(p)} vs cubic spline on {n} held-out clip{'s' * (n != 1)}, "
              f"{low} -> {p['sr'] / 1000:g} kHz ({p['degrade']})")
     table = summary_table(result, title)
     Console().print(table)
