@@ -160,3 +160,25 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
     info.type = kind
     info.size = 1 if kind == tarfile.REGTYPE else 0
     return info
+
+
+def test_odd_members_are_refused_before_anything_is_extracted(tmp_path):
+    """'a/../../x' (inside the folder once resolved) was passed to tarfile, whose makedirs failed with
+    'File exists: .../wav48/../..' (an OSError, exit 1); a FIFO or device member was refused only when
+    reached, the files before it written, as a 'corrupt archive'; and a member written outside the
+    folder was said without naming the archive."""
+    out = tmp_path / "out"
+    odd = _tar(tmp_path / "odd.tar", _member("VCTK-Corpus/a.wav"), _member("VCTK-Corpus/wav48/../../x.wav"))
+    with pytest.raises(AfilmError, match=rf"^{odd}: refusing member 'VCTK-Corpus/wav48/../../x.wav': a path "
+                       r"with '\.\.' in it \(nothing was extracted\)"):
+        extract(odd, out)
+    fifo = _tar(tmp_path / "fifo.tar", _member("VCTK-Corpus/a.wav"),
+                _member("VCTK-Corpus/f", tarfile.FIFOTYPE))
+    with pytest.raises(AfilmError, match=rf"^{fifo}: refusing member 'VCTK-Corpus/f': a FIFO, not a file or "
+                       r"folder \(nothing was extracted\)"):
+        extract(fifo, out)
+    up = _tar(tmp_path / "up.tar", _member("VCTK-Corpus/a.wav"), _member("../x.wav"))
+    with pytest.raises(AfilmError, match=rf"^{up}: refusing member '\.\./x\.wav': it would be written "
+                       rf"outside {out.resolve()} \(nothing was extracted\)"):
+        extract(up, out)
+    assert not any(out.rglob("*")) and not (tmp_path / "x.wav").exists()

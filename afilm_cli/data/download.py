@@ -264,7 +264,7 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
             with zipfile.ZipFile(archive) as zf:
                 names = zf.namelist()
                 for name in names:
-                    _check_member(name, target)
+                    _check_member(archive, name, target)
                 # a name twice: the last one's, as extracted (getinfo gives the last)
                 files = {info.filename: info.file_size for info in zf.infolist() if not info.is_dir()}
                 chosen = ([name for name in dict.fromkeys(names) if wanted(name, files.get(name))]
@@ -276,9 +276,8 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
                 members = tf.getmembers()
                 names = [member.name for member in members]
                 for member in members:
-                    _check_member(member.name, target)
-                    if member.issym() or member.islnk():
-                        raise AfilmError(f"{archive}: refusing link member {member.name!r}")
+                    _check_member(archive, member.name, target,
+                                  None if member.isfile() or member.isdir() else _kind(member))
                 files = {member.name: member.size for member in members if member.isfile()}
                 if restore:
                     members = [member for member in members if wanted(member.name, files.get(member.name))]
@@ -336,9 +335,25 @@ def _marker_line(line: str) -> tuple[str, int | None]:
     return (path, int(size)) if tab and size.isdigit() else (line, None)
 
 
-def _check_member(name: str, target: Path) -> None:
+def _check_member(archive: Path, name: str, target: Path, kind: str | None = None) -> None:
+    """Refuse, before anything is extracted, a member written outside ``target``, one with '..' in its
+    path (tarfile failed on 'a/../../b' with 'File exists'), or one of ``kind`` (a link, a FIFO, a
+    device: tarfile's data filter refused those only when reached, the files before them written)."""
     if not (target / name).resolve().is_relative_to(target):
-        raise AfilmError(f"archive member {name!r} would be written outside {target}")
+        why = f"it would be written outside {target}"
+    elif ".." in PurePosixPath(name).parts:
+        why = "a path with '..' in it"
+    elif kind:
+        why = f"{kind}, not a file or folder"
+    else:
+        return
+    raise AfilmError(f"{archive}: refusing member {name!r}: {why} (nothing was extracted)")
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    return {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.FIFOTYPE: "a FIFO",
+            tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device"}.get(
+                member.type, "a special member")
 
 
 def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool = False,
