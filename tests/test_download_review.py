@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from afilm_cli.data import download as dl
-from afilm_cli.data.download import extract
+from afilm_cli.data.download import Archive, extract, fetch_and_extract
 from afilm_cli.data.vctk import _download_corpus
 from afilm_cli.errors import AfilmError
 
@@ -146,6 +146,37 @@ def test_extraction_checks_the_free_space_first(vctk_mini, tmp_path, monkeypatch
     with pytest.raises(AfilmError, match=rf"^cannot extract {archive} into {tmp_path / 'y'}: the disk is "
                        "full; free some space and rerun"):
         extract(archive, tmp_path / "y")
+
+
+def test_a_stopped_extraction_is_said_by_a_later_prepare(server, vctk_mini, tmp_path, monkeypatch):
+    """Ctrl-C during the extraction left a corpus half there, which `afilm prepare vctk` without
+    --download then prepared without a word, as if it were the whole archive."""
+    body = vctk_tar(vctk_mini)
+    server.files["VCTK-Corpus.tar.gz"] = body
+    url = f"{server.url}/VCTK-Corpus.tar.gz"
+    root = tmp_path / "vctk"
+    real = tarfile.TarFile.extractall
+
+    def stopped(self, path=".", members=None, **kwargs):  # the first speaker's files, then Ctrl-C
+        real(self, path, [m for m in self.getmembers() if "/p225/" in m.name], **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tarfile.TarFile, "extractall", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_and_extract(Archive(url, "VCTK-Corpus.tar.gz"), root, progress=lambda *a: None)
+    monkeypatch.undo()
+    audio = root / "VCTK-Corpus" / "wav48"
+    assert (audio / "p225").is_dir() and not (audio / "p226").exists()
+    args = ["prepare", "vctk", "--root", str(root), "--r", "2", "--multiple", "1", "--out", str(tmp_path)]
+    proc = afilm(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"warning: the extraction of VCTK-Corpus.tar.gz into {root} by --download was stopped before it "
+            "finished: the corpus there may be incomplete (add --download to finish it)") in proc.stderr
+    proc = afilm(*args, "--download", "--url", url, "--force", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped before it finished" not in proc.stderr and len(server.requests) == 1  # the kept archive
+    assert len(list((audio / "p226").iterdir())) == 3
+    hidden = [p.name for p in root.iterdir() if p.name.startswith(".")]
+    assert hidden == [".afilm-extracted-VCTK-Corpus.tar.gz"], hidden
 
 
 def _tar(path: Path, *members: tarfile.TarInfo) -> Path:

@@ -10,7 +10,8 @@ does nothing while they are all there with those sizes (checked per folder, one 
 then a stat per file listed: no hashing), and restores what is missing or damaged (cut short, or any
 other size) otherwise. A marker of an older afilm is still read: one listing paths without sizes has its
 files checked for existence only; one with the URL, or the URL and the top-level entries, has its
-entries checked, not files.
+entries checked, not files. While a whole extraction runs, ``.afilm-extracting-<archive>`` says so: one
+stopped (Ctrl-C, an error) leaves it there, and ``afilm prepare vctk`` warns of it.
 """
 
 from __future__ import annotations
@@ -408,13 +409,16 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
     if sha256 is None:
         note(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
     note(f"extracting {path.name}")
+    stopped = root / f".afilm-extracting-{archive.filename}"  # until it is done: a later prepare says so
     if restore is None:  # kept until now: a download stopped before this point restores again; kept on
         # through a restore too, so one stopped midway restores again rather than extracting everything
         # over the files still there
         marker.unlink(missing_ok=True)
+        stopped.write_text(f"{archive.url}\n")
     names, files = _extract_members(path, root, restore, sized)
     with atomic_path(marker) as tmp:  # a marker cut short would list fewer files
         tmp.write_text("\n".join([archive.url, *_top_level(names), *_below_top(files)]) + "\n")
+    stopped.unlink(missing_ok=True)
     if reused and not ours and not keep:  # the user's own copy: not afilm's to delete
         note(f"kept {path}: it was there before this run (delete it to free the space)")
     elif not keep:

@@ -337,6 +337,10 @@ def _warn_lost_files(layout: Layout) -> None:
     as unreadable; --download would restore them)."""
     audio = layout.audio_dir
     for base in dict.fromkeys((audio.parent, audio.parent.parent)):  # the --download root: either
+        for stopped in sorted(base.glob(".afilm-extracting-*")):  # Ctrl-C or an error during extraction
+            cli.warn(f"the extraction of {stopped.name.removeprefix('.afilm-extracting-')} into {base} by "
+                     "--download was stopped before it finished: the corpus there may be incomplete (add "
+                     "--download to finish it)")
         inside = audio.relative_to(base).as_posix()
 
         def select(path: str, inside: str = inside) -> bool:
