@@ -213,3 +213,11 @@ def test_odd_members_are_refused_before_anything_is_extracted(tmp_path):
                        rf"outside {out.resolve()} \(nothing was extracted\)"):
         extract(up, out)
     assert not any(out.rglob("*")) and not (tmp_path / "x.wav").exists()
+
+
+def test_help_says_where_download_puts_the_corpus_by_default(tmp_path):
+    """--download without --root (or AFILM_VCTK) extracts into data/VCTK, which neither --help nor the
+    README said."""
+    proc = afilm("prepare", "vctk", "--help", cwd=tmp_path)
+    text = " ".join(proc.stdout.replace("│", " ").split())
+    assert "or where --download puts it (default with --download: data/VCTK)" in text, text

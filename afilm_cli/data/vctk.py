@@ -239,7 +239,8 @@ def _chosen_layout(root: str | os.PathLike, mic: str, release: str | None) -> La
 @DATASETS.register("vctk", help="VCTK 0.80 / 0.92 with the reference single- and multi-speaker splits.")
 def vctk(
     root: Annotated[Path | None, typer.Option(
-        "--root", envvar="AFILM_VCTK", help="VCTK folder (0.80 or 0.92 layout), or where --download puts it.")
+        "--root", envvar="AFILM_VCTK", help="VCTK folder (0.80 or 0.92 layout), or where --download puts it "
+        "(default with --download: data/VCTK).")
     ] = None,
     split: Annotated[Literal["single", "multi"], typer.Option("--split", help="single: p225 only; "
                      "multi: 100 train / 9 val speakers.")] = "single",
