@@ -66,6 +66,9 @@ def _is_afilm(frame) -> bool:
     return str(frame.f_globals.get("__name__", "")).startswith(_PACKAGE + ".")
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 class Registry:
     """A small name -> builder mapping. Duplicate names raise; unknown names list the known ones."""
 
@@ -90,6 +93,11 @@ class Registry:
     def _register(self, name: str | None, meta: dict[str, Any], frame) -> Callable[[Callable], Callable]:
         if name is not None and not isinstance(name, str):  # it was taken, and broke names() for all
             raise TypeError(f"{self.kind} name must be a string, not {name!r}")
+        if name is not None and not _NAME.fullmatch(name):
+            # a name is typed on the command line and names run folders (runs/<name>-<time>): a '/'
+            # nested them where runs/*/best.pt does not look, and '' took the function's name unsaid
+            raise ValueError(f"{self.kind} name {name!r}: letters, digits, '_', '.' and '-' only, starting "
+                             "with a letter or digit")
 
         def deco(fn: Callable) -> Callable:
             key = name or fn.__name__

@@ -62,6 +62,18 @@ def test_duplicate_name_raises():
         reg.register("x")(lambda: 2)
 
 
+def test_a_name_that_cannot_be_typed_or_name_a_folder_is_refused():
+    """'a/b' made train's run folder runs/a/b-<time> (where runs/*/best.pt does not look), '' took the
+    function's name without a word, and spaces had to be quoted at every use."""
+    reg = Registry("model")
+    for bad in ("a/b", "", "my model", "-x", "_x", "a\\b"):
+        with pytest.raises(ValueError, match=r"model name .*: letters, digits, '_', '.' and '-' only"):
+            reg.register(bad)(lambda: 1)
+    for good in ("x", "Afilm-Big.v2", "a_1"):
+        reg.register(good)(lambda: 1)
+    assert reg.names() == sorted(["x", "Afilm-Big.v2", "a_1"])
+
+
 def test_unknown_name_lists_known_names():
     reg = Registry("model")
     reg.register("afilm")(lambda: 1)
