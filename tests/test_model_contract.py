@@ -265,6 +265,12 @@ def test_cli_models_lists_why_a_plugin_model_cannot_be_built(cli):
     assert "(cannot build: needs CUDA)" in rows["tinyconv_cuda"] and " ? " in rows["tinyconv_cuda"]
     assert "(cannot build: its model_name is 'something_else')" in rows["tinyconv_misnamed"]
     assert "cannot build" not in rows["tinyconv"]
+    # --info on one: what can be shown is, and the command fails (it exited 0, as for a damaged bundle)
+    proc = cli("models", "--info", "tinyconv_cuda")
+    assert proc.stdout.startswith("tinyconv_cuda: faulty plugin: needs CUDA\nparameters: unknown")
+    assert _error_line(proc) == ("model 'tinyconv_cuda' (afilm_faulty_plugin) could not be built: "
+                                 "RuntimeError: needs CUDA")
+    assert cli("models", "--info", "tinyconv").returncode == 0
 
 
 # ----------------------------------------------------- where a forward's output is first used (CLI)

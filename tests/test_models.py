@@ -576,7 +576,9 @@ def test_models_cli_info_shows_a_plugins_text_as_written():
     @MODELS.register("bracket_test_model", description="tiny [/x] model for [batch, 1, T] [bold]",
                      source="[/y]")
     def _builder(**overrides):
-        return create_model("afilm_tiny", **overrides)
+        model = create_model("afilm_tiny", **overrides)
+        model.model_name = "bracket_test_model"  # a model that can be built: --info fails on one that cannot
+        return model
 
     try:
         result = CliRunner().invoke(app, ["models", "--info", "bracket_test_model"])

@@ -29,7 +29,10 @@ def command(
         raise AfilmError(f"give --info NAME or a pattern, not both: --info shows one model ({info!r}), "
                          f"the pattern {pattern!r} filters the list")
     if info is not None:
-        _show(console, describe_model(info, with_model=True))
+        d = describe_model(info, with_model=True)
+        _show(console, d)
+        if d.get("error"):  # what could be shown is, and the command fails (it exited 0)
+            raise AfilmError(d["error"])
         return
     names = MODELS.names(pattern)
     if not names:
@@ -80,8 +83,6 @@ def _show(console: Any, d: dict[str, Any]) -> None:
     console.print(f"[bold]{escape(d['name'])}[/bold]: {escape(str(meta.pop('description', '')))}")
     params = "unknown" if d["parameters"] is None else f"{d['parameters']:,}"
     console.print(f"parameters: {params}   length multiple: {d['length_multiple']}")
-    if d.get("error"):
-        console.print(f"(could not build: {escape(d['error'])})")
     if meta:
         console.print("registry meta: " + json.dumps(meta, default=str), markup=False)
     if d["config"] == {}:  # a heading over nothing looked like a failure to show it
