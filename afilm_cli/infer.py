@@ -56,6 +56,7 @@ from afilm_cli.windows import (  # noqa: F401
     resolve_precision,
     run_windows,
 )
+from afilm_cli.wording import counted
 
 BLOCK = 1 << 16  # samples per block when copying a stage to a file
 
@@ -84,8 +85,8 @@ def resolve_device(device: str | int | torch.device = "auto", *, via: str = "--d
                              + ("(use --device cpu)" if cli else "(pass device='cpu')"))
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise AfilmError(f"{named}: this machine has {count} CUDA device"
-                             f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+            raise AfilmError(f"{named}: this machine has {counted(count, 'CUDA device')} "
+                             f"(cuda:0 to cuda:{count - 1})")
     return dev
 
 
@@ -211,7 +212,7 @@ DECIMATE_MIN = 28
 
 def _too_short(n: int, sr_in: int, minimum: int, why: str) -> AfilmError:
     """Said in the file's own frames and rate, not in the internal signals' samples."""
-    return AfilmError(f"{n} frame{'s' if n != 1 else ''} at {sr_in} Hz ({1000 * n / sr_in:.3g} ms) is too "
+    return AfilmError(f"{counted(n, 'frame')} at {sr_in} Hz ({1000 * n / sr_in:.3g} ms) is too "
                       f"short: {why}, so at least {minimum} frames at {sr_in} Hz are needed")
 
 
@@ -777,11 +778,11 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
             files = sorted(p for p in found if not _is_output(p))
             if files and len(files) < len(found):  # a rerun on a folder that holds a run's outputs
                 left = len(found) - len(files)
-                print_warning(f"{item}: {left} file{'s' if left != 1 else ''} named as afilm's outputs "
+                print_warning(f"{item}: {counted(left, 'file')} named as afilm's outputs "
                               "(*.afilm.wav, *.afilm.flac, *.lr/.hr/.pr.wav) left out; name "
                               f"{'them' if left != 1 else 'it'} to upsample {'them' if left != 1 else 'it'}")
             if not files and found:  # it held only afilm's outputs (DIR.afilm/): they are not taken again
-                raise AfilmError(f"{item}: its {len(found)} audio file{'s' if len(found) != 1 else ''} "
+                raise AfilmError(f"{item}: its {counted(len(found), 'audio file')} "
                                  f"{'are' if len(found) != 1 else 'is'} named as afilm's outputs (*.afilm.*, "
                                  "*.lr/.hr/.pr.wav), which a folder run leaves out; name the files to "
                                  "upsample them")

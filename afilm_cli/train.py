@@ -43,7 +43,6 @@ from afilm_cli.train_run import Run, StopFlag
 from afilm_cli.train_setup import (
     check_resumed_epoch,
     check_resumed_val,
-    counted,
     data_recipe,
     find_data,
     init_model_name,  # noqa: F401  (public here: afilm train --init uses it)
@@ -57,6 +56,7 @@ from afilm_cli.train_setup import (
     set_rng,
     steps_for_world,
 )
+from afilm_cli.wording import counted
 
 
 @dataclass

@@ -17,7 +17,8 @@ from afilm_cli.atomic import make_output_dir
 from afilm_cli.checkpoint import make_checkpoint, save_checkpoints
 from afilm_cli.errors import AfilmError
 from afilm_cli.interrupts import CtrlC
-from afilm_cli.train_setup import counted, get_rng
+from afilm_cli.train_setup import get_rng
+from afilm_cli.wording import counted
 
 
 def claim_new_folder(base: Path) -> Path:

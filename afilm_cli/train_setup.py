@@ -15,6 +15,7 @@ import torch.distributed as dist
 from afilm_cli.checkpoint import load_checkpoint
 from afilm_cli.data.h5 import PatchFile
 from afilm_cli.errors import AfilmError
+from afilm_cli.wording import counted
 
 if TYPE_CHECKING:
     from afilm_cli.train import TrainConfig
@@ -22,11 +23,6 @@ if TYPE_CHECKING:
 # settings a resumed run must keep, or it would not be the same run
 RUN_IDENTITY = ("model", "model_args", "batch_size", "lr", "lr_schedule", "betas", "eps", "loss", "seed",
                 "world_size")
-
-
-def counted(n: int, word: str, plural: str | None = None) -> str:
-    """``n`` and ``word``, or unless ``n`` is 1 ``plural`` (default ``word`` + 's'): '1 epoch', '3 epochs'."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _q(path: Any) -> str:

@@ -92,7 +92,7 @@ def command(
     """
     from afilm_cli import train as training
     from afilm_cli.threads import parse_threads
-    from afilm_cli.train_setup import counted
+    from afilm_cli.wording import counted
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "loss": loss,
              "max_steps": max_steps, "r": r, "sr": sr, "degrade": degrade}

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from afilm_cli.atomic import missing_folders, remove_empty
 from afilm_cli.commands.options import BatchSize, Device, Force, NoMatchLevel, UpsampleCkpt
 from afilm_cli.errors import AfilmError
+from afilm_cli.wording import counted
 
 
 def command(
@@ -165,7 +166,7 @@ def command(
         names = "; ".join(f"{escape(str(m.path))} ({m.ckpt['model_name']}, r={m.r}, {m.sr} Hz)"
                           + (f" for {sum(v is m for v in models.values())} of them" if len(used) > 1 else "")
                           for m in used)
-        files = f"{len(pairs)} file{'s' if len(pairs) != 1 else ''}"
+        files = counted(len(pairs), "file")
         what = escape(f"{src} upsampled to {written}") if stdio else f"{files} upsampled"
         err.print(f"{what} with {names} on {dev}", soft_wrap=True)
 

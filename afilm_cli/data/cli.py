@@ -92,6 +92,7 @@ from afilm_cli.data.recipe import (
     val_path_for,
 )
 from afilm_cli.errors import AfilmError
+from afilm_cli.wording import counted
 
 R = Annotated[int, typer.Option("--r", min=2, help="Upsampling ratio: low rate = sr / r (paper: 2, 4, 8).")]
 SR = Annotated[int, typer.Option("--sr", min=1, help="High sample rate (Hz); files are resampled to it.")]
@@ -253,8 +254,8 @@ def _why_empty(res: SplitResult, plan: SplitPlan, recipe: Recipe) -> str:
     if res.skipped:
         why.append(f"{len(res.skipped)} of {len(plan.sources)} files were skipped")
     if res.files:
-        why.append(f"--sam {recipe.sam:g} kept none of the patches of the {res.files} usable "
-                   f"file{'s' * (res.files != 1)}")
+        usable = counted(res.files, "usable file")
+        why.append(f"--sam {recipe.sam:g} kept none of the patches of the {usable}")
     return " and ".join(why)
 
 
