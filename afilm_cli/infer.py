@@ -30,7 +30,7 @@ import soundfile as sf
 import torch
 
 from afilm_cli.atomic import atomic_path
-from afilm_cli.audio import DEGRADE_METHODS, check_not_truncated, degrade_methods
+from afilm_cli.audio import DEGRADE_METHODS, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
 from afilm_cli.level import Scaled, matching_gains, output_gains, stage_level, unscaled
@@ -479,25 +479,16 @@ class AudioBytes:
 class BytesSource(FileSource):
     """:class:`FileSource` over :class:`AudioBytes`: any format libsndfile reads from memory."""
 
-    def __init__(self, audio: AudioBytes):
+    def __init__(self, audio: AudioBytes):  # FileSource's, less its checks of a path
         self.path = Path(audio.name)  # names it in messages
         if not audio.data:
             raise AfilmError(f"{audio.name}: no audio (empty)")
         try:
-            self.f = sf.SoundFile(io.BytesIO(audio.data))
+            f = sf.SoundFile(io.BytesIO(audio.data))
         except Exception as exc:  # LibsndfileError's own words, without the BytesIO's repr
             reason = getattr(exc, "error_string", None) or str(exc).splitlines()[0] or type(exc).__name__
             raise AfilmError(f"{audio.name}: not audio libsndfile can read: {reason}") from None
-        self.sr, self.channels, self.length = self.f.samplerate, self.f.channels, self.f.frames
-        self.subtype = self.f.subtype
-        try:
-            check_not_truncated(audio.name, self.f.extra_info)
-            if self.length <= 0:
-                raise AfilmError(f"{audio.name}: no audio (0 frames)")
-        except AfilmError:
-            self.f.close()
-            raise
-        self._whole = None
+        self._take(f)
 
 
 def open_source(path: str | os.PathLike | AudioBytes) -> FileSource:

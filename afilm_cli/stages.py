@@ -65,20 +65,23 @@ class FileSource(Stage):
                              "once; save the audio to a file first" if self.path.exists()
                              else f"{self.path}: no such file")
         try:
-            self.f = sf.SoundFile(str(self.path))
+            f = sf.SoundFile(str(self.path))
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise AfilmError(f"{self.path}: cannot read audio ({reason})") from None
+        self._take(f)
+
+    def _take(self, f: sf.SoundFile) -> None:
+        """Read from ``f`` (open), once checked that it is neither cut short nor empty (closed if it is)."""
         try:
-            check_not_truncated(self.path, self.f.extra_info)
+            check_not_truncated(self.path, f.extra_info)
+            if f.frames <= 0:
+                raise AfilmError(f"{self.path}: empty audio file")
         except AfilmError:
-            self.f.close()
+            f.close()
             raise
-        self.sr, self.channels, self.length = self.f.samplerate, self.f.channels, self.f.frames
-        self.subtype = self.f.subtype
-        if self.length <= 0:
-            self.f.close()
-            raise AfilmError(f"{self.path}: empty audio file")
+        self.f, self.sr, self.channels, self.length = f, f.samplerate, f.channels, f.frames
+        self.subtype = f.subtype
         self._whole: np.ndarray | None = None  # only for formats libsndfile cannot seek in
 
     def _read(self, start, stop):
