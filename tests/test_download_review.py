@@ -201,16 +201,19 @@ def test_odd_members_are_refused_before_anything_is_extracted(tmp_path):
     out = tmp_path / "out"
     odd = _tar(tmp_path / "odd.tar", _member("VCTK-Corpus/a.wav"), _member("VCTK-Corpus/wav48/../../x.wav"))
     with pytest.raises(AfilmError, match=rf"^{odd}: refusing member 'VCTK-Corpus/wav48/../../x.wav': a path "
-                       r"with '\.\.' in it \(nothing was extracted\)"):
+                       r"with '\.\.' in it \(nothing was extracted; not an archive "
+                       r"to extract: delete it, or give another --url\)"):
         extract(odd, out)
     fifo = _tar(tmp_path / "fifo.tar", _member("VCTK-Corpus/a.wav"),
                 _member("VCTK-Corpus/f", tarfile.FIFOTYPE))
     with pytest.raises(AfilmError, match=rf"^{fifo}: refusing member 'VCTK-Corpus/f': a FIFO, not a file or "
-                       r"folder \(nothing was extracted\)"):
+                       r"folder \(nothing was extracted; not an archive "
+                       r"to extract: delete it, or give another --url\)"):
         extract(fifo, out)
     up = _tar(tmp_path / "up.tar", _member("VCTK-Corpus/a.wav"), _member("../x.wav"))
     with pytest.raises(AfilmError, match=rf"^{up}: refusing member '\.\./x\.wav': it would be written "
-                       rf"outside {out.resolve()} \(nothing was extracted\)"):
+                       rf"outside {out.resolve()} \(nothing was extracted; not an archive "
+                       r"to extract: delete it, or give another --url\)"):
         extract(up, out)
     assert not any(out.rglob("*")) and not (tmp_path / "x.wav").exists()
 
@@ -221,3 +224,32 @@ def test_help_says_where_download_puts_the_corpus_by_default(tmp_path):
     proc = afilm("prepare", "vctk", "--help", cwd=tmp_path)
     text = " ".join(proc.stdout.replace("│", " ").split())
     assert "or where --download puts it (default with --download: data/VCTK)" in text, text
+
+
+def test_a_download_into_a_log_file_says_how_far_it_is(server, vctk_mini, tmp_path, monkeypatch, capsys):
+    """Where stderr is no terminal (nohup, a log file) no bar shows, and an 11 GB download passed in
+    silence from 'downloading ...' to its end: now a line every minute (here every block)."""
+    body = vctk_tar(vctk_mini)
+    server.files["VCTK-Corpus.tar.gz"] = body
+    monkeypatch.setattr(dl, "PLAIN_EVERY", 0.0)
+    fetch_and_extract(Archive(f"{server.url}/VCTK-Corpus.tar.gz", "VCTK-Corpus.tar.gz", len(body)),
+                      tmp_path / "vctk")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("download: ")]
+    assert len(lines) >= 2, lines  # blocks of 1 MiB
+    total = f"{len(body) / 1e6:.1f} MB"
+    assert lines[-1].startswith(f"download: {total} of {total} (100%), ") and lines[-1].endswith("B/s"), lines
+
+
+def test_the_plain_progress_lines_come_at_most_every_interval():
+    said, now = [], [100.0]
+    plain = dl.PlainProgress(said.append, every=60.0, first=10.0, clock=lambda: now[0])
+    for t, done in ((100.0, 1_000_000), (105.0, 6_000_000), (110.0, 11_000_000), (150.0, 51_000_000),
+                    (170.0, 71_000_000)):
+        now[0] = t
+        plain(done, 1_001_000_000)
+    # the first at 10 s (1 MB/s since the first block), the next not before 60 s after it
+    assert said == ["download: 11.0 MB of 1.0 GB (1%), 1.0 MB/s, about 17 min left",
+                    "download: 71.0 MB of 1.0 GB (7%), 1.0 MB/s, about 16 min left"]
+    now[0] = 300.0
+    plain(1_000_000_000, 1_001_000_000)
+    assert said[-1] == "download: 1.0 GB of 1.0 GB (100%), 5.0 MB/s, under a minute left"

@@ -19,10 +19,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import math
 import os
 import re
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -348,7 +350,9 @@ def _check_member(archive: Path, name: str, target: Path, kind: str | None = Non
         why = f"{kind}, not a file or folder"
     else:
         return
-    raise AfilmError(f"{archive}: refusing member {name!r}: {why} (nothing was extracted)")
+    # kept (the user's, or a download that a rerun would reuse and refuse again): said what to do
+    raise AfilmError(f"{archive}: refusing member {name!r}: {why} (nothing was extracted; not an archive "
+                     "to extract: delete it, or give another --url)")
 
 
 def _kind(member: tarfile.TarInfo) -> str:
@@ -428,6 +432,38 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
     return root
 
 
+PLAIN_EVERY = 60.0  # seconds between two progress lines where stderr is no terminal
+
+
+class PlainProgress:
+    """Where stderr is no terminal (a log file, nohup), where no bar shows: a line at most every
+    ``every`` seconds, the first after ``first``, so that an 11 GB download does not pass in silence."""
+
+    def __init__(self, say: Callable[[str], None], every: float = PLAIN_EVERY, first: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.say, self.every, self.clock = say, every, clock
+        self.t0 = clock()
+        self.due = self.t0 + min(first, every)
+        self.base: int | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = self.clock()
+        if self.base is None:  # a resumed download's rate counts this run's bytes only
+            self.base, self.t0 = done, now
+        if now < self.due:
+            return
+        self.due = now + self.every
+        rate = (done - self.base) / (now - self.t0) if now > self.t0 else 0.0
+        line = f"download: {_amount(done)}"
+        if total:
+            line += f" of {_amount(total)} ({100 * done / total:.0f}%)"
+        line += f", {_amount(rate)}/s"
+        if total and rate > 0 and done < total:
+            left = (total - done) / rate
+            line += f", about {math.ceil(left / 60)} min left" if left >= 60 else ", under a minute left"
+        self.say(line)
+
+
 def _download_with_bar(archive: Archive, path: Path, sha256: str | None, progress: Progress | None) -> None:
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -441,8 +477,14 @@ def _download_with_bar(archive: Archive, path: Path, sha256: str | None, progres
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
                       console=err, disable=not err.is_interactive) as bar:
             task = bar.add_task("download", total=archive.size)
-            download(archive.url, path, size=archive.size, sha256=sha256,
-                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+            plain = None if err.is_interactive else PlainProgress(note, every=PLAIN_EVERY)
+
+            def show(done: int, total: int | None) -> None:
+                bar.update(task, completed=done, total=total)
+                if plain is not None:
+                    plain(done, total)
+
+            download(archive.url, path, size=archive.size, sha256=sha256, progress=show)
     else:
         download(archive.url, path, size=archive.size, sha256=sha256, progress=progress)
 
