@@ -297,10 +297,10 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
-    ``match_level``, each channel goes through the model at the level of the model's training data and
-    comes back at its own (level.py; models that record no level run as they are), and a channel that
-    is digital silence (below level.SILENCE_DBFS) comes out silent. The model runs
-    in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
+    ``match_level``, each channel, and each window of it, goes through the model at the level of the
+    model's training data and comes back at its own (level.py; models that record no level run as they
+    are), and a channel that is digital silence (below level.SILENCE_DBFS) comes out silent. The model
+    runs in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
     check_positive("batch_size", batch_size)  # 0 or a negative one ran one window per batch
@@ -333,8 +333,12 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
             if stats is not None:
                 stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
         back = output_gains(levels, gains)
+    # and each window at that level too: a passage far quieter than the rest of its file (a distant
+    # voice) reached the model below it, and was upsampled below the spline
+    window_level = loaded.level_dbfs if match_level else None
     blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
-                         precision=precision, threads=threads, fixed_shapes=fixed, stats=stats)
+                         precision=precision, threads=threads, fixed_shapes=fixed, stats=stats,
+                         level_dbfs=window_level)
     blocks = blocks if back is None else unscaled(blocks, back)
     return _training_after(blocks, loaded.model) if training else blocks
 
