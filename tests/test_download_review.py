@@ -10,55 +10,15 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from http_server import Server
 
 from afilm_cli.data import download as dl
 from afilm_cli.data.download import Archive, extract, fetch_and_extract
 from afilm_cli.data.vctk import _download_corpus
 from afilm_cli.errors import AfilmError
-
-
-class Server:
-    """Serves ``files`` (name -> bytes); ``redirect_loop`` sends every request back to itself."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        self.redirect_loop = False
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                if outer.redirect_loop:
-                    self.send_response(302)
-                    self.send_header("Location", self.path)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = outer.files.get(self.path.lstrip("/"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
