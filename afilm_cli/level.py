@@ -57,12 +57,15 @@ def matching_gains(levels: np.ndarray, target: float) -> np.ndarray:
     return np.array([1.0 if lv < SILENCE_DBFS else 10 ** ((target - lv) / 20) for lv in levels])
 
 
-def window_gains(windows: np.ndarray, target: float) -> np.ndarray:
-    """Gains that bring each window of a batch, (n, 1, W), to the RMS level ``target`` (dBFS); 1 for a
-    window of digital silence. A passage much quieter than the rest of its file reaches the model at
+def window_gains(windows: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each window of a batch, (n, 1, W): the gain that brings it to the RMS level ``target``
+    (dBFS), and what its output is multiplied by (:func:`output_gains`: back to its own level, 0 for a
+    window of digital silence). A passage much quieter than the rest of its file reaches the model at
     the level it was trained at, as the whole file's level alone did not bring it (see run_windows)."""
     mean_square = np.mean(np.square(windows, dtype=np.float64), axis=(1, 2))
-    return matching_gains(np.array([dbfs(m) for m in mean_square]), target).astype(np.float32)
+    levels = np.array([dbfs(m) for m in mean_square])
+    gains = matching_gains(levels, target)
+    return gains.astype(np.float32), output_gains(levels, gains).astype(np.float32)
 
 
 class Scaled(Stage):

@@ -120,8 +120,8 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     ``threads``: see the module docstring; ``fixed_shapes`` pads the last batch to ``batch_size``
     windows (for compiled models and CUDA graphs); ``autograd=True`` runs without inference_mode, only
     to measure what that costs. ``level_dbfs``: each window goes through the model at that RMS level
-    and its output comes back at the window's own (level.window_gains; a window of digital silence as it
-    is). ``stats``, if given, receives the thread count used and the model's
+    and its output comes back at the window's own (level.window_gains; a window of digital silence
+    comes out silent). ``stats``, if given, receives the thread count used and the model's
     seconds (on CUDA: launch plus the wait for its result). An output of another shape than its batch
     is refused in one line (models.check_output, on what a CUDA graph or a compiled model returned).
 
@@ -140,11 +140,11 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     emitted = 0
     pending = None  # (windows of the batch in flight, its base and end, its ticket)
 
-    def finish(ks, base, end, ticket, gains) -> Iterator[np.ndarray]:  # collect a batch, yield what is final
+    def finish(ks, base, end, ticket, back) -> Iterator[np.ndarray]:  # collect a batch, yield what is final
         nonlocal acc, den, emitted
         y = runner.result(ticket)
-        if gains is not None:  # each window back at its own level
-            y = y[: len(gains)] / gains[:, None, None]
+        if back is not None:  # each window back at its own level (a silent one: silent)
+            y = y[: len(back)] * back[:, None, None]
         out = y[: len(ks) * C].reshape(len(ks), C, W).transpose(0, 2, 1)
         num, wsum = np.zeros((end - base, C)), np.zeros((end - base, 1))
         num[: len(acc)], wsum[: len(den)] = acc, den
@@ -171,8 +171,9 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
         x = src.read(base, end)  # zeros past the end of the signal
         wins = np.stack([x[starts[k] - base : starts[k] - base + W] for k in ks])  # (n, W, C)
         inp = wins.transpose(0, 2, 1).reshape(-1, 1, W).astype(np.float32)
-        gains = None if level_dbfs is None else window_gains(inp, level_dbfs)
-        if gains is not None:
+        back = None
+        if level_dbfs is not None:
+            gains, back = window_gains(inp, level_dbfs)
             inp *= gains[:, None, None]
         if fixed_shapes and len(ks) < per_batch:
             inp = np.concatenate([inp, np.zeros(((per_batch - len(ks)) * C, 1, W), np.float32)])
@@ -184,7 +185,7 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
             chooser.batch += 1
         if pending is not None:
             yield from finish(*pending)
-        pending = (ks, base, end, ticket, gains)
+        pending = (ks, base, end, ticket, back)
     if pending is not None:
         yield from finish(*pending)
 

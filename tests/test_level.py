@@ -101,6 +101,17 @@ def test_a_quiet_passage_inside_a_loud_file_is_upsampled_as_on_its_own(speech, r
     assert snr(mixed, truth) > snr(spline, truth) + 0.1, (snr(mixed, truth), snr(spline, truth))  # 14.1, 13.9
 
 
+def test_digital_silence_inside_a_file_comes_out_silent(speech, r4):
+    """A gap of digital silence between two utterances carried the model's own output (peak -79 dBFS in
+    a -21 dBFS file), where only a whole silent channel came out silent; a window of it is silent now."""
+    lr = resample(speech, 16000, 4000).astype(np.float32)
+    gap = np.zeros(3 * 4000, np.float32)  # 3 s: its middle lies in windows of silence alone
+    out = infer.upsample_array(np.concatenate([lr, gap, lr]), 4000, r4)
+    middle = 4 * len(lr) + 4 * len(gap) // 2
+    assert not out[middle - 2000 : middle + 2000].any()
+    assert np.abs(out[: 4 * len(lr)]).max() > 0.1  # the speech around it is there
+
+
 def test_channels_are_matched_each_to_its_own_level(speech, r4):
     lr = resample(speech, 16000, 4000).astype(np.float32)
     stereo = np.stack([lr, lr * 1e-3, np.zeros_like(lr)], axis=1)  # loud, quiet, silent
