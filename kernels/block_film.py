@@ -20,6 +20,7 @@ Numerics: loads are upcast to fp32 right away, sums accumulate in fp32, stores c
 dtype. fp32, fp16 and bf16 inputs (mixed dtypes promote like torch).
 Ties: the argmax of a block (and of each MaxPool(2) pair) is the *first* maximum, as in torch, so
 gradients go where torch sends them. NaN inputs are not special-cased (their gradient is dropped).
+First order only: a backward under create_graph=True (double backward) raises; the reference has it.
 
 On a machine without CUDA the module switches the Triton interpreter on (TRITON_INTERPRET=1) before
 triton is first imported (``triton.jit`` reads it at decoration time, triton's own helpers included),
@@ -29,6 +30,7 @@ import fails with a message saying to set the variable in the environment.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -435,6 +437,23 @@ def pool_film_dx(g: torch.Tensor, scale: torch.Tensor, dpool: torch.Tensor, arg:
 # ---------------------------------------------------------------------------------------------------
 # autograd
 
+_NO_DOUBLE_BACKWARD = ("the Triton kernels (AFILM_KERNEL=triton) have no double backward: their gradients "
+                       "cannot be differentiated again (create_graph=True); use AFILM_KERNEL=torch for that")
+
+
+def _first_order(backward):
+    """A Function's backward that refuses create_graph=True in one line: its gradients are computed
+    by kernels autograd cannot see, so a graph of them would hold constants and a gradient penalty
+    would lose its second-order terms without a word."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled() and any(ctx.needs_input_grad):  # backward under create_graph=True
+            raise RuntimeError(_NO_DOUBLE_BACKWARD)
+        return backward(ctx, *grads)
+
+    return wrapper
+
 
 class BlockMaxPoolFunction(torch.autograd.Function):
     @staticmethod
@@ -445,6 +464,7 @@ class BlockMaxPoolFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order
     def backward(ctx, dy):
         (arg,) = ctx.saved_tensors
         return block_max_pool_bwd(dy.contiguous(), arg, ctx.t, ctx.dtype, ctx.block), None
@@ -466,6 +486,7 @@ class BlockFiLMFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order
     def backward(ctx, dy):
         x, scale = ctx.saved_tensors
         dy = dy.contiguous()
@@ -486,6 +507,7 @@ class PoolActBlockMaxFunction(torch.autograd.Function):
         return a, a_down
 
     @staticmethod
+    @_first_order
     def backward(ctx, da, da_down):
         code, arg = ctx.saved_tensors
         dh = pool_act_block_max_bwd(da.contiguous(), da_down.contiguous(), code, arg, ctx.t_in, ctx.dtype,
@@ -513,6 +535,7 @@ class PoolForFiLMFunction(torch.autograd.Function):
         return x.view_as(x), y
 
     @staticmethod
+    @_first_order
     def backward(ctx, g, dpool):
         (arg,) = ctx.saved_tensors
         scale, ctx.link.scale = ctx.link.scale, None
@@ -533,6 +556,7 @@ class PoolActForFiLMFunction(torch.autograd.Function):
         return a, a_down
 
     @staticmethod
+    @_first_order
     def backward(ctx, g, da_down):
         code, arg = ctx.saved_tensors
         scale, ctx.link.scale = ctx.link.scale, None
@@ -554,6 +578,7 @@ class FiLMForPoolFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @_first_order
     def backward(ctx, dy):
         x, scale = ctx.saved_tensors
         dy = dy.contiguous()
