@@ -66,6 +66,20 @@ def _is_afilm(frame) -> bool:
     return str(frame.f_globals.get("__name__", "")).startswith(_PACKAGE + ".")
 
 
+def near_names(name: str, known: list[str], most: int = 2) -> list[str]:
+    """Known names close to ``name``, case, hyphens and spaces aside ('afilm-small': afilm_small): the
+    one equal to it so, else up to ``most`` close ones (difflib; 0: none)."""
+    def plain(text: str) -> str:
+        return re.sub(r"[\s_-]+", "_", str(text).strip().lower())
+
+    names = {plain(n): n for n in reversed(known)}
+    if plain(name) in names:
+        return [names[plain(name)]]
+    if most < 1:
+        return []
+    return [names[n] for n in difflib.get_close_matches(plain(name), list(names), n=most, cutoff=0.8)]
+
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -161,14 +175,7 @@ class Registry:
                       f"{self.group})")
 
     def _near(self, name: str) -> list[str]:
-        """Known names close to ``name``, case, hyphens and spaces aside ('afilm-small': afilm_small)."""
-        def norm(text: str) -> str:
-            return re.sub(r"[\s_-]+", "_", str(text).strip().lower())
-
-        names = {norm(n): n for n in reversed(self.names())}
-        if norm(name) in names:
-            return [names[norm(name)]]
-        return [names[n] for n in difflib.get_close_matches(norm(name), list(names), n=2, cutoff=0.8)]
+        return near_names(name, self.names())
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)

@@ -218,6 +218,11 @@ def test_a_missing_name_or_an_empty_folder_says_what_ckpt_takes(tmp_path, monkey
         pretrained.checkpoint_path("afilm_speech_r8")
     assert str(err.value) == ("afilm_speech_r8: no such checkpoint file, run folder or bundled model "
                               f"(bundled: {bundled})")
+    # the bundled name as typed with hyphens or capitals is named (it got the list alone)
+    with pytest.raises(AfilmError) as err:
+        pretrained.checkpoint_path("afilm-speech-R4")
+    assert str(err.value) == ("afilm-speech-R4: no such checkpoint file, run folder or bundled model "
+                              f"(did you mean 'afilm_speech_r4'?) (bundled: {bundled})")
     (tmp_path / "emptyrun").mkdir()
     with pytest.raises(AfilmError, match=r"^emptyrun: a folder with no best.pt or last.pt"):
         pretrained.checkpoint_path("emptyrun")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from afilm_cli.errors import AfilmError
-from afilm_cli.registry import MODELS
+from afilm_cli.registry import MODELS, near_names
 
 HERE = Path(__file__).parent
 
@@ -136,7 +136,10 @@ def checkpoint_path(spec: str | os.PathLike) -> Path:
         raise AfilmError(f"{name}: no such checkpoint; {name} {what}; bundled pretrained models: {bundled}")
     if not path.exists() and path.name == str(spec) and not path.suffix:  # a bare name: a mistyped model?
         bundled = ", ".join(sorted(BUNDLED)) or "none in this build"
-        raise AfilmError(f"{spec}: no such checkpoint file, run folder or bundled model (bundled: {bundled})")
+        near = near_names(str(spec), sorted(BUNDLED), most=0)  # close ones are the list that follows
+        said = f" (did you mean {near[0]!r}?)" if near else ""
+        raise AfilmError(f"{spec}: no such checkpoint file, run folder or bundled model{said} (bundled: "
+                         f"{bundled})")
     return path
 
 
