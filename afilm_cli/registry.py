@@ -160,7 +160,7 @@ class Registry:
 
     def _unknown(self, name: str) -> str:
         """'unknown model 'x'; known: ...', and where a plugin's name could be missing, why."""
-        near = self._near(name)
+        near = near_names(name, self.names())
         said = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
         msg = f"unknown {self.kind} {name!r}{said}; known: {', '.join(self.names()) or 'none'}"
         if self.group is None:
@@ -173,9 +173,6 @@ class Registry:
             return msg + f" (skipped plugin{s}: {', '.join(self._skipped)}; see the warning{s} above)"
         return msg + (f" (if it is a plugin's, install the package that provides it: entry-point group "
                       f"{self.group})")
-
-    def _near(self, name: str) -> list[str]:
-        return near_names(name, self.names())
 
     def meta(self, name: str) -> dict[str, Any]:
         self.get(name)

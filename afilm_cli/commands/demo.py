@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from afilm_cli.commands.evaluate import summary_table
 from afilm_cli.commands.options import Device, Threads
+from afilm_cli.wording import counted
 
 
 def command(
@@ -54,8 +55,7 @@ def command(
     result = run["result"]
     p = result.protocol
     low = f"{p['sr'] / p['r'] / 1000:g} kHz"  # the checkpoint's: 4 kHz for the bundled model, not for all
-    n = len(result.rows)
-    title = (f"{model_label(p)} vs cubic spline on {n} held-out clip{'s' * (n != 1)}, "
+    title = (f"{model_label(p)} vs cubic spline on {counted(len(result.rows), 'held-out clip')}, "
              f"{low} -> {p['sr'] / 1000:g} kHz ({p['degrade']})")
     table = summary_table(result, title)
     Console().print(table)
