@@ -285,23 +285,14 @@ def _pool_act_block_max_bwd_kernel(DA, DADown, Code, Arg, DH, Scale, n_total, T,
 
 
 def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
-    reference._check(x, block, name)
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):  # the kernels compute in fp32
+    if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        # the kernels compute in fp32
         raise ValueError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got "
                          f"{x.dtype} (kernels.reference takes any floating dtype)")
-    if x.shape[-1] < 1:
-        raise ValueError(f"{name} has no samples (T = 0)")
+    reference._check(x, block, name)
     if not (x.is_cuda or INTERPRET):
         raise ValueError(f"the Triton kernels need CUDA tensors (got {name} on {x.device}); "
                          "use kernels.reference or TRITON_INTERPRET=1")
-
-
-def _check_same_device(x: torch.Tensor, **others: torch.Tensor | None) -> None:
-    for name, t in others.items():
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-        if t is not None and not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
 def _layout(t: int, block: int, rows: int) -> dict:
@@ -603,7 +594,6 @@ def block_max_pool(x: torch.Tensor, block: int) -> torch.Tensor:
 def _check_film(x, scale, shift, block, skip=None):
     _check(x, block)
     reference.check_film_args(x, scale, shift, block, skip)
-    _check_same_device(x, scale=scale, shift=shift, skip=skip)
 
 
 def block_film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int) -> torch.Tensor:

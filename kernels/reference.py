@@ -23,11 +23,15 @@ def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
         raise ValueError(f"expected {name} of shape (B, C, T), got {shape}")
     if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 1:
         raise ValueError(f"block must be an int >= 1, got {block!r}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{name} has no samples (T = 0)")
 
 
 def check_film_args(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int,
                     skip: torch.Tensor | None = None) -> None:
-    """Shape checks shared by the reference and the Triton ops (same messages on both paths)."""
+    """Shape, dtype and device checks shared by the reference and the Triton ops (same messages)."""
     _check(x, block)
     want = (*x.shape[:2], n_blocks(x.shape[-1], block))
     for name, p in (("scale", scale), ("shift", shift)):
@@ -41,12 +45,24 @@ def check_film_args(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | 
         got = tuple(skip.shape) if isinstance(skip, torch.Tensor) else type(skip).__name__
         raise ValueError(f"skip must be (B, C_skip, T) = ({x.shape[0]}, *, {x.shape[2]}) to concatenate "
                          f"with x {tuple(x.shape)}; got {got}")
+    for name, t in (("scale", scale), ("shift", shift), ("skip", skip)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
 def block_max_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, C, T) -> (B, C, ceil(T/block)): the max of each block (gradient to the first max, on ties)."""
     _check(x, block)
-    return F.max_pool1d(x, block, block, ceil_mode=True)
+    return _max_pool1d(x, block, ceil_mode=True)
+
+
+def _max_pool1d(x: torch.Tensor, k: int, ceil_mode: bool = False) -> torch.Tensor:
+    if x.shape[1] == 0:  # F.max_pool1d refuses C = 0, not an empty batch: pool (B*C, 1, T)
+        y = F.max_pool1d(x.reshape(-1, 1, x.shape[-1]), k, k, ceil_mode=ceil_mode)
+        return y.reshape(*x.shape[:2], y.shape[-1])
+    return F.max_pool1d(x, k, k, ceil_mode=ceil_mode)
 
 
 def expand_blocks(v: torch.Tensor, block: int, t: int) -> torch.Tensor:
@@ -71,13 +87,15 @@ def pool_act_block_max(h: torch.Tensor, block: int, slope: float = 0.2) -> tuple
     _check(h, block, "h")
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
-    a = F.leaky_relu(F.max_pool1d(h, 2, 2), slope)
+    a = F.leaky_relu(_max_pool1d(h, 2), slope)
     return a, block_max_pool(a, block)
 
 
 def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int,
                       skip: torch.Tensor) -> torch.Tensor:
     """Up-path epilogue: cat([block_film(x, scale, shift), skip], dim=1)."""
+    if skip is None:
+        raise ValueError("block_film_concat needs a skip tensor")
     check_film_args(x, scale, shift, block, skip)
     return torch.cat([block_film(x, scale, shift, block), skip], dim=1)
 
