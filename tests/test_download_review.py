@@ -213,3 +213,16 @@ def test_the_plain_progress_lines_come_at_most_every_interval():
     now[0] = 300.0
     plain(1_000_000_000, 1_001_000_000)
     assert said[-1] == "download: 1.0 GB of 1.0 GB (100%), 5.0 MB/s, under a minute left"
+
+
+def test_a_failed_download_leaves_no_empty_root(server, tmp_path):
+    """A download that failed before its first byte (a 404) left the --root folder it had made, empty."""
+    root = tmp_path / "new" / "vctk"
+    proc = afilm("prepare", "vctk", "--root", str(root), "--download", "--url", f"{server.url}/missing.zip",
+                 cwd=tmp_path)
+    assert proc.returncode == 2 and "HTTP 404" in proc.stderr, proc.stderr
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    proc = afilm("prepare", "vctk", "--root", str(tmp_path / "kept"), "--download", "--url",
+                 f"{server.url}/missing.zip", cwd=tmp_path)
+    assert proc.returncode == 2 and (tmp_path / "kept").is_dir()

@@ -272,7 +272,8 @@ def _extract_members(archive: str | os.PathLike, into: str | os.PathLike,
                 files = {info.filename: info.file_size for info in zf.infolist() if not info.is_dir()}
                 chosen = ([name for name in dict.fromkeys(names) if wanted(name, files.get(name))]
                           if restore else None)
-                _check_space(archive, into, sum(files.get(name, 0) for name in chosen or files))
+                _check_space(archive, into, sum(files.get(name, 0)
+                                                for name in (files if chosen is None else chosen)))
                 zf.extractall(into, chosen)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:

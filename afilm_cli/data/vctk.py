@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from afilm_cli.atomic import make_output_dir
+from afilm_cli.atomic import make_output_dir, missing_folders, remove_empty
 from afilm_cli.data import cli, download
 from afilm_cli.data.recipe import Recipe, SplitPlan, default_output_paths, pick_fraction
 from afilm_cli.errors import AfilmError
@@ -303,6 +303,7 @@ def _download_corpus(root: Path, release: str | None, url: str | None, sha256: s
         sha256 = download.parse_sha256(sha256)
     if root.exists() and not root.is_dir():
         raise AfilmError(f"--root {root} is a file, not a folder")
+    made = missing_folders([root])  # taken out again where a failed download leaves them empty
     make_output_dir(root)
     archive = download.VCTK_ARCHIVES[release or "0.92"]
     if url:
@@ -313,8 +314,12 @@ def _download_corpus(root: Path, release: str | None, url: str | None, sha256: s
     want = release or (None if url else "0.92")
     # and of what it extracted, the audio files of that layout (and --mic) must be there: deleted
     # speakers or files, or files cut short, are restored; another microphone's files, the transcripts, may go
-    download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want),
-                               select=partial(_layout_audio, mic=mic, release=want))
+    try:
+        download.fetch_and_extract(archive, root, present=lambda folder: has_layout(folder, want),
+                                   select=partial(_layout_audio, mic=mic, release=want))
+    except BaseException:  # a 404, Ctrl-C before the first byte: no empty --root left (a .part stays)
+        remove_empty(made)
+        raise
     if not has_layout(root, want):  # not "pass --download", which find_layout would say
         raise AfilmError(f"{archive.filename} was extracted into {root}, but no VCTK "
                          f"{want + ' ' if want else ''}layout is there: expected {LAYOUTS_HELP}")
