@@ -7,7 +7,7 @@ checkpoint's ``input_level_dbfs``), and inference scales each channel of the spl
 level before the model and scales the output back: a quiet recording is upsampled as well as a loud
 one. Each window the model sees is brought to that level too (window_gains): a passage 60 dB below the
 rest of its file came out 1.4 dB below the spline on average, and now as it would alone
-(benchmarks/quiet_passage.py). A channel that is digital silence comes out silent. Level = RMS over
+(benchmarks/quiet_passage.py). A channel, or a window, of digital silence comes out silent. Level = RMS over
 the whole channel or window, in dB relative to full scale (a full-scale sine: -3 dBFS).
 """
 

@@ -138,7 +138,7 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     runner = _BatchRunner(model, device, autocast, grad, (per_batch * C, 1, W))
     acc, den = np.zeros((0, C)), np.zeros((0, 1))  # partial sums carried from the batch before
     emitted = 0
-    pending = None  # (windows of the batch in flight, its base and end, its ticket)
+    pending = None  # (windows of the batch in flight, its base and end, its ticket, its output factors)
 
     def finish(ks, base, end, ticket, back) -> Iterator[np.ndarray]:  # collect a batch, yield what is final
         nonlocal acc, den, emitted
