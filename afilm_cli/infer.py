@@ -299,7 +299,7 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
     ``match_level``, each channel, and each window of it, goes through the model at the level of the
     model's training data and comes back at its own (level.py; models that record no level run as they
-    are), and a channel that is digital silence (below level.SILENCE_DBFS) comes out silent. The model
+    are), and a channel or window of digital silence (below level.SILENCE_DBFS) comes out silent. The model
     runs in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
