@@ -639,7 +639,7 @@ def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None =
         return reference.compose_pool_film(sys.modules[__name__], x, block, scale_fn, skip)
     link = _FiLMLink()
     x_link, pooled = PoolForFiLMFunction.apply(x.contiguous(), int(block), link)
-    return _linked_film(x_link, *scale_fn(pooled), block, skip, link)
+    return _linked_film(x_link, *reference.scale_shift(scale_fn(pooled)), block, skip, link)
 
 
 def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.Tensor:
@@ -653,4 +653,4 @@ def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.
         return reference.compose_pool_act_film(sys.modules[__name__], h, block, slope, scale_fn)
     link = _FiLMLink()
     a, a_down = PoolActForFiLMFunction.apply(h.contiguous(), int(block), float(slope), link)
-    return _linked_film(a, *scale_fn(a_down), block, None, link)
+    return _linked_film(a, *reference.scale_shift(scale_fn(a_down)), block, None, link)

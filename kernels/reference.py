@@ -101,10 +101,18 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
 
 
 
+def scale_shift(out) -> tuple:
+    """A ``scale_fn``'s result, checked: the pair (scale, shift), shift may be None."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise ValueError(f"scale_fn must return a pair (scale, shift), shift may be None; got a {got}")
+    return tuple(out)
+
+
 def compose_pool_film(ops, x, block: int, scale_fn, skip=None):
     """block max -> ``scale, shift = scale_fn(pooled)`` -> modulation (concatenated with ``skip``),
     written against an ops namespace (this module, the Triton module, or an unfused variant)."""
-    scale, shift = scale_fn(ops.block_max_pool(x, block))
+    scale, shift = scale_shift(scale_fn(ops.block_max_pool(x, block)))
     if skip is None:
         return ops.block_film(x, scale, shift, block)
     return ops.block_film_concat(x, scale, shift, block, skip)
@@ -113,7 +121,7 @@ def compose_pool_film(ops, x, block: int, scale_fn, skip=None):
 def compose_pool_act_film(ops, h, block: int, slope: float, scale_fn):
     """pool_act_block_max -> ``scale, shift = scale_fn(a_down)`` -> a modulated, against ``ops``."""
     a, a_down = ops.pool_act_block_max(h, block, slope)
-    scale, shift = scale_fn(a_down)
+    scale, shift = scale_shift(scale_fn(a_down))
     return ops.block_film(a, scale, shift, block)
 
 

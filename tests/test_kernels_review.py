@@ -115,3 +115,18 @@ def test_accepted_odd_inputs_match(impl):
     for bad in (0, -1, True, 8.0, None):
         with pytest.raises(ValueError, match="block must be an int >= 1"):
             impl.block_max_pool(x, bad)
+
+
+@BOTH
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_scale_fn_must_return_a_pair(impl, grad):
+    # Before, on the Triton path: "_linked_film() missing 1 required positional argument: 'link'";
+    # on the reference: "not enough values to unpack (expected 2, got 1)".
+    x = torch.randn(1, 2, 16, requires_grad=grad)
+    h = torch.randn(1, 2, 32, requires_grad=grad)
+    for bad in (lambda p: p.sigmoid(), lambda p: (p, p, p)):
+        with pytest.raises(ValueError, match=r"scale_fn must return a pair \(scale, shift\)"):
+            impl.pool_film(x, 8, bad)
+        with pytest.raises(ValueError, match=r"scale_fn must return a pair \(scale, shift\)"):
+            impl.pool_act_film(h, 8, 0.2, bad)
+    assert impl.pool_film(x, 8, lambda p: [p.sigmoid(), None]).shape == (1, 2, 16)
