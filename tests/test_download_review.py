@@ -226,3 +226,12 @@ def test_a_failed_download_leaves_no_empty_root(server, tmp_path):
     proc = afilm("prepare", "vctk", "--root", str(tmp_path / "kept"), "--download", "--url",
                  f"{server.url}/missing.zip", cwd=tmp_path)
     assert proc.returncode == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_a_line_of_sha256sum_output_is_taken_for_its_sum():
+    """'HASH  VCTK-Corpus.zip', pasted from sha256sum or a mirror's SHA256SUMS, was refused."""
+    h = "ab" * 32
+    assert dl.parse_sha256(f"{h}  VCTK-Corpus-0.92.zip") == h
+    assert dl.parse_sha256(f" {h.upper()} *VCTK-Corpus-0.92.zip\n") == h
+    with pytest.raises(AfilmError, match="is not a SHA-256"):
+        dl.parse_sha256(f"{h}0  x.zip")  # 65 digits

@@ -63,8 +63,10 @@ _SCHEMES = ("http", "https", "ftp", "file")  # what urllib.request opens
 
 def parse_sha256(text: str, option: str = "--sha256") -> str:
     """``text`` as a lowercase SHA-256, or a one-line error. Checked before any network access: a
-    malformed sum would otherwise fail only after the whole download (11 GB for VCTK 0.92)."""
+    malformed sum would otherwise fail only after the whole download (11 GB for VCTK 0.92). A line of
+    ``sha256sum``'s output (the sum, then the file's name) gives its sum."""
     value = text.strip()
+    value = value.split()[0] if _SHA256.fullmatch(value[:64]) and value[64:65].isspace() else value
     if not _SHA256.fullmatch(value):
         raise AfilmError(f"{option} {text!r} is not a SHA-256: expected 64 hexadecimal digits")
     return value.lower()
