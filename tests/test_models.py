@@ -549,6 +549,10 @@ def test_models_cli_info_and_unknown():
     proc = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "nomatch*"],
                           capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode == 2 and "no model matches 'nomatch*'; known: afilm," in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "afilm_cli", "models", "AFILM_S*"],  # it said no more
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and ("no model matches 'AFILM_S*' (patterns are case-sensitive: 'afilm_s*' "
+                                     "matches); known: afilm,") in proc.stderr, proc.stderr
 
 
 def test_models_cli_shows_a_model_card():

@@ -36,7 +36,9 @@ def command(
         return
     names = MODELS.names(pattern)
     if not names:
-        raise AfilmError(f"no model matches {pattern!r}; known: {', '.join(MODELS.names())}")
+        lower = pattern.lower()
+        hint = f" (patterns are case-sensitive: {lower!r} matches)" if MODELS.names(lower) else ""
+        raise AfilmError(f"no model matches {pattern!r}{hint}; known: {', '.join(MODELS.names())}")
     rows = []
     for name in names:
         d = describe_model(name)
