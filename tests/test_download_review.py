@@ -235,3 +235,19 @@ def test_a_line_of_sha256sum_output_is_taken_for_its_sum():
     assert dl.parse_sha256(f" {h.upper()} *VCTK-Corpus-0.92.zip\n") == h
     with pytest.raises(AfilmError, match="is not a SHA-256"):
         dl.parse_sha256(f"{h}0  x.zip")  # 65 digits
+
+
+def test_ctrl_c_during_the_download_says_the_part_is_kept(server, tmp_path, capsys):
+    """Ctrl-C said only 'afilm: interrupted': nothing about the partial download a rerun resumes."""
+    body = os.urandom(3 << 20)
+    server.files["v.zip"] = body
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_and_extract(Archive(f"{server.url}/v.zip", "v.zip", len(body)), tmp_path / "r", progress=stop)
+    part = tmp_path / "r" / "v.zip.part"
+    assert part.is_file()
+    assert (f"download stopped: {part} ({part.stat().st_size / 1e6:.1f} MB) is kept; rerun the same command "
+            "to resume it") in capsys.readouterr().err

@@ -412,7 +412,14 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
         note(f"reusing {path}, {how}" + ("; checking its SHA-256" if sha256 else ""))
         download(archive.url, path, size=archive.size, sha256=sha256)
     else:
-        _download_with_bar(archive, path, sha256, progress)
+        try:
+            _download_with_bar(archive, path, sha256, progress)
+        except KeyboardInterrupt:  # Ctrl-C: what is kept, and that a rerun goes on from there
+            part = path.with_name(path.name + ".part")
+            if part.is_file():
+                note(f"download stopped: {part} ({_amount(part.stat().st_size)}) is kept; rerun the same "
+                     "command to resume it")
+            raise
     if sha256 is None:
         note(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
     note(f"extracting {path.name}")
