@@ -33,7 +33,7 @@ from afilm_cli.atomic import atomic_path
 from afilm_cli.audio import DEGRADE_METHODS, degrade_methods
 from afilm_cli.cuda_graphs import GraphedForward, graphed, use_graphs
 from afilm_cli.errors import AfilmError
-from afilm_cli.level import Scaled, matching_gains, output_gains, stage_level, unscaled
+from afilm_cli.level import matching_gains, output_gains, stage_level, unscaled
 
 # re-exported: the stages and windows were part of this module and are used through it
 from afilm_cli.stages import (  # noqa: F401
@@ -297,8 +297,8 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
     its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
     is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
-    ``match_level``, each channel, and each window of it, goes through the model at the level of the
-    model's training data and comes back at its own (level.py; models that record no level run as they
+    ``match_level``, each window of each channel goes through the model at the level of the model's
+    training data and comes back at its own (level.py; models that record no level run as they
     are), and a channel or window of digital silence (below level.SILENCE_DBFS) comes out silent. The model
     runs in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
@@ -326,15 +326,13 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     back = None
     if match_level:  # also for a checkpoint without a level: a silent channel comes out silent
         levels = stage_level(spline, length)
-        gains = np.ones(len(levels))
-        if loaded.level_dbfs is not None:
+        back = output_gains(levels, np.ones(len(levels)))
+        if loaded.level_dbfs is not None and stats is not None:  # how far each channel is from it
             gains = matching_gains(levels, loaded.level_dbfs)
-            spline = Scaled(spline, gains)
-            if stats is not None:
-                stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
-        back = output_gains(levels, gains)
-    # and each window at that level too: a passage far quieter than the rest of its file (a distant
-    # voice) reached the model below it, and was upsampled below the spline
+            stats["gain_db"] = [round(20 * math.log10(g), 2) for g in gains]
+    # the gains themselves are per window (run_windows): a whole channel's gain alone brought a passage
+    # far quieter than the rest of its file (a distant voice) to the model below its level, and it was
+    # upsampled below the spline
     window_level = loaded.level_dbfs if match_level else None
     blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
                          precision=precision, threads=threads, fixed_shapes=fixed, stats=stats,

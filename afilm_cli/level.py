@@ -3,12 +3,12 @@
 The models are not scale-invariant: on 100 held-out speech files the bundled afilm_speech_r4 scored
 10.80 dB SNR at their own level, 10.34 dB 40 dB quieter and 5.04 dB 60 dB quieter, where the cubic
 spline (linear) scores 10.11 dB at any level. So training records the RMS level of its training patches (the
-checkpoint's ``input_level_dbfs``), and inference scales each channel of the spline signal to that
-level before the model and scales the output back: a quiet recording is upsampled as well as a loud
-one. Each window the model sees is brought to that level too (window_gains): a passage 60 dB below the
-rest of its file came out 1.4 dB below the spline on average, and now as it would alone
-(benchmarks/quiet_passage.py). A channel, or a window, of digital silence comes out silent. Level = RMS over
-the whole channel or window, in dB relative to full scale (a full-scale sine: -3 dBFS).
+checkpoint's ``input_level_dbfs``), and inference scales each window of the spline signal the model
+sees to that level and scales its output back (window_gains): a quiet recording is upsampled as well
+as a loud one, and a passage 60 dB below the rest of its file, which a whole channel's gain left 1.4 dB
+below the spline on average, as it would be alone (benchmarks/quiet_passage.py). A channel, or a
+window, of digital silence comes out silent. Level = RMS over the whole channel or window, in dB
+relative to full scale (a full-scale sine: -3 dBFS).
 """
 
 from __future__ import annotations
@@ -66,17 +66,6 @@ def window_gains(windows: np.ndarray, target: float) -> tuple[np.ndarray, np.nda
     levels = np.array([dbfs(m) for m in mean_square])
     gains = matching_gains(levels, target)
     return gains.astype(np.float32), output_gains(levels, gains).astype(np.float32)
-
-
-class Scaled(Stage):
-    """``stage`` times a gain per channel."""
-
-    def __init__(self, stage: Stage, gains: np.ndarray):
-        self.stage, self.gains = stage, np.asarray(gains, dtype=np.float64)
-        self.length, self.channels = stage.length, stage.channels
-
-    def _read(self, start, stop):
-        return self.stage.read(start, stop) * self.gains
 
 
 def output_gains(levels: np.ndarray, gains: np.ndarray) -> np.ndarray:
