@@ -294,13 +294,13 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
                   precision: str = "fp32", threads: int | str | None = "auto", compile: bool = False,
                   graphs: str | bool | None = "auto", stats: dict | None = None, match_level: bool = True
                   ) -> Iterator[np.ndarray]:
-    """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA
-    its forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs``
-    is off or ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With
-    ``match_level``, each window of each channel goes through the model at the level of the model's
-    training data and comes back at its own (level.py; models that record no level run as they
-    are), and a channel or window of digital silence (below level.SILENCE_DBFS) comes out silent. The model
-    runs in eval mode and is left in the mode it was in (a model in training mode goes back to it)."""
+    """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA its
+    forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs`` is off or
+    ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With ``match_level``, each window
+    of each channel goes through the model at the level of the model's training data and comes back at its
+    own, centred and its mean added back (level.py; models that record no level run as they are), and a
+    channel or window of digital silence (below level.SILENCE_DBFS) comes out silent. The model runs in eval
+    mode and is left in the mode it was in (a model in training mode goes back to it)."""
     from afilm_cli.models import check_length, model_name_of
 
     check_positive("batch_size", batch_size)  # 0 or a negative one ran one window per batch

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from afilm_cli.errors import AfilmError
-from afilm_cli.level import window_gains
+from afilm_cli.level import centre, window_gains
 from afilm_cli.models import check_output
 from afilm_cli.stages import Stage
 from afilm_cli.threads import busy_elsewhere, free_cores, num_threads  # tests patch them here
@@ -121,9 +121,11 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     windows (for compiled models and CUDA graphs); ``autograd=True`` runs without inference_mode, only
     to measure what that costs. ``level_dbfs``: each window goes through the model at that RMS level
     and its output comes back at the window's own (level.window_gains; a window of digital silence
-    comes out silent). ``stats``, if given, receives the thread count used and the model's
-    seconds (on CUDA: launch plus the wait for its result). An output of another shape than its batch
-    is refused in one line (models.check_output, on what a CUDA graph or a compiled model returned).
+    comes out silent), and each window is centred before it and its mean added back after
+    (level.centre: an offset, DC, passes through untouched). ``stats``, if given, receives the thread
+    count used and the model's seconds (on CUDA: launch plus the wait for its result). An output of
+    another shape than its batch is refused in one line (models.check_output, on what a CUDA graph or
+    a compiled model returned).
 
     On CUDA the batches are pipelined: batch k+1 is read (resampler, spline: CPU work) while the GPU
     runs batch k, and batch k's output is collected and overlap-added after k+1 has been queued."""
@@ -138,13 +140,13 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
     runner = _BatchRunner(model, device, autocast, grad, (per_batch * C, 1, W))
     acc, den = np.zeros((0, C)), np.zeros((0, 1))  # partial sums carried from the batch before
     emitted = 0
-    pending = None  # (windows of the batch in flight, its base and end, its ticket, its output factors)
+    pending = None  # (the batch in flight's windows, base and end, ticket, output factors and offsets)
 
-    def finish(ks, base, end, ticket, back) -> Iterator[np.ndarray]:  # collect a batch, yield what is final
+    def finish(ks, base, end, ticket, back, offsets) -> Iterator[np.ndarray]:  # yield what is final
         nonlocal acc, den, emitted
         y = runner.result(ticket)
-        if back is not None:  # each window back at its own level (a silent one: silent)
-            y = y[: len(back)] * back[:, None, None]
+        if back is not None:  # each window back at its own level (a silent one: silent) and offset
+            y = y[: len(back)] * back[:, None, None] + offsets
         out = y[: len(ks) * C].reshape(len(ks), C, W).transpose(0, 2, 1)
         num, wsum = np.zeros((end - base, C)), np.zeros((end - base, 1))
         num[: len(acc)], wsum[: len(den)] = acc, den
@@ -171,8 +173,9 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
         x = src.read(base, end)  # zeros past the end of the signal
         wins = np.stack([x[starts[k] - base : starts[k] - base + W] for k in ks])  # (n, W, C)
         inp = wins.transpose(0, 2, 1).reshape(-1, 1, W).astype(np.float32)
-        back = None
+        back = offsets = None
         if level_dbfs is not None:
+            offsets = centre(inp, np.repeat([min(W, length - starts[k]) for k in ks], C))
             gains, back = window_gains(inp, level_dbfs)
             inp *= gains[:, None, None]
         if fixed_shapes and len(ks) < per_batch:
@@ -185,7 +188,7 @@ def run_windows(model: torch.nn.Module, src: Stage, length: int, plan: WindowPla
             chooser.batch += 1
         if pending is not None:
             yield from finish(*pending)
-        pending = (ks, base, end, ticket, back)
+        pending = (ks, base, end, ticket, back, offsets)
     if pending is not None:
         yield from finish(*pending)
 

@@ -112,6 +112,32 @@ def test_digital_silence_inside_a_file_comes_out_silent(speech, r4):
     assert np.abs(out[: 4 * len(lr)]).max() > 0.1  # the speech around it is there
 
 
+def test_a_dc_offset_passes_through_and_the_model_sees_none(speech, r4):
+    """The model's edges rang on an offset it never saw in training: a constant 1.0 came out peaking
+    at 1.234, and speech plus 0.05 differed from speech's output plus 0.05 by 0.011. Each window is
+    now centred (its mean over the signal, not the zeros past its end) and its mean added back."""
+    const = infer.upsample_array(np.ones(8000, np.float32), 4000, r4)
+    np.testing.assert_allclose(const, 1.0, atol=1e-6)
+    lr = resample(speech, 16000, 4000).astype(np.float32)
+    plain = infer.upsample_array(lr, 4000, r4)
+    shifted = infer.upsample_array(lr + 0.05, 4000, r4)
+    np.testing.assert_allclose(shifted - 0.05, plain, atol=1e-5)
+    # a slow drift: each window has its own offset, and the output still follows it
+    drift = np.linspace(-0.2, 0.2, len(lr), dtype=np.float32)
+    drifted = infer.upsample_array(lr + drift, 4000, r4)
+    up_drift = np.linspace(-0.2, 0.2, 4 * len(lr))
+    assert snr(drifted - up_drift, plain) > 40
+    unmatched = infer.upsample_array(np.ones(8000, np.float32), 4000, r4, match_level=False)
+    assert np.abs(unmatched - 1).max() > 0.05  # the model alone rings
+
+
+def test_centre_takes_the_mean_over_the_signal_alone():
+    windows = np.array([[[1.0, 3.0, 0.0, 0.0]], [[2.0, 2.0, 2.0, 6.0]]], np.float32)
+    means = level.centre(windows, np.array([2, 4]))
+    assert means.ravel().tolist() == [2.0, 3.0]
+    assert windows.tolist() == [[[-1.0, 1.0, 0.0, 0.0]], [[-1.0, -1.0, -1.0, 3.0]]]  # the padding stays 0
+
+
 def test_channels_are_matched_each_to_its_own_level(speech, r4):
     lr = resample(speech, 16000, 4000).astype(np.float32)
     stereo = np.stack([lr, lr * 1e-3, np.zeros_like(lr)], axis=1)  # loud, quiet, silent

@@ -27,10 +27,10 @@ Seed = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random 
 Threads = Annotated[str, typer.Option("--threads", metavar="N|auto", help="CPU threads for torch: a number, "
                                       "or auto: the cores no other process is busy on (at least 1).")]
 NoMatchLevel = Annotated[bool, typer.Option(
-    "--no-match-level", help="Run the model on the input at its own level. By default each channel is "
+    "--no-match-level", help="Run the model on the input as it is. By default each model window is "
     "scaled to the level of the model's training data (recorded in its checkpoint, e.g. -24.4 dBFS RMS "
-    "for afilm_speech_r4) before the model and back after, since the models are not scale-invariant: "
-    "quiet input came out worse than the spline.")]
+    "for afilm_speech_r4) and its DC offset removed before the model, and both are put back after: the "
+    "models are not scale-invariant (quiet input came out worse than the spline) and ring on an offset.")]
 
 
 def refuse_existing(out: Path, force: bool) -> None:
