@@ -92,16 +92,19 @@ def test_resume_checks_that_the_part_belongs_to_the_file(server, tmp_path):
     body = os.urandom(200_000)
     server.files["v.zip"] = body
     url = f"{server.url}/v.zip"
+    etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'  # recorded beside a part: else it is not resumed
     # a stale part longer than the file: 416 names the file's size, which is not ours: start over
     (tmp_path / "v.zip.part").write_bytes(os.urandom(300_000))
+    (tmp_path / "v.zip.part.validator").write_text(etag)
     assert download(url, tmp_path / "v.zip").read_bytes() == body
     assert server.ranges == ["bytes=300000-", None]
     # a part that is the whole file: 416 with our size, nothing fetched
     (tmp_path / "w.zip.part").write_bytes(body)
+    (tmp_path / "w.zip.part.validator").write_text(etag)
     assert download(url, tmp_path / "w.zip").read_bytes() == body and server.ranges[-1] == "bytes=200000-"
     # interrupted, then the file changed on the server: If-Range with the old ETag brings it whole
     (tmp_path / "x.zip.part").write_bytes(body[:50_000])
-    (tmp_path / "x.zip.part.validator").write_text(f'"{hashlib.sha256(body).hexdigest()[:16]}"')
+    (tmp_path / "x.zip.part.validator").write_text(etag)
     new = os.urandom(120_000)
     server.files["v.zip"] = new
     assert download(url, tmp_path / "x.zip").read_bytes() == new

@@ -4,6 +4,7 @@ a stopped extraction, odd archive members. A real HTTP server on 127.0.0.1 (a th
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import shutil
@@ -251,3 +252,129 @@ def test_ctrl_c_during_the_download_says_the_part_is_kept(server, tmp_path, caps
     assert part.is_file()
     assert (f"download stopped: {part} ({part.stat().st_size / 1e6:.1f} MB) is kept; rerun the same command "
             "to resume it") in capsys.readouterr().err
+
+
+def _stop_at(n: int):
+    """A progress callback that stops the download (Ctrl-C) once ``n`` bytes are there."""
+    def stop(done, total):
+        if done >= n:
+            raise KeyboardInterrupt
+    return stop
+
+
+NOT_RESUMED = ("not resuming {part}: the server sent no ETag or Last-Modified to tell whether the file "
+               "changed there since, and no --sha256 was given to check it (a resume could splice two "
+               "versions); downloading it again from the start")
+AGAIN = ("rerun to download it again from the start (the server sent no ETag or Last-Modified to resume it "
+         "by safely; with --sha256 a rerun resumes it)")
+
+
+def test_a_part_the_server_gave_no_validator_for_is_not_spliced(server, tmp_path, capsys):
+    """A server that sends no ETag or Last-Modified leaves If-Range nothing to check: the part was resumed
+    blind, and a file changed on the server in between (a mirror updated) came back spliced from two
+    versions, with no sum to notice it (VCTK 0.80, a bare --url). It is downloaded again, and said so."""
+    server.validators = False
+    old, new = os.urandom(300_000), os.urandom(300_000)  # the same size: no size check could tell either
+    server.files["v.zip"] = old
+    url, dest = f"{server.url}/v.zip", tmp_path / "v.zip"
+    part = tmp_path / "v.zip.part"
+    with pytest.raises(KeyboardInterrupt):
+        dl.download(url, dest, chunk=50_000, progress=_stop_at(1))
+    assert part.read_bytes() == old[:50_000] and not (tmp_path / "v.zip.part.validator").exists()
+    server.files["v.zip"] = new
+    capsys.readouterr()
+    assert dl.download(url, dest).read_bytes() == new
+    assert server.ranges[-1] is None  # asked for whole, not from byte 50000
+    assert NOT_RESUMED.format(part=part) in capsys.readouterr().err.splitlines()
+    # and what a stopped download says of a rerun is what the rerun does
+    with pytest.raises(AfilmError) as info:
+        dl.download(url, tmp_path / "w.zip", size=300_001)
+    assert str(info.value) == (
+        f"download of {url} is incomplete: 300000 of the expected 300001 bytes (the partial file "
+        f"{tmp_path / 'w.zip.part'} is kept); {AGAIN}")
+
+
+def test_ctrl_c_says_a_part_without_validator_is_downloaded_again(server, tmp_path, capsys):
+    """It said 'rerun the same command to resume it', which a rerun without --sha256 no longer does."""
+    server.validators = False
+    body = os.urandom(3 << 20)
+    server.files["v.zip"] = body
+    with pytest.raises(KeyboardInterrupt):
+        fetch_and_extract(Archive(f"{server.url}/v.zip", "v.zip"), tmp_path / "r", progress=_stop_at(1))
+    part = tmp_path / "r" / "v.zip.part"
+    assert (f"download stopped: {part} ({part.stat().st_size / 1e6:.1f} MB) is kept; "
+            f"{AGAIN.replace('rerun', 'rerun the same command', 1)}") in capsys.readouterr().err
+    # with a sum to check, the same stop says that a rerun resumes
+    with pytest.raises(KeyboardInterrupt):
+        fetch_and_extract(Archive(f"{server.url}/v.zip", "v.zip", None, hashlib.sha256(body).hexdigest()),
+                          tmp_path / "s", progress=_stop_at(1))
+    part = tmp_path / "s" / "v.zip.part"
+    assert (f"download stopped: {part} ({part.stat().st_size / 1e6:.1f} MB) is kept; rerun the same command "
+            "to resume it") in capsys.readouterr().err
+
+
+def test_with_sha256_a_part_without_validator_is_resumed_and_checked(server, tmp_path, capsys):
+    """With --sha256 the end result is checked, so a resume without a validator is safe: an unchanged file
+    is resumed; a changed one comes spliced, fails the check, is deleted, and a rerun fetches it whole."""
+    server.validators = False
+    old, new = os.urandom(300_000), os.urandom(300_000)
+    server.files["v.zip"] = old
+    url, dest, part = f"{server.url}/v.zip", tmp_path / "v.zip", tmp_path / "v.zip.part"
+    part.write_bytes(old[:120_000])  # an interrupted earlier run
+    server.sent = 0
+    assert dl.download(url, dest, sha256=hashlib.sha256(old).hexdigest()).read_bytes() == old
+    assert server.ranges == ["bytes=120000-"] and server.sent == 180_000
+    assert "not resuming" not in capsys.readouterr().err
+    dest.unlink()
+    part.write_bytes(old[:120_000])
+    server.files["v.zip"] = new  # changed on the server since
+    sha = hashlib.sha256(new).hexdigest()
+    with pytest.raises(AfilmError) as info:
+        dl.download(url, dest, sha256=sha)
+    spliced = hashlib.sha256(old[:120_000] + new[120_000:]).hexdigest()
+    assert str(info.value) == (f"{url}: the downloaded file did not match the expected SHA-256 (got "
+                               f"{spliced}, expected {sha}) and was deleted; rerun to download it again")
+    assert not part.exists() and not dest.exists()
+    assert dl.download(url, dest, sha256=sha).read_bytes() == new and server.ranges[-1] is None
+
+
+def test_a_server_that_ignores_if_range_does_not_splice(server, tmp_path, capsys):
+    """A server that honours Range but ignores If-Range (some object stores do) answered a part of an older
+    version with 206 and the new file's bytes after it; that 206 names the new file's ETag, which the
+    download now compares with the part's: another one is the whole file asked for again."""
+    server.if_range = False
+    old, new = os.urandom(300_000), os.urandom(300_000)
+    server.files["v.zip"] = old
+    url, dest, part = f"{server.url}/v.zip", tmp_path / "v.zip", tmp_path / "v.zip.part"
+    with pytest.raises(KeyboardInterrupt):
+        dl.download(url, dest, chunk=50_000, progress=_stop_at(1))
+    assert part.read_bytes() == old[:50_000] and (tmp_path / "v.zip.part.validator").exists()
+    server.files["v.zip"] = new
+    capsys.readouterr()
+    assert dl.download(url, dest).read_bytes() == new
+    assert server.ranges[-2:] == ["bytes=50000-", None]
+    assert (f"not resuming {part}: the server answered with another version of the file than the one it is "
+            "part of (it ignored If-Range); downloading it again from the start") in capsys.readouterr().err
+    # unchanged, it resumes as before
+    part.write_bytes(new[:50_000])
+    (tmp_path / "v.zip.part.validator").write_text(f'"{hashlib.sha256(new).hexdigest()[:16]}"')
+    dest.unlink()
+    server.sent = 0
+    assert dl.download(url, dest).read_bytes() == new and server.sent == 250_000
+
+
+def test_prepare_vctk_download_says_why_a_part_is_not_resumed(server, vctk_mini, tmp_path):
+    """Through the CLI: a .part of an archive that changed on a server without validators was resumed into
+    an archive spliced from two versions (here a corrupt tar.gz); it is now downloaded whole, and said."""
+    server.validators = False
+    old, new = vctk_tar(vctk_mini, n=2), vctk_tar(vctk_mini, n=3)
+    server.files["VCTK-Corpus.tar.gz"] = new
+    root = tmp_path / "vctk"
+    root.mkdir()
+    part = root / "VCTK-Corpus.tar.gz.part"
+    part.write_bytes(old[: len(old) // 2])  # an earlier run's, stopped; the mirror updated since
+    proc = afilm("prepare", "vctk", "--download", "--url", f"{server.url}/VCTK-Corpus.tar.gz", "--root",
+                 str(root), "--r", "2", "--multiple", "1", "--out", str(tmp_path / "data"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert NOT_RESUMED.format(part=part) in proc.stderr.splitlines(), proc.stderr
+    assert server.ranges == [None] and len(list((root / "VCTK-Corpus" / "wav48" / "p226").iterdir())) == 3

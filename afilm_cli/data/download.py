@@ -2,8 +2,12 @@
 
 A download goes to ``<dest>.part`` and resumes from its size with an HTTP Range request (a server
 that ignores Range restarts it from zero); the file gets its final name only once the size and
-checksum match. An archive already there under its final name is checked the same way and reused (never
-deleted on a mismatch: it may be the user's only copy). Extraction writes a marker file,
+checksum match. A resume must not splice two versions of a file changed on the server in between:
+``<dest>.part.validator`` keeps the server's ETag (or Last-Modified), sent back as If-Range, and a 206
+naming another one is refused; where the server sent neither, the part is resumed only with a SHA-256
+to check the result, and downloaded again from the start otherwise, with a note saying why. An archive
+already there under its final name is checked the same way and reused (never deleted on a mismatch: it
+may be the user's only copy). Extraction writes a marker file,
 ``.afilm-extracted-<archive>``: the URL, the archive's top-level entries, then the path of every file
 it extracted below them, each with its size ("VCTK-Corpus/wav48/p225/p225_001.wav<TAB>123456"). A rerun
 does nothing while they are all there with those sizes (checked per folder, one directory listing each,
@@ -101,8 +105,16 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
         part.unlink()
         _validator_path(part).unlink(missing_ok=True)
         start = 0
+    checked = sha256 is not None
     if size is None or start < size:
-        _fetch(url, part, start, progress, chunk, timeout)
+        if start and not _resumable(part, checked):  # nothing to tell a changed file by: not spliced
+            from afilm_cli.data.cli import note
+
+            note(f"not resuming {part}: the server sent no ETag or Last-Modified to tell whether the file "
+                 "changed there since, and no --sha256 was given to check it (a resume could splice two "
+                 "versions); downloading it again from the start")
+            start = 0  # the part is replaced once the server answers (kept if it does not)
+        _fetch(url, part, start, progress, chunk, timeout, checked)
     got = part.stat().st_size
     if size is not None and got > size:  # not a part to resume: a rerun would start over anyway
         part.unlink()
@@ -110,8 +122,11 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, sha2
         raise AfilmError(f"download of {url} gave {got} bytes, more than the expected {size} (not the "
                          "expected file) and was deleted")
     if size is not None and got < size:
-        raise AfilmError(f"download of {url} is incomplete: {got} of the expected {size} bytes; rerun to "
-                         f"resume (the partial file {part} is kept)")
+        if _resumable(part, checked):
+            raise AfilmError(f"download of {url} is incomplete: {got} of the expected {size} bytes; rerun to "
+                             f"resume (the partial file {part} is kept)")
+        raise AfilmError(f"download of {url} is incomplete: {got} of the expected {size} bytes (the partial "
+                         f"file {part} is kept); {_rerun(part, checked)}")
     if sha256 is not None:
         digest = file_sha256(part)
         if digest != sha256.lower():  # the whole file came (its size checked, where known): not a part
@@ -145,7 +160,32 @@ def check_existing(path: Path, *, size: int | None = None, sha256: str | None = 
                          f"file or a damaged copy); {advice}")
 
 
-def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: int, timeout: float) -> None:
+def _resumable(part: Path, checked: bool) -> bool:
+    """Whether ``part`` may be resumed: the server's ETag or Last-Modified is recorded for it (sent as
+    If-Range: a changed file comes whole), or the result's SHA-256 is ``checked``. Otherwise a file changed
+    on the server since could not be told and would be spliced from two versions."""
+    return checked or _validator_path(part).exists()
+
+
+def _rerun(part: Path, checked: bool) -> str:
+    """What a rerun does with ``part``, for a message that says it is kept."""
+    if _resumable(part, checked):
+        return "rerun to resume"
+    return ("rerun to download it again from the start (the server sent no ETag or Last-Modified to resume "
+            "it by safely; with --sha256 a rerun resumes it)")
+
+
+def _tag(headers) -> str | None:
+    """The validator of a response: its strong ETag, else its Last-Modified (If-Range takes strong
+    validators only)."""
+    tag = headers.get("ETag")
+    if not tag or tag.startswith("W/"):
+        tag = headers.get("Last-Modified")
+    return tag or None
+
+
+def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: int, timeout: float,
+           checked: bool = False) -> None:
     headers = {"User-Agent": f"afilm/{__version__}"}
     validator = _validator_path(part)
     if start:
@@ -160,7 +200,7 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
                 return  # we hold the whole file already
             part.unlink()  # longer than the file on the server, or unverifiable: not ours, start over
             validator.unlink(missing_ok=True)
-            return _fetch(url, part, 0, progress, chunk, timeout)
+            return _fetch(url, part, 0, progress, chunk, timeout, checked)
         reason = f"{exc.code} {' '.join(str(exc.reason).split())}"  # one line
         if "infinite loop" in reason:  # urllib's three lines for a redirect loop
             reason = f"{exc.code}: the server redirects in a loop (or more than 10 times)"
@@ -172,11 +212,21 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
         if resumed and _range_start(resp.headers.get("Content-Range")) != start:
             raise AfilmError(f"download of {url}: the server resumed at another byte than {start} "
                              f"({resp.headers.get('Content-Range')}); delete {part} and rerun")
+        sent = headers.get("If-Range")
+        if resumed and sent and (now := _tag(resp.headers)) and now != sent:
+            # a server that ignores If-Range: the rest of the file as it is now, after a part of another
+            # version (a changed ETag; a date compared only with a date, as the validator was chosen)
+            if sent.startswith(('"', "W/")) == now.startswith(('"', "W/")):
+                from afilm_cli.data.cli import note
+
+                resp.close()
+                note(f"not resuming {part}: the server answered with another version of the file than the "
+                     "one it is part of (it ignored If-Range); downloading it again from the start")
+                validator.unlink(missing_ok=True)
+                return _fetch(url, part, 0, progress, chunk, timeout, checked)
         if not resumed:
             start = 0  # a fresh download, or the server ignored Range / the file changed: the whole body
-            tag = resp.headers.get("ETag")
-            if not tag or tag.startswith("W/"):  # If-Range takes strong validators only
-                tag = resp.headers.get("Last-Modified")
+            tag = _tag(resp.headers)
             if tag:
                 validator.write_text(tag)
             else:
@@ -186,7 +236,7 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
         done = start
         try:
             with open(part, "ab" if resumed else "wb") as f:
-                while block := _read(resp, chunk, url, done):
+                while block := _read(resp, chunk, url, done, partial(_rerun, part, checked)):
                     f.write(block)
                     done += len(block)
                     if progress:
@@ -194,20 +244,21 @@ def _fetch(url: str, part: Path, start: int, progress: Progress | None, chunk: i
         except OSError as exc:  # writing the file (the network's errors are _read's): a rerun alone fails too
             kept = f"{part.stat().st_size if part.is_file() else done} bytes of {url} downloaded, kept"
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise AfilmError(f"cannot write {part}: the disk is full ({kept}); free some space and rerun "
-                                 "to resume") from None
+                raise AfilmError(f"cannot write {part}: the disk is full ({kept}); free some space and "
+                                 f"{_rerun(part, checked)}") from None
             raise AfilmError(f"cannot write {part}: {exc.strerror or exc} ({kept})") from None
     if total is not None and done < total:
-        raise AfilmError(f"download of {url} interrupted at {done} of {total} bytes; rerun to resume")
+        raise AfilmError(f"download of {url} interrupted at {done} of {total} bytes; "
+                         f"{_rerun(part, checked)}")
 
 
-def _read(resp, chunk: int, url: str, done: int) -> bytes:
-    """The next block of the body, or the download's error in one line (the connection lost, say)."""
+def _read(resp, chunk: int, url: str, done: int, rerun: Callable[[], str]) -> bytes:
+    """The next block of the body, or the download's error in one line (the connection lost, say), which
+    ends with ``rerun()``: what a rerun does."""
     try:
         return resp.read(chunk)
     except (OSError, http.client.HTTPException) as exc:
-        raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc!r}); "
-                         "rerun to resume") from None
+        raise AfilmError(f"download of {url} interrupted at {done} bytes ({exc!r}); {rerun()}") from None
 
 
 def _validator_path(part: Path) -> Path:
@@ -417,8 +468,9 @@ def fetch_and_extract(archive: Archive, root: str | os.PathLike, *, keep: bool =
         except KeyboardInterrupt:  # Ctrl-C: what is kept, and that a rerun goes on from there
             part = path.with_name(path.name + ".part")
             if part.is_file():
-                note(f"download stopped: {part} ({_amount(part.stat().st_size)}) is kept; rerun the same "
-                     "command to resume it")
+                rerun = ("rerun the same command to resume it" if _resumable(part, sha256 is not None) else
+                         _rerun(part, False).replace("rerun", "rerun the same command", 1))
+                note(f"download stopped: {part} ({_amount(part.stat().st_size)}) is kept; {rerun}")
             raise
     if sha256 is None:
         note(f"{path.name}: SHA-256 {file_sha256(path)} (no published checksum to compare with)")
