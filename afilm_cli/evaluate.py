@@ -41,9 +41,11 @@ from afilm_cli.errors import AfilmError
 from afilm_cli.infer import (
     Loaded,
     check_degrade,
+    check_positive,
     count_windows,
     model_windows,
     naming,
+    placed,
     print_warning,
     simulate_pipeline,
     window_plan_for,
@@ -390,9 +392,9 @@ def plot_names(items: list[str]) -> dict[str, str]:
     return names
 
 
-def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int = 16,
-                  device: str | torch.device = "cpu", window: int | None = None, limit: int | None = None,
-                  plots_dir: Path | None = None, max_plots: int = 10,
+def evaluate_wavs(loaded: Loaded | str | os.PathLike, folder: str | os.PathLike, *, batch_size: int = 16,
+                  device: str | torch.device | None = None, window: int | None = None,
+                  limit: int | None = None, plots_dir: Path | None = None, max_plots: int = 10,
                   progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
                   degrade: str | None = None, warn: Callable[[str], None] | None = None,
                   threads: int | str = "auto", outputs: Callable[[list[Path]], None] | None = None,
@@ -407,12 +409,18 @@ def evaluate_wavs(loaded: Loaded, folder: str | os.PathLike, *, batch_size: int 
     without ``plots_dir``; called once the files are checked, before the work). A file that cannot be
     read when its turn comes (changed since the check) is skipped and said as the others.
     ``threads``: as ``afilm upsample --threads`` (afilm_cli/windows.py); ``match_level``: as
-    ``afilm upsample`` does, the model's input at its training level (afilm_cli/level.py)."""
+    ``afilm upsample`` does, the model's input at its training level (afilm_cli/level.py).
+    ``loaded``: load_model's result, a bundled model's name or a checkpoint path (infer.as_loaded);
+    ``device``: default, the one the model is on (infer.placed)."""
+    for name, value in (("batch_size", batch_size), ("window", window), ("limit", limit)):
+        if value is not None:  # said as such up front: 0 skipped every file, -1 left the last one out
+            check_positive(name, value)
     if degrade is not None:
         check_degrade(degrade)
     from afilm_cli.threads import resolve_threads
 
-    resolve_threads(threads, torch.device(device))  # a bad setting is the run's error, not each file's
+    loaded, device = placed(loaded, device)  # a bad device is one line, not torch's list of device types
+    resolve_threads(threads, device)  # a bad setting is the run's error, not each file's
     folder = Path(folder)
     files = find_audio(folder)[:limit]
     # every file checked first: a bad one is known before the long part, and one bad file among

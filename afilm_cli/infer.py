@@ -146,7 +146,7 @@ class Loaded:
         return degrade_methods(self.recipe["degrade"])[0]
 
 
-def load_model(path: str | os.PathLike | None, device: str | torch.device = "cpu") -> Loaded:
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Loaded:
     """Load a checkpoint (a file, a run folder or a bundled model's name: pretrained.checkpoint_path;
     default: :func:`default_checkpoint`) and rebuild its model in eval mode."""
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
@@ -194,6 +194,18 @@ def window_plan_for(loaded: Loaded, length: int, window: int | None = None) -> W
 
 
 # ---------------------------------------------------------------------------------------- pipelines
+SPEED = ("precision", "threads", "compile", "graphs", "match_level", "stats")  # model_windows's settings
+
+
+def check_speed(func: str, speed: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """The ``**speed`` keywords of a Python API function: a misspelt one is one line naming ``func``
+    (it was a TypeError naming model_windows, which the user never called)."""
+    for key in speed:
+        if key not in SPEED and key not in known:
+            raise AfilmError(f"{func}() got an unknown keyword {key!r}; it takes "
+                             f"{', '.join((*known, *SPEED))}")
+
+
 def check_positive(name: str, value: Any) -> None:
     """A count argument of the Python API (``window``, ``batch_size``): a positive integer, or one line."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -601,6 +613,7 @@ def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike |
     ``path``: a file or :class:`AudioBytes` (stdin); ``out``: a .wav or .flac path, or a binary stream
     (sys.stdout.buffer) that gets a WAV, written whole at the end. ``loaded``: see :func:`as_loaded`;
     ``device``: see :func:`placed`."""
+    check_speed("upsample_file", speed, ("batch_size", "window", "device", "progress", "warn"))
     loaded, device = placed(loaded, device)
     target = out if hasattr(out, "write") else Path(out)
     if isinstance(target, Path) and target.suffix.lower() not in (".wav", ".flac"):  # WAV went under any name
@@ -649,14 +662,21 @@ def upsample_array(x: np.ndarray, sr_in: int, loaded: Loaded | str | os.PathLike
     scaled as soundfile does; int64, numpy's default integer, is refused), float32 of the same shape
     with round(frames * loaded.sr / sr_in) frames out.
     ``loaded``: see :func:`as_loaded`. ``device``: default, the one the model was loaded on (the CPU
-    for a name or path). ``speed``: see :func:`model_windows`."""
+    for a name or path). ``speed``: see :func:`model_windows`. ``x`` may be a torch tensor (on a GPU,
+    bf16 or requiring grad too); ``sr_in`` an int (a numpy one too), not a float."""
+    check_speed("upsample_array", speed, ("batch_size", "window", "device", "warn", "progress"))
+    if isinstance(x, torch.Tensor):  # np.asarray refused one that requires grad, on a GPU, or bf16
+        x = x.detach().cpu()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     x = np.asarray(x)
     if x.ndim not in (1, 2) or x.dtype.kind not in "fi" or (x.ndim == 2 and x.shape[1] < 1):
-        raise AfilmError(f"audio must be a real array of shape (frames,) or (frames, channels), "
-                         f"not {x.dtype} {x.shape}")
+        raise AfilmError(f"audio must be a real array of shape (frames,) or (frames, channels), of float, or "
+                         f"int16 / int32 PCM, not {x.dtype} {x.shape}")
     check_frames_first(x)
     if isinstance(sr_in, bool) or not isinstance(sr_in, (int, np.integer)) or sr_in < 1:
-        raise AfilmError(f"sample rate must be a positive integer, not {sr_in!r}")
+        whole = isinstance(sr_in, (float, np.floating)) and float(sr_in).is_integer() and sr_in >= 1
+        raise AfilmError(f"sample rate must be a positive integer, not {sr_in!r}"
+                         + (f" (pass int(sr): {int(sr_in)})" if whole else ""))
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise AfilmError("audio holds NaN or infinite samples")
     if x.dtype == np.int64:  # numpy's default integer (np.array of a list of ints), not a PCM format
@@ -699,6 +719,7 @@ def simulate_file(path: str | os.PathLike, out_base: str | os.PathLike, loaded: 
     """High-rate file -> <base>.lr.wav (at sr/r), <base>.hr.wav and <base>.pr.wav (at sr, same length);
     the low rate made by ``degrade`` (default: the checkpoint's recipe). ``warn``: for clipped samples.
     ``loaded``: see :func:`as_loaded`; ``device``: see :func:`placed`."""
+    check_speed("simulate_file", speed, ("batch_size", "window", "device", "progress", "degrade", "warn"))
     loaded, device = placed(loaded, device)
     with contextlib.closing(open_source(path)) as src:
         check_simulate_rate(src.path, src.sr, loaded)

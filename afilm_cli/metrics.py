@@ -1,6 +1,8 @@
 """Quality metrics, each named for its convention (REFERENCE.md section 5).
 
-All take (pred, ref) as 1-D arrays of equal length; ``ref`` is the high-rate ground truth.
+All take (pred, ref) as 1-D arrays of equal length ((n, 1) is taken as (n,)); ``ref`` is the high-rate
+ground truth. Only :func:`snr` takes several channels, (n, C) each (the energies over them all): the others
+frame the signal, and a flattened (n, C) array would be framed with its channels interleaved.
 Every metric is finite on silent input: the floors below keep it from dividing by zero.
 """
 
@@ -16,24 +18,40 @@ LSD_FLOOR = 1e-8  # power floor of lsd(), as torch.clamp(1e-8) in NU-Wave
 STFT_FRAMES = 256  # frames per FFT in LsdReference: about 12 MB for the pair at n_fft 2048
 
 
-def _pair(pred, ref, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=dtype).ravel()
-    ref = np.asarray(ref, dtype=dtype).ravel()
-    if pred.shape != ref.shape:
-        raise ValueError(f"length mismatch: pred {pred.shape[0]} vs ref {ref.shape[0]} samples")
-    return pred, ref
+def _pair(pred, ref, dtype=np.float64, one: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Both flattened, of the same shape ((n,) and (n, 1) are one); ``one``: a single signal, not (n, C)."""
+    pred, ref = np.asarray(pred, dtype=dtype), np.asarray(ref, dtype=dtype)
+    if pred.size != ref.size:
+        raise ValueError(f"length mismatch: pred {pred.size} vs ref {ref.size} samples")
+    if np.squeeze(pred).shape != np.squeeze(ref).shape:  # (n, 2) and (2n,) were scored, interleaved
+        raise ValueError(f"shape mismatch: pred {pred.shape} vs ref {ref.shape}")
+    if one and np.squeeze(pred).ndim > 1:
+        raise ValueError(f"one signal at a time: arrays of shape {pred.shape} would be framed with their "
+                         "channels interleaved; pass one channel (x[:, c]) or the mono mix")
+    return pred.ravel(), ref.ravel()
+
+
+def _check_patch(patch) -> None:
+    if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
+        raise ValueError(f"patch must be a positive integer, not {patch!r}")
 
 
 def snr(pred, ref) -> float:
-    """SNR over the whole signal in dB: 10 log10(||ref||^2 / ||ref - pred||^2)."""
-    pred, ref = _pair(pred, ref)
+    """SNR over the whole signal in dB: 10 log10(||ref||^2 / ||ref - pred||^2); (n, C) arrays: over all
+    their channels."""
+    pred, ref = _pair(pred, ref, one=False)
+    if not len(ref):
+        raise ValueError("empty signal")
     return float(10.0 * np.log10((np.sum(ref**2) + EPS) / (np.sum((ref - pred) ** 2) + EPS)))
 
 
 def segmental_snr(pred, ref, patch: int = 8192) -> float:
     """The reference code's SNR: per ``patch``-sample segment (tail dropped, or the whole signal if
     shorter) 20 log10(rms(ref) / sqrt(mean(err^2 + 1e-6)) + 1e-8), then the mean over segments."""
+    _check_patch(patch)
     pred, ref = _pair(pred, ref)
+    if not len(ref):
+        raise ValueError("empty signal")
     n = max(len(ref) // patch, 1)
     size = patch if len(ref) >= patch else len(ref)
     y = ref[: n * size].reshape(n, size)
@@ -174,6 +192,7 @@ class Scores:
     float64 sums (``tests/test_metrics.py``)."""
 
     def __init__(self, patch: int = 8192, spectral: bool = True):
+        _check_patch(patch)
         self.energy = self.error = 0.0
         self.patch, self.rest = patch, np.zeros((2, 0))  # (pred, ref) samples of the unfinished patch
         self.segsnr_sum, self.segments = 0.0, 0
