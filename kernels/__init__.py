@@ -12,6 +12,13 @@ its time; the Triton path also adds compile and autotune time on first use. Unde
 the reference is always used: Inductor fuses it itself, and the autograd.Functions would break the
 graph. Without CUDA, the Triton path runs through the Triton interpreter (slow; for tests).
 
+The reference also runs, whatever ``AFILM_KERNEL`` says, for what the kernels cannot do, so that both
+choices accept the same inputs and return the same dtypes: float64 tensors (the kernels compute in
+fp32; a float64 input, or a float64 scale / shift / skip beside a float32 x, is computed in float64,
+as torch's type promotion does) and tensors without data for a kernel to read (shape inference:
+on the ``meta`` device, as after ``model.to("meta")``, or fake, under FakeTensorMode). ``requested()``
+checks the variable without a tensor (``afilm bench`` does, before it runs).
+
 ``kernels.block_film`` is the dispatched *op*. The Triton module of the same file name is reached with
 ``from kernels.block_film import ...``, ``importlib.import_module("kernels.block_film")`` or
 ``kernels.triton_ops()`` (``import kernels.block_film as m`` yields the op, not the module).
@@ -59,28 +66,50 @@ class KernelChoiceError(ValueError):
     exit_code = 2
 
 
-def backend_for(x) -> str:
-    """'triton' or 'torch' for a tensor: 'triton' only when AFILM_KERNEL=triton and not compiling."""
-    if torch.compiler.is_compiling():
-        return "torch"
+def requested() -> str:
+    """What AFILM_KERNEL asks for: 'torch' (unset or 'torch') or 'triton'; any other value raises
+    KernelChoiceError (one line)."""
     chosen = os.environ.get("AFILM_KERNEL", "").strip().lower()
-    if chosen in ("", "torch"):
-        return "torch"
-    if chosen == "triton":
-        error = _triton_import_error()
-        if error:
-            raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported "
-                                    f"({error})")
-        if not (x.is_cuda or triton_ops().INTERPRET):
-            raise KernelChoiceError(f"AFILM_KERNEL=triton needs CUDA tensors here (got one on {x.device}); "
-                                    "set TRITON_INTERPRET=1 to run the kernels on CPU (slow), or "
-                                    "AFILM_KERNEL=torch")
-        return "triton"
+    if chosen in ("", "torch", "triton"):
+        return chosen or "torch"
     raise KernelChoiceError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 
 
-def _impl(x):
-    return triton_ops() if backend_for(x) == "triton" else reference
+try:
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+except ImportError:  # a private module: without it, meta tensors alone are seen as data-less
+    def _is_fake(t) -> bool:
+        return False
+
+
+def _reference_only(tensors) -> bool:
+    """Inputs the kernels cannot take but the reference can: float64 (the kernels compute in fp32), on
+    the meta device or fake (shape inference: no data)."""
+    return any(isinstance(t, torch.Tensor) and (t.dtype == torch.float64 or t.is_meta or _is_fake(t))
+               for t in tensors)
+
+
+def backend_for(x, *others) -> str:
+    """'triton' or 'torch' for a call on x (and ``others``, its other tensors): 'triton' only when
+    AFILM_KERNEL=triton, not compiling, and no tensor is float64, on the meta device or fake."""
+    if torch.compiler.is_compiling():
+        return "torch"
+    chosen = requested()
+    if chosen == "torch" or _reference_only((x, *others)):
+        return "torch"
+    error = _triton_import_error()
+    if error:
+        raise KernelChoiceError(f"AFILM_KERNEL=triton but the Triton kernels cannot be imported "
+                                f"({error})")
+    if not (x.is_cuda or triton_ops().INTERPRET):
+        raise KernelChoiceError(f"AFILM_KERNEL=triton needs CUDA tensors here (got one on {x.device}); "
+                                "set TRITON_INTERPRET=1 to run the kernels on CPU (slow), or "
+                                "AFILM_KERNEL=torch")
+    return "triton"
+
+
+def _impl(x, *others):
+    return triton_ops() if backend_for(x, *others) == "triton" else reference
 
 
 def block_max_pool(x, block):
@@ -88,7 +117,7 @@ def block_max_pool(x, block):
 
 
 def block_film(x, scale, shift, block):
-    return _impl(x).block_film(x, scale, shift, block)
+    return _impl(x, scale, shift).block_film(x, scale, shift, block)
 
 
 def pool_act_block_max(h, block, slope=0.2):
@@ -96,11 +125,13 @@ def pool_act_block_max(h, block, slope=0.2):
 
 
 def block_film_concat(x, scale, shift, block, skip):
-    return _impl(x).block_film_concat(x, scale, shift, block, skip)
+    return _impl(x, scale, shift, skip).block_film_concat(x, scale, shift, block, skip)
 
 
 def pool_film(x, block, scale_fn, skip=None):
-    return _impl(x).pool_film(x, block, scale_fn, skip)
+    # a float64 scale / shift from scale_fn: the Triton module's pool_film hands its modulation to the
+    # reference
+    return _impl(x, skip).pool_film(x, block, scale_fn, skip)
 
 
 def pool_act_film(h, block, slope, scale_fn):

@@ -17,7 +17,11 @@ fused MaxPool(2) + LeakyReLU backward scales the modulation's output gradient as
 activation's gradient is never stored.
 
 Numerics: loads are upcast to fp32 right away, sums accumulate in fp32, stores cast to the output
-dtype. fp32, fp16 and bf16 inputs (mixed dtypes promote like torch).
+dtype. fp32, fp16 and bf16 inputs (mixed dtypes promote like torch); a float64 tensor is refused in
+one line (its result would be float64 computed in fp32), except the scale / shift a ``scale_fn`` of
+pool_film / pool_act_film returns: that modulation is the reference's, in float64, as torch promotes.
+The dispatch (kernels/__init__.py) sends float64 calls to the reference. Tensors without data (on
+the ``meta`` device, or fake tensors) get the reference's result: shapes and dtypes.
 Ties: the argmax of a block (and of each MaxPool(2) pair) is the *first* maximum, as in torch, so
 gradients go where torch sends them. NaN inputs are not special-cased (their gradient is dropped).
 First order only: a backward under create_graph=True (double backward) raises; the reference has it.
@@ -47,6 +51,12 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from kernels import reference  # noqa: E402
+
+try:
+    from torch._subclasses.fake_tensor import is_fake as _is_fake  # noqa: E402
+except ImportError:  # a private module: without it, meta tensors alone are seen as data-less
+    def _is_fake(t) -> bool:
+        return False
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")  # triton's rule
 MAX_CHUNK = 1024  # longest block slice held in registers; longer blocks loop
@@ -284,13 +294,20 @@ def _pool_act_block_max_bwd_kernel(DA, DADown, Code, Arg, DH, Scale, n_total, T,
 # host launchers: validate, make 2-D row views, pick the tile, launch
 
 
-def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
-    if isinstance(x, torch.Tensor) and x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        # the kernels compute in fp32
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_dtype(t, name: str) -> None:
+    if isinstance(t, torch.Tensor) and t.dtype not in DTYPES:
+        # the kernels compute in fp32: a float64 output from them would hold fp32 digits
         raise ValueError(f"{name} must be float32, float16 or bfloat16 for the Triton kernels, got "
-                         f"{x.dtype} (kernels.reference takes any floating dtype)")
+                         f"{t.dtype} (kernels.reference takes any floating dtype)")
+
+
+def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
+    _check_dtype(x, name)
     reference._check(x, block, name)
-    if not (x.is_cuda or INTERPRET):
+    if not (x.is_cuda or INTERPRET or _no_data(x)):
         raise ValueError(f"the Triton kernels need CUDA tensors (got {name} on {x.device}); "
                          "use kernels.reference or TRITON_INTERPRET=1")
 
@@ -588,17 +605,42 @@ class FiLMForPoolFunction(torch.autograd.Function):
 def block_max_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, C, T) -> (B, C, ceil(T/block)): the max of each block."""
     _check(x, block)
+    if _no_data(x):
+        return reference.block_max_pool(x, block)
     return BlockMaxPoolFunction.apply(x, int(block))
 
 
 def _check_film(x, scale, shift, block, skip=None):
     _check(x, block)
     reference.check_film_args(x, scale, shift, block, skip)
+    for name, t in (("scale", scale), ("shift", shift), ("skip", skip)):
+        _check_dtype(t, name)
+
+
+def _no_data(t: torch.Tensor) -> bool:
+    """A tensor with no data for a kernel to read: on the meta device, or a fake tensor (shape
+    inference: FakeTensorMode, torch.export); the reference's ops give its result."""
+    return t.is_meta or _is_fake(t)
+
+
+def _float64(*ts) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in ts)
+
+
+def _film(x, scale, shift, block: int, skip) -> torch.Tensor:
+    """The modulation of a scale_fn's (scale, shift): the reference's for float64 ones (the output is
+    float64: computed in float64, as torch does), else the kernels'."""
+    ops = reference if _float64(scale, shift) else sys.modules[__name__]
+    if skip is None:
+        return ops.block_film(x, scale, shift, block)
+    return ops.block_film_concat(x, scale, shift, block, skip)
 
 
 def block_film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int) -> torch.Tensor:
     """y[b, c, t] = x[b, c, t] * scale[b, c, t // block] (+ shift[b, c, t // block])."""
     _check_film(x, scale, shift, block)
+    if _no_data(x):
+        return reference.block_film(x, scale, shift, block)
     return BlockFiLMFunction.apply(x, scale, shift, int(block), None)
 
 
@@ -607,6 +649,8 @@ def pool_act_block_max(h: torch.Tensor, block: int, slope: float = 0.2) -> tuple
     _check(h, block, "h")
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
+    if _no_data(h):
+        return reference.pool_act_block_max(h, block, slope)
     return PoolActBlockMaxFunction.apply(h, int(block), float(slope))
 
 
@@ -616,12 +660,16 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
     if skip is None:
         raise ValueError("block_film_concat needs a skip tensor")
     _check_film(x, scale, shift, block, skip)
+    if _no_data(x):
+        return reference.block_film_concat(x, scale, shift, block, skip)
     return BlockFiLMFunction.apply(x, scale, shift, int(block), skip)
 
 
 
 def _linked_film(x, scale, shift, block: int, skip, link) -> torch.Tensor:
     """The modulation of pool_film / pool_act_film, after their pooling Function made ``link``."""
+    if _float64(scale, shift):  # the reference's (its gradient comes scaled; the link sees no scale)
+        return _film(x, scale, shift, block, skip)
     _check_film(x, scale, shift, block, skip)
     scale, shift = scale.contiguous(), None if shift is None else shift.contiguous()
     if any(t is not None and t.dtype != x.dtype for t in (scale, shift, skip)):
@@ -635,8 +683,10 @@ def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None =
     pool_film. When x needs a gradient, x's two gradients (the modulation's and the pooling's) are
     written in one pass by the pooling's backward, which the modulation's backward leaves dx to."""
     _check(x, block)
+    if _no_data(x):
+        return reference.pool_film(x, block, scale_fn, skip)
     if not (torch.is_grad_enabled() and x.requires_grad):
-        return reference.compose_pool_film(sys.modules[__name__], x, block, scale_fn, skip)
+        return _film(x, *reference.scale_shift(scale_fn(block_max_pool(x, block))), block, skip)
     link = _FiLMLink()
     x_link, pooled = PoolForFiLMFunction.apply(x.contiguous(), int(block), link)
     return _linked_film(x_link, *reference.scale_shift(scale_fn(pooled)), block, skip, link)
@@ -649,8 +699,11 @@ def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.
     _check(h, block, "h")
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
+    if _no_data(h):
+        return reference.pool_act_film(h, block, slope, scale_fn)
     if not (torch.is_grad_enabled() and h.requires_grad):
-        return reference.compose_pool_act_film(sys.modules[__name__], h, block, slope, scale_fn)
+        a, a_down = pool_act_block_max(h, block, slope)
+        return _film(a, *reference.scale_shift(scale_fn(a_down)), block, None)
     link = _FiLMLink()
     a, a_down = PoolActForFiLMFunction.apply(h.contiguous(), int(block), float(slope), link)
     return _linked_film(a, *reference.scale_shift(scale_fn(a_down)), block, None, link)
