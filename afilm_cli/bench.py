@@ -113,6 +113,15 @@ def kernel_backend(name: str | None):
             os.environ["AFILM_KERNEL"] = before
 
 
+def requested_kernel() -> str:
+    """AFILM_KERNEL's choice, checked ('torch' or 'triton'; another value raises KernelChoiceError): the
+    kernel path of the rows whose variant names none (on a CPU the model and training rows; the
+    report's settings say it, and each model row's)."""
+    import kernels
+
+    return kernels.requested()
+
+
 def select_models(pattern: str | None, device: torch.device, quick: bool) -> list[str]:
     """Registered names matching comma-separated shell patterns; by default the presets that run in
     reasonable time on ``device`` (tiny and small on CPU, plus the paper sizes on CUDA)."""
@@ -186,6 +195,8 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     lr = synthetic_speech(seconds, SR // R)
     cores = torch.get_num_threads()
     baseline, variants = model_variants(device, cores)
+    kernel = requested_kernel()
+    variants = {v: {"kernel": kernel, **s} for v, s in variants.items()}  # the row says which path ran
     rows: list[dict[str, Any]] = []
     for name in names:
         torch.manual_seed(0)
@@ -223,7 +234,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         if on_rows:  # before the sweep too: a run stopped during it keeps the preset's rows
             on_rows(list(rows))
         if (not quick if sweep is None else sweep) and name == names[0]:
-            rows += _sweep(name, run, seconds, repeats, batch_size, window, device)
+            rows += _sweep(name, run, seconds, repeats, batch_size, window, device, kernel)
         del model, loaded
         if on_rows:
             on_rows(list(rows))
@@ -278,7 +289,7 @@ def _autograd_run(loaded, lr, device, batch_size, window, s) -> Callable[[], Non
     return run
 
 
-def _sweep(name, run, seconds, repeats, batch_size, window, device) -> list[dict[str, Any]]:
+def _sweep(name, run, seconds, repeats, batch_size, window, device, kernel) -> list[dict[str, Any]]:
     """Batch size and window length at the default settings of the device. A longer window changes
     AFiLM's output (its attention spans the window), so the default stays the training patch."""
     base = f"batch {batch_size}, window {window}"
@@ -289,7 +300,8 @@ def _sweep(name, run, seconds, repeats, batch_size, window, device) -> list[dict
         b = max(1, batch_size * window // w)  # the same samples per batch
         combos[f"batch {b}, window {w}"] = (b, w)
     fns = {k: (lambda b=b, w=w: run(batch=b, win=w)) for k, (b, w) in combos.items()}
-    settings = {k: {"batch_size": b, "window": w, "clip_s": seconds} for k, (b, w) in combos.items()}
+    settings = {k: {"batch_size": b, "window": w, "clip_s": seconds, "kernel": kernel}
+                for k, (b, w) in combos.items()}
     return rate_rows("model", f"{name} (settings)", interleaved(fns, repeats), seconds, "x realtime", base,
                      settings)
 
@@ -505,6 +517,8 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
     from afilm_cli.errors import AfilmError
     from afilm_cli.sysinfo import system_info
 
+    kernel = requested_kernel()  # a bad AFILM_KERNEL: one line up front, as the model commands say it
+
     for option, value, used_by in (("--models", models, ("model", "train")),
                                    ("--layers", layers, ("kernels",))):
         # accepted and ignored before, unknown names too; '' (an unset variable) is no default either
@@ -517,6 +531,7 @@ def run_bench(sections: Sequence[str], device: torch.device, *, quick: bool = Fa
         "afilm_bench": 1, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "system": system_info(), "device": str(device),
         "settings": {"sections": list(sections), "quick": quick, "models": names, "sr": SR, "r": R,
+                     "kernel": kernel,  # AFILM_KERNEL's; rows that name their own "kernel" ran that one
                      # model/train/prepare: timed runs after one untimed warm-up (the kernel rows say
                      # their own on CPU; on CUDA triton.testing's timers run for a time, see notes)
                      "repeats": 2 if quick else 3, "warmup": 1},

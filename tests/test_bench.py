@@ -469,3 +469,37 @@ def test_help_says_the_kernel_variants_are_not_interleaved():
     proc = run_cli("bench", "--help", timeout=60)
     words = " ".join(w for w in proc.stdout.split() if w != "│")  # wrapped inside typer's box
     assert proc.returncode == 0 and "interleaved (kernels: one after another)" in words, proc.stdout
+
+
+def test_a_bad_afilm_kernel_is_refused_in_one_line_before_the_run(tmp_path):
+    """AFILM_KERNEL=bogus had been ignored by `afilm bench`: each model row showed the error in its
+    cell and the run exited 0. Refused up front as the model commands do (KernelChoiceError, exit 2)."""
+    import os
+
+    env = {**os.environ, "AFILM_KERNEL": "bogus"}
+    out = tmp_path / "bench.json"
+    for section in ("--model", "--prepare"):
+        proc = subprocess.run([sys.executable, "-m", "afilm_cli", "bench", "--quick", section, "--device",
+                               "cpu", "--json", out], capture_output=True, text=True, timeout=240, env=env)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr)
+        assert proc.stderr == "afilm: error: AFILM_KERNEL must be 'triton' or 'torch', got 'bogus'\n"
+        assert proc.stdout == "" and not out.exists()
+
+
+def test_model_rows_say_which_kernel_path_they_used(monkeypatch):
+    """On a CPU the model rows (and the training rows) ran AFILM_KERNEL's choice without saying which:
+    each model row's settings (the JSON, the table's caption) name it, and the report's settings."""
+    from rich.console import Console
+
+    from afilm_cli.commands.bench import _table
+
+    monkeypatch.delenv("AFILM_KERNEL", raising=False)
+    rows = bench.bench_model(["afilm_tiny"], torch.device("cpu"), quick=True, seconds=0.25, repeats=1,
+                             sweep=True)  # the sweep's rows too
+    assert len(rows) > 4 and all(r["settings"]["kernel"] == "torch" for r in rows), rows
+    console = Console(width=200, record=True)
+    console.print(_table("model", rows, None))
+    assert "kernel=torch" in console.export_text()
+    monkeypatch.setenv("AFILM_KERNEL", " Torch ")
+    report = bench.run_bench(["prepare"], torch.device("cpu"), quick=True)
+    assert report["settings"]["kernel"] == "torch"

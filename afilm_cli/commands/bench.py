@@ -101,8 +101,9 @@ def _table(section: str, rows: list[dict[str, Any]], note: str | None):
                                                           "warmup") if k in common)
         return _kernel_table(rows, "; ".join(c for c in (caption, note) if c))
     if any(r.get("threads_differ") for r in rows):
-        caption = "; ".join(c for c in (caption, f"{THREADS_MARK}: ran on another thread count than the "
-                                        "baseline (see threads / threads_chosen)") if c)
+        # the mark's key first: a longer caption (kernel=...) had wrapped it mid-sentence
+        caption = "; ".join(c for c in (f"{THREADS_MARK}: ran on another thread count than the baseline "
+                                        "(see threads / threads_chosen)", caption) if c)
     table = Table(title=TITLES[section], caption="; ".join(c for c in (caption, note) if c))
     settings = [" ".join(f"{k}={_fmt(r['settings'][k])}" for k in VARYING[section]
                          if k in r["settings"] and k not in common) for r in rows]
