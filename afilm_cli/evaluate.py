@@ -238,10 +238,10 @@ def check_patch_input(path: str | os.PathLike) -> None:
                          f"datasets); {SPLIT}")
 
 
-def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16,
-                device: str | torch.device = "cpu", limit: int | None = None, plots_dir: Path | None = None,
-                max_plots: int = 10, progress: Callable[[int], None] | None = None,
-                total: Callable[[int], None] | None = None,
+def evaluate_h5(loaded: Loaded | str | os.PathLike, path: str | os.PathLike, *, batch_size: int = 16,
+                device: str | torch.device | None = None, limit: int | None = None,
+                plots_dir: Path | None = None, max_plots: int = 10,
+                progress: Callable[[int], None] | None = None, total: Callable[[int], None] | None = None,
                 warn: Callable[[str], None] | None = None, threads: int | str = "auto",
                 outputs: Callable[[list[Path]], None] | None = None) -> EvalResult:
     """Every patch of an HDF5 split is one row: the model on the stored spline patch vs its label.
@@ -250,12 +250,15 @@ def evaluate_h5(loaded: Loaded, path: str | os.PathLike, *, batch_size: int = 16
     ``progress`` will add up to, ``outputs`` the plot paths the run will write (none without
     ``plots_dir``; called once the input is checked, before the work), and ``warn`` that the
     data was degraded otherwise than the checkpoint's. ``threads``: CPU threads for torch, a number or
-    "auto" (afilm_cli/threads.py)."""
+    "auto" (afilm_cli/threads.py). ``loaded`` and ``device``: as :func:`evaluate_wavs`."""
     from afilm_cli.data.h5 import PatchFile
     from afilm_cli.models import check_length, check_output, model_name_of
     from afilm_cli.threads import num_threads, resolve_threads
 
-    device = torch.device(device)
+    for name, value in (("batch_size", batch_size), ("limit", limit)):
+        if value is not None:  # 0 was a bare 'range() arg 3 must not be zero' or 'every one of 0 patches'
+            check_positive(name, value)
+    loaded, device = placed(loaded, device)
     n_threads = resolve_threads(threads, device)
 
     check_patch_input(path)  # a Keras file or a checkpoint said as such, not as "missing dataset 'data'"

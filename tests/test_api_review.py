@@ -14,8 +14,10 @@ import torch
 from scipy import signal
 
 from afilm_cli import metrics
+from afilm_cli.audio import spline_up
+from afilm_cli.data.h5 import PatchWriter
 from afilm_cli.errors import AfilmError
-from afilm_cli.evaluate import evaluate_wavs
+from afilm_cli.evaluate import evaluate_h5, evaluate_wavs
 from afilm_cli.infer import load_model, simulate_file, upsample_array, upsample_file
 
 SR_LOW = 4000  # afilm_speech_r4 takes 4 kHz and makes 16 kHz
@@ -163,6 +165,28 @@ def test_evaluate_wavs_bad_counts_are_said_as_such(model, wavs, kw, said):
     with pytest.raises(AfilmError, match=f"^{said} must be a positive integer"):
         evaluate_wavs(model, wavs, warn=events.append, **kw)
     assert events == []
+
+
+@pytest.fixture
+def split(tmp_path, speech):
+    """Two 8192-sample patches of real speech, as ``afilm prepare`` writes them (spline input, truth)."""
+    hr = np.tile(speech[0], 2)[: 2 * 8192].astype(np.float32)  # 0.75 s, twice
+    spline = spline_up(signal.decimate(hr, 4).astype(np.float32), 4)[: len(hr)]
+    with PatchWriter(tmp_path / "val.h5", 8192, attrs={"r": 4, "sr": 16000, "patch": 8192,
+                                                       "degrade": "decimate"}) as w:
+        w.append(spline.reshape(2, 8192), hr.reshape(2, 8192))
+    return tmp_path / "val.h5"
+
+
+def test_evaluate_h5_as_evaluate_wavs(model, split):
+    """The same faults as evaluate_wavs: a name was an AttributeError, batch_size=0 'range() arg 3 must not
+    be zero', limit=0 'every one of the 0 patches evaluated is silent', limit=-1 'negative dimensions'."""
+    assert evaluate_h5("afilm_speech_r4", split).summary == evaluate_h5(model, split).summary
+    for kw in ({"batch_size": 0}, {"limit": 0}, {"limit": -1}):
+        with pytest.raises(AfilmError, match=f"^{next(iter(kw))} must be a positive integer"):
+            evaluate_h5(model, split, **kw)
+    with pytest.raises(AfilmError, match="'gpu' is not a device"):
+        evaluate_h5(model, split, device="gpu")
 
 
 def test_metrics_refuse_what_they_would_score_wrongly(speech, reference):
