@@ -30,6 +30,7 @@ from afilm_cli.interrupts import RaisingCtrlC
 
 SR, R = 16000, 4  # model rate and upsampling factor of every model benchmark
 RECIPE = {"r": R, "sr": SR, "degrade": "decimate", "patch": 8192}
+LEVEL_DBFS = -24.4  # afilm_speech_r4's training level: each window is matched and centred as in real use
 CPU_PRESETS = "*_tiny,*_small"
 CUDA_PRESETS = "*_tiny,*_small,afilm,tfilm"
 # Ctrl-C during run_bench: raised where it lands and again at the next CTRL_C.check() of a loop, for
@@ -201,7 +202,8 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
     for name in names:
         torch.manual_seed(0)
         model = create_model(name).to(device).eval()
-        loaded = infer.Loaded(model, dict(RECIPE), Path(f"<{name}>"), {"model_name": name})
+        loaded = infer.Loaded(model, dict(RECIPE), Path(f"<{name}>"),
+                              {"model_name": name, "input_level_dbfs": LEVEL_DBFS})
 
         def run(loaded=loaded, batch=batch_size, win=window, kernel=None, cudnn_benchmark=False, **speed):
             with kernel_backend(kernel), cudnn_autotune(cudnn_benchmark):
@@ -215,11 +217,7 @@ def bench_model(names: Sequence[str], device: torch.device, *, quick: bool = Fal
         for variant, s in variants.items():
             s = dict(s)
             s["stats"] = stats.setdefault(variant, {})  # what "auto" threads picked, whether a graph ran
-            if "autograd" in s:  # model_windows has no autograd switch: it is a bench-only variant
-                fn = _autograd_run(loaded, lr, device, batch_size, window, s)
-            else:
-                fn = lambda s=s: run(**s)  # noqa: E731
-            fns[variant] = _noting_threads(fn, s["stats"], chosen.setdefault(variant, []))
+            fns[variant] = _noting_threads(lambda s=s: run(**s), s["stats"], chosen.setdefault(variant, []))
         results = interleaved(fns, repeats)
         settings = {v: {**s, "batch_size": batch_size, "window": window, "clip_s": seconds}
                     for v, s in variants.items()}
@@ -274,19 +272,6 @@ def _threads_chosen(seen: list) -> int | str | None:
     if not seen:
         return None
     return seen[0] if len(set(seen)) == 1 else ",".join(map(str, seen))
-
-
-def _autograd_run(loaded, lr, device, batch_size, window, s) -> Callable[[], None]:
-    from afilm_cli import infer
-
-    def run():
-        spline, length = infer.real_pipeline(infer.ArraySource(lr), SR // R, loaded)
-        plan = infer.window_plan_for(loaded, length, window)
-        for _ in infer.run_windows(loaded.model, spline, length, plan, batch_size=batch_size, device=device,
-                                   precision=s["precision"], threads=s["threads"], autograd=True,
-                                   stats=s.get("stats")):
-            CTRL_C.check()
-    return run
 
 
 def _sweep(name, run, seconds, repeats, batch_size, window, device, kernel) -> list[dict[str, Any]]:

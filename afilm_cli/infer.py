@@ -304,8 +304,8 @@ def check_simulate_rate(path: Path, sr_in: int, loaded: Loaded) -> None:
 def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, *, batch_size: int = 16,
                   device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
                   precision: str = "fp32", threads: int | str | None = "auto", compile: bool = False,
-                  graphs: str | bool | None = "auto", stats: dict | None = None, match_level: bool = True
-                  ) -> Iterator[np.ndarray]:
+                  graphs: str | bool | None = "auto", stats: dict | None = None, match_level: bool = True,
+                  autograd: bool = False) -> Iterator[np.ndarray]:
     """:func:`run_windows` with the loaded model, compiled once (and kept) when ``compile``; on CUDA its
     forward is captured as a CUDA graph (once per batch shape and precision, kept) unless ``graphs`` is off or
     ``compile`` is on (compile's reduce-overhead mode makes its own graphs). With ``match_level``, each window
@@ -348,7 +348,7 @@ def model_windows(loaded: Loaded, spline: Stage, length: int, plan: WindowPlan, 
     window_level = loaded.level_dbfs if match_level else None
     blocks = run_windows(model, spline, length, plan, batch_size=batch_size, device=device, progress=progress,
                          precision=precision, threads=threads, fixed_shapes=fixed, stats=stats,
-                         level_dbfs=window_level)
+                         level_dbfs=window_level, autograd=autograd)
     blocks = blocks if back is None else unscaled(blocks, back)
     return _training_after(blocks, loaded.model) if training else blocks
 

@@ -377,6 +377,25 @@ def test_ctrl_c_during_the_training_section_always_stops_the_bench():
         _stopped_by_ctrl_c((proc.returncode, out, first + err))
 
 
+def test_every_model_variant_runs_the_real_path_with_level_matching(monkeypatch):
+    """The autograd-on baseline ran the windows without the level matching, and the presets (which
+    record no level) ran every row without it: the ratios left out work real use does. Each window is
+    now matched and centred in every row, the baseline included."""
+    from afilm_cli import infer
+
+    calls = []
+    real = infer.run_windows
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs.get("level_dbfs"), kwargs.get("autograd", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "run_windows", recording)
+    bench.bench_model(["afilm_tiny"], torch.device("cpu"), quick=True, seconds=0.5, repeats=1, sweep=False)
+    assert calls and {level for level, _ in calls} == {bench.LEVEL_DBFS}
+    assert {grad for _, grad in calls} == {True, False}  # the baseline went through the same path
+
+
 def test_a_ratio_between_runs_on_different_thread_counts_is_marked(monkeypatch):
     """A ratio over a baseline that "auto" ran on another thread count compares thread counts as much
     as the variants (afilm_tiny's inference_mode over autograd-on eager was 2 threads over 1 in a
