@@ -194,17 +194,17 @@ def window_plan_for(loaded: Loaded, length: int, window: int | None = None) -> W
 
 
 # ---------------------------------------------------------------------------------------- pipelines
-def check_speed(func: str, speed: dict[str, Any], known: tuple[str, ...] = ()) -> None:
-    """The ``**speed`` keywords of a Python API function (:func:`model_windows`'s settings): a misspelt one
-    is one line naming ``func`` (it was a TypeError naming model_windows, which the user never called)."""
-    import inspect
+# model_windows's settings that the Python API passes on (autograd=, a bench-only switch, is not one)
+SPEED = ("precision", "threads", "compile", "graphs", "match_level", "stats")
 
-    taken = [k for k, p in inspect.signature(model_windows).parameters.items()
-             if p.kind is p.KEYWORD_ONLY and k not in ("batch_size", "device", "progress")]
+
+def check_speed(func: str, speed: dict[str, Any], known: tuple[str, ...] = ()) -> None:
+    """The ``**speed`` keywords of a Python API function: a misspelt one is one line naming ``func``
+    (it was a TypeError naming model_windows, which the user never called)."""
     for key in speed:
-        if key not in taken and key not in known:
+        if key not in SPEED and key not in known:
             raise AfilmError(f"{func}() got an unknown keyword {key!r}; it takes "
-                             f"{', '.join((*known, *taken))}")
+                             f"{', '.join((*known, *SPEED))}")
 
 
 def check_positive(name: str, value: Any) -> None:

@@ -115,6 +115,8 @@ def test_a_misspelt_keyword_is_one_line(model, speech, tmp_path):
     with pytest.raises(AfilmError, match="simulate_file" + said.format("precison", "precision")):
         simulate_file(tmp_path / "hr.wav", tmp_path / "sim", model, precison="bf16")
     assert not list(tmp_path.glob("out*")) and not list(tmp_path.glob("sim*"))
+    with pytest.raises(AfilmError, match="unknown keyword 'autograd'"):  # bench's switch, not a setting
+        upsample_array(speech[1], SR_LOW, model, autograd=True)
 
 
 def test_unsigned_audio_is_refused_naming_what_is_taken(model, speech):
