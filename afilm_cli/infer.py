@@ -152,6 +152,10 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     from afilm_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from afilm_cli.pretrained import checkpoint_path
 
+    if not (path is None or isinstance(path, (str, os.PathLike))):  # a Loaded, a module: torch's TypeError
+        raise AfilmError(f"load_model takes a checkpoint file, a run folder or a bundled model's name, not "
+                         f"{type(path).__name__}" + (" (it is loaded: pass it on as it is)"
+                                                     if isinstance(path, Loaded) else ""))
     device = resolve_device(device, via="device")  # a missing device: said without the file
     path = default_checkpoint() if path is None else checkpoint_path(path)
     ckpt = load_checkpoint(path)
@@ -606,15 +610,17 @@ def plan_models(pairs: list[tuple[Path | AudioBytes, Any]], fixed: Loaded | None
     return models, totals
 
 
-def upsample_file(path: str | os.PathLike | AudioBytes, out: str | os.PathLike | BinaryIO,
+def upsample_file(path: str | os.PathLike | AudioBytes | BinaryIO, out: str | os.PathLike | BinaryIO,
                   loaded: Loaded | str | os.PathLike, *, batch_size: int = 16, window: int | None = None,
                   device: str | torch.device | None = None, progress: Callable[[int], None] | None = None,
                   warn: Callable[[str], None] | None = None, **speed: Any) -> dict[str, Any]:
     """Real low-rate file -> ``out`` at the model rate with round(n * sr / sr_in) samples per channel.
-    ``path``: a file or :class:`AudioBytes` (stdin); ``out``: a .wav or .flac path, or a binary stream
-    (sys.stdout.buffer) that gets a WAV, written whole at the end. ``loaded``: see :func:`as_loaded`;
-    ``device``: see :func:`placed`."""
+    ``path``: a file, :class:`AudioBytes` (stdin) or an open binary file (read whole); ``out``: a .wav or
+    .flac path, or a binary stream (sys.stdout.buffer) that gets a WAV, written whole at the end.
+    ``loaded``: see :func:`as_loaded`; ``device``: see :func:`placed`."""
     check_speed("upsample_file", speed, ("batch_size", "window", "device", "progress", "warn"))
+    if hasattr(path, "read"):  # open(..., "rb"), a BytesIO: a TypeError from Path() before
+        path = AudioBytes(path, str(getattr(path, "name", "the input stream")))
     loaded, device = placed(loaded, device)
     target = out if hasattr(out, "write") else Path(out)
     if isinstance(target, Path) and target.suffix.lower() not in (".wav", ".flac"):  # WAV went under any name

@@ -206,3 +206,16 @@ def test_metrics_refuse_what_they_would_score_wrongly(speech, reference):
     for fn in (metrics.snr, metrics.segmental_snr):  # were 0.0 and NaN with RuntimeWarnings
         with pytest.raises(ValueError, match="empty signal"):
             fn(np.zeros(0), np.zeros(0))
+
+
+def test_an_open_file_is_taken_and_a_loaded_model_is_not_loaded_again(model, speech, tmp_path):
+    """upsample_file(open(IN, 'rb'), ...) and load_model(loaded) were TypeErrors from Path() ('expected
+    str, bytes or os.PathLike object, not BufferedReader / Loaded')."""
+    sf.write(tmp_path / "lr.wav", speech[1], SR_LOW)
+    upsample_file(tmp_path / "lr.wav", tmp_path / "by-path.wav", model)
+    with open(tmp_path / "lr.wav", "rb") as f:
+        upsample_file(f, tmp_path / "by-stream.wav", model)
+    by_stream, by_path = sf.read(tmp_path / "by-stream.wav")[0], sf.read(tmp_path / "by-path.wav")[0]
+    np.testing.assert_array_equal(by_stream, by_path)
+    with pytest.raises(AfilmError, match="not Loaded .it is loaded: pass it on as it is"):
+        load_model(model)
