@@ -202,6 +202,20 @@ def test_plugin_package_declares_its_entry_point():
     assert '[project.entry-points."afilm.models"]\nexample = "afilm_example_plugin"' in text
 
 
+def test_plugin_package_installs_with_pip(tmp_path):
+    """The README calls tests/plugin_pkg a complete plugin: pip could not install it ("Multiple top-level
+    packages discovered in a flat-layout: ['faulty', 'afilm_example_plugin']"). Installed by pip into a
+    folder of its own (a copy: pip builds in the source tree), its model is listed by the real CLI."""
+    src = shutil.copytree(PLUGIN_SRC.parent, tmp_path / "plugin_pkg")
+    site = tmp_path / "site"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                          str(site), str(src)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (site / "afilm_example_plugin" / "datasets.py").is_file() and not (site / "faulty").exists()
+    listed = _cli("models", "example*", pythonpath=[site])
+    assert listed.returncode == 0 and "example_identity" in listed.stdout, (listed.stdout, listed.stderr)
+
+
 def test_a_failing_builtins_import_fails_the_same_way_every_time():
     reg = Registry("widget", builtins="afilm_cli.no_such_module")
     for _ in range(2):  # the second query must not answer "unknown widget; known: none"
