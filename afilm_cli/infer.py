@@ -832,6 +832,10 @@ def plan_outputs(inputs: list[Path], out: str | Path | None, simulate: bool) -> 
                     raise AfilmError(f"{out}: afilm writes WAV or FLAC; end the output name with .wav or "
                                      ".flac (or with / for a folder)")
             else:
+                system = item.absolute().parts[1:2]
+                if system in (("dev",), ("proc",)):  # /dev/stdin < x.wav is a file: its output went to /dev
+                    raise AfilmError(f"{item}: its output would go beside it, into /{system[0]}; give "
+                                     "-o OUT, or read stdin as - (afilm upsample - -o out.wav < in.wav)")
                 target = item.with_name(item.stem) if simulate else default_output(item)
             pairs.append((item, target))
     # by the files, not their spelling (x.wav and $PWD/x.wav): the same input named twice, or in a folder

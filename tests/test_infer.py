@@ -1451,6 +1451,24 @@ def test_a_pipe_as_an_input_is_said_to_be_one(tmp_path, ckpts, capsys, libri_min
     assert [p.name for p in (tmp_path.parent / f"{tmp_path.name}.afilm").iterdir()] == ["a.afilm.wav"]
 
 
+def test_dev_stdin_from_a_file_needs_an_output_name(tmp_path, ckpts, libri_mini):
+    """`afilm upsample /dev/stdin < x.wav` reads a file (stdin redirected from one), so the pipe refusal
+    did not fire, and its output went beside it: /dev/stdin.afilm.wav, written into /dev."""
+    src = write(tmp_path / "a.wav", speech(libri_mini, 4000, 1.0), 4000, "PCM_16")
+    cli = [sys.executable, "-m", "afilm_cli", "upsample", "/dev/stdin", "--ckpt", str(ckpts["spline"]), "-q"]
+    with open(src, "rb") as stdin:
+        out = subprocess.run(cli, stdin=stdin, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 2 and out.stderr == (
+        "afilm: error: /dev/stdin: its output would go beside it, into /dev; give -o OUT, or read stdin as - "
+        "(afilm upsample - -o out.wav < in.wav)\n"), out.stderr
+    assert not Path("/dev/stdin.afilm.wav").exists()
+    with open(src, "rb") as stdin:  # with a name for the output it is a file like any other
+        out = subprocess.run([*cli, "-o", str(tmp_path / "out.wav")], stdin=stdin, capture_output=True,
+                             text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert sf.info(tmp_path / "out.wav").frames == 4 * sf.info(src).frames
+
+
 def test_an_empty_name_is_refused_not_taken_as_the_current_folder(tmp_path, ckpts, capsys, monkeypatch,
                                                                   libri_mini):
     """`afilm upsample "$FILE"` with FILE unset: '' was Path('.'), and the whole current folder was
