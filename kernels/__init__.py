@@ -75,17 +75,10 @@ def requested() -> str:
     raise KernelChoiceError(f"AFILM_KERNEL must be 'triton' or 'torch', got {chosen!r}")
 
 
-try:
-    from torch._subclasses.fake_tensor import is_fake as _is_fake
-except ImportError:  # a private module: without it, meta tensors alone are seen as data-less
-    def _is_fake(t) -> bool:
-        return False
-
-
 def _reference_only(tensors) -> bool:
     """Inputs the kernels cannot take but the reference can: float64 (the kernels compute in fp32), on
     the meta device or fake (shape inference: no data)."""
-    return any(isinstance(t, torch.Tensor) and (t.dtype == torch.float64 or t.is_meta or _is_fake(t))
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 or reference.no_data(t)
                for t in tensors)
 
 

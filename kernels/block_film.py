@@ -52,12 +52,6 @@ import triton.language as tl  # noqa: E402
 
 from kernels import reference  # noqa: E402
 
-try:
-    from torch._subclasses.fake_tensor import is_fake as _is_fake  # noqa: E402
-except ImportError:  # a private module: without it, meta tensors alone are seen as data-less
-    def _is_fake(t) -> bool:
-        return False
-
 INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")  # triton's rule
 MAX_CHUNK = 1024  # longest block slice held in registers; longer blocks loop
 
@@ -307,7 +301,7 @@ def _check_dtype(t, name: str) -> None:
 def _check(x: torch.Tensor, block: int, name: str = "x") -> None:
     _check_dtype(x, name)
     reference._check(x, block, name)
-    if not (x.is_cuda or INTERPRET or _no_data(x)):
+    if not (x.is_cuda or INTERPRET or reference.no_data(x)):
         raise ValueError(f"the Triton kernels need CUDA tensors (got {name} on {x.device}); "
                          "use kernels.reference or TRITON_INTERPRET=1")
 
@@ -605,7 +599,7 @@ class FiLMForPoolFunction(torch.autograd.Function):
 def block_max_pool(x: torch.Tensor, block: int) -> torch.Tensor:
     """(B, C, T) -> (B, C, ceil(T/block)): the max of each block."""
     _check(x, block)
-    if _no_data(x):
+    if reference.no_data(x):
         return reference.block_max_pool(x, block)
     return BlockMaxPoolFunction.apply(x, int(block))
 
@@ -615,12 +609,6 @@ def _check_film(x, scale, shift, block, skip=None):
     reference.check_film_args(x, scale, shift, block, skip)
     for name, t in (("scale", scale), ("shift", shift), ("skip", skip)):
         _check_dtype(t, name)
-
-
-def _no_data(t: torch.Tensor) -> bool:
-    """A tensor with no data for a kernel to read: on the meta device, or a fake tensor (shape
-    inference: FakeTensorMode, torch.export); the reference's ops give its result."""
-    return t.is_meta or _is_fake(t)
 
 
 def _float64(*ts) -> bool:
@@ -639,7 +627,7 @@ def _film(x, scale, shift, block: int, skip) -> torch.Tensor:
 def block_film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None, block: int) -> torch.Tensor:
     """y[b, c, t] = x[b, c, t] * scale[b, c, t // block] (+ shift[b, c, t // block])."""
     _check_film(x, scale, shift, block)
-    if _no_data(x):
+    if reference.no_data(x):
         return reference.block_film(x, scale, shift, block)
     return BlockFiLMFunction.apply(x, scale, shift, int(block), None)
 
@@ -649,7 +637,7 @@ def pool_act_block_max(h: torch.Tensor, block: int, slope: float = 0.2) -> tuple
     _check(h, block, "h")
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
-    if _no_data(h):
+    if reference.no_data(h):
         return reference.pool_act_block_max(h, block, slope)
     return PoolActBlockMaxFunction.apply(h, int(block), float(slope))
 
@@ -660,7 +648,7 @@ def block_film_concat(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor 
     if skip is None:
         raise ValueError("block_film_concat needs a skip tensor")
     _check_film(x, scale, shift, block, skip)
-    if _no_data(x):
+    if reference.no_data(x):
         return reference.block_film_concat(x, scale, shift, block, skip)
     return BlockFiLMFunction.apply(x, scale, shift, int(block), skip)
 
@@ -683,7 +671,7 @@ def pool_film(x: torch.Tensor, block: int, scale_fn, skip: torch.Tensor | None =
     pool_film. When x needs a gradient, x's two gradients (the modulation's and the pooling's) are
     written in one pass by the pooling's backward, which the modulation's backward leaves dx to."""
     _check(x, block)
-    if _no_data(x):
+    if reference.no_data(x):
         return reference.pool_film(x, block, scale_fn, skip)
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _film(x, *reference.scale_shift(scale_fn(block_max_pool(x, block))), block, skip)
@@ -699,7 +687,7 @@ def pool_act_film(h: torch.Tensor, block: int, slope: float, scale_fn) -> torch.
     _check(h, block, "h")
     if h.shape[-1] < 2:
         raise ValueError(f"h needs at least 2 samples for MaxPool(2), got shape {tuple(h.shape)}")
-    if _no_data(h):
+    if reference.no_data(h):
         return reference.pool_act_film(h, block, slope, scale_fn)
     if not (torch.is_grad_enabled() and h.requires_grad):
         a, a_down = pool_act_block_max(h, block, slope)

@@ -12,6 +12,18 @@ import sys
 import torch
 import torch.nn.functional as F
 
+try:
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+except ImportError:  # a private module: without it, meta tensors alone are seen as data-less
+    def _is_fake(t) -> bool:
+        return False
+
+
+def no_data(t) -> bool:
+    """A tensor with no data for a kernel to read: on the meta device, or fake (shape inference:
+    FakeTensorMode, torch.export); the ops of this module give its result (shapes and dtypes)."""
+    return isinstance(t, torch.Tensor) and (t.is_meta or _is_fake(t))
+
 
 def n_blocks(t: int, block: int) -> int:
     return -(-t // block)
