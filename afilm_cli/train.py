@@ -333,7 +333,7 @@ def _setup_and_loop(cfg, train_pf, val_pf, ckpt, rank, world, device, threads, o
         run.make_folder()  # a folder that cannot be written is said before the first step
         run.start(train_pf.path, val_pf.path if val_pf else None, len(train_pf), len(val_pf) if val_pf else 0,
                   resumed=ckpt and {**ckpt, "epoch_step": state[1]}, threads=threads,
-                  in_memory=train_pf.in_memory)
+                  in_memory=train_pf.in_memory, init=init)
         if val_pf is not None and same_file(val_pf.path, train_pf.path):
             run.warn(f"--val is the training file ({val_pf.path}): best.pt will be chosen on training data, "
                      "and the validation scores say nothing of unseen audio")
@@ -373,7 +373,12 @@ def _loop(cfg, run, models, loader, val_loader, state, device, on_step):
         run.note(f"compiling the model with torch.compile: the first steps{val} take longer")
     with stop, run.progress() as bar:
         while epoch < cfg.epochs and not _done(cfg, step):
-            bar.begin(epoch, epoch_step, n_batches)
+            run_left = (cfg.epochs - epoch) * n_batches - epoch_step  # steps, to the run's last
+            if cfg.max_steps is not None:
+                run_left = min(run_left, cfg.max_steps - step)
+            ends_at = min(n_batches, epoch_step + run_left)
+            bar.begin(epoch, epoch_step, n_batches, epochs=cfg.epochs, stop=ends_at,
+                      after=run_left - (ends_at - epoch_step))
             # the epoch's loss so far: an epoch resumed midway counts the batches done before the stop
             # (added once, on rank 0: every rank's sum is all-reduced at the epoch's end)
             tot, t0, seen, rate = torch.zeros(2, dtype=torch.float64), time.perf_counter(), 0, 0.0

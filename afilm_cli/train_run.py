@@ -76,8 +76,8 @@ class Run:
         if self.master and self.replacing:
             self._log_path().unlink(missing_ok=True)
 
-    def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False
-              ) -> None:
+    def start(self, train_file, val_file, n_train, n_val, resumed, threads: int, in_memory: bool = False,
+              init: dict | None = None) -> None:
         params = sum(p.numel() for p in self.raw_model.parameters())
         procs = f" x{self.cfg.world_size} processes" if self.cfg.world_size > 1 else ""
         cpu = f"{counted(threads, 'CPU thread')}{' each' if procs else ''}"
@@ -89,6 +89,11 @@ class Run:
         self.console.print(f"val:   {val_file} ({_patches(n_val)})" if val_file else "val:   none")
         self.console.print(f"model: {self.cfg.model} ({params:,} parameters) on {self.device}{procs}, "
                            f"{cpu}; run: {self.out}")
+        if init is not None:  # --init RUN takes its best.pt, else its last.pt: say which, and how far it got
+            got = (f", after {counted(init['epoch'], 'epoch')} and {init['step']} steps"
+                   if isinstance(init.get("epoch"), int) and isinstance(init.get("step"), int) else "")
+            self.console.print(f"init:  {init['path']} ({init['model_name']} weights{got}; "
+                               "a fresh optimizer)")
         if resumed:
             done = counted(resumed["epoch"], "epoch")
             then = counted(resumed["epoch_step"], "batch", "batches")
@@ -97,6 +102,7 @@ class Run:
         self.log(type="resume" if resumed else "start", config=self.cfg.to_dict(), recipe=self.recipe,
                  train_file=str(train_file), val_file=str(val_file) if val_file else None, parameters=params,
                  threads=threads, data_in_memory=in_memory, input_level_dbfs=self.input_level_dbfs,
+                 **({"init_file": str(init["path"])} if init is not None else {}),
                  metrics_note="val_snr: pooled, over all validation samples at once (afilm eval's snr is the "
                               "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)",
                  epoch_note="step records: epoch = the epoch being run, from 1; epoch records (and "
@@ -163,7 +169,7 @@ class Run:
 
 class EpochBar:
     """A rich progress bar per epoch showing the loss and the throughput (patches/s); where the output
-    is not a terminal (a log file, nohup), a plain line with the epoch's time left instead: the first
+    is not a terminal (a log file, nohup), a plain line with the time left (epoch, run) instead: the first
     after ``first`` seconds (a log shows early that the run goes), then at most every ``every`` seconds,
     so a long epoch does not pass in silence."""
 
@@ -177,7 +183,7 @@ class EpochBar:
                                  TextColumn("loss {task.fields[loss]:.4g}"),
                                  TextColumn("{task.fields[rate]:.1f} patches/s"), TimeRemainingColumn(),
                                  console=console, disable=not enabled or self.lines, transient=True)
-        self.task = None
+        self.task, self.stop, self.after = None, 0, 0
         self.last_line = time.monotonic()
         self.epoch_start, self.start_done = self.last_line, 0  # for the time left: this session's pace
 
@@ -188,12 +194,19 @@ class EpochBar:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def begin(self, epoch: int, done: int, total: int) -> None:
+    def begin(self, epoch: int, done: int, total: int, epochs: int | None = None, stop: int | None = None,
+              after: int = 0) -> None:
+        """Epoch ``epoch`` (0-based) of ``epochs``, ``done`` of its ``total`` batches run; this session
+        stops it at batch ``stop`` (--max-steps; default: its end) and has ``after`` steps of later
+        epochs to run: the plain line's time left counts to where this epoch stops, and, with later
+        epochs, to the run's end (at this epoch's pace, validation aside)."""
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("", total=total, completed=done, epoch=epoch + 1, loss=math.nan,
+        label = f"{epoch + 1}/{epochs}" if epochs else f"{epoch + 1}"
+        self.task = self.progress.add_task("", total=total, completed=done, epoch=label, loss=math.nan,
                                            rate=0.0)
         self.epoch_start, self.start_done = time.monotonic(), done
+        self.stop, self.after = (total if stop is None else min(stop, total)), after
 
     def advance(self, loss: float, rate: float) -> None:
         self.progress.update(self.task, advance=1, loss=loss, rate=rate)
@@ -202,9 +215,16 @@ class EpochBar:
             self.last_line, self.wait = now, self.every
             (task,) = self.progress.tasks  # begin() keeps one: the epoch's (rich counts even when disabled)
             done = task.completed - self.start_done  # steps run since begin(): a resumed epoch skipped some
-            left = (task.total - task.completed) * (now - self.epoch_start) / max(done, 1)
+            pace = (now - self.epoch_start) / max(done, 1)
+            left = max(self.stop - task.completed, 0) * pace
+            if self.stop < task.total:  # --max-steps ends the run inside this epoch
+                where = f"  {_clock(left)} left (--max-steps stops at step {self.stop:.0f} of this epoch)"
+            elif self.after:
+                where = f"  {_clock(left)} left in the epoch, {_clock(left + self.after * pace)} in the run"
+            else:
+                where = f"  {_clock(left)} left"
             self.console.print(f"epoch {task.fields['epoch']}: step {task.completed:.0f}/{task.total:.0f}  "
-                               f"loss {loss:.4g}  {rate:.1f} patches/s  {_clock(left)} left", markup=False)
+                               f"loss {loss:.4g}  {rate:.1f} patches/s{where}", markup=False)
 
 
 def _patches(n: int) -> str:

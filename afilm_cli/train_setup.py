@@ -259,6 +259,11 @@ def check_resumed_epoch(ckpt: dict[str, Any], train_pf: PatchFile, batch_size: i
     what = (f"holds other patches than {was} ({n} of each), on which {stopped}" if old == n else
             f"holds {counted(n, 'patch', 'patches')}, but {stopped} of {was}"
             + (f" ({counted(old, 'patch', 'patches')})" if old is not None else ""))
+    if was is not None and same_file(Path(was), Path(train_pf.path)):  # prepared again in place
+        count = f"{n} of each" if old == n else f"{counted(n, 'patch', 'patches')}, not {old}"
+        raise AfilmError(f"{train_pf.path} has changed since {stopped} on it (other patches: {count}), and "
+                         "the rest of that epoch cannot go on over other patches; put the run's file back "
+                         f"as it was, or start a new run from these weights with --init {_q(ckpt['path'])}")
     raise AfilmError(f"{train_pf.path} {what}, which cannot go on over another file; resume with --train "
                      f"{_q(was)}, or start a new run from these weights with --init {_q(ckpt['path'])}")
 
@@ -289,6 +294,10 @@ def check_resumed_val(ckpt: dict[str, Any], val_pf: PatchFile | None) -> None:
                          f"validation with {init}")
     old, n = ckpt["val_patches"], len(val_pf)
     count = f"{n} of each" if old == n else f"{counted(n, 'patch', 'patches')}, not {old}"
+    if same_file(Path(was), Path(val_pf.path)):  # prepared again in place: no use naming it again
+        raise AfilmError(f"{val_pf.path} has changed since {ckpt['path']} chose best.pt on it (other "
+                         f"validation patches: {count}): {why}; put the run's file back as it was, or "
+                         f"start a new run that validates on it with {init}")
     raise AfilmError(f"{val_pf.path} holds other validation patches than {was} ({count}), on which "
                      f"{ckpt['path']} chose best.pt: {why}; resume with --val {_q(was)} (or a moved copy of "
                      f"it), or start a new run that validates on {val_pf.path} with {init}")
