@@ -105,8 +105,10 @@ class Run:
                  **({"init_file": str(init["path"])} if init is not None else {}),
                  metrics_note="val_snr: pooled, over all validation samples at once (afilm eval's snr is the "
                               "mean of per-patch values); val_lsd: mean of per-patch LSD (log10)",
-                 epoch_note="step records: epoch = the epoch being run, from 1; epoch records (and "
-                            "checkpoints): epoch = epochs completed, epoch_step = steps into the next")
+                 epoch_note="step records: epoch = the epoch being run, from 1; elapsed = seconds since "
+                            "this process began that epoch (a resumed one: since the resume); epoch "
+                            "records (and checkpoints): epoch = epochs completed, epoch_step = steps into "
+                            "the next")
 
     def note(self, message: str) -> None:
         if self.master:

@@ -1035,6 +1035,7 @@ def test_the_summary_never_splits_a_path_on_an_80_column_pipe(vctk_mini, tmp_pat
         rows = {cells[0]: cells[1:] for line in table if line.startswith("│")
                 for cells in [[c.strip() for c in line.strip("│").split("│")]]}
         assert set(rows) == {"train", "val"}, proc.stdout  # one line a split: nothing folded
+        assert "hours: audio used; seconds: time taken to prepare it" in map(str.rstrip, lines)  # not audio
         with PatchFile(paths["train"]) as pf:
             patches = len(pf)
         if rerun:

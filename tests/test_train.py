@@ -713,6 +713,7 @@ def test_log_says_how_its_two_epoch_counts_read(data, tmp_path):
     records = [json.loads(line) for line in (result.out / "log.jsonl").read_text().splitlines()]
     start = records[0]
     assert start["type"] == "start" and "epoch = the epoch being run, from 1" in start["epoch_note"]
+    assert "elapsed = seconds since this process began that epoch" in start["epoch_note"]  # its unit
     steps = {r["step"]: r["epoch"] for r in records if r["type"] == "step"}
     assert steps == {1: 1, 2: 1, 3: 1, 4: 2}
     epochs = [(r["epoch"], r["epoch_step"]) for r in records if r["type"] == "epoch"]

@@ -271,7 +271,9 @@ def print_summary(results: list[SplitResult]) -> None:
     ("train: PATH"): a path is never wrapped or cut, however narrow the terminal or long the path, so a
     script reading stdout (80 columns on a pipe) gets it whole. The table holds short words and
     figures only, about 76 columns wide."""
-    table = Table(title="afilm prepare", title_justify="left")
+    # "seconds" beside "hours" read as more audio: it is the time the split took to prepare
+    table = Table(title="afilm prepare", title_justify="left", caption_justify="left",
+                  caption="hours: audio used; seconds: time taken to prepare it")
     for col in ("split", "files", "skipped", "speakers", "hours", "patches", "seconds", "output"):
         table.add_column(col, justify="left" if col in ("split", "output") else "right", overflow="fold")
     results = sorted(results, key=lambda r: r.part != "train")
